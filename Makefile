@@ -1,0 +1,26 @@
+# Two commands: `make demo` (install + train/sample/evaluate on the bundled data) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# CPU build of PyTorch; a GPU user sets TORCH_SPEC (see README) or installs torch into the venv first.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PIP) install -e ".[test]"
+	$(PY) -c "import torch_cluster" 2>/dev/null || $(PIP) install --no-build-isolation torch-cluster
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	WANDB_MODE=offline $(PY) -m pytest -q
+
+demo: install
+	WANDB_MODE=offline $(PY) train.py --config configs/demo.yaml name=demo
+	WANDB_MODE=offline $(PY) -m hemeplm.demo runs/demo

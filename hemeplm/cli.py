@@ -1,0 +1,103 @@
+"""The ``hemeplm`` command: ``inspect``, ``simulate`` and friends.
+
+Each subcommand is a small function over the package's API; errors of type
+:class:`~hemeplm.errors.HemeplmError` are printed as one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import HemeplmError
+
+
+def _cmd_inspect(args) -> None:
+    from .data.load import inspect_system
+
+    report = inspect_system(args.topology, args.trajectories, ligand=args.ligand,
+                            hydrogens=args.hydrogens)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    lig = report["ligand"]
+    print(f"{args.topology}: {report['n_atoms']} atoms, {report['n_residues']} protein residues, "
+          f"{report['n_frames']} frames every {report['timestep_ps']} ps in {report['n_segments']} segment(s)")
+    print(f"ligand: {lig['n_atoms']} atoms in {len(lig['residues'])} residue(s) "
+          f"{sorted(set(lig['residues']))}, elements {lig['elements']}")
+
+
+def _cmd_simulate(args) -> None:
+    from . import simulate as sim
+
+    cfg = sim.SimulateConfig(steps=args.steps, equilibrate_steps=args.equilibrate_steps, report_every=args.report_every, timestep_fs=args.timestep_fs,
+                             temperature_k=args.temperature, hydrogen_mass_amu=None if args.no_hmr else args.hmr_mass,
+                             seed=args.seed, solvent=args.solvent or ("implicit" if args.prmtop else "explicit"),
+                             save_every_frames=args.save_every, threads=args.threads)
+    if bool(args.prmtop) == bool(args.pdb):
+        raise HemeplmError("give either --prmtop with --inpcrd, or --pdb")
+    out = Path(args.out)
+    if args.force and out.exists():
+        for name in ("settings.json", "energies_forces.npz", "traj.xtc", "topology.pdb"):
+            (out / name).unlink(missing_ok=True)
+    if args.prmtop:
+        if not args.inpcrd:
+            raise HemeplmError("--prmtop needs --inpcrd")
+        parts = sim.prepare_amber(args.prmtop, args.inpcrd, cfg)
+        inputs = {"prmtop": str(Path(args.prmtop).resolve()), "inpcrd": str(Path(args.inpcrd).resolve())}
+    else:
+        parts = sim.prepare_pdb(args.pdb, cfg)
+        inputs = {"pdb": str(Path(args.pdb).resolve())}
+    run = sim.MDRun(*parts, cfg=cfg, out=out, inputs=inputs)
+    run.run(progress=not args.quiet)
+    print(f"{out}: {len(run.times)} frames, topology.pdb, traj.xtc, energies_forces.npz, settings.json")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hemeplm", description="Generative surrogate of protein–ligand MD.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("inspect", help="summarise a topology and its trajectories")
+    q.add_argument("topology")
+    q.add_argument("trajectories", nargs="*")
+    q.add_argument("--ligand", default=None, help="mdtraj selection; 'none' for protein only; unset = detect")
+    q.add_argument("--hydrogens", action="store_true", help="keep hydrogens (default: heavy atoms)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_cmd_inspect)
+
+    s = sub.add_parser("simulate", help="run OpenMM MD to make training data (resumable)")
+    s.add_argument("--prmtop")
+    s.add_argument("--inpcrd")
+    s.add_argument("--pdb", help="PDB (e.g. 3CQV) prepared with PDBFixer + CHARMM36; HEM becomes HEME")
+    s.add_argument("--out", required=True)
+    s.add_argument("--steps", type=int, default=50_000)
+    s.add_argument("--equilibrate-steps", type=int, default=0, help="unrecorded steps after minimisation")
+    s.add_argument("--report-every", type=int, default=250, help="steps between saved frames")
+    s.add_argument("--timestep-fs", type=float, default=4.0)
+    s.add_argument("--temperature", type=float, default=300.0, help="kelvin")
+    s.add_argument("--hmr-mass", type=float, default=3.0, help="hydrogen mass (amu) for repartitioning")
+    s.add_argument("--no-hmr", action="store_true", help="no hydrogen mass repartitioning (use <= 2 fs)")
+    s.add_argument("--solvent", choices=["implicit", "vacuum", "explicit"],
+                   help="default: implicit (OBC2) for prmtop, explicit TIP3P for PDB")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--save-every", type=int, default=10, help="frames between checkpoints")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--force", action="store_true", help="start over, deleting a previous run in --out")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_cmd_simulate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except HemeplmError as exc:
+        print(f"hemeplm {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Featurise a system once (cached on disk), cut windows, split by time.
+
+:func:`featurize` turns topology + trajectories into a plain dict of arrays
+(the *system*: token layout, atom features, ligand chemistry, coordinates,
+energies, forces) and caches it under a key made of the inputs' paths, sizes,
+modification times and the options. :class:`WindowDataset` serves windows of
+``T`` frames at lag ``k`` from one chronological split (70/15/15 within each
+segment, earliest frames for training), never crossing a segment or split
+boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import HemeplmError, require_file
+from .ligand import element_index, ligand_features, N_LIGAND_FEATURES
+from .load import ENERGY_FILE, load_system
+from .residues import N_RES_TYPES
+from .tokens import build_layout
+
+log = logging.getLogger(__name__)
+FEATURE_VERSION = 1
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataConfig:
+    """Where the MD is and how it is cut."""
+
+    topology: str = "data/t4l_l99a_xylene/complex.prmtop"
+    trajectories: list[str] = field(default_factory=lambda: ["data/t4l_l99a_xylene/md/traj.xtc"])
+    ligand: str | None = None
+    ligand_file: str | None = None
+    hydrogens: bool = False
+    plm_embeddings: str | None = None
+    window: int = 8
+    lag: int = 1
+    stride: int = 1
+    split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    cache_dir: str = ".cache/hemeplm"
+
+
+def _stamp(path: str | Path) -> list:
+    p = Path(path).resolve()
+    st = p.stat()
+    return [str(p), st.st_size, st.st_mtime_ns]
+
+
+def cache_key(cfg: DataConfig) -> str:
+    """Hash of the inputs (paths, sizes, mtimes) and every option that changes the features."""
+    files = [cfg.topology, *cfg.trajectories]
+    extra = [f for f in (cfg.ligand_file, cfg.plm_embeddings) if f]
+    energy = [Path(t).parent / ENERGY_FILE for t in cfg.trajectories]
+    payload = {"v": FEATURE_VERSION, "files": [_stamp(require_file(f)) for f in files + extra],
+               "energy": [_stamp(e) for e in energy if e.exists()], "ligand": cfg.ligand,
+               "hydrogens": cfg.hydrogens}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _load_plm(path: str | Path, n_residues: int) -> np.ndarray:
+    p = require_file(path)
+    try:
+        arr = torch.load(p, map_location="cpu", weights_only=True) if p.suffix == ".pt" else np.load(p)
+    except Exception as exc:
+        raise HemeplmError(f"cannot read embeddings: {exc}", p) from exc
+    arr = np.asarray(arr.numpy() if isinstance(arr, torch.Tensor) else arr, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] != n_residues:
+        raise HemeplmError(f"embeddings have shape {arr.shape}; expected ({n_residues}, D), one row per residue", p)
+    if not np.isfinite(arr).all():
+        raise HemeplmError("embeddings contain NaN or infinite values", p)
+    return arr
+
+
+def build_features(cfg: DataConfig) -> dict:
+    """Load and featurise (no cache). See :func:`featurize` for the keys."""
+    system = load_system(cfg.topology, cfg.trajectories, ligand=cfg.ligand, hydrogens=cfg.hydrogens)
+    top = system.topology
+    first = system.segments[0][0]
+    try:
+        layout = build_layout(top, system.ligand, first, width=14 if not cfg.hydrogens else 27)
+    except ValueError as exc:
+        raise HemeplmError(str(exc), cfg.topology) from exc
+    n = top.n_atoms
+    lig = ligand_features(system.full_topology, system.full_ligand, system.full_first_frame,
+                          system.source_index[system.ligand], charges=system.full_charges,
+                          ligand_file=cfg.ligand_file)
+    is_lig = np.zeros(n, bool)
+    is_lig[system.ligand] = True
+    element = np.array([element_index(a.element.symbol if a.element else "C") for a in top.atoms], np.int64)
+    element[system.ligand] = lig["element"]
+    width = layout.width
+    atom_type = np.where(is_lig, N_RES_TYPES * width, layout.res_type[layout.atom_token] * width + layout.atom_slot)
+    lig_feat = np.zeros((n, N_LIGAND_FEATURES), np.float32)
+    lig_feat[system.ligand] = lig["features"]
+    charge = np.zeros(n, np.float32) if system.charges is None else system.charges.astype(np.float32)
+    charge[system.ligand] = lig["charge"]
+    bonds = {(a.index, b.index) for a, b in top.bonds}
+    bonds |= {(int(system.ligand[i]), int(system.ligand[j])) for i, j in lig["bonds"].T}
+    bonds = np.asarray(sorted(bonds), np.int64).reshape(-1, 2).T
+    n_res = len(layout.frame_atoms)
+    return {
+        "version": FEATURE_VERSION,
+        "layout": asdict(layout),
+        "n_atoms": n,
+        "atom_names": [a.name for a in top.atoms],
+        "residue_names": [a.residue.name for a in top.atoms],
+        "element": element,
+        "atom_type": atom_type.astype(np.int64),
+        "is_ligand": is_lig,
+        "polar": np.isin(element, [element_index("N"), element_index("O")]),
+        "residue": np.array([a.residue.index for a in top.atoms], np.int64),
+        "ligand_features": lig_feat,
+        "charge": charge,
+        "charge_source": lig["charge_source"],
+        "bonds": bonds,
+        "plm": None if cfg.plm_embeddings is None else _load_plm(cfg.plm_embeddings, n_res),
+        "segments": [s.astype(np.float32) for s in system.segments],
+        "energies": system.energies,
+        "forces": system.forces,
+        "files": system.files,
+        "timestep_ps": system.timestep_ps,
+        "topology_pdb": _topology_pdb(top, first),
+    }
+
+
+def _topology_pdb(top, xyz_a: np.ndarray) -> str:
+    """The kept atoms as PDB text (coordinates of ``xyz_a`` in Å), for writing outputs."""
+    import tempfile
+
+    import mdtraj
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "top.pdb"
+        mdtraj.Trajectory(xyz_a[None] / 10.0, top).save_pdb(str(path))
+        return path.read_text()
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def featurize(cfg: DataConfig, use_cache: bool = True) -> dict:
+    """Featurised system, from the cache when the inputs and options are unchanged.
+
+    Keys: ``layout`` (see :class:`~hemeplm.data.tokens.TokenLayout`), ``n_atoms``,
+    per atom (A,): ``element``, ``atom_type``, ``is_ligand``, ``polar``, ``residue``,
+    ``charge``, ``ligand_features`` (A, F); ``bonds`` (2, B); ``plm`` (R, D) or None;
+    ``segments`` list of (F_s, A, 3) Å; ``energies`` list of (F_s,) kcal/mol or None;
+    ``forces`` list of (F_s, A, 3) kcal/mol/Å or None; ``timestep_ps``; ``files``;
+    ``topology_pdb`` (PDB text of the kept atoms).
+    A failed load writes nothing; two processes building the same key wait on a lock.
+    """
+    if not use_cache:
+        return build_features(cfg)
+    key = cache_key(cfg)
+    path = Path(cfg.cache_dir) / f"{key}.pt"
+    with _locked(path.with_suffix(".lock")):
+        if path.exists():
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc:
+                log.warning("%s: unreadable cache (%s); rebuilding", path, exc)
+        feats = build_features(cfg)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(feats, tmp)
+        os.replace(tmp, path)
+        log.info("features cached in %s", path)
+    return feats
+
+
+def split_bounds(n_frames: int, fractions: list[float]) -> list[tuple[int, int]]:
+    """Chronological [start, stop) frame ranges of train/val/test in one segment."""
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+        raise HemeplmError(f"data.split must be three non-negative fractions summing to 1, got {fractions}")
+    cuts = np.round(np.cumsum([0.0, *fractions]) * n_frames).astype(int)
+    return [(int(cuts[i]), int(cuts[i + 1])) for i in range(3)]
+
+
+def window_starts(cfg: DataConfig, segment_lengths: list[int], files: list[str], split: str) -> list[tuple[int, int]]:
+    """``(segment, start)`` of every window of ``split``.
+
+    A window holds frames ``start, start+lag, ..., start+(window-1)*lag``; it
+    never crosses a segment or split boundary.
+    """
+    span = (cfg.window - 1) * cfg.lag + 1
+    out = []
+    for s, n in enumerate(segment_lengths):
+        if n < span:
+            raise HemeplmError(f"has {n} frames, shorter than one window ({cfg.window} frames at lag {cfg.lag} "
+                               f"= {span} frames)", files[s])
+        lo, hi = split_bounds(n, cfg.split)[SPLITS.index(split)]
+        out += [(s, i) for i in range(lo, hi - span + 1, cfg.stride)]
+    return out
+
+
+class WindowDataset(torch.utils.data.Dataset):
+    """Windows of one split.
+
+    Item: ``coords`` (T, A, 3) Å, ``energy`` (T,) kcal/mol, ``forces`` (T, A, 3)
+    kcal/mol/Å, ``has_energy`` () bool, ``segment`` () and ``start`` () int64.
+    """
+
+    def __init__(self, feats: dict, cfg: DataConfig, split: str):
+        self.feats, self.cfg, self.split = feats, cfg, split
+        self.index = window_starts(cfg, [len(s) for s in feats["segments"]], feats["files"], split)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        s, start = self.index[i]
+        frames = np.arange(self.cfg.window) * self.cfg.lag + start
+        coords = torch.from_numpy(self.feats["segments"][s][frames])
+        energy, forces = self.feats["energies"][s], self.feats["forces"][s]
+        has = energy is not None
+        return {
+            "coords": coords,
+            "energy": torch.from_numpy(energy[frames]).float() if has else torch.zeros(len(frames)),
+            "forces": torch.from_numpy(forces[frames]) if has else torch.zeros_like(coords),
+            "has_energy": torch.tensor(has),
+            "segment": torch.tensor(s),
+            "start": torch.tensor(start),
+        }

@@ -1,0 +1,179 @@
+"""Ligand chemistry with RDKit: per-atom features, bonds, partial charges.
+
+The molecule is built from the full topology (hydrogens included when it has
+them), from a mol2/SDF the user gives, or, for a PDB without bonds, from
+distances. Bond orders are perceived where RDKit can; metals such as the heme
+iron are ordinary atoms with their own element. Features of a heavy atom
+count its hydrogens; charges of hydrogens are folded onto their heavy atom.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HemeplmError, require_file
+
+log = logging.getLogger(__name__)
+
+ELEMENTS = ("H", "C", "N", "O", "F", "P", "S", "Cl", "Br", "I", "Fe", "Zn", "Mg", "Ca", "Cu", "Mn", "Co", "Ni",
+            "Na", "K", "Se")
+HYBRIDISATIONS = ("S", "SP", "SP2", "SP3", "SP3D", "SP3D2")
+METALS = {"Fe", "Zn", "Mg", "Ca", "Cu", "Mn", "Co", "Ni", "Na", "K"}
+#: element one-hot (+ other) | aromatic | hybridisation one-hot (+ other) | degree/4 | formal charge | in ring | charge
+N_LIGAND_FEATURES = len(ELEMENTS) + 1 + 1 + len(HYBRIDISATIONS) + 1 + 4
+
+
+def element_index(symbol: str) -> int:
+    """Index of an element in :data:`ELEMENTS`, ``len(ELEMENTS)`` for any other."""
+    return ELEMENTS.index(symbol) if symbol in ELEMENTS else len(ELEMENTS)
+
+
+def _mol_from_topology(topology, atoms: np.ndarray, xyz: np.ndarray):
+    from rdkit import Chem
+    from rdkit.Geometry import Point3D
+
+    rw = Chem.RWMol()
+    local = {int(a): k for k, a in enumerate(atoms)}
+    for a in atoms:
+        el = topology.atom(int(a)).element
+        atom = Chem.Atom(el.symbol.capitalize() if el is not None else "C")
+        atom.SetNoImplicit(True)
+        rw.AddAtom(atom)
+    n_bonds = 0
+    for b in topology.bonds:
+        i, j = b[0].index, b[1].index
+        if i in local and j in local:
+            order = {2: Chem.BondType.DOUBLE, 3: Chem.BondType.TRIPLE, 4: Chem.BondType.AROMATIC}.get(
+                getattr(b, "order", None) or 1, Chem.BondType.SINGLE)
+            rw.AddBond(local[i], local[j], order)
+            n_bonds += 1
+    conf = Chem.Conformer(len(atoms))
+    for k, a in enumerate(atoms):
+        conf.SetAtomPosition(k, Point3D(*map(float, xyz[int(a)])))
+    rw.AddConformer(conf, assignId=True)
+    mol = rw.GetMol()
+    if n_bonds == 0 and len(atoms) > 1:
+        from rdkit.Chem import rdDetermineBonds
+
+        rdDetermineBonds.DetermineConnectivity(mol)
+    has_h = any(a.GetSymbol() == "H" for a in mol.GetAtoms())
+    has_metal = any(a.GetSymbol() in METALS for a in mol.GetAtoms())
+    explicit_orders = any(b.GetBondType() != Chem.BondType.SINGLE for b in mol.GetBonds())
+    if has_h and not has_metal and not explicit_orders:
+        from rdkit.Chem import rdDetermineBonds
+
+        try:
+            perceived = Chem.Mol(mol)
+            rdDetermineBonds.DetermineBondOrders(perceived, charge=0)
+            mol = perceived
+        except Exception as exc:  # RDKit raises ValueError/RuntimeError depending on version
+            log.info("bond orders not perceived (%s); single bonds kept", exc)
+    return mol
+
+
+def _mol_from_file(path: str | Path, n_expected: tuple[int, int], symbols: list[str]):
+    from rdkit import Chem
+
+    p = require_file(path)
+    name = p.name.lower()
+    if name.endswith(".mol2"):
+        mol = Chem.MolFromMol2File(str(p), removeHs=False, sanitize=True)
+    elif name.endswith((".sdf", ".mol")):
+        mol = next(iter(Chem.SDMolSupplier(str(p), removeHs=False)), None)
+    else:
+        raise HemeplmError("unknown ligand file format; use .mol2 or .sdf", p)
+    if mol is None:
+        raise HemeplmError("RDKit cannot read this ligand file", p)
+    got = [a.GetSymbol() for a in mol.GetAtoms()]
+    heavy = [s for s in got if s != "H"]
+    want_heavy = [s for s in symbols if s != "H"]
+    if len(got) not in n_expected or heavy != want_heavy:
+        raise HemeplmError(f"ligand file has {len(got)} atoms ({len(heavy)} heavy) but the ligand selection has "
+                           f"{n_expected[0]} ({len(want_heavy)} heavy), or the elements differ in order", p)
+    return mol
+
+
+def ligand_features(full_topology, full_ligand: np.ndarray, xyz: np.ndarray, keep: np.ndarray,
+                    charges: np.ndarray | None = None, ligand_file: str | Path | None = None) -> dict:
+    """Per-atom features and bonds of the ligand atoms that are kept.
+
+    Args:
+        full_topology: mdtraj Topology as read (all atoms).
+        full_ligand: (L_full,) ligand indices in it.
+        xyz: (A_full, 3) coordinates in Å (for bond perception).
+        keep: (L,) the kept ligand atoms as indices into ``full_ligand``'s topology.
+        charges: (A_full,) topology partial charges, or None (Gasteiger is computed).
+        ligand_file: optional mol2/SDF with the same atoms in the same order.
+    Returns:
+        ``features`` (L, N_LIGAND_FEATURES) float32, ``element`` (L,) int64,
+        ``bonds`` (2, E) int64 over kept-ligand positions, ``charge`` (L,) float32,
+        ``charge_source`` ("topology", "file" or "gasteiger").
+    """
+    from rdkit import Chem
+
+    if len(full_ligand) == 0:
+        return {"features": np.zeros((0, N_LIGAND_FEATURES), np.float32), "element": np.zeros(0, np.int64),
+                "bonds": np.zeros((2, 0), np.int64), "charge": np.zeros(0, np.float32), "charge_source": "none"}
+    symbols = [(full_topology.atom(int(a)).element.symbol if full_topology.atom(int(a)).element else "C")
+               for a in full_ligand]
+    n_heavy = sum(s != "H" for s in symbols)
+    if ligand_file is not None:
+        mol = _mol_from_file(ligand_file, (len(full_ligand), n_heavy), symbols)
+        if mol.GetNumAtoms() == n_heavy and n_heavy != len(full_ligand):
+            full_ligand = np.asarray([a for a, s in zip(full_ligand, symbols) if s != "H"])
+    else:
+        mol = _mol_from_topology(full_topology, full_ligand, xyz)
+    try:
+        Chem.SanitizeMol(mol)
+    except Exception as exc:
+        log.info("ligand not sanitisable (%s); partial sanitisation", exc)
+        mol.UpdatePropertyCache(strict=False)
+        Chem.SanitizeMol(mol, Chem.SanitizeFlags.SANITIZE_ALL ^ Chem.SanitizeFlags.SANITIZE_PROPERTIES
+                         ^ Chem.SanitizeFlags.SANITIZE_KEKULIZE, catchErrors=True)
+    q, source = None, "gasteiger"
+    if ligand_file is not None and all(a.HasProp("_TriposPartialCharge") for a in mol.GetAtoms()):
+        q, source = np.array([a.GetDoubleProp("_TriposPartialCharge") for a in mol.GetAtoms()]), "file"
+    elif charges is not None:
+        q, source = charges[full_ligand].astype(np.float64), "topology"
+    else:
+        from rdkit.Chem import AllChem
+
+        AllChem.ComputeGasteigerCharges(mol)
+        q = np.array([a.GetDoubleProp("_GasteigerCharge") if a.HasProp("_GasteigerCharge") else 0.0
+                      for a in mol.GetAtoms()])
+        q = np.nan_to_num(q, nan=0.0, posinf=0.0, neginf=0.0)
+    # fold hydrogen charges onto heavy atoms that are kept
+    pos = {int(a): k for k, a in enumerate(full_ligand)}
+    keep_local = [pos[int(a)] for a in keep]
+    owner = np.arange(mol.GetNumAtoms())
+    for b in mol.GetBonds():
+        i, j = b.GetBeginAtomIdx(), b.GetEndAtomIdx()
+        for h, heavy in ((i, j), (j, i)):
+            if mol.GetAtomWithIdx(h).GetSymbol() == "H" and mol.GetAtomWithIdx(heavy).GetSymbol() != "H":
+                owner[h] = heavy
+    keep_set = set(keep_local)
+    fold = np.array([k if k in keep_set else owner[k] for k in range(mol.GetNumAtoms())])
+    kept_charge = np.zeros(mol.GetNumAtoms())
+    np.add.at(kept_charge, fold, q)
+    feats, elements = [], []
+    for k in keep_local:
+        atom = mol.GetAtomWithIdx(k)
+        sym = atom.GetSymbol()
+        el = np.zeros(len(ELEMENTS) + 1)
+        el[element_index(sym)] = 1
+        hyb = np.zeros(len(HYBRIDISATIONS) + 1)
+        h = str(atom.GetHybridization())
+        hyb[HYBRIDISATIONS.index(h) if h in HYBRIDISATIONS else len(HYBRIDISATIONS)] = 1
+        feats.append(np.concatenate([el, [float(atom.GetIsAromatic())], hyb,
+                                     [atom.GetTotalDegree() / 4.0, float(atom.GetFormalCharge()),
+                                      float(atom.IsInRing()), kept_charge[k]]]))
+        elements.append(element_index(sym))
+    local_of = {k: n for n, k in enumerate(keep_local)}
+    bonds = [(local_of[b.GetBeginAtomIdx()], local_of[b.GetEndAtomIdx()]) for b in mol.GetBonds()
+             if b.GetBeginAtomIdx() in local_of and b.GetEndAtomIdx() in local_of]
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2).T
+    return {"features": np.asarray(feats, np.float32), "element": np.asarray(elements, np.int64),
+            "bonds": bonds, "charge": kept_charge[keep_local].astype(np.float32), "charge_source": source}

@@ -1,0 +1,311 @@
+"""Load MD trajectories with mdtraj into one clean, superposed :class:`MDSystem`.
+
+Topologies: PDB (also ``.pdb.gz``), PSF, Amber prmtop, GRO, HDF5.
+Trajectories: DCD, XTC, TRR, HDF5, NetCDF (and multi-model PDB / GRO).
+Several trajectory files are several independent segments. Solvent and
+counter-ions are dropped; hydrogens are dropped unless asked for (their MD
+forces are then summed onto their heavy atoms). Frames are superposed on the
+protein Cα of the first frame. Coordinates are in Å, energies in kcal/mol,
+forces in kcal/mol/Å.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HemeplmError, require_file
+from .residues import ION_NAMES
+
+log = logging.getLogger(__name__)
+
+TOPOLOGY_FORMATS = (".pdb", ".pdb.gz", ".ent", ".psf", ".prmtop", ".parm7", ".gro", ".h5")
+TRAJECTORY_FORMATS = (".dcd", ".xtc", ".trr", ".h5", ".nc", ".ncdf", ".netcdf", ".pdb", ".pdb.gz", ".gro")
+ENERGY_FILE = "energies_forces.npz"
+
+
+def _suffix(path: Path, formats: tuple[str, ...], kind: str) -> str:
+    name = path.name.lower()
+    for ext in sorted(formats, key=len, reverse=True):
+        if name.endswith(ext):
+            return ext
+    raise HemeplmError(f"unknown {kind} format {path.suffix!r}; supported: {', '.join(formats)}", path)
+
+
+@dataclass
+class MDSystem:
+    """A protein(–ligand) system and its superposed trajectory segments.
+
+    Attributes:
+        topology: mdtraj Topology of the kept atoms (A atoms).
+        segments: list of (F_s, A, 3) float32 coordinates in Å.
+        timestep_ps: time between saved frames.
+        ligand: (L,) indices of ligand atoms among the kept atoms (may be empty).
+        source_index: (A,) index of each kept atom in the original topology.
+        energies: per segment, (F_s,) potential energy in kcal/mol, or None.
+        forces: per segment, (F_s, A, 3) forces in kcal/mol/Å, or None.
+        charges: (A,) partial charges (e) from the topology, hydrogens folded onto
+            their heavy atom, or None when the topology has none.
+        files: the trajectory files, one per segment.
+        full_topology: the topology as read (with hydrogens), for ligand chemistry.
+        full_ligand: indices of the ligand in ``full_topology``.
+        full_first_frame: (A_full, 3) first frame in Å, all atoms.
+        full_charges: (A_full,) topology partial charges, or None.
+    """
+
+    topology: object
+    segments: list[np.ndarray]
+    timestep_ps: float
+    ligand: np.ndarray
+    source_index: np.ndarray
+    energies: list
+    forces: list
+    charges: np.ndarray | None
+    files: list[str]
+    full_topology: object = None
+    full_ligand: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    full_first_frame: np.ndarray | None = None
+    full_charges: np.ndarray | None = None
+
+    @property
+    def n_atoms(self) -> int:
+        return self.topology.n_atoms
+
+    @property
+    def protein(self) -> np.ndarray:
+        """(P,) indices of protein atoms among the kept atoms."""
+        lig = set(self.ligand.tolist())
+        return np.array([i for i in range(self.n_atoms) if i not in lig], dtype=np.int64)
+
+
+def load_topology(path: str | Path):
+    """Read a topology file with mdtraj; errors name the file."""
+    import mdtraj
+
+    p = require_file(path)
+    ext = _suffix(p, TOPOLOGY_FORMATS, "topology")
+    try:
+        if ext == ".pdb.gz":
+            return mdtraj.load(str(p)).topology
+        if ext == ".h5":
+            return mdtraj.load_frame(str(p), 0).topology
+        return mdtraj.load_topology(str(p))
+    except HemeplmError:
+        raise
+    except Exception as exc:
+        raise HemeplmError(f"cannot read as a {ext} topology: {exc}", p) from exc
+
+
+def _load_traj(path: str | Path, topology, top_path: Path):
+    import mdtraj
+
+    p = require_file(path)
+    _suffix(p, TRAJECTORY_FORMATS, "trajectory")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traj = mdtraj.load(str(p), top=topology)
+    except ValueError as exc:
+        msg = str(exc)
+        if "atoms" in msg.lower() or "topology" in msg.lower():
+            raise HemeplmError(f"does not match topology {top_path} ({topology.n_atoms} atoms): {msg}", p) from exc
+        raise HemeplmError(f"cannot read trajectory: {msg}", p) from exc
+    except Exception as exc:
+        raise HemeplmError(f"cannot read trajectory: {exc}", p) from exc
+    if traj.n_atoms != topology.n_atoms:
+        raise HemeplmError(f"has {traj.n_atoms} atoms but topology {top_path} has {topology.n_atoms}", p)
+    bad = ~np.isfinite(traj.xyz).all(axis=(1, 2))
+    if bad.any():
+        raise HemeplmError(f"frame {int(np.argmax(bad))} has NaN or infinite coordinates "
+                           f"({int(bad.sum())} bad frame(s))", p)
+    return traj
+
+
+def select_ligand(topology, selection: str | None, path: str | Path = "topology") -> np.ndarray:
+    """Atom indices of the ligand in ``topology``.
+
+    Args:
+        selection: an mdtraj selection; ``None`` detects the ligand as the residue
+            name with the most atoms among non-protein, non-solvent, non-ion residues;
+            ``"none"`` means protein only.
+    Returns:
+        (L,) int64 indices, sorted.
+    """
+    if selection is not None and selection.strip().lower() == "none":
+        return np.zeros(0, dtype=np.int64)
+    if selection is not None:
+        try:
+            idx = topology.select(selection)
+        except Exception as exc:
+            raise HemeplmError(f"invalid ligand selection {selection!r}: {exc}", path) from exc
+        if len(idx) == 0:
+            raise HemeplmError(f"ligand selection {selection!r} matches no atom", path)
+        return np.asarray(idx, dtype=np.int64)
+    sizes: dict[str, int] = {}
+    for res in topology.residues:
+        if res.is_protein or res.is_water or res.name.upper() in ION_NAMES:
+            continue
+        sizes[res.name] = sizes.get(res.name, 0) + res.n_atoms
+    if not sizes:
+        return np.zeros(0, dtype=np.int64)
+    name = max(sizes, key=lambda n: (sizes[n], n))
+    return np.array([a.index for r in topology.residues if r.name == name for a in r.atoms], dtype=np.int64)
+
+
+def kabsch(mobile: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best rotation and translation mapping ``mobile`` onto ``target``.
+
+    Args:
+        mobile: (F, K, 3) points per frame.
+        target: (K, 3) reference points.
+    Returns:
+        R (F, 3, 3) and t (F, 3) such that ``x @ R.transpose(-1, -2) + t`` superposes.
+    """
+    mc = mobile.mean(axis=1, keepdims=True)
+    tc = target.mean(axis=0)
+    h = np.einsum("fki,kj->fij", mobile - mc, target - tc)
+    u, _, vt = np.linalg.svd(h)
+    d = np.sign(np.linalg.det(np.einsum("fij,fjk->fik", u, vt)))
+    fix = np.ones((len(mobile), 3))
+    fix[:, 2] = d
+    rot = np.einsum("fji,fj,fkj->fik", vt, fix, u)
+    trans = tc - np.einsum("fij,fj->fi", rot, mc[:, 0])
+    return rot, trans
+
+
+def _read_charges(path: Path) -> np.ndarray | None:
+    """Partial charges (e) from an Amber prmtop, or None for other formats."""
+    if not path.name.lower().endswith((".prmtop", ".parm7")):
+        return None
+    values, on = [], False
+    with open(path) as fh:
+        for line in fh:
+            if line.startswith("%FLAG"):
+                if on:
+                    break
+                on = line.split()[1] == "CHARGE"
+            elif on and not line.startswith("%FORMAT"):
+                values += [float(v) for v in line.split()]
+    return np.asarray(values) / 18.2223 if values else None
+
+
+def _energy_file(traj_path: Path, n_frames: int, n_atoms: int) -> Path | None:
+    """``energies_forces.npz`` beside a trajectory, when its frames and atoms match."""
+    p = traj_path.parent / ENERGY_FILE
+    if not p.exists():
+        return None
+    with np.load(p) as z:
+        if "energy_kcal_mol" in z and z["energy_kcal_mol"].shape[0] == n_frames \
+                and z["forces_kcal_mol_A"].shape[1] == n_atoms:
+            return p
+    log.warning("%s: frames or atoms do not match %s; energies not used", p, traj_path)
+    return None
+
+
+def load_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
+                hydrogens: bool = False) -> MDSystem:
+    """Load, clean and superpose trajectories of one system.
+
+    Args:
+        topology: topology file.
+        trajectories: trajectory files, each an independent segment; empty means
+            the topology's own coordinates (one segment).
+        ligand: see :func:`select_ligand`.
+        hydrogens: keep hydrogen atoms.
+    """
+    top_path = Path(topology)
+    top = load_topology(top_path)
+    if not any(r.is_protein for r in top.residues):
+        raise HemeplmError("has no protein residues", top_path)
+    files = [Path(t) for t in trajectories] or [top_path]
+    trajs = [_load_traj(f, top, top_path) for f in files]
+    lig_full = select_ligand(top, ligand, top_path)
+    lig_set = set(lig_full.tolist())
+    keep = [a.index for a in top.atoms
+            if (a.residue.is_protein or a.index in lig_set)
+            and (hydrogens or a.element is None or a.element.symbol != "H")]
+    keep = np.asarray(keep, dtype=np.int64)
+    # hydrogen -> heavy atom it is bonded to, to fold forces and charges
+    owner = np.arange(top.n_atoms)
+    if not hydrogens:
+        for a, b in top.bonds:
+            for h, heavy in ((a, b), (b, a)):
+                if h.element is not None and h.element.symbol == "H" and heavy.element.symbol != "H":
+                    owner[h.index] = heavy.index
+    new_index = -np.ones(top.n_atoms, dtype=np.int64)
+    new_index[keep] = np.arange(len(keep))
+    fold = new_index[owner]  # kept atom receiving each original atom's force/charge, or -1
+
+    sub_top = top.subset(keep)
+    ca = np.array([a.index for a in sub_top.atoms if a.name == "CA" and a.residue.is_protein])
+    if len(ca) < 3:
+        raise HemeplmError(f"needs at least 3 protein CA atoms to superpose, found {len(ca)}", top_path)
+    charges_full = _read_charges(top_path)
+    charges = None
+    if charges_full is not None and len(charges_full) != top.n_atoms:
+        charges_full = None
+    if charges_full is not None:
+        charges = np.zeros(len(keep))
+        np.add.at(charges, fold[fold >= 0], charges_full[fold >= 0])
+
+    segments, energies, forces = [], [], []
+    reference = None
+    for f, traj in zip(files, trajs):
+        xyz = traj.xyz[:, keep].astype(np.float64) * 10.0
+        if reference is None:
+            reference = xyz[0, ca]
+        rot, trans = kabsch(xyz[:, ca], reference)
+        segments.append((np.einsum("fij,faj->fai", rot, xyz) + trans[:, None]).astype(np.float32))
+        efile = _energy_file(f, traj.n_frames, top.n_atoms)
+        if efile is None:
+            energies.append(None)
+            forces.append(None)
+            continue
+        with np.load(efile) as z:
+            energies.append(z["energy_kcal_mol"].astype(np.float64))
+            raw = z["forces_kcal_mol_A"].astype(np.float64)
+        folded = np.zeros((raw.shape[0], len(keep), 3))
+        np.add.at(folded, (slice(None), fold[fold >= 0]), raw[:, fold >= 0])
+        forces.append(np.einsum("fij,faj->fai", rot, folded).astype(np.float32))
+        log.info("%s: energies and forces from %s", f, efile)
+    timestep = float(trajs[0].timestep) if trajs[0].n_frames > 1 else 1.0
+    return MDSystem(topology=sub_top, segments=segments, timestep_ps=timestep,
+                    ligand=new_index[lig_full[new_index[lig_full] >= 0]], source_index=keep,
+                    energies=energies, forces=forces, charges=charges, files=[str(f) for f in files],
+                    full_topology=top, full_ligand=lig_full, full_first_frame=trajs[0].xyz[0] * 10.0,
+                    full_charges=charges_full)
+
+
+def inspect_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
+                   hydrogens: bool = False) -> dict:
+    """A JSON-ready summary of a system (what ``hemeplm inspect`` prints)."""
+    system = load_system(topology, trajectories, ligand=ligand, hydrogens=hydrogens)
+    top = system.topology
+    lig_atoms = [top.atom(int(i)) for i in system.ligand]
+    elements: dict[str, int] = {}
+    for a in lig_atoms:
+        sym = a.element.symbol if a.element is not None else "X"
+        elements[sym] = elements.get(sym, 0) + 1
+    residues = []
+    for a in lig_atoms:
+        if not residues or residues[-1][0] != a.residue.index:
+            residues.append((a.residue.index, a.residue.name))
+    return {
+        "topology": str(topology),
+        "trajectories": system.files,
+        "n_atoms": system.n_atoms,
+        "n_atoms_input": system.full_topology.n_atoms,
+        "n_frames": int(sum(len(s) for s in system.segments)),
+        "n_segments": len(system.segments),
+        "segment_frames": [len(s) for s in system.segments],
+        "n_residues": int(sum(1 for r in top.residues if r.is_protein)),
+        "timestep_ps": round(system.timestep_ps, 6),
+        "hydrogens": hydrogens,
+        "has_energies": all(e is not None for e in system.energies),
+        "ligand": {"n_atoms": len(lig_atoms), "residues": [name for _, name in residues],
+                   "elements": dict(sorted(elements.items()))},
+    }

@@ -1,0 +1,263 @@
+"""Tokens: one per protein residue (atom14-style slots), one per ligand atom.
+
+Each token owns up to ``W`` atoms (``W = 14`` for heavy atoms) and a local
+frame built on the key frame. What the model generates for atom ``i`` of
+token ``n`` at frame ``t`` is
+
+    d_i(t) = R_n^T (x_i(t) - o_i)
+
+with ``R_n`` the token's frame in the key frame. For protein atoms the origin
+``o_i`` is the atom's own key-frame position (a displacement); for ligand
+atoms it is the Cα of the protein residue nearest to that ligand atom (so the
+ligand can be inpainted without knowing where it was in the key frame), and
+``R_n`` is that residue's N-CA-C frame. Rotating and translating the
+coordinates leaves ``d`` unchanged; ``x_i(t) = o_i + R_n d_i(t)`` is exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .residues import ATOM14, ATOM_ALIASES, CHI, TORSION_NAMES, UNK, residue_type, standard_name
+
+KIND_RESIDUE, KIND_LIGAND, KIND_EXTRA = 0, 1, 2
+
+
+@dataclass
+class TokenLayout:
+    """Which atoms each token holds and which atoms define its frame.
+
+    Attributes (N tokens, W slots, A atoms, R protein residues):
+        atom_index: (N, W) int64 atom index per slot, -1 where empty.
+        kind: (N,) int64, KIND_RESIDUE / KIND_LIGAND / KIND_EXTRA.
+        res_type: (N,) residue type of the token (its anchor residue for ligand atoms).
+        residue: (N,) protein residue (0..R-1) whose N-CA-C frame the token uses.
+        frame_atoms: (R, 3) atom indices of N, CA, C of every protein residue.
+        torsion_atoms: (R, 7, 4) atom indices of phi, psi, omega, chi1-4; -1 where undefined.
+        atom_token: (A,) token holding each atom; atom_slot: (A,) its slot.
+    """
+
+    atom_index: np.ndarray
+    kind: np.ndarray
+    res_type: np.ndarray
+    residue: np.ndarray
+    frame_atoms: np.ndarray
+    torsion_atoms: np.ndarray
+    atom_token: np.ndarray
+    atom_slot: np.ndarray
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.kind)
+
+    @property
+    def width(self) -> int:
+        return self.atom_index.shape[1]
+
+    @property
+    def atom_mask(self) -> np.ndarray:
+        """(N, W) bool, True where a slot holds an atom."""
+        return self.atom_index >= 0
+
+    def to_torch(self) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(getattr(self, k)) for k in self.__dataclass_fields__}
+
+
+def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: int = 14) -> TokenLayout:
+    """Token layout of a system.
+
+    Args:
+        topology: mdtraj Topology of the kept atoms.
+        ligand: (L,) ligand atom indices.
+        first_frame: (A, 3) coordinates used to choose each ligand atom's anchor residue.
+        width: atom slots per residue token; atoms that do not fit (e.g. a Trp OXT)
+            become single-atom tokens in their residue's frame.
+    """
+    lig = set(int(i) for i in ligand)
+    rows, kinds, rtypes, res_of = [], [], [], []
+    frames, torsions = [], []
+    residues = [r for r in topology.residues if any(a.index not in lig for a in r.atoms)]
+    for ri, res in enumerate(residues):
+        name = standard_name(res.name)
+        atoms = {ATOM_ALIASES.get((name, a.name), a.name): a.index for a in res.atoms if a.index not in lig}
+        order = list(ATOM14.get(name, ("N", "CA", "C", "O")))
+        slots = [atoms.get(n, -1) for n in order]
+        extra = [i for n, i in atoms.items() if n not in order]
+        slots += [-1] * (width - len(slots))
+        overflow = []
+        for i in extra:
+            free = [s for s in range(len(order), width) if slots[s] < 0]
+            if free:
+                slots[free[0]] = i
+            else:
+                overflow.append(i)
+        if min(atoms.get("N", -1), atoms.get("CA", -1), atoms.get("C", -1)) < 0:
+            raise ValueError(f"residue {res} lacks one of N, CA, C; cannot build its frame")
+        frames.append((atoms["N"], atoms["CA"], atoms["C"]))
+        rt = residue_type(res.name)
+        rows.append(slots)
+        kinds.append(KIND_RESIDUE)
+        rtypes.append(rt)
+        res_of.append(ri)
+        for i in overflow:
+            rows.append([i] + [-1] * (width - 1))
+            kinds.append(KIND_EXTRA)
+            rtypes.append(rt)
+            res_of.append(ri)
+        torsions.append(_chi(name, atoms))
+    frame_atoms = np.asarray(frames, dtype=np.int64).reshape(-1, 3)
+    torsion_atoms = np.asarray(torsions, dtype=np.int64).reshape(-1, 7, 4)
+    _backbone_torsions(topology, residues, frame_atoms, torsion_atoms)
+    if len(lig):
+        ca = first_frame[frame_atoms[:, 1]]
+        for i in sorted(lig):
+            anchor = int(np.argmin(((ca - first_frame[i]) ** 2).sum(-1)))
+            rows.append([i] + [-1] * (width - 1))
+            kinds.append(KIND_LIGAND)
+            rtypes.append(rtypes[res_of.index(anchor)])
+            res_of.append(anchor)
+    atom_index = np.asarray(rows, dtype=np.int64).reshape(-1, width)
+    atom_token = np.full(topology.n_atoms, -1, dtype=np.int64)
+    atom_slot = np.full(topology.n_atoms, -1, dtype=np.int64)
+    tok, slot = np.nonzero(atom_index >= 0)
+    atom_token[atom_index[tok, slot]] = tok
+    atom_slot[atom_index[tok, slot]] = slot
+    return TokenLayout(atom_index=atom_index, kind=np.asarray(kinds, dtype=np.int64),
+                       res_type=np.asarray(rtypes, dtype=np.int64), residue=np.asarray(res_of, dtype=np.int64),
+                       frame_atoms=frame_atoms, torsion_atoms=torsion_atoms, atom_token=atom_token,
+                       atom_slot=atom_slot)
+
+
+def _chi(name: str, atoms: dict[str, int]) -> list[list[int]]:
+    out = [[-1] * 4 for _ in TORSION_NAMES]
+    for k, quad in enumerate(CHI.get(name, ())):
+        if all(n in atoms for n in quad):
+            out[3 + k] = [atoms[n] for n in quad]
+    return out
+
+
+def _backbone_torsions(topology, residues, frame_atoms: np.ndarray, torsion_atoms: np.ndarray) -> None:
+    """Fill phi, psi, omega where consecutive residues are bonded (C(i-1)-N(i))."""
+    bonded = {frozenset((a.index, b.index)) for a, b in topology.bonds}
+    for i in range(1, len(residues)):
+        n0, ca0, c0 = frame_atoms[i - 1]
+        n1, ca1, c1 = frame_atoms[i]
+        if frozenset((int(c0), int(n1))) not in bonded:
+            continue
+        torsion_atoms[i, 0] = (c0, n1, ca1, c1)      # phi(i)
+        torsion_atoms[i - 1, 1] = (n0, ca0, c0, n1)  # psi(i-1)
+        torsion_atoms[i, 2] = (ca0, c0, n1, ca1)     # omega(i)
+
+
+# ----------------------------------------------------------------------------- geometry (torch)
+
+def residue_frames(x: torch.Tensor, frame_atoms: torch.Tensor) -> torch.Tensor:
+    """N-CA-C frames by Gram-Schmidt.
+
+    Args:
+        x: (..., A, 3) coordinates.
+        frame_atoms: (R, 3) indices of N, CA, C.
+    Returns:
+        (..., R, 3, 3) rotation matrices whose columns are the frame axes.
+    """
+    n, ca, c = (x[..., frame_atoms[:, k], :] for k in range(3))
+    e1 = torch.nn.functional.normalize(c - ca, dim=-1)
+    u2 = n - ca
+    e2 = torch.nn.functional.normalize(u2 - (u2 * e1).sum(-1, keepdim=True) * e1, dim=-1)
+    e3 = torch.cross(e1, e2, dim=-1)
+    return torch.stack([e1, e2, e3], dim=-1)
+
+
+def token_origins(key: torch.Tensor, layout: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(..., N, W, 3) origin o_i of every slot: the atom's key position, or the anchor Cα for ligands."""
+    idx = layout["atom_index"].clamp(min=0)
+    own = key[..., idx, :]
+    ca = key[..., layout["frame_atoms"][layout["residue"], 1], :]
+    is_lig = (layout["kind"] == KIND_LIGAND)[:, None, None]
+    return torch.where(is_lig, ca[..., :, None, :].expand_as(own), own)
+
+
+def encode(x: torch.Tensor, key: torch.Tensor, layout: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Coordinates -> token values d.
+
+    Args:
+        x: (..., T, A, 3) coordinates of T frames.
+        key: (..., A, 3) key-frame coordinates (defines frames and origins).
+    Returns:
+        (..., T, N, W, 3), zero in empty slots.
+    """
+    rot = residue_frames(key, layout["frame_atoms"])[..., layout["residue"], :, :]  # (..., N, 3, 3)
+    origin = token_origins(key, layout)
+    xs = x[..., layout["atom_index"].clamp(min=0), :]  # (..., T, N, W, 3)
+    d = torch.einsum("...nji,...tnwj->...tnwi", rot, xs - origin.unsqueeze(-4))
+    return d * layout["atom_index"].ge(0)[..., None].to(d.dtype)
+
+
+def decode(d: torch.Tensor, key: torch.Tensor, layout: dict[str, torch.Tensor], n_atoms: int) -> torch.Tensor:
+    """Token values -> coordinates (exact inverse of :func:`encode`).
+
+    Args:
+        d: (..., T, N, W, 3).
+        key: (..., A, 3).
+    Returns:
+        (..., T, A, 3).
+    """
+    rot = residue_frames(key, layout["frame_atoms"])[..., layout["residue"], :, :]
+    origin = token_origins(key, layout)
+    xs = origin.unsqueeze(-4) + torch.einsum("...nij,...tnwj->...tnwi", rot, d)
+    mask = layout["atom_index"] >= 0
+    out = xs.new_zeros(*xs.shape[:-4], xs.shape[-4], n_atoms, 3)
+    out[..., layout["atom_index"][mask], :] = xs[..., mask, :]
+    return out
+
+
+def gather_atom14(x: torch.Tensor, layout: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(..., A, 3) -> (..., N, W, 3) slot coordinates, zero in empty slots."""
+    out = x[..., layout["atom_index"].clamp(min=0), :]
+    return out * layout["atom_index"].ge(0)[..., None].to(out.dtype)
+
+
+def scatter_atom14(slots: torch.Tensor, layout: dict[str, torch.Tensor], n_atoms: int) -> torch.Tensor:
+    """(..., N, W, 3) -> (..., A, 3), inverse of :func:`gather_atom14`."""
+    mask = layout["atom_index"] >= 0
+    out = slots.new_zeros(*slots.shape[:-3], n_atoms, 3)
+    out[..., layout["atom_index"][mask], :] = slots[..., mask, :]
+    return out
+
+
+def dihedrals(x: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
+    """Dihedral angles (radians).
+
+    Args:
+        x: (..., A, 3); quads: (..., 4) atom indices (-1 allowed: gives 0).
+    Returns:
+        (..., *quads.shape[:-1]) angles in (-pi, pi].
+    """
+    q = quads.clamp(min=0)
+    p0, p1, p2, p3 = (x[..., q[..., k], :] for k in range(4))
+    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
+    n1, n2 = torch.cross(b0, b1, dim=-1), torch.cross(b1, b2, dim=-1)
+    m1 = torch.cross(n1, torch.nn.functional.normalize(b1, dim=-1), dim=-1)
+    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
+
+
+def torsion_features(x: torch.Tensor, layout: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """phi/psi/omega/chi1-4 of every residue as sin/cos.
+
+    Args:
+        x: (..., A, 3).
+    Returns:
+        (..., R, 7, 2) sin/cos (zero where undefined) and (R, 7) bool mask.
+    """
+    quads = layout["torsion_atoms"]
+    mask = (quads >= 0).all(-1)
+    ang = dihedrals(x, quads)
+    sc = torch.stack([ang.sin(), ang.cos()], dim=-1)
+    return sc * mask[..., None].to(sc.dtype), mask
+
+
+__all__ = ["TokenLayout", "build_layout", "encode", "decode", "gather_atom14", "scatter_atom14", "residue_frames",
+           "dihedrals", "torsion_features", "KIND_RESIDUE", "KIND_LIGAND", "KIND_EXTRA", "UNK"]
