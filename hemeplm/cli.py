@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="start over, deleting a previous run in --out")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_simulate)
+    from .evaluate import add_evaluate_parser
+    add_evaluate_parser(sub)
     return p
 
 
@@ -95,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except HemeplmError as exc:
-        print(f"hemeplm {args.command}: error: {exc}", file=sys.stderr)
+        one_line = " ".join(str(exc).splitlines())
+        print(f"hemeplm {args.command}: error: {one_line}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -1,7 +1,8 @@
 """Molecular graphs for one frame: covalent, hydrogen-bond and contact edges.
 
-Spatial neighbours come from ``torch_cluster`` (k nearest within a cutoff, so
-the neighbour cap keeps the closest atoms and the graph stays linear in the
+Spatial neighbours come from ``torch_cluster`` (k nearest within a cutoff,
+kept where the relation is mutual, so every edge has its reverse, the
+neighbour cap keeps the closest atoms and the graph stays linear in the
 number of atoms). Protein–ligand edges are flagged as ``cross``; together
 they are the bipartite protein–ligand graph of the frame.
 """
@@ -39,7 +40,10 @@ class Graph:
 
 def neighbor_pairs(pos: torch.Tensor, cutoff: float, max_neighbors: int, batch: torch.Tensor | None = None,
                    node_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Pairs within ``cutoff``, at most ``max_neighbors`` nearest per atom.
+    """Pairs within ``cutoff`` where each atom is among the other's ``max_neighbors`` nearest.
+
+    Both directions of every pair are present, and no atom has more than
+    ``max_neighbors`` neighbours.
 
     Args:
         pos: (A, 3); batch: (A,) graph id per atom or None; node_mask: (A,) bool,
@@ -60,6 +64,8 @@ def neighbor_pairs(pos: torch.Tensor, cutoff: float, max_neighbors: int, batch: 
     ei = knn_graph(pos.detach(), k=k, batch=batch, loop=False)
     d = (pos[ei[0]] - pos[ei[1]]).norm(dim=-1)
     ei = ei[:, d <= cutoff]
+    n = len(pos)
+    ei = ei[:, torch.isin(ei[0] * n + ei[1], ei[1] * n + ei[0])]
     return idx[ei]
 
 

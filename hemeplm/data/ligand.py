@@ -74,26 +74,79 @@ def _mol_from_topology(topology, atoms: np.ndarray, xyz: np.ndarray):
     return mol
 
 
-def _mol_from_file(path: str | Path, n_expected: tuple[int, int], symbols: list[str]):
+#: GAFF atom types (lower case, as antechamber writes them in mol2) whose element is not their first letter
+GAFF_ELEMENTS = {"cl": "Cl", "br": "Br"}
+
+
+def _read_mol2(path: Path):
+    """RDKit molecule from a mol2 file, hydrogens kept.
+
+    RDKit reads Tripos atom types only; GAFF types (``ca``, ``c3``, ``hc``, ...)
+    are replaced by their element symbol first.
+    """
+    from rdkit import Chem
+
+    lines, section = [], None
+    for line in path.read_text().splitlines():
+        fields = line.split()
+        if line.startswith("@<TRIPOS>"):
+            section = line.strip()
+        elif section == "@<TRIPOS>ATOM" and len(fields) > 5 and fields[5].islower():
+            fields[5] = GAFF_ELEMENTS.get(fields[5], fields[5][0].upper())
+            line = " ".join(fields)
+        lines.append(line)
+    return Chem.MolFromMol2Block("\n".join(lines), removeHs=False, sanitize=True)
+
+
+def _mol_from_file(path: str | Path, names: list[str], symbols: list[str]):
+    """The ligand of a mol2/SDF file as an RDKit molecule in the topology's atom order.
+
+    The file holds all the ligand's atoms or its heavy atoms only. Atoms are
+    matched by name when the file names them as the topology does (mol2),
+    else taken in file order; their elements must agree either way.
+
+    Args:
+        names, symbols: (L,) atom names and element symbols of the ligand in the topology.
+    Returns:
+        the molecule (L' atoms) and (L',) int64 positions of its atoms in the topology's ligand.
+    """
     from rdkit import Chem
 
     p = require_file(path)
     name = p.name.lower()
     if name.endswith(".mol2"):
-        mol = Chem.MolFromMol2File(str(p), removeHs=False, sanitize=True)
+        mol = _read_mol2(p)
     elif name.endswith((".sdf", ".mol")):
         mol = next(iter(Chem.SDMolSupplier(str(p), removeHs=False)), None)
     else:
         raise HemeplmError("unknown ligand file format; use .mol2 or .sdf", p)
     if mol is None:
         raise HemeplmError("RDKit cannot read this ligand file", p)
-    got = [a.GetSymbol() for a in mol.GetAtoms()]
-    heavy = [s for s in got if s != "H"]
-    want_heavy = [s for s in symbols if s != "H"]
-    if len(got) not in n_expected or heavy != want_heavy:
-        raise HemeplmError(f"ligand file has {len(got)} atoms ({len(heavy)} heavy) but the ligand selection has "
-                           f"{n_expected[0]} ({len(want_heavy)} heavy), or the elements differ in order", p)
-    return mol
+    heavy = [k for k, s in enumerate(symbols) if s != "H"]
+    target = list(range(len(symbols))) if mol.GetNumAtoms() == len(symbols) else heavy
+    if mol.GetNumAtoms() != len(target):
+        raise HemeplmError(f"ligand file has {mol.GetNumAtoms()} atoms but the ligand selection has "
+                           f"{len(symbols)} ({len(heavy)} heavy)", p)
+    file_names = [a.GetProp("_TriposAtomName") if a.HasProp("_TriposAtomName") else "" for a in mol.GetAtoms()]
+    want_names = [names[k] for k in target]
+    if sorted(file_names) == sorted(want_names) and len(set(want_names)) == len(want_names):
+        mol = Chem.RenumberAtoms(mol, [file_names.index(n) for n in want_names])
+    if [a.GetSymbol() for a in mol.GetAtoms()] != [symbols[k] for k in target]:
+        raise HemeplmError("ligand file's elements differ from the ligand selection's (atoms matched by name "
+                           "where the names agree, else in file order)", p)
+    return mol, np.asarray(target, dtype=np.int64)
+
+
+def _fold_hydrogen_charges(topology, ligand: np.ndarray, charges: np.ndarray) -> np.ndarray:
+    """(A_full,) ``charges`` with each ligand hydrogen's charge moved onto the ligand atom it is bonded to."""
+    out = charges.astype(np.float64)
+    lig = set(ligand.tolist())
+    for a, b in topology.bonds:
+        for h, heavy in ((a, b), (b, a)):
+            if h.index in lig and heavy.index in lig and h.element is not None and h.element.symbol == "H":
+                out[heavy.index] += out[h.index]
+                out[h.index] = 0.0
+    return out
 
 
 def ligand_features(full_topology, full_ligand: np.ndarray, xyz: np.ndarray, keep: np.ndarray,
@@ -106,7 +159,7 @@ def ligand_features(full_topology, full_ligand: np.ndarray, xyz: np.ndarray, kee
         xyz: (A_full, 3) coordinates in Å (for bond perception).
         keep: (L,) the kept ligand atoms as indices into ``full_ligand``'s topology.
         charges: (A_full,) topology partial charges, or None (Gasteiger is computed).
-        ligand_file: optional mol2/SDF with the same atoms in the same order.
+        ligand_file: optional mol2/SDF of the ligand (all atoms or heavy atoms; matched by atom name, else order).
     Returns:
         ``features`` (L, N_LIGAND_FEATURES) float32, ``element`` (L,) int64,
         ``bonds`` (2, E) int64 over kept-ligand positions, ``charge`` (L,) float32,
@@ -117,13 +170,16 @@ def ligand_features(full_topology, full_ligand: np.ndarray, xyz: np.ndarray, kee
     if len(full_ligand) == 0:
         return {"features": np.zeros((0, N_LIGAND_FEATURES), np.float32), "element": np.zeros(0, np.int64),
                 "bonds": np.zeros((2, 0), np.int64), "charge": np.zeros(0, np.float32), "charge_source": "none"}
-    symbols = [(full_topology.atom(int(a)).element.symbol if full_topology.atom(int(a)).element else "C")
-               for a in full_ligand]
-    n_heavy = sum(s != "H" for s in symbols)
+    atoms = [full_topology.atom(int(a)) for a in full_ligand]
     if ligand_file is not None:
-        mol = _mol_from_file(ligand_file, (len(full_ligand), n_heavy), symbols)
-        if mol.GetNumAtoms() == n_heavy and n_heavy != len(full_ligand):
-            full_ligand = np.asarray([a for a, s in zip(full_ligand, symbols) if s != "H"])
+        mol, local = _mol_from_file(ligand_file, [a.name for a in atoms],
+                                    [a.element.symbol if a.element else "C" for a in atoms])
+        if charges is not None and len(local) < len(full_ligand):
+            charges = _fold_hydrogen_charges(full_topology, full_ligand, charges)
+        full_ligand = full_ligand[local]
+        if not set(keep.tolist()) <= set(full_ligand.tolist()):
+            raise HemeplmError("ligand file has no hydrogens but hydrogens are kept; give one with hydrogens",
+                               ligand_file)
     else:
         mol = _mol_from_topology(full_topology, full_ligand, xyz)
     try:

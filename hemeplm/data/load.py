@@ -11,7 +11,10 @@ forces in kcal/mol/Å.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,22 +103,36 @@ def load_topology(path: str | Path):
         raise HemeplmError(f"cannot read as a {ext} topology: {exc}", p) from exc
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send what C code prints to stdout (mdtraj's DCD plugin does) to stderr, keeping stdout for results."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _load_traj(path: str | Path, topology, top_path: Path):
     import mdtraj
 
     p = require_file(path)
     _suffix(p, TRAJECTORY_FORMATS, "trajectory")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stdout_to_stderr():
             warnings.simplefilter("ignore")
             traj = mdtraj.load(str(p), top=topology)
     except ValueError as exc:
-        msg = str(exc)
+        msg = " ".join(str(exc).split())
         if "atoms" in msg.lower() or "topology" in msg.lower():
-            raise HemeplmError(f"does not match topology {top_path} ({topology.n_atoms} atoms): {msg}", p) from exc
+            raise HemeplmError(f"has a different number of atoms than topology {top_path} "
+                               f"({topology.n_atoms} atoms)", p) from exc
         raise HemeplmError(f"cannot read trajectory: {msg}", p) from exc
     except Exception as exc:
-        raise HemeplmError(f"cannot read trajectory: {exc}", p) from exc
+        raise HemeplmError(f"cannot read trajectory: {' '.join(str(exc).split())}", p) from exc
     if traj.n_atoms != topology.n_atoms:
         raise HemeplmError(f"has {traj.n_atoms} atoms but topology {top_path} has {topology.n_atoms}", p)
     bad = ~np.isfinite(traj.xyz).all(axis=(1, 2))
@@ -141,7 +158,8 @@ def select_ligand(topology, selection: str | None, path: str | Path = "topology"
         try:
             idx = topology.select(selection)
         except Exception as exc:
-            raise HemeplmError(f"invalid ligand selection {selection!r}: {exc}", path) from exc
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise HemeplmError(f"invalid ligand selection {selection!r}: {reason}", path) from exc
         if len(idx) == 0:
             raise HemeplmError(f"ligand selection {selection!r} matches no atom", path)
         return np.asarray(idx, dtype=np.int64)
@@ -221,6 +239,8 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
     top = load_topology(top_path)
     if not any(r.is_protein for r in top.residues):
         raise HemeplmError("has no protein residues", top_path)
+    if not trajectories and not top_path.name.lower().endswith(TRAJECTORY_FORMATS):
+        raise HemeplmError("holds no coordinates; give trajectory files", top_path)
     files = [Path(t) for t in trajectories] or [top_path]
     trajs = [_load_traj(f, top, top_path) for f in files]
     lig_full = select_ligand(top, ligand, top_path)

@@ -1,0 +1,152 @@
+"""Denoising diffusion (DDPM) with ε-prediction, conditioning by inpainting.
+
+Knows nothing about molecules. The denoiser is any callable
+
+    denoiser(x_t, t, cond, mask) -> eps_hat
+
+with ``x_t`` (B, ...) the noisy tensor, ``t`` (B,) integer diffusion steps
+(one per sample, so one forward pass serves samples at different noise
+levels), ``cond`` whatever the denoiser needs, and ``mask`` (B, ...) bool
+(leading dims of ``x``) marking entries that are given. Given entries are
+held at their clean values in ``x_t`` at every step and excluded from the
+loss; the model only generates the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Any, torch.Tensor], torch.Tensor]
+
+
+def _expand(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Append singleton dims to ``m`` until it broadcasts against ``x``."""
+    return m.reshape(*m.shape, *([1] * (x.ndim - m.ndim)))
+
+
+def _randn_like_gen(shape, like: torch.Tensor, generator: torch.Generator | None, integers: int = 0) -> torch.Tensor:
+    """Standard normal (or, with ``integers``, uniform integer) draws on the generator's device, moved to ``like``'s."""
+    device = generator.device if generator is not None else like.device
+    if integers:
+        out = torch.randint(0, integers, shape, device=device, generator=generator)
+        return out.to(like.device)
+    return torch.randn(shape, device=device, dtype=like.dtype, generator=generator).to(like.device)
+
+
+def cosine_betas(timesteps: int, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal cosine schedule, β clipped to 0.999."""
+    t = torch.linspace(0, timesteps, timesteps + 1, dtype=torch.float64) / timesteps
+    f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+
+
+def linear_betas(timesteps: int) -> torch.Tensor:
+    scale = 1000 / timesteps
+    return torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+
+
+class GaussianDiffusion(nn.Module):
+    """DDPM forward process, ε loss, ancestral and DDIM samplers.
+
+    Args:
+        timesteps: number of training noise levels.
+        schedule: ``"cosine"`` or ``"linear"``.
+    """
+
+    def __init__(self, timesteps: int = 1000, schedule: str = "cosine"):
+        super().__init__()
+        betas = {"cosine": cosine_betas, "linear": linear_betas}[schedule](timesteps)
+        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+        self.timesteps = timesteps
+        for name, val in {
+            "betas": betas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1 - alphas_cumprod).sqrt(),
+            "posterior_variance": betas * (1 - prev) / (1 - alphas_cumprod),
+        }.items():
+            self.register_buffer(name, val.float(), persistent=False)
+
+    def _at(self, buf: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return _expand(buf[t].to(x.dtype), x)
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``√ᾱ_t x0 + √(1-ᾱ_t) ε`` for x0 (B, ...), t (B,)."""
+        return self._at(self.sqrt_alphas_cumprod, t, x0) * x0 + self._at(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+
+    def loss(self, denoiser: Denoiser, x0: torch.Tensor, cond: Any, mask: torch.Tensor,
+             weight: torch.Tensor | None = None, t: torch.Tensor | None = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean of ``||ε - ε_θ(x_t, t)||²`` over the entries to generate.
+
+        Args:
+            x0: (B, ...) clean data.
+            mask: (B, ...) bool over leading dims of x0; True = given (no loss).
+            weight: broadcastable to x0; 0 drops entries (e.g. padding).
+            t: (B,) steps, drawn uniformly when None.
+        """
+        b = x0.shape[0]
+        if t is None:
+            t = _randn_like_gen((b,), x0, generator, integers=self.timesteps).long()
+        noise = _randn_like_gen(x0.shape, x0, generator)
+        given = _expand(mask, x0)
+        x_t = torch.where(given, x0, self.q_sample(x0, t, noise))
+        eps = denoiser(x_t, t, cond, mask)
+        w = (~given).to(x0.dtype)
+        if weight is not None:
+            w = w * weight
+        w = w.expand_as(x0)
+        return ((eps - noise) ** 2 * w).sum() / w.sum().clamp(min=1.0)
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return (x_t - self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / self._at(self.sqrt_alphas_cumprod, t, x_t)
+
+    @torch.no_grad()
+    def sample(self, denoiser: Denoiser, x_given: torch.Tensor, cond: Any, mask: torch.Tensor,
+               steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
+               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Generate the entries of ``x_given`` where ``mask`` is False.
+
+        Args:
+            x_given: (B, ...) clean values where mask is True (others ignored).
+            mask: (B, ...) bool, True = given; given entries come back exactly.
+            steps: DDIM steps (``sampler="ddim"``, ``eta=0`` deterministic) or ignored
+                for ``sampler="ancestral"`` (all ``timesteps`` steps).
+        Returns:
+            (B, ...) samples.
+        """
+        from tqdm import tqdm
+
+        given = _expand(mask, x_given)
+        x = _randn_like_gen(x_given.shape, x_given, generator)
+        b = x.shape[0]
+        if sampler == "ancestral":
+            seq = list(range(self.timesteps - 1, -1, -1))
+        elif sampler == "ddim":
+            seq = torch.linspace(self.timesteps - 1, 0, max(1, steps)).round().long().unique_consecutive().tolist()
+        else:
+            raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
+        for i, step in enumerate(tqdm(seq, disable=not progress, desc=f"{sampler} sampling", leave=False)):
+            t = torch.full((b,), step, device=x.device, dtype=torch.long)
+            x = torch.where(given, x_given, x)
+            eps = denoiser(x, t, cond, mask)
+            x0 = self.predict_x0(x, t, eps)
+            if sampler == "ancestral":
+                mean = (self._at(self.betas, t, x) * self._at(self.alphas_cumprod_prev, t, x).sqrt() * x0
+                        + (1 - self._at(self.alphas_cumprod_prev, t, x)) * (1 - self._at(self.betas, t, x)).sqrt() * x
+                        ) / (1 - self._at(self.alphas_cumprod, t, x))
+                noise = _randn_like_gen(x.shape, x, generator)
+                x = mean + (self._at(self.posterior_variance, t, x).sqrt() * noise if step > 0 else 0)
+            else:
+                a_t = self.alphas_cumprod[step]
+                a_prev = self.alphas_cumprod[seq[i + 1]] if i + 1 < len(seq) else torch.ones((), device=x.device)
+                sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
+                noise = _randn_like_gen(x.shape, x, generator) if eta > 0 else 0
+                x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * noise
+        return torch.where(given, x_given, x)

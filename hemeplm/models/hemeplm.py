@@ -1,0 +1,226 @@
+"""HemePLM: encoder + video denoiser + energy head, composed over one system.
+
+The model owns the system's static description (token layout, atom features,
+pocket, domains, optional protein-language-model embeddings) and the
+normalisation statistics as buffers, so that a checkpoint alone rebuilds it.
+
+Shapes: B windows, T frames, A atoms, N tokens, W atom slots per token,
+D = 3W values per token, C encoder width, R residues (protein + ligand).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import Config
+from ..data import tokens as tok
+from ..data.ligand import ELEMENTS, N_LIGAND_FEATURES
+from ..data.residues import N_RES_TYPES
+from ..heads import EnergyHead
+from .denoiser import Conditioning, VideoDenoiser
+from .encoder import AtomEncoder
+
+#: per-atom arrays of the featurised system the model keeps
+STATIC_KEYS = ("element", "atom_type", "ligand_features", "charge", "is_ligand", "polar", "residue", "bonds")
+
+
+def system_static(feats: dict, pocket_radius: float, domain_size: int) -> dict:
+    """The parts of a featurised system the model needs, as numpy arrays and plain values.
+
+    Adds ``pocket`` (P,) protein tokens within ``pocket_radius`` Å of the ligand in the
+    first frame, ``domain`` (N,) contiguous residue chunks of ``domain_size``, and the
+    atom/residue names used to check that a topology matches the checkpoint.
+    """
+    layout = feats["layout"]
+    first = feats["segments"][0][0]
+    kind = layout["kind"]
+    lig_atoms = np.nonzero(feats["is_ligand"])[0]
+    pocket = np.zeros(0, np.int64)
+    if len(lig_atoms):
+        lig = first[lig_atoms]
+        idx = layout["atom_index"]
+        pos = first[idx.clip(min=0)]
+        d = np.sqrt(((pos[:, :, None, :] - lig[None, None]) ** 2).sum(-1)).min(-1)
+        d = np.where(idx >= 0, d, np.inf).min(-1)
+        pocket = np.nonzero((d <= pocket_radius) & (kind != tok.KIND_LIGAND))[0]
+    domain = layout["residue"] // max(1, domain_size)
+    out = {k: np.asarray(feats[k]) for k in STATIC_KEYS}
+    out.update(layout={k: np.asarray(v) for k, v in layout.items()}, pocket=pocket, domain=domain,
+               plm=feats.get("plm"), n_atoms=int(feats["n_atoms"]), atom_names=list(feats["atom_names"]),
+               residue_names=list(feats["residue_names"]), topology_pdb=feats["topology_pdb"])
+    return out
+
+
+class HemePLM(nn.Module):
+    """Generative surrogate of one system's MD, with energies and forces.
+
+    Args:
+        cfg: the run's Config (encoder, denoiser, energy sections are read).
+        static: :func:`system_static` output.
+    """
+
+    def __init__(self, cfg: Config, static: dict):
+        super().__init__()
+        self.static_info = {k: static[k] for k in ("n_atoms", "atom_names", "residue_names", "topology_pdb")}
+        for k in STATIC_KEYS:
+            self.register_buffer(f"s_{k}", torch.as_tensor(static[k]), persistent=False)
+        for k, v in static["layout"].items():
+            self.register_buffer(f"l_{k}", torch.as_tensor(v), persistent=False)
+        self.register_buffer("pocket", torch.as_tensor(static["pocket"], dtype=torch.long), persistent=False)
+        self.register_buffer("domain", torch.as_tensor(static["domain"], dtype=torch.long), persistent=False)
+        plm = static.get("plm")
+        self.register_buffer("plm", None if plm is None else torch.as_tensor(plm, dtype=torch.float32),
+                             persistent=False)
+        n_tok, width = static["layout"]["atom_index"].shape
+        self.n_atoms, self.width = static["n_atoms"], width
+        self.n_residues = int(static["residue"].max()) + 1
+        # normalisation statistics (fitted on the training windows, saved in the state dict)
+        self.register_buffer("norm_mean", torch.zeros(n_tok, width, 3))
+        self.register_buffer("norm_std", torch.ones(n_tok, 1, 1))
+        self.register_buffer("energy_mean", torch.zeros(()))
+        self.register_buffer("energy_std", torch.ones(()))
+        self.register_buffer("force_rms", torch.ones(()))
+        self.register_buffer("has_energy_stats", torch.zeros((), dtype=torch.bool))
+
+        e, d = cfg.encoder, cfg.denoiser
+        self.spatial, self.local_neighbors = d.spatial, d.local_neighbors
+        self.encoder = AtomEncoder(len(ELEMENTS) + 1, (N_RES_TYPES + 1) * width + 1, N_LIGAND_FEATURES,
+                                   hidden=e.hidden, layers=e.layers, lmax=e.lmax, num_rbf=e.num_rbf,
+                                   cutoff=e.cutoff, max_neighbors=e.max_neighbors)
+        self.res_type = nn.Embedding(N_RES_TYPES, e.hidden)
+        self.kind = nn.Embedding(3, e.hidden)
+        self.plm_proj = None if plm is None else nn.Linear(plm.shape[1], e.hidden)
+        self.denoiser = VideoDenoiser(3 * width, e.hidden, dim=d.dim, depth=d.depth, heads=d.heads,
+                                      mlp_ratio=d.mlp_ratio, max_tau=d.max_tau, cross_window=d.cross_window)
+        self.energy_head = EnergyHead(e.hidden, cfg.energy.hidden) if cfg.energy.enabled else None
+
+    # ------------------------------------------------------------------ system views
+    @property
+    def layout(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, f"l_{k}") for k in tok.TokenLayout.__dataclass_fields__}
+
+    @property
+    def static(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, f"s_{k}") for k in STATIC_KEYS}
+
+    @property
+    def token_is_ligand(self) -> torch.Tensor:
+        """(N,) bool."""
+        return self.l_kind == tok.KIND_LIGAND
+
+    @property
+    def slot_mask(self) -> torch.Tensor:
+        """(N, D) float, 1 where a value belongs to an atom."""
+        return (self.l_atom_index >= 0).repeat_interleave(3, dim=-1).float()
+
+    # ------------------------------------------------------------------ values <-> coordinates
+    def values(self, coords: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """(B, T, A, 3), key (B, A, 3) -> normalised values (B, T, N, D)."""
+        d = tok.encode(coords, key, self.layout)
+        z = (d - self.norm_mean) / self.norm_std * (self.l_atom_index >= 0)[..., None]
+        return z.flatten(-2)
+
+    def coordinates(self, values: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """Normalised values (B, T, N, D), key (B, A, 3) -> coordinates (B, T, A, 3)."""
+        d = values.unflatten(-1, (self.width, 3)) * self.norm_std + self.norm_mean
+        return tok.decode(d, key, self.layout, self.n_atoms)
+
+    @torch.no_grad()
+    def fit_normalisation(self, windows) -> None:
+        """Fit value and energy statistics on training windows (iterable of dataset items)."""
+        lig = self.token_is_ligand
+        vals, energies, forces = [], [], []
+        for item in windows:
+            c = item["coords"].to(self.norm_mean)
+            vals.append(tok.encode(c, c[0], self.layout))
+            if bool(item["has_energy"]):
+                energies.append(item["energy"].double())
+                forces.append(item["forces"].double())
+        v = torch.stack(vals)  # (M, T, N, W, 3)
+        m = (self.l_atom_index >= 0)[..., None].to(v)
+        mean = (v * m).mean(dim=(0, 1)) * lig[:, None, None]
+        self.norm_mean.copy_(mean)
+        for is_lig in (False, True):
+            sel = lig == is_lig
+            if sel.any():
+                dev = ((v - mean)[:, :, sel] * m[sel]) ** 2
+                std = (dev.sum() / (m[sel].sum() * v.shape[0] * v.shape[1] * 3)).sqrt().clamp(min=1e-3)
+                self.norm_std[sel] = std
+        if energies:
+            e = torch.cat(energies)
+            self.energy_mean.fill_(float(e.mean()))
+            self.energy_std.fill_(float(e.std().clamp(min=1e-3)))
+            self.force_rms.fill_(float(torch.cat(forces).pow(2).mean().sqrt().clamp(min=1e-3)))
+            self.has_energy_stats.fill_(True)
+
+    # ------------------------------------------------------------------ conditioning
+    def condition(self, key: torch.Tensor, node_mask: torch.Tensor | None = None) -> tuple[Conditioning, torch.Tensor]:
+        """Encode key frames.
+
+        Args:
+            key: (B, A, 3) Å.
+            node_mask: (B, A) bool, atoms whose key positions are known (None = all).
+        Returns:
+            :class:`Conditioning` and the atom features h (B, A, C).
+        """
+        h, _ = self.encoder(key, self.static, node_mask)
+        b = key.shape[0]
+        counts = torch.zeros(self.l_kind.numel(), device=key.device).index_add_(
+            0, self.l_atom_token, torch.ones(self.n_atoms, device=key.device))
+        tokens = h.new_zeros(b, self.l_kind.numel(), h.shape[-1]).index_add_(1, self.l_atom_token, h)
+        tokens = tokens / counts[:, None] + self.res_type(self.l_res_type) + self.kind(self.l_kind)
+        if self.plm_proj is not None:
+            is_res = self.l_kind != tok.KIND_LIGAND
+            tokens = tokens + self.plm_proj(self.plm)[self.l_residue] * is_res[:, None]
+        neighbors = None
+        if self.spatial == "local":
+            neighbors = self._token_neighbors(key)
+        cond = Conditioning(tokens=tokens, neighbors=neighbors, domain=self.domain,
+                            ligand=torch.nonzero(self.token_is_ligand).flatten(), pocket=self.pocket)
+        return cond, h
+
+    def _token_neighbors(self, key: torch.Tensor) -> torch.Tensor:
+        """(B, A, 3) -> (B, N, K) nearest tokens (by first-slot atom) in each key frame."""
+        from torch_cluster import knn
+
+        centre = key[:, self.l_atom_index[:, 1].where(self.l_atom_index[:, 1] >= 0, self.l_atom_index[:, 0])]
+        b, n, _ = centre.shape
+        k = min(self.local_neighbors, n)
+        flat = centre.reshape(b * n, 3)
+        batch = torch.arange(b, device=key.device).repeat_interleave(n)
+        dst, src = knn(flat, flat, k, batch, batch)
+        order = torch.argsort(dst * (b * n) + src)
+        return (src[order] % n).view(b, n, k)
+
+    def denoise(self, x_t, t, cond, mask):
+        """The denoiser interface ``denoiser(x_t, t, cond, mask)`` (see :mod:`hemeplm.diffusion`)."""
+        return self.denoiser(x_t, t, cond, mask)
+
+    # ------------------------------------------------------------------ energies and forces
+    def energy_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Atom features (B, A, C) -> energies in kcal/mol: ``total`` (B,), ``residue`` (B, R), ``atom`` (B, A)."""
+        out = self.energy_head(h, self.s_residue, self.n_residues)
+        share = self.energy_mean / self.n_atoms
+        atom = out["atom"] * self.energy_std + share
+        res = out["residue"] * self.energy_std + share * torch.bincount(self.s_residue, minlength=self.n_residues)
+        return {"atom": atom, "residue": res, "total": out["total"] * self.energy_std + self.energy_mean,
+                "total_normalised": out["total"]}
+
+    def predict_energy(self, pos: torch.Tensor, create_graph: bool = False) -> dict[str, torch.Tensor]:
+        """Energies and forces of frames.
+
+        Args:
+            pos: (F, A, 3) Å.
+        Returns:
+            ``total`` (F,), ``residue`` (F, R), ``atom`` (F, A) kcal/mol and ``forces`` (F, A, 3) kcal/mol/Å.
+        """
+        if self.energy_head is None:
+            raise RuntimeError("this model was trained without the energy head (energy.enabled=false)")
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            h, _ = self.encoder(pos, self.static)
+            out = self.energy_from_features(h)
+            forces = -torch.autograd.grad(out["total"].sum(), pos, create_graph=create_graph)[0]
+        return {**out, "forces": forces}

@@ -1,0 +1,78 @@
+"""Tasks are conditioning masks over (frame, token); one set of weights serves all.
+
+A mask is (T, N) bool, True where a token's values in a frame are given:
+
+* ``forecast``: frame 0 given;
+* ``tps``: first and last frames given (transition path between them);
+* ``inpaint``: protein tokens given in every frame; the ligand tokens (or a
+  chosen subset) generated in every frame;
+* ``upsample``: every ``factor``-th frame given.
+
+Frame 0's protein is given in every task: it is the key frame that defines
+the local frames the values live in.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+TASKS = ("forecast", "tps", "inpaint", "upsample")
+
+
+def task_mask(task: str, n_frames: int, is_ligand: torch.Tensor, upsample_factor: int = 4,
+              inpaint_tokens: torch.Tensor | None = None, ligand_key_given: bool = False) -> torch.Tensor:
+    """Conditioning mask of one task.
+
+    Args:
+        task: one of :data:`TASKS`.
+        n_frames: T.
+        is_ligand: (N,) bool, ligand tokens.
+        upsample_factor: given-frame spacing for ``upsample``.
+        inpaint_tokens: (N,) bool, the tokens to inpaint (default: every ligand token).
+        ligand_key_given: for ``inpaint``, also give the inpainted tokens in frame 0
+            (used to continue an inpainted trajectory window by window).
+    Returns:
+        (T, N) bool, True = given.
+    """
+    n = is_ligand.shape[0]
+    mask = torch.zeros(n_frames, n, dtype=torch.bool, device=is_ligand.device)
+    if task == "forecast":
+        mask[0] = True
+    elif task == "tps":
+        mask[0] = True
+        mask[-1] = True
+    elif task == "upsample":
+        mask[::upsample_factor] = True
+    elif task == "inpaint":
+        hidden = is_ligand if inpaint_tokens is None else inpaint_tokens
+        if not hidden.any():
+            raise ValueError("inpaint needs ligand tokens; this system has none")
+        mask[:] = ~hidden
+        if ligand_key_given:
+            mask[0] = True
+    else:
+        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    return mask
+
+
+def draw_training_mask(rng: random.Random, weights: dict[str, float], n_frames: int, is_ligand: torch.Tensor,
+                       upsample_factor: int) -> tuple[str, torch.Tensor]:
+    """Draw a task by weight and a mask for it (inpainting a random ligand subset half of the time).
+
+    ``rng`` should be seeded identically on every rank so that ranks train the same task.
+    """
+    names = [k for k in TASKS if weights.get(k, 0) > 0 and (k != "inpaint" or bool(is_ligand.any()))]
+    if not names:
+        raise ValueError("no task has a positive weight (inpaint needs a ligand)")
+    task = rng.choices(names, weights=[weights[k] for k in names])[0]
+    subset, key_given = None, False
+    if task == "inpaint":
+        lig = torch.nonzero(is_ligand).flatten().tolist()
+        if rng.random() < 0.5 and len(lig) > 1:
+            chosen = rng.sample(lig, rng.randint(1, len(lig)))
+            subset = torch.zeros_like(is_ligand)
+            subset[chosen] = True
+        key_given = rng.random() < 0.25
+    return task, task_mask(task, n_frames, is_ligand, upsample_factor, subset, key_given)

@@ -1,0 +1,110 @@
+"""Shared fixtures: the shipped T4 lysozyme L99A–p-xylene inputs and small trajectories made from them.
+
+Every trajectory a test needs is written into a temporary folder from the
+coordinates of ``complex.pdb`` plus small random displacements, so the tests
+need nothing but the files in the repository.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+T4L = ROOT / "data" / "t4l_l99a_xylene"
+PRMTOP = T4L / "complex.prmtop"
+INPCRD = T4L / "complex-minimized.crd"
+PDB = T4L / "complex.pdb"
+MOL2 = T4L / "ligand.mol2"
+HEME_PDB = ROOT / "tests" / "data" / "19hc.pdb.gz"
+N_ATOMS = 2621  # T4L complex with hydrogens
+N_LIGAND_HEAVY = 8  # p-xylene
+
+
+def write_dcd(path: Path, xyz_nm: np.ndarray) -> Path:
+    """Write (F, A, 3) coordinates in nm as a DCD (float32, stores NaN faithfully)."""
+    import mdtraj
+
+    with mdtraj.formats.DCDTrajectoryFile(str(path), "w") as fh:
+        fh.write(np.asarray(xyz_nm, dtype=np.float32) * 10.0)  # DCD holds Å
+    return path
+
+
+def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
+    """(n, 3, 3) uniformly random proper rotations."""
+    q, r = np.linalg.qr(rng.normal(size=(n, 3, 3)))
+    q = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+    q[np.linalg.det(q) < 0, :, 0] *= -1
+    return q
+
+
+def rigid_move(xyz: np.ndarray, rng: np.random.Generator, scale: float = 5.0) -> np.ndarray:
+    """Each frame of (F, A, 3) ``xyz`` moved by its own random rotation and translation."""
+    rot = random_rotations(len(xyz), rng)
+    shift = rng.normal(scale=scale, size=(len(xyz), 1, 3))
+    return np.einsum("fij,faj->fai", rot, xyz) + shift
+
+
+def heme_pdb(path: Path, first_of_chain: str | None = None) -> Path:
+    """Write the HEM residues of 19hc as a PDB: all 18, or only the first one of chain ``first_of_chain``."""
+    lines, first = [], None
+    with gzip.open(HEME_PDB, "rt") as fh:
+        for line in fh:
+            if not (line.startswith("HETATM") and line[17:20] == "HEM"):
+                continue
+            if first_of_chain is not None:
+                if line[21] != first_of_chain or first not in (None, line[22:27]):
+                    continue
+                first = line[22:27]
+            lines.append(line)
+    path.write_text("".join(lines) + "END\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def t4l_xyz() -> np.ndarray:
+    """(A, 3) coordinates of ``complex.pdb`` in nm, float64."""
+    import mdtraj
+
+    return mdtraj.load(str(PDB)).xyz[0].astype(np.float64)
+
+
+@pytest.fixture(scope="session")
+def t4l_frames(t4l_xyz) -> np.ndarray:
+    """(12, A, 3) nm: the PDB coordinates with 0.02 nm random displacements per frame."""
+    rng = np.random.default_rng(0)
+    return t4l_xyz[None] + rng.normal(scale=0.02, size=(12, *t4l_xyz.shape))
+
+
+@pytest.fixture(scope="session")
+def t4l_dcd(tmp_path_factory, t4l_frames) -> Path:
+    """A 12-frame DCD of the T4L complex."""
+    return write_dcd(tmp_path_factory.mktemp("t4l") / "traj.dcd", t4l_frames)
+
+
+@pytest.fixture(scope="session")
+def t4l_features(t4l_dcd) -> dict:
+    """Featurised T4L system (heavy atoms, xylene detected), no cache."""
+    from hemeplm.data.dataset import DataConfig, build_features
+
+    return build_features(DataConfig(topology=str(PRMTOP), trajectories=[str(t4l_dcd)]))
+
+
+@pytest.fixture(scope="session")
+def t4l_moved_features(tmp_path_factory, t4l_frames) -> dict:
+    """The frames of ``t4l_features``, each moved by its own random rotation and translation, featurised."""
+    from hemeplm.data.dataset import DataConfig, build_features
+
+    moved = rigid_move(t4l_frames, np.random.default_rng(1), scale=2.0)
+    path = write_dcd(tmp_path_factory.mktemp("t4l_moved") / "moved.dcd", moved)
+    return build_features(DataConfig(topology=str(PRMTOP), trajectories=[str(path)]))
+
+
+def layout_tensors(feats: dict) -> dict:
+    """The token layout of featurised ``feats`` as torch tensors."""
+    import torch
+
+    return {k: torch.as_tensor(v) for k, v in feats["layout"].items()}

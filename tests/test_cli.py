@@ -1,0 +1,66 @@
+"""``hemeplm inspect``: the report on a heme protein, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import HEME_PDB, PRMTOP, ROOT, write_dcd
+
+from hemeplm.cli import main
+
+
+def test_inspect_heme_json(capsys):
+    main(["inspect", str(HEME_PDB), "--ligand", "resname HEM", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    lig = report["ligand"]
+    assert lig["n_atoms"] == 774
+    assert lig["residues"] == ["HEM"] * 18
+    assert lig["elements"]["Fe"] == 18
+    assert lig["elements"] == {"C": 612, "Fe": 18, "N": 72, "O": 72}
+    assert report["n_frames"] == 1 and report["n_segments"] == 1 and report["n_residues"] > 0
+
+
+def test_inspect_text(capsys, t4l_dcd):
+    main(["inspect", str(PRMTOP), str(t4l_dcd)])
+    out = capsys.readouterr().out.splitlines()
+    assert "162 protein residues" in out[0] and "12 frames" in out[0]
+    assert out[1].startswith("ligand: 8 atoms in 1 residue(s) ['TMP']")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["missing.pdb"], ["missing.pdb", "file not found"]),
+    ([str(PRMTOP), "traj.xyzzy"], ["traj.xyzzy", "unknown trajectory format"]),
+    ([str(HEME_PDB), "--ligand", "resname ((("], [str(HEME_PDB), "invalid ligand selection"]),
+])
+def test_inspect_bad_input(tmp_path, monkeypatch, capsys, args, words):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "traj.xyzzy").write_text("?")
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("hemeplm inspect: error: ")
+    for w in words:
+        assert w in err
+
+
+def test_inspect_json_stdout_is_json(t4l_dcd):
+    """mdtraj's DCD reader prints to stdout from C; the JSON report must still parse."""
+    proc = subprocess.run([sys.executable, "-m", "hemeplm.cli", "inspect", str(PRMTOP), str(t4l_dcd), "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n_frames"] == 12
+
+
+def test_inspect_mismatch_subprocess(tmp_path, t4l_xyz):
+    """Run as a program: exit code 2 and one line on stderr, no traceback."""
+    short = write_dcd(tmp_path / "short.dcd", t4l_xyz[None, :100])
+    proc = subprocess.run([sys.executable, "-m", "hemeplm.cli", "inspect", str(PRMTOP), str(short)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hemeplm")]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert str(short) in lines[0] and "different number of atoms" in lines[0]

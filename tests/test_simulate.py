@@ -1,0 +1,154 @@
+"""OpenMM data generation: the T4L run through the CLI, the heme (CHARMM36 HEME) path, and resuming."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import INPCRD, N_ATOMS, PRMTOP, heme_pdb
+
+from hemeplm.cli import main
+from hemeplm.errors import HemeplmError
+from hemeplm.simulate import MDRun, SimulateConfig, prepare_pdb
+
+HEME_CFG = dict(solvent="vacuum", timestep_fs=1.0, hydrogen_mass_amu=None, report_every=100, save_every_frames=1)
+
+
+def test_simulate_t4l_cli(tmp_path, capsys):
+    import mdtraj
+
+    from hemeplm.data.load import load_system
+
+    out = tmp_path / "md"
+    argv = ["simulate", "--prmtop", str(PRMTOP), "--inpcrd", str(INPCRD), "--steps", "500", "--report-every", "100",
+            "--out", str(out), "--quiet"]
+    main(argv)
+    assert "5 frames" in capsys.readouterr().out
+    traj = mdtraj.load(str(out / "traj.xtc"), top=str(out / "topology.pdb"))
+    assert traj.n_frames == 5 and traj.n_atoms == N_ATOMS
+    np.testing.assert_allclose(traj.time, [0.4, 0.8, 1.2, 1.6, 2.0], atol=1e-4)  # 100 steps of 4 fs
+    with np.load(out / "energies_forces.npz") as z:
+        assert z["energy_kcal_mol"].shape == (5,) and np.isfinite(z["energy_kcal_mol"]).all()
+        assert z["forces_kcal_mol_A"].shape == (5, N_ATOMS, 3) and np.isfinite(z["forces_kcal_mol_A"]).all()
+        np.testing.assert_allclose(z["time_ps"], traj.time, atol=1e-3)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["config"]["steps"] == 500 and settings["inputs"]["prmtop"] == str(PRMTOP.resolve())
+
+    # the run is training data: energies and forces come with the frames (hydrogen forces folded)
+    system = load_system(PRMTOP, [out / "traj.xtc"])
+    assert system.energies[0].shape == (5,) and system.forces[0].shape == (5, system.n_atoms, 3)
+
+    # the same command again finds the run complete; other settings in the same folder are refused
+    main(argv)
+    assert "5 frames" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main([("600" if a == "500" else a) for a in argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert str(out) in err and "other inputs or settings" in err and "\n" not in err
+
+
+def test_simulate_cli_bad_input(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--out", str(tmp_path / "md")])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["simulate", "--prmtop", str(tmp_path / "none.prmtop"), "--inpcrd", str(INPCRD),
+              "--out", str(tmp_path / "md")])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("hemeplm simulate: error:") and "--prmtop" in err[0]
+    assert str(tmp_path / "none.prmtop") in err[1] and "not found" in err[1]
+
+
+@pytest.fixture(scope="module")
+def heme(tmp_path_factory):
+    """(pdb path, (topology, system, positions)) of the first heme of 19hc chain A, CHARMM36 in vacuum."""
+    path = heme_pdb(tmp_path_factory.mktemp("heme") / "hem_a.pdb", first_of_chain="A")
+    return path, prepare_pdb(path, SimulateConfig(**HEME_CFG))
+
+
+def test_heme_prepared_and_simulated(heme):
+    import openmm
+    from openmm import app, unit
+
+    _, (topology, system, positions) = heme
+    residues = list(topology.residues())
+    assert [r.name for r in residues] == ["HEME"]
+    atoms = list(residues[0].atoms())
+    elements = [a.element.symbol for a in atoms]
+    assert len(atoms) == 73 and elements.count("H") == 30 and len(atoms) - 30 == 43 and elements.count("Fe") == 1
+    # every added hydrogen sits at a bond length from its heavy atom
+    xyz = np.asarray(positions.value_in_unit(unit.angstrom))
+    for a, b in topology.bonds():
+        if "H" in (a.element.symbol, b.element.symbol):
+            assert 0.9 < np.linalg.norm(xyz[a.index] - xyz[b.index]) < 1.2
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 1 * unit.femtosecond)
+    sim = app.Simulation(topology, system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    sim.context.setPositions(positions)
+    sim.minimizeEnergy(maxIterations=200)
+    sim.step(100)
+    energy = sim.context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilocalorie_per_mole)
+    assert np.isfinite(energy) and abs(energy) < 1e4
+
+
+def _run(heme, out, **overrides) -> MDRun:
+    path, parts = heme
+    cfg = SimulateConfig(**{**HEME_CFG, "steps": 400, **overrides})
+    return MDRun(*parts, cfg=cfg, out=out, inputs={"pdb": str(path)})
+
+
+def test_interrupted_run_resumes(heme, tmp_path, monkeypatch):
+    import mdtraj
+
+    out = tmp_path / "md"
+    run = _run(heme, out)
+    real_step, calls = run.sim.step, []
+
+    def killed_after_two_frames(n):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(n)
+        real_step(n)
+
+    monkeypatch.setattr(run.sim, "step", killed_after_two_frames)
+    with pytest.raises(KeyboardInterrupt):
+        run.run(progress=False)
+    with np.load(out / "energies_forces.npz") as z:
+        saved = z["energy_kcal_mol"].copy()
+    assert len(saved) == 2
+
+    resumed = _run(heme, out)
+    assert len(resumed.times) == 2
+    resumed.run(progress=False)
+    with np.load(out / "energies_forces.npz") as z:
+        times, energies = z["time_ps"], z["energy_kcal_mol"]
+        assert z["forces_kcal_mol_A"].shape == (4, 73, 3)
+    np.testing.assert_allclose(times, [0.1, 0.2, 0.3, 0.4], atol=1e-9)
+    assert (np.diff(times) > 0).all()
+    np.testing.assert_array_equal(energies[:2], saved)
+    traj = mdtraj.load(str(out / "traj.xtc"), top=str(out / "topology.pdb"))
+    assert traj.n_frames == 4
+    np.testing.assert_allclose(traj.time, times, atol=1e-4)
+
+    # complete: a new run with the same settings does not step again
+    done = _run(heme, out)
+    monkeypatch.setattr(done.sim, "step", lambda n: pytest.fail("a complete run was stepped again"))
+    done.run(progress=False)
+    assert len(done.times) == 4
+
+
+def test_other_settings_refused(heme, tmp_path):
+    out = tmp_path / "md"
+    _run(heme, out, steps=100).run(progress=False)
+    with pytest.raises(HemeplmError, match="other inputs or settings") as info:
+        _run(heme, out, steps=200)
+    assert str(out) in str(info.value)
+
+
+def test_unknown_solvent(heme):
+    path, _ = heme
+    with pytest.raises(HemeplmError, match="solvent 'implicit'") as info:
+        prepare_pdb(path, SimulateConfig(solvent="implicit"))
+    assert str(path) in str(info.value)
