@@ -37,14 +37,3 @@ class EnergyHead(nn.Module):
         atom = self.mlp(h).squeeze(-1) / h.shape[1] ** 0.5
         res = atom.new_zeros(atom.shape[0], n_residues).index_add_(1, residue, atom)
         return {"atom": atom, "residue": res, "total": atom.sum(-1)}
-
-
-def regression_metrics(pred: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
-    """MSE, MAE, R² and Pearson r of flattened predictions (same units as the inputs)."""
-    p, y = pred.detach().double().flatten(), true.detach().double().flatten()
-    err = p - y
-    var = ((y - y.mean()) ** 2).mean()
-    pc, yc = p - p.mean(), y - y.mean()
-    denom = (pc.norm() * yc.norm()).clamp(min=1e-12)
-    return {"mse": float((err ** 2).mean()), "mae": float(err.abs().mean()),
-            "r2": float(1 - (err ** 2).mean() / var.clamp(min=1e-12)), "pearson": float((pc * yc).sum() / denom)}

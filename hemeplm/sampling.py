@@ -65,20 +65,6 @@ class Generator:
     def window(self) -> int:
         return self.cfg.data.window
 
-    @property
-    def topology(self):
-        """mdtraj Topology of the checkpoint's system (kept atoms)."""
-        if not hasattr(self, "_topology"):
-            import tempfile
-
-            import mdtraj
-
-            with tempfile.TemporaryDirectory() as tmp:
-                path = Path(tmp) / "system.pdb"
-                path.write_text(self.model.static_info["topology_pdb"])
-                self._topology = mdtraj.load_pdb(str(path)).topology
-        return self._topology
-
     @torch.no_grad()
     def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Generate one window per sample.
@@ -256,7 +242,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     else:
         raise HemeplmError(f"unknown task {task!r}")
     elapsed = time.time() - t0
-    top = gen.topology
+    top = gen.model.topology()
     out.parent.mkdir(parents=True, exist_ok=True)
     arr = result.cpu().numpy() / 10.0
     for path, xyz in zip(trajs, arr):
@@ -277,7 +263,7 @@ def _inpaint_tokens(gen: Generator, topology, selection: str | None) -> torch.Te
     if selection is None:
         return None
 
-    top = gen.topology
+    top = gen.model.topology()
     try:
         atoms = top.select(selection)
     except Exception as exc:

@@ -28,7 +28,6 @@ from .config import Config, save_config, to_dict
 from .data.dataset import WindowDataset, featurize
 from .diffusion import GaussianDiffusion
 from .errors import HemeplmError
-from .heads import regression_metrics
 from .models.hemeplm import HemePLM, system_static
 from .tasks import TASKS, draw_training_mask, task_mask
 
@@ -119,15 +118,18 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         be.copy_(bm)
 
 
-def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch.device) -> dict:
+def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch.device,
+             figures_dir: Path | None = None) -> tuple[dict, list[Path]]:
     """Validation losses on a fixed set of windows, tasks, noise levels and noise (comparable across steps).
 
-    Returns ``val_loss`` (diffusion), ``val_loss_<task>``, and, when energies exist,
-    ``val_energy_{mse,mae,r2,pearson}`` (kcal/mol) and ``val_force_*`` (kcal/mol/Å).
+    Returns the metrics, ``val_loss`` (diffusion), ``val_loss_<task>`` and, when energies exist,
+    ``val_energy_*`` (kcal/mol) and ``val_force_*`` (kcal/mol/Å) from
+    :func:`hemeplm.evaluate.energy_force_metrics`, and the figures written to ``figures_dir``
+    (energy and force parity plots, energy histograms, B-factor PDBs).
     """
     model = objective.model
     if len(ds) == 0:
-        return {}
+        return {}, []
     rng = random.Random(12345)
     gen = torch.Generator().manual_seed(12345)
     out: dict[str, list[float]] = {}
@@ -154,11 +156,18 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
             energies.append(b["energy"][:, 0])
             forces.append(b["forces"][:, 0])
     metrics = {k: float(np.mean(v)) for k, v in out.items()}
-    if keys and bool(model.has_energy_stats):
-        pred = model.predict_energy(torch.cat(keys))
-        for name, p, y in (("energy", pred["total"], torch.cat(energies)), ("force", pred["forces"], torch.cat(forces))):
-            metrics.update({f"val_{name}_{k}": v for k, v in regression_metrics(p, y).items()})
-    return metrics
+    files: list[Path] = []
+    if keys and bool(model.has_energy_stats) and figures_dir is not None:
+        from .evaluate import evaluate_energies
+
+        def predict(x: np.ndarray) -> dict:
+            p = model.predict_energy(torch.as_tensor(x, device=device))
+            return {"energy": p["total"], "forces": p["forces"], "residue_energy": p["residue"]}
+
+        found, files = evaluate_energies(predict, torch.cat(keys).cpu().numpy(), torch.cat(energies).cpu().numpy(),
+                                         torch.cat(forces).cpu().numpy(), model.topology(), figures_dir)
+        metrics.update({f"val_{k}": v for k, v in found.items()})
+    return metrics, files
 
 
 class _Stop:
@@ -252,7 +261,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | No
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         if step == 0:
-            logger.log(0, evaluate(objective, val_ds, cfg, device), figures=False)
+            logger.log(0, *evaluate(objective, val_ds, cfg, device, run_dir / "figures" / "step_0"))
             save()
     from tqdm import tqdm
 
@@ -284,12 +293,12 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | No
             _ema_update(ema, model, min(cfg.optim.ema_decay, (1 + step) / (10 + step)))
             bar.update(1)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                logger.log(step, {f"train_{k}": float(v) for k, v in losses.items()} | {"lr": _lr(cfg, step - 1),
+                logger.log(step, {f"train_{k}": float(v.detach()) for k, v in losses.items()} | {"lr": _lr(cfg, step - 1),
                                                                                          "task": task})
                 bar.set_postfix(loss=f"{float(loss):.3f}")
             if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 ema_obj = Objective(ema, diffusion, cfg.energy.energy_weight, cfg.energy.force_weight)
-                logger.log(step, evaluate(ema_obj, val_ds, cfg, device), figures=True, model=ema)
+                logger.log(step, *evaluate(ema_obj, val_ds, cfg, device, run_dir / "figures" / f"step_{step}"))
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stop.requested:
                 save()
                 last_good = step
@@ -327,15 +336,19 @@ class _Logger:
                                     config=to_dict(cfg), resume="allow" if resume else None,
                                     id=f"{cfg.name}-{cfg.seed}")
 
-    def log(self, step: int, metrics: dict, figures: bool = False, model: HemePLM | None = None) -> None:
+    def log(self, step: int, metrics: dict, figures: list[Path] = ()) -> None:
+        """Append ``metrics`` to metrics.jsonl and send them, with the PNG ``figures``, to wandb."""
         if not self.active or not metrics:
             return
-        record = {"step": step, "time": time.time(), **metrics}
+        record = {"step": step, "time": time.time(),
+                  **{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}}
         self.history.append(record)
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+            from .evaluate import log_to_wandb
+
+            log_to_wandb(self.wandb, metrics, [f for f in figures if str(f).endswith(".png")], step=step)
 
     def close(self) -> None:
         if self.wandb is not None:

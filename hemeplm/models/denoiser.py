@@ -192,9 +192,8 @@ class CrossAttention(nn.Module):
         upd = torch.zeros_like(x)
         if cond.ligand.numel() == 0 or cond.pocket.numel() == 0:
             return upd
-        upd[:, :, cond.ligand] = self._one_way(self.lig_to_pocket, x, cond.ligand, cond.pocket)
-        upd[:, :, cond.pocket] = self._one_way(self.pocket_to_lig, x, cond.pocket, cond.ligand)
-        return upd
+        upd = upd.index_add(2, cond.ligand, self._one_way(self.lig_to_pocket, x, cond.ligand, cond.pocket))
+        return upd.index_add(2, cond.pocket, self._one_way(self.pocket_to_lig, x, cond.pocket, cond.ligand))
 
 
 class Block(nn.Module):

@@ -97,6 +97,20 @@ class HemePLM(nn.Module):
         self.energy_head = EnergyHead(e.hidden, cfg.energy.hidden) if cfg.energy.enabled else None
 
     # ------------------------------------------------------------------ system views
+    def topology(self):
+        """mdtraj Topology of the system's kept atoms (from the PDB text kept in the checkpoint)."""
+        if not hasattr(self, "_topology"):
+            import tempfile
+            from pathlib import Path
+
+            import mdtraj
+
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "system.pdb"
+                path.write_text(self.static_info["topology_pdb"])
+                self._topology = mdtraj.load_pdb(str(path)).topology
+        return self._topology
+
     @property
     def layout(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, f"l_{k}") for k in tok.TokenLayout.__dataclass_fields__}

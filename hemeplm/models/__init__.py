@@ -1,0 +1,1 @@
+"""Neural networks: atom encoder, video denoiser, the composed HemePLM model."""
