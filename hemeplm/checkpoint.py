@@ -4,14 +4,13 @@ A checkpoint holds ``format_version``, the resolved ``config``, the system's
 static description (``static``), ``model`` and ``ema`` state dicts, the
 ``optimizer`` state, ``step``, ``rng`` states and the ``metrics`` history. It
 is written to a temporary file in the same folder, fsynced and renamed over
-the old one, so a kill during saving leaves the previous checkpoint intact.
+the old one, so a kill (or a full disk) during saving leaves the previous
+checkpoint intact.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -23,27 +22,48 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "static", "model", "ema", "step")
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def save_checkpoint(path: str | Path, payload: dict) -> None:
-    """Atomically write ``payload`` (plus ``format_version``) to ``path``."""
+    """Atomically write ``payload`` (plus ``format_version``) to ``path``.
+
+    A write that fails (e.g. a full disk) removes its temporary file, leaves the
+    previous checkpoint as it was and raises :class:`HemeplmError`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save({"format_version": FORMAT_VERSION, **payload}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save({"format_version": FORMAT_VERSION, **payload}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        raise HemeplmError(f"cannot write checkpoint (disk full?); the previous one is kept: {_one_line(exc)}",
+                           path) from exc
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # make the rename itself durable
+    finally:
+        os.close(folder)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Read and validate a checkpoint; errors name the file and the problem."""
+    """Read and validate a checkpoint; errors name the file and the problem, on one line.
+
+    The returned dict also holds ``path`` (the file), so that later errors can name it.
+    """
     p = Path(path)
     if not p.is_file():
         raise HemeplmError("checkpoint not found", p)
     try:
         ckpt = torch.load(p, map_location=map_location, weights_only=False)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError) as exc:
-        raise HemeplmError(f"not a readable checkpoint (truncated or corrupted?): {exc}", p) from exc
+    except Exception as exc:  # a truncated or garbage file fails anywhere inside unpickling
+        raise HemeplmError(f"not a readable checkpoint (truncated or corrupted?): {_one_line(exc)}", p) from exc
     if not isinstance(ckpt, dict):
         raise HemeplmError("not a HemePLM checkpoint (no dictionary inside)", p)
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -52,7 +72,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise HemeplmError(f"checkpoint lacks {', '.join(missing)}", p)
-    return ckpt
+    return {**ckpt, "path": str(p)}
+
+
+def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path | None) -> None:
+    """``module.load_state_dict(state)``; a mismatch is a HemeplmError naming the checkpoint."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise HemeplmError(f"its {what} state does not fit this model (was the config changed?): "
+                           f"{_one_line(exc)[:300]}", path) from exc
 
 
 def build_model(ckpt: dict, use_ema: bool = True):
@@ -65,5 +94,6 @@ def build_model(ckpt: dict, use_ema: bool = True):
 
     cfg: Config = from_dict(ckpt["config"])
     model = HemePLM(cfg, ckpt["static"])
-    model.load_state_dict(ckpt["ema" if use_ema else "model"])
+    which = "ema" if use_ema else "model"
+    load_state(model, ckpt[which], which, ckpt.get("path"))
     return model.eval(), cfg

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_simulate)
     from .evaluate import add_evaluate_parser
     add_evaluate_parser(sub)
+    from .bench import add_bench_parser
+    add_bench_parser(sub)
     return p
 
 

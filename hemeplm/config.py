@@ -9,6 +9,7 @@ an error that names it. The resolved config is saved beside the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ class EnergyConfig:
     hidden: int = 64
     energy_weight: float = 0.1
     force_weight: float = 0.1
+    frames_per_step: int = 1
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Config:
     eval_batches: int = 8
     log_every: int = 10
     device: str = "auto"
+    dist_timeout_s: float = 600.0
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -120,28 +123,33 @@ class Config:
         return Path(self.out_dir) / self.name
 
 
-def _set(obj: Any, dotted: str, value: Any, source: str) -> None:
+def _set(obj: Any, dotted: str, value: Any, source: str, prefix: str = "") -> None:
+    """Set ``prefix + dotted`` (relative to ``obj``); errors name the full key."""
+    full = prefix + dotted
     *parents, last = dotted.split(".")
     for p in parents:
         if not dataclasses.is_dataclass(obj) or p not in {f.name for f in dataclasses.fields(obj)}:
-            raise HemeplmError(f"unknown config key {dotted!r}", source)
+            raise HemeplmError(f"unknown config key {full!r}", source)
         obj = getattr(obj, p)
     names = {f.name for f in dataclasses.fields(obj)}
     if last not in names:
-        raise HemeplmError(f"unknown config key {dotted!r} (known here: {', '.join(sorted(names))})", source)
+        raise HemeplmError(f"unknown config key {full!r} (known here: {', '.join(sorted(names))})", source)
     current = getattr(obj, last)
     if dataclasses.is_dataclass(current):
         if not isinstance(value, dict):
-            raise HemeplmError(f"config key {dotted!r} is a section; give a mapping", source)
+            raise HemeplmError(f"config key {full!r} is a section; give a mapping", source)
         for k, v in value.items():
-            _set(current, k, v, source)
+            _set(current, k, v, source, f"{full}.")
         return
     if isinstance(value, str) and value.strip().lower() in ("null", "~"):
         value = None
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+        with contextlib.suppress(ValueError):
+            value = float(value)  # YAML reads 1e-3 (no dot) as a string
     if isinstance(current, list) and isinstance(value, str):
         value = [value]
+    if current is not None and value is not None and not isinstance(value, type(current)):
+        raise HemeplmError(f"config key {full!r} expects {type(current).__name__}, got {value!r}", source)
     setattr(obj, last, value)
 
 

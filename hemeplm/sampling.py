@@ -82,8 +82,10 @@ class Generator:
         node_mask = mask[:, 0][:, m.l_atom_token]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
         x_given = m.values(coords, key)
-        x = self.diffusion.sample(m.denoise, x_given, cond, mask, steps=self.steps, sampler=self.sampler,
-                                  generator=generator, progress=self.progress)
+        from .fragment import denoiser_for  # whole system, or overlapping fragments above the token budget
+
+        x = self.diffusion.sample(denoiser_for(m, cond, key), x_given, cond, mask, steps=self.steps,
+                                  sampler=self.sampler, generator=generator, progress=self.progress)
         out = m.coordinates(x, key)
         atom_known = mask[:, :, m.l_atom_token][..., None]
         return torch.where(atom_known, coords, out)
@@ -218,7 +220,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     frames = segs[0]
     generator = torch.Generator().manual_seed(seed)
     t0 = time.time()
-    timestep = gen.cfg.data.lag * dt
+    timestep = gen.cfg.data.lag * gen.model.static_info["timestep_ps"]  # between the model's frames
     if task == "forecast":
         result = gen.forecast(_pick(frames, start, frames_file, "start"), num_frames or gen.window, num_samples, generator)
     elif task == "tps":
@@ -236,6 +238,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
         if task == "inpaint":
             tokens = _inpaint_tokens(gen, topology, inpaint_atoms)
             result = gen.inpaint(given, num_samples, generator, tokens)
+            timestep = dt  # the given frames, ligand replaced
         else:
             result = gen.upsample(given, num_samples, generator)
             timestep = dt / gen.cfg.tasks.upsample_factor

@@ -2,14 +2,24 @@
 
 ``train(cfg)`` is what ``train.py`` calls. Randomness is derived from
 ``(seed, step, rank)`` at every step (batch choice, task, diffusion noise), so
-a resumed run continues exactly as an uninterrupted one would. Under
+a resumed run continues exactly as an uninterrupted one would (bit for bit on
+the CPU, where deterministic algorithms are switched on). Under
 ``torchrun`` every rank trains on its share of each global batch and rank 0
 alone logs and saves.
+
+Reliability: SIGTERM or SIGINT saves a checkpoint at the end of the step and
+exits cleanly (all ranks stop at the same step); a non-finite loss or gradient
+stops with an error naming the step and the windows, before anything is saved;
+``--resume`` restores the checkpoint and drops the metrics logged after it (those
+steps are trained again). Under ``torchrun`` a rank waits at most
+``dist_timeout_s`` seconds (config, default 600) for the others, so the loss of a
+rank ends the job instead of hanging it.
 """
 
 from __future__ import annotations
 
 import copy
+import datetime
 import json
 import logging
 import math
@@ -23,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_state, save_checkpoint
 from .config import Config, save_config, to_dict
 from .data.dataset import WindowDataset, featurize
 from .diffusion import GaussianDiffusion
@@ -38,34 +48,30 @@ class Objective(nn.Module):
     """Loss of one batch: diffusion ε loss plus, when the data has them, energy and force losses.
 
     ``forward(coords (B, T, A, 3), energy (B, T), forces (B, T, A, 3), has_energy (B,),
-    mask (B, T, N), t (B,), noise_seed)`` returns a dict of scalar losses; ``loss`` is the total.
-    Energies and forces are fitted on each window's key frame (frame 0) when that frame's
-    ligand is given (not in inpainting, where the encoder does not see it).
+    mask (B, T, N), t (B,), generator)`` returns a dict of scalar losses; ``loss`` is the total.
+    Energies and forces are fitted on the key frames (frame 0, all atoms known) of the first
+    ``energy_frames`` windows: a second, small encoder pass whose forces need a double backward.
     """
 
-    def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float, force_weight: float):
+    def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float, force_weight: float,
+                 energy_frames: int = 1):
         super().__init__()
         self.model, self.diffusion = model, diffusion
-        self.energy_weight, self.force_weight = energy_weight, force_weight
+        self.energy_weight, self.force_weight, self.energy_frames = energy_weight, force_weight, energy_frames
 
     def forward(self, coords, energy, forces, has_energy, mask, t, generator=None):
         m = self.model
         key = coords[:, 0]
         node_mask = mask[:, 0][:, m.l_atom_token]
-        fit_energy = (m.energy_head is not None and bool(has_energy.all()) and bool(node_mask.all())
-                      and bool(m.has_energy_stats))
-        key_in = key.detach().requires_grad_(fit_energy)
-        cond, h = m.condition(key_in, None if bool(node_mask.all()) else node_mask)
-        x0 = m.values(coords, key)
-        out = {"diffusion": self.diffusion.loss(m.denoise, x0, cond, mask, weight=m.slot_mask, t=t,
-                                                generator=generator)}
+        cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
+        out = {"diffusion": self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.slot_mask,
+                                                t=t, generator=generator)}
         total = out["diffusion"]
-        if fit_energy:
-            e = m.energy_from_features(h)
-            f_pred = -torch.autograd.grad(e["total"].sum(), key_in, create_graph=True)[0]
-            target = (energy[:, 0] - m.energy_mean) / m.energy_std
-            out["energy"] = ((e["total_normalised"] - target) ** 2).mean()
-            out["force"] = ((f_pred - forces[:, 0]) ** 2).mean() / m.force_rms ** 2
+        if m.energy_head is not None and bool(has_energy.all()) and bool(m.has_energy_stats):
+            k = self.energy_frames
+            pred = m.predict_energy(key[:k], create_graph=True)
+            out["energy"] = ((pred["total"] - energy[:k, 0]) ** 2).mean() / m.energy_std ** 2
+            out["force"] = ((pred["forces"] - forces[:k, 0]) ** 2).mean() / m.force_rms ** 2
             total = total + self.energy_weight * out["energy"] + self.force_weight * out["force"]
         elif m.energy_head is not None:
             # keep every parameter in the graph (DDP) without changing the loss
@@ -171,7 +177,10 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
 
 
 class _Stop:
-    """SIGTERM/SIGINT flag: training saves a checkpoint and exits cleanly at the end of the step."""
+    """SIGTERM/SIGINT flag: training saves a checkpoint and exits cleanly at the end of the step.
+
+    A second signal acts as usual (Ctrl-C twice quits at once; the checkpoint on disk stays whole).
+    """
 
     def __init__(self):
         self.requested = False
@@ -184,10 +193,24 @@ class _Stop:
 
     def _handle(self, signum, frame):
         self.requested = True
+        self._restore()
 
-    def __exit__(self, *exc):
+    def _restore(self):
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
+        self.previous.clear()
+
+    def __exit__(self, *exc):
+        self._restore()
+
+
+def _diverged(what: str, step: int, batch: dict, feats: dict, cfg: Config, last_good: int, path: Path) -> HemeplmError:
+    """The error that stops a diverging run: what went wrong, at which step, on which frames."""
+    span = (cfg.data.window - 1) * cfg.data.lag
+    windows = ", ".join(f"{feats['files'][int(s)]} frames {int(f)}-{int(f) + span}"
+                        for s, f in zip(batch["segment"], batch["start"]))
+    return HemeplmError(f"training diverged: {what} at step {step} on windows {windows}; the last good checkpoint "
+                        f"(step {last_good}) is kept; lower optim.lr or check these frames", path)
 
 
 def build(cfg: Config, device: torch.device):
@@ -215,11 +238,15 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | No
     rank, world, local_rank = _distributed()
     device = _device(cfg, local_rank)
     if world > 1:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # finite, so that a dead rank ends the job instead of leaving the others waiting forever
+        timeout = datetime.timedelta(seconds=cfg.dist_timeout_s)
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     torch.manual_seed(cfg.seed)
+    if device.type == "cpu":  # bit-identical runs (CPU index_put backward accumulates in a racy order otherwise)
+        torch.use_deterministic_algorithms(True, warn_only=True)
     run_dir = cfg.run_dir
     ckpt_path = run_dir / "ckpt.pt"
-    if rank == 0 and not dry_run and not resume and ckpt_path.exists():
+    if not dry_run and not resume and ckpt_path.exists():
         raise HemeplmError("a run with this name exists; pass --resume to continue it or choose another name=",
                            run_dir)
     feats, train_ds, val_ds, static, model, diffusion = build(cfg, device)
@@ -230,23 +257,25 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | No
         return None
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    step, history = 0, []
+    step, history = 0, None
     if resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt["step"])
+        ckpt = load_checkpoint(ckpt_path)  # on the CPU; load_state_dict moves tensors to the model's device
+        missing = [k for k in ("optimizer", "rng") if k not in ckpt]
+        if missing:
+            raise HemeplmError(f"holds no {' or '.join(missing)} state to resume from", ckpt_path)
+        for key, target in (("model", model), ("ema", ema), ("optimizer", optimizer)):
+            load_state(target, ckpt[key], key, ckpt_path)
+        step, history = int(ckpt["step"]), ckpt.get("metrics", [])
         random.setstate(ckpt["rng"]["python"])
         np.random.set_state(ckpt["rng"]["numpy"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if rank == 0:
             print(f"resumed {ckpt_path} at step {step}")
-    objective = Objective(model, diffusion, cfg.energy.energy_weight, cfg.energy.force_weight)
+    objective = Objective(model, diffusion, cfg.energy.energy_weight, cfg.energy.force_weight, cfg.energy.frames_per_step)
     runner = objective
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
-    logger = _Logger(cfg, run_dir, rank == 0, resume)
+    logger = _Logger(cfg, run_dir, rank == 0, history)
 
     def save() -> None:
         if rank != 0:
@@ -265,11 +294,11 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | No
             save()
     from tqdm import tqdm
 
-    bar = tqdm(total=cfg.max_steps, initial=step, disable=rank != 0, desc=f"train {cfg.name}", unit="step")
     last_good = step
-    with _Stop() as stop:
+    with _Stop() as stop, tqdm(total=cfg.max_steps, initial=step, disable=rank != 0, desc=f"train {cfg.name}",
+                               unit="step") as bar:
         while step < cfg.max_steps:
-            rng, gen = _step_rng(cfg, step)
+            rng, _ = _step_rng(cfg, step)
             task, mask = draw_training_mask(rng, vars(cfg.tasks), cfg.data.window, model.token_is_ligand,
                                             cfg.tasks.upsample_factor)
             b = {k: v.to(device) for k, v in _batch(train_ds, cfg, step, rank, world).items()}
@@ -280,33 +309,38 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | No
             losses = runner(b["coords"], b["energy"], b["forces"], b["has_energy"],
                             mask.expand(len(b["coords"]), -1, -1), t, noise_gen)
             loss = losses["loss"]
-            if not torch.isfinite(loss):
-                sources = [f"{feats['files'][int(s)]}[{int(f)}:]" for s, f in zip(b["segment"], b["start"])]
-                raise HemeplmError(f"loss became {float(loss)} at step {step} (task {task}) on windows "
-                                   f"{', '.join(sources)}; the last good checkpoint (step {last_good}) is kept",
-                                   ckpt_path)
+            # every rank learns whether any rank diverged or was signalled, so that all act at the same step
+            flags = torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)], device=device)
+            if world > 1:
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            diverged, stopping = bool(flags[0]), bool(flags[1])
+            if diverged:
+                where = f" on rank {rank} (not finite on some rank)" if world > 1 else ""
+                raise _diverged(f"loss {loss.item()}{where} (task {task})", step, b, feats, cfg, last_good, ckpt_path)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            if not torch.isfinite(grad_norm):  # gradients are already reduced: every rank raises
+                raise _diverged(f"gradient norm {float(grad_norm)} (task {task})", step, b, feats, cfg, last_good,
+                                ckpt_path)
             optimizer.step()
             step += 1
             _ema_update(ema, model, min(cfg.optim.ema_decay, (1 + step) / (10 + step)))
             bar.update(1)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
-                logger.log(step, {f"train_{k}": float(v.detach()) for k, v in losses.items()} | {"lr": _lr(cfg, step - 1),
-                                                                                         "task": task})
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                logger.log(step, {f"train_{k}": float(v.detach()) for k, v in losses.items()}
+                           | {"lr": _lr(cfg, step - 1), "task": task})
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                ema_obj = Objective(ema, diffusion, cfg.energy.energy_weight, cfg.energy.force_weight)
+                ema_obj = Objective(ema, diffusion, cfg.energy.energy_weight, cfg.energy.force_weight, cfg.energy.frames_per_step)
                 logger.log(step, *evaluate(ema_obj, val_ds, cfg, device, run_dir / "figures" / f"step_{step}"))
-            if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stop.requested:
+            if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping:
                 save()
                 last_good = step
-            if stop.requested:
+            if stopping:
                 if rank == 0:
                     print(f"stopped by signal at step {step}; checkpoint saved; continue with --resume")
                 break
-    bar.close()
     logger.close()
     if world > 1:
         torch.distributed.destroy_process_group()
@@ -314,26 +348,29 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | No
 
 
 class _Logger:
-    """metrics.jsonl + wandb (offline unless ``wandb.mode=online``); rank 0 only."""
+    """metrics.jsonl + wandb (offline unless ``wandb.mode=online``); rank 0 only.
 
-    def __init__(self, cfg: Config, run_dir: Path, active: bool, resume: bool):
+    ``history`` is the checkpoint's metrics when resuming (None for a new run): metrics.jsonl is
+    rewritten to hold exactly those, so steps logged after the checkpoint, which are trained
+    again, appear once.
+    """
+
+    def __init__(self, cfg: Config, run_dir: Path, active: bool, history: list[dict] | None):
         self.active, self.run_dir, self.cfg = active, run_dir, cfg
-        self.history: list[dict] = []
+        self.history: list[dict] = list(history or [])
         self.wandb = None
         if not active:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        path = run_dir / "metrics.jsonl"
-        if resume and path.exists():
-            self.history = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        elif path.exists():
-            path.unlink()
+        tmp = run_dir / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(record) + "\n" for record in self.history))
+        os.replace(tmp, run_dir / "metrics.jsonl")
         if cfg.wandb.mode != "disabled":
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb
 
             self.wandb = wandb.init(project=cfg.wandb.project, name=cfg.name, dir=str(run_dir), mode=cfg.wandb.mode,
-                                    config=to_dict(cfg), resume="allow" if resume else None,
+                                    config=to_dict(cfg), resume=None if history is None else "allow",
                                     id=f"{cfg.name}-{cfg.seed}")
 
     def log(self, step: int, metrics: dict, figures: list[Path] = ()) -> None:

@@ -8,10 +8,17 @@ need nothing but the files in the repository.
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# The tests' tensors are tiny: one intra-op thread is fastest, and on a busy 2-core machine a second
+# OpenMP thread spinning against other processes made a training step 20x slower (measured).
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the scripts the tests start
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 T4L = ROOT / "data" / "t4l_l99a_xylene"
@@ -108,3 +115,77 @@ def layout_tensors(feats: dict) -> dict:
     import torch
 
     return {k: torch.as_tensor(v) for k, v in feats["layout"].items()}
+
+
+# ----------------------------------------------------------------------------- a tiny system and model
+TINY_SELECTION = "(protein and (resSeq 84 to 89 or resSeq 98 to 103)) or resname TMP"
+TINY_FRAMES = 40
+
+
+@pytest.fixture(scope="session")
+def tiny_system(tmp_path_factory) -> dict:
+    """Twelve pocket residues of T4L L99A around p-xylene (92 + 8 heavy atoms) and 40 noisy frames of them.
+
+    Returns ``topology`` (PDB), ``trajectory`` (DCD) and ``xyz`` (F, A, 3) Å of every atom (hydrogens
+    included, as in the files). Beside the DCD, ``energies_forces.npz`` holds a harmonic restraint to the
+    PDB coordinates (E = k |x - x0|^2, F = -dE/dx), so energies and forces are consistent.
+    """
+    import mdtraj
+
+    out = tmp_path_factory.mktemp("tiny")
+    full = mdtraj.load(str(PDB))
+    sub = full.atom_slice(full.topology.select(TINY_SELECTION))
+    sub.save_pdb(str(out / "tiny.pdb"))
+    ref = sub.xyz[0].astype(np.float64)
+    xyz = ref[None] + np.random.default_rng(0).normal(scale=0.02, size=(TINY_FRAMES, *ref.shape))
+    write_dcd(out / "tiny.dcd", xyz)
+    k = 2.0  # kcal/mol/Å^2
+    disp = (xyz - ref[None]) * 10.0
+    np.savez(out / "energies_forces.npz", energy_kcal_mol=k * (disp ** 2).sum(axis=(1, 2)),
+             forces_kcal_mol_A=-2 * k * disp)
+    return {"topology": out / "tiny.pdb", "trajectory": out / "tiny.dcd", "xyz": xyz * 10.0}
+
+
+def tiny_overrides(system: dict, out: Path, *overrides: str) -> list[str]:
+    """``key=value`` overrides of :func:`tiny_config`."""
+    import json
+
+    return [
+        f"data.topology={json.dumps(str(system['topology']))}",
+        f"data.trajectories={json.dumps([str(system['trajectory'])])}",
+        "data.ligand=resname TMP", "data.window=5", f"data.cache_dir={json.dumps(str(out / 'cache'))}",
+        f"out_dir={json.dumps(str(out / 'runs'))}", "name=tiny", "wandb.mode=disabled", "device=cpu",
+        "encoder.hidden=16", "encoder.layers=1", "encoder.num_rbf=8", "encoder.max_neighbors=8",
+        "denoiser.dim=32", "denoiser.depth=1", "denoiser.heads=2", "denoiser.mlp_ratio=2.0",
+        "energy.hidden=16", "tasks.upsample_factor=2", "diffusion.timesteps=100", "diffusion.sample_steps=5",
+        "optim.batch_size=2", "optim.warmup_steps=1", "max_steps=4", "ckpt_every=2", "eval_every=1000",
+        "eval_batches=1", "log_every=1", *overrides]
+
+
+def tiny_config(system: dict, out: Path, *overrides: str):
+    """A Config for a CPU model of a few ten thousand parameters on :func:`tiny_system`, writing under ``out``."""
+    from hemeplm.config import load_config
+
+    return load_config(None, tiny_overrides(system, out, *overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_system, tmp_path_factory) -> dict:
+    """:func:`tiny_config` trained 4 steps by ``hemeplm.training.train``.
+
+    Returns ``cfg``, ``run_dir``, ``ckpt`` (its ckpt.pt) and the in-memory ``model`` and ``ema`` at the end.
+    """
+    from hemeplm import training
+
+    cfg = tiny_config(tiny_system, tmp_path_factory.mktemp("tiny_run"))
+    seen = {}
+    original = training._ema_update
+
+    def capture(ema, model, decay):
+        seen.update(ema=ema, model=model)
+        original(ema, model, decay)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(training, "_ema_update", capture)
+        run_dir = training.train(cfg)
+    return {"cfg": cfg, "run_dir": run_dir, "ckpt": run_dir / "ckpt.pt", **seen}

@@ -49,6 +49,7 @@ class DataConfig:
     stride: int = 1
     split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     cache_dir: str = ".cache/hemeplm"
+    truncated: str = "error"  # a DCD/XTC cut mid-frame: "error", or "warn" and use its complete frames
 
 
 def _stamp(path: str | Path) -> list:
@@ -64,7 +65,7 @@ def cache_key(cfg: DataConfig) -> str:
     energy = [Path(t).parent / ENERGY_FILE for t in cfg.trajectories]
     payload = {"v": FEATURE_VERSION, "files": [_stamp(require_file(f)) for f in files + extra],
                "energy": [_stamp(e) for e in energy if e.exists()], "ligand": cfg.ligand,
-               "hydrogens": cfg.hydrogens}
+               "hydrogens": cfg.hydrogens, "truncated": cfg.truncated}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -84,7 +85,8 @@ def _load_plm(path: str | Path, n_residues: int) -> np.ndarray:
 
 def build_features(cfg: DataConfig) -> dict:
     """Load and featurise (no cache). See :func:`featurize` for the keys."""
-    system = load_system(cfg.topology, cfg.trajectories, ligand=cfg.ligand, hydrogens=cfg.hydrogens)
+    system = load_system(cfg.topology, cfg.trajectories, ligand=cfg.ligand, hydrogens=cfg.hydrogens,
+                         truncated=cfg.truncated)
     top = system.topology
     first = system.segments[0][0]
     try:
@@ -166,7 +168,9 @@ def featurize(cfg: DataConfig, use_cache: bool = True) -> dict:
     ``segments`` list of (F_s, A, 3) Å; ``energies`` list of (F_s,) kcal/mol or None;
     ``forces`` list of (F_s, A, 3) kcal/mol/Å or None; ``timestep_ps``; ``files``;
     ``topology_pdb`` (PDB text of the kept atoms).
-    A failed load writes nothing; two processes building the same key wait on a lock.
+    A failed load writes nothing; two processes building the same key wait on a lock (the
+    second one reads what the first wrote); a cache that cannot be written (full disk) is
+    skipped with a warning.
     """
     if not use_cache:
         return build_features(cfg)
@@ -180,9 +184,13 @@ def featurize(cfg: DataConfig, use_cache: bool = True) -> dict:
                 log.warning("%s: unreadable cache (%s); rebuilding", path, exc)
         feats = build_features(cfg)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(feats, tmp)
-        os.replace(tmp, path)
-        log.info("features cached in %s", path)
+        try:
+            torch.save(feats, tmp)
+            os.replace(tmp, path)
+            log.info("features cached in %s", path)
+        except (OSError, RuntimeError) as exc:
+            tmp.unlink(missing_ok=True)
+            log.warning("%s: cannot write the feature cache (%s); continuing without it", path, exc)
     return feats
 
 

@@ -7,6 +7,11 @@ counter-ions are dropped; hydrogens are dropped unless asked for (their MD
 forces are then summed onto their heavy atoms). Frames are superposed on the
 protein Cα of the first frame. Coordinates are in Å, energies in kcal/mol,
 forces in kcal/mol/Å.
+
+A DCD or XTC file cut in the middle of a frame (an MD run still writing, a copy
+cut short) is an error, or, with ``truncated="warn"``, gives its complete
+frames and a warning; mdtraj alone would drop the partial frame silently (DCD)
+or fail (XTC). Every problem with an input is a :class:`HemeplmError`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import sys
 import warnings
 from dataclasses import dataclass, field
@@ -29,6 +35,7 @@ log = logging.getLogger(__name__)
 TOPOLOGY_FORMATS = (".pdb", ".pdb.gz", ".ent", ".psf", ".prmtop", ".parm7", ".gro", ".h5")
 TRAJECTORY_FORMATS = (".dcd", ".xtc", ".trr", ".h5", ".nc", ".ncdf", ".netcdf", ".pdb", ".pdb.gz", ".gro")
 ENERGY_FILE = "energies_forces.npz"
+MAX_COORDINATE_A = 1e5  # far beyond any MD box: larger values mean wrong units or a corrupt file
 
 
 def _suffix(path: Path, formats: tuple[str, ...], kind: str) -> str:
@@ -116,15 +123,82 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _load_traj(path: str | Path, topology, top_path: Path):
+def _dcd_frames(p: Path) -> tuple[int, int] | None:
+    """(complete frames, bytes left over) of a DCD file from its header and size; None if the header is unusual."""
+    size = p.stat().st_size
+    with open(p, "rb") as fh:
+        head = fh.read(96)  # record marker, "CORD", 20 control ints, marker, title record length
+        endian = next((e for e in "<>" if len(head) == 96 and head[4:8] == b"CORD"
+                       and struct.unpack(e + "i", head[:4])[0] == 84), None)
+        if endian is None:
+            return None
+        icntrl = struct.unpack(endian + "20i", head[8:88])
+        title = struct.unpack(endian + "i", head[92:96])[0]
+        if title < 0 or icntrl[8] != 0:  # fixed atoms make the first frame longer: not checked
+            return None
+        fh.seek(96 + title + 4)
+        atoms = fh.read(12)
+        header = fh.tell()
+    n_atoms = struct.unpack(endian + "3i", atoms)[1] if len(atoms) == 12 else 0
+    if n_atoms <= 0:
+        return None
+    charmm = icntrl[19] != 0
+    cell = 56 if charmm and icntrl[10] != 0 else 0  # 6 doubles in their record
+    frame = (4 if charmm and icntrl[11] != 0 else 3) * (4 * n_atoms + 8) + cell
+    return divmod(size - header, frame)
+
+
+def _xtc_frames(p: Path) -> tuple[int, int] | None:
+    """(complete frames, bytes left over) of an XTC file, walking its frame headers; None if not XTC 1995."""
+    size = p.stat().st_size
+    n = pos = 0
+    with open(p, "rb") as fh:
+        while True:
+            head = fh.read(92)
+            if len(head) < 8:
+                break
+            magic, n_atoms = struct.unpack(">2i", head[:8])
+            if magic != 1995:
+                return None
+            if n_atoms <= 9:  # stored uncompressed
+                length = 56 + 12 * n_atoms
+            elif len(head) == 92:
+                length = 92 + (struct.unpack(">i", head[88:92])[0] + 3) // 4 * 4
+            else:
+                break
+            if length <= 0 or pos + length > size:
+                break
+            pos += length
+            n += 1
+            fh.seek(pos)
+    return n, size - pos
+
+
+def _load_traj(path: str | Path, topology, top_path: Path, truncated: str = "error"):
     import mdtraj
 
     p = require_file(path)
-    _suffix(p, TRAJECTORY_FORMATS, "trajectory")
+    ext = _suffix(p, TRAJECTORY_FORMATS, "trajectory")
+    count = {".dcd": _dcd_frames, ".xtc": _xtc_frames}.get(ext)
+    counted = count(p) if count else None
+    n_frames = None
+    if counted is not None and counted[1] > 0:
+        n_frames, rest = counted
+        msg = (f"is truncated: {n_frames} complete frame(s), then {rest} bytes of a partial frame "
+               f"(an MD run still writing, or a copy cut short?)")
+        if n_frames == 0:
+            raise HemeplmError(msg, p)
+        if truncated == "error":
+            raise HemeplmError(f"{msg}; set data.truncated=warn to use the complete frames", p)
+        log.warning("%s: %s; using the complete frames", p, msg)
     try:
         with warnings.catch_warnings(), _stdout_to_stderr():
             warnings.simplefilter("ignore")
-            traj = mdtraj.load(str(p), top=topology)
+            if n_frames is None:
+                traj = mdtraj.load(str(p), top=topology)
+            else:
+                with mdtraj.open(str(p)) as fh:
+                    traj = fh.read_as_traj(topology, n_frames=n_frames)
     except ValueError as exc:
         msg = " ".join(str(exc).split())
         if "atoms" in msg.lower() or "topology" in msg.lower():
@@ -135,10 +209,16 @@ def _load_traj(path: str | Path, topology, top_path: Path):
         raise HemeplmError(f"cannot read trajectory: {' '.join(str(exc).split())}", p) from exc
     if traj.n_atoms != topology.n_atoms:
         raise HemeplmError(f"has {traj.n_atoms} atoms but topology {top_path} has {topology.n_atoms}", p)
+    if traj.n_frames == 0:
+        raise HemeplmError("holds no frames", p)
     bad = ~np.isfinite(traj.xyz).all(axis=(1, 2))
     if bad.any():
         raise HemeplmError(f"frame {int(np.argmax(bad))} has NaN or infinite coordinates "
                            f"({int(bad.sum())} bad frame(s))", p)
+    huge = np.abs(traj.xyz).max(axis=(1, 2), initial=0.0) * 10.0 > MAX_COORDINATE_A
+    if huge.any():
+        raise HemeplmError(f"frame {int(np.argmax(huge))} has coordinates beyond {MAX_COORDINATE_A:g} Å "
+                           f"(wrong units or a corrupt file?; {int(huge.sum())} bad frame(s))", p)
     return traj
 
 
@@ -211,21 +291,29 @@ def _read_charges(path: Path) -> np.ndarray | None:
     return np.asarray(values) / 18.2223 if values else None
 
 
-def _energy_file(traj_path: Path, n_frames: int, n_atoms: int) -> Path | None:
-    """``energies_forces.npz`` beside a trajectory, when its frames and atoms match."""
+def _read_energies(traj_path: Path, n_frames: int, n_atoms: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(F,) energies and (F, A, 3) forces from ``energies_forces.npz`` beside a trajectory, when its frames
+    and atoms match; None when there is no such file."""
     p = traj_path.parent / ENERGY_FILE
     if not p.exists():
         return None
-    with np.load(p) as z:
-        if "energy_kcal_mol" in z and z["energy_kcal_mol"].shape[0] == n_frames \
-                and z["forces_kcal_mol_A"].shape[1] == n_atoms:
-            return p
-    log.warning("%s: frames or atoms do not match %s; energies not used", p, traj_path)
-    return None
+    try:
+        with np.load(p) as z:
+            energy = np.asarray(z["energy_kcal_mol"], dtype=np.float64)
+            forces = np.asarray(z["forces_kcal_mol_A"], dtype=np.float64)
+    except Exception as exc:  # a damaged archive fails anywhere in zip or npy parsing
+        raise HemeplmError(f"cannot read energies and forces: {' '.join(str(exc).split()) or type(exc).__name__}",
+                           p) from exc
+    if energy.shape != (n_frames,) or forces.shape != (n_frames, n_atoms, 3):
+        log.warning("%s: frames or atoms do not match %s; energies not used", p, traj_path)
+        return None
+    if not (np.isfinite(energy).all() and np.isfinite(forces).all()):
+        raise HemeplmError("energies or forces contain NaN or infinite values", p)
+    return energy, forces
 
 
 def load_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
-                hydrogens: bool = False) -> MDSystem:
+                hydrogens: bool = False, truncated: str = "error") -> MDSystem:
     """Load, clean and superpose trajectories of one system.
 
     Args:
@@ -234,7 +322,10 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
             the topology's own coordinates (one segment).
         ligand: see :func:`select_ligand`.
         hydrogens: keep hydrogen atoms.
+        truncated: ``"error"`` or ``"warn"``: what a DCD/XTC file cut mid-frame gives.
     """
+    if truncated not in ("error", "warn"):
+        raise HemeplmError(f"data.truncated must be 'error' or 'warn', got {truncated!r}")
     top_path = Path(topology)
     top = load_topology(top_path)
     if not any(r.is_protein for r in top.residues):
@@ -242,7 +333,7 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
     if not trajectories and not top_path.name.lower().endswith(TRAJECTORY_FORMATS):
         raise HemeplmError("holds no coordinates; give trajectory files", top_path)
     files = [Path(t) for t in trajectories] or [top_path]
-    trajs = [_load_traj(f, top, top_path) for f in files]
+    trajs = [_load_traj(f, top, top_path, truncated) for f in files]
     lig_full = select_ligand(top, ligand, top_path)
     lig_set = set(lig_full.tolist())
     keep = [a.index for a in top.atoms
@@ -261,9 +352,12 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
     fold = new_index[owner]  # kept atom receiving each original atom's force/charge, or -1
 
     sub_top = top.subset(keep)
-    ca = np.array([a.index for a in sub_top.atoms if a.name == "CA" and a.residue.is_protein])
+    lig_kept = set(new_index[lig_full].tolist())
+    ca = np.array([a.index for a in sub_top.atoms
+                   if a.name == "CA" and a.residue.is_protein and a.index not in lig_kept])
     if len(ca) < 3:
-        raise HemeplmError(f"needs at least 3 protein CA atoms to superpose, found {len(ca)}", top_path)
+        raise HemeplmError(f"needs at least 3 protein CA atoms outside the ligand to superpose, found {len(ca)}",
+                           top_path)
     charges_full = _read_charges(top_path)
     charges = None
     if charges_full is not None and len(charges_full) != top.n_atoms:
@@ -280,18 +374,17 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
             reference = xyz[0, ca]
         rot, trans = kabsch(xyz[:, ca], reference)
         segments.append((np.einsum("fij,faj->fai", rot, xyz) + trans[:, None]).astype(np.float32))
-        efile = _energy_file(f, traj.n_frames, top.n_atoms)
-        if efile is None:
+        found = _read_energies(f, traj.n_frames, top.n_atoms)
+        if found is None:
             energies.append(None)
             forces.append(None)
             continue
-        with np.load(efile) as z:
-            energies.append(z["energy_kcal_mol"].astype(np.float64))
-            raw = z["forces_kcal_mol_A"].astype(np.float64)
+        energy, raw = found
+        energies.append(energy)
         folded = np.zeros((raw.shape[0], len(keep), 3))
         np.add.at(folded, (slice(None), fold[fold >= 0]), raw[:, fold >= 0])
         forces.append(np.einsum("fij,faj->fai", rot, folded).astype(np.float32))
-        log.info("%s: energies and forces from %s", f, efile)
+        log.info("%s: energies and forces from %s", f, f.parent / ENERGY_FILE)
     timestep = float(trajs[0].timestep) if trajs[0].n_frames > 1 else 1.0
     return MDSystem(topology=sub_top, segments=segments, timestep_ps=timestep,
                     ligand=new_index[lig_full[new_index[lig_full] >= 0]], source_index=keep,

@@ -3,15 +3,23 @@
 Each block, modulated by the diffusion step through adaLN (shift, scale and a
 zero-initialised gate per sub-layer), applies
 
-1. spatial attention among the tokens of one frame: full, or local (each
-   token attends to its nearest tokens and its domain token) with global
-   attention among domain tokens (contiguous residue chunks), linear in N;
+1. spatial attention among the tokens of one frame: full (N² per frame,
+   for small systems), or local (each token attends to its K nearest tokens
+   and its domain token) with global attention among domain tokens
+   (contiguous residue chunks), linear in N;
 2. temporal attention per token across frames, with a learned bias per head
    for the relative frame offset τ;
 3. time-aware bidirectional protein↔ligand cross-attention: ligand tokens
    query pocket residues in frames t+τ, |τ| <= cross_window, and pocket
-   residues query the ligand the same way, with a learned bias per τ;
+   residues query the ligand the same way, with a learned bias per τ (in
+   local mode, only the other group's tokens among a query's K nearest);
 4. an MLP.
+
+Local attention gathers projected keys in chunks of tokens (recomputed in the
+backward pass), so nothing of size N×N or unbounded N×K×D is allocated: time
+and memory grow linearly in tokens. A system too large for one pass can also
+be denoised in overlapping fragments (:mod:`hemeplm.fragment`), which
+sampling does when N exceeds ``VideoDenoiser.max_tokens``.
 
 Interface (see :mod:`hemeplm.diffusion`): ``denoiser(x_t, t, cond, mask)``
 with x_t (B, T, N, D), t (B,), mask (B, T, N) and ``cond`` a
@@ -26,6 +34,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -73,10 +82,37 @@ class Modulation(nn.Module):
         return self.norm(x) * (1 + view(scale)) + view(shift), view(gate)
 
 
-class MultiHead(nn.Module):
-    """Projections for multi-head attention; ``attend(q_in, kv_in, bias)`` -> (..., Lq, D).
+#: elements of one gathered (..., K, D) key tensor in local attention: tokens are processed in chunks
+#: of that size (and recomputed in the backward pass), so peak memory stays bounded for any N
+CHUNK_ELEMENTS = 1 << 24
 
-    q_in: (G, Lq, D); kv_in: (G, Lk, D); bias: broadcastable to (G, H, Lq, Lk) (float, -inf masks).
+
+def in_chunks(fn, n: int, per_item: int, dim: int) -> torch.Tensor:
+    """``torch.cat([fn(start, stop) ...], dim)`` over chunks of ``range(n)``.
+
+    A chunk holds at most ``CHUNK_ELEMENTS // per_item`` items. Under autograd each chunk is
+    checkpointed (its intermediates are recomputed in the backward pass), so only one chunk's
+    gathered keys are alive at a time in training too.
+    """
+    size = max(1, CHUNK_ELEMENTS // max(1, per_item))
+    if size >= n:
+        return fn(0, n)
+    parts = []
+    for start in range(0, n, size):
+        stop = min(n, start + size)
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(fn, start, stop, use_reentrant=False))
+        else:
+            parts.append(fn(start, stop))
+    return torch.cat(parts, dim)
+
+
+class MultiHead(nn.Module):
+    """Projections for multi-head attention.
+
+    ``attend(q_in, kv_in, bias)``: q_in (G, Lq, D), kv_in (G, Lk, D), bias broadcastable to
+    (G, H, Lq, Lk) (float, -inf masks) -> (G, Lq, D), every query against every key.
+    ``attend_each``: every query against its own key set (local attention).
     """
 
     def __init__(self, dim: int, heads: int):
@@ -87,47 +123,96 @@ class MultiHead(nn.Module):
         self.o = nn.Linear(dim, dim)
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
-        return x.view(*x.shape[:-1], self.heads, -1).transpose(-2, -3)
+        """(..., L, D) -> (..., H, L, D/H)."""
+        return x.unflatten(-1, (self.heads, -1)).transpose(-2, -3)
 
     def attend(self, q_in: torch.Tensor, kv_in: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        q = self.split(self.q(q_in))
-        k, v = (self.split(z) for z in self.kv(kv_in).chunk(2, dim=-1))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        return self.o(out.transpose(-2, -3).reshape(*q_in.shape))
+        k, v = self.kv(kv_in).chunk(2, dim=-1)
+        out = F.scaled_dot_product_attention(self.split(self.q(q_in)), self.split(k), self.split(v), attn_mask=bias)
+        return self.o(out.transpose(-2, -3).flatten(-2))
+
+    def attend_each(self, q: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor | None = None,
+                    valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Each query against its own S keys (inputs projected, output projected here).
+
+        Args:
+            q: (..., D) queries (``self.q``); kv: (..., S, 2D) keys and values (``self.kv``);
+            bias: (H, S) or None; valid: (..., S) bool or None (a query with no valid key gets 0).
+        Returns:
+            (..., D).
+        """
+        lead, d, s = q.shape[:-1], q.shape[-1], kv.shape[-2]
+        x = q.numel() // d
+        qh = q.reshape(x, self.heads, 1, -1)
+        kvh = kv.reshape(x, s, 2, self.heads, -1)
+        mask = None
+        if bias is not None:
+            mask = bias.to(q.dtype).view(1, self.heads, 1, s)
+        if valid is not None:
+            # finite, not -inf: a query without any valid key must not produce NaN (gradients included)
+            off = (~valid).reshape(x, 1, 1, s).to(q.dtype) * -1e9
+            mask = off if mask is None else mask + off
+        out = F.scaled_dot_product_attention(qh, kvh[:, :, 0].transpose(1, 2), kvh[:, :, 1].transpose(1, 2),
+                                             attn_mask=mask).reshape(*lead, d)
+        out = self.o(out)
+        return out if valid is None else out * valid.any(-1)[..., None].to(out.dtype)
+
+
+def gather_rows(table: torch.Tensor, idx: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows of a per-frame table, for each query.
+
+    Args:
+        table: (B, T, R, E); idx: (B, Q, K) rows per query (the same in every frame);
+        frames: (T, W) frame to read for query frame t and slot w, or None (W = 1, the query's frame).
+    Returns:
+        (B, T, Q, W*K, E), slot-major (w * K + k).
+    """
+    b, t, r, e = table.shape
+    q, k = idx.shape[1:]
+    if frames is None:
+        frames = torch.arange(t, device=table.device)[:, None]
+    base = (torch.arange(b, device=table.device)[:, None, None] * t + frames[None]) * r  # (B, T, W)
+    flat = base[:, :, None, :, None] + idx[:, None, :, None, :]  # (B, T, Q, W, K)
+    return table.reshape(-1, e).index_select(0, flat.reshape(-1)).view(b, t, q, -1, e)
 
 
 class SpatialAttention(nn.Module):
-    """Attention among the tokens of each frame. x: (B, T, N, D) -> (B, T, N, D)."""
+    """Attention among the tokens of each frame. x: (B, T, N, D) -> (B, T, N, D).
+
+    ``cond.neighbors`` None: every token attends to every token (N² per frame; small systems).
+    Otherwise local: each token attends to its K nearest tokens and to its domain token; the
+    domain tokens (members' mean) first attend to each other globally. Keys and values are
+    projected once per token and gathered in chunks of tokens, so time and memory grow as N·K.
+    """
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.mh = MultiHead(dim, heads)
         self.domain_mh = MultiHead(dim, heads)
 
+    def domains(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """(B, T, N, D), domain (N,) ids 0..M-1 -> (B, T, M, D) domain tokens after global attention."""
+        b, t, n, d = x.shape
+        m = int(domain.max()) + 1
+        counts = torch.bincount(domain, minlength=m).clamp(min=1).to(x.dtype)
+        dom = x.new_zeros(b, t, m, d).index_add_(2, domain, x) / counts[:, None]
+        flat = dom.view(b * t, m, d)
+        return dom + self.domain_mh.attend(flat, flat).view(b, t, m, d)
+
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         b, t, n, d = x.shape
         if cond.neighbors is None:
             flat = x.reshape(b * t, n, d)
             return self.mh.attend(flat, flat).view(b, t, n, d)
-        # domain tokens: mean of their members, global attention among domains
-        m = int(cond.domain.max()) + 1
-        counts = torch.zeros(m, device=x.device).index_add_(0, cond.domain, torch.ones(n, device=x.device))
-        dom = x.new_zeros(b, t, m, d).index_add_(2, cond.domain, x) / counts[:, None]
-        dom = dom + self.domain_mh.attend(dom.view(b * t, m, d), dom.view(b * t, m, d)).view(b, t, m, d)
-        # each token: its K nearest tokens and its own domain token
-        k = cond.neighbors.shape[-1]
-        idx = cond.neighbors[:, None, :, :].expand(b, t, n, k)
-        nbr = _gather_tokens(x, idx)
-        kv = torch.cat([nbr, dom[:, :, cond.domain, None, :]], dim=3)  # (B, T, N, K+1, D)
-        out = self.mh.attend(x.reshape(b * t * n, 1, d), kv.reshape(b * t * n, k + 1, d))
-        return out.view(b, t, n, d)
+        q = self.mh.q(x)
+        # one key table: the N tokens, then the M domain tokens; token i reads its K neighbours and N + domain[i]
+        table = self.mh.kv(torch.cat([x, self.domains(x, cond.domain)], dim=2))
+        keys = torch.cat([cond.neighbors, (n + cond.domain).expand(b, n)[..., None]], dim=-1)  # (B, N, K+1)
 
+        def chunk(start: int, stop: int) -> torch.Tensor:
+            return self.mh.attend_each(q[:, :, start:stop], gather_rows(table, keys[:, start:stop]))
 
-def _gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """x (B, T, N, D), idx (B, T, N, K) -> (B, T, N, K, D)."""
-    b, t, n, d = x.shape
-    k = idx.shape[-1]
-    return torch.gather(x, 2, idx.reshape(b, t, n * k, 1).expand(b, t, n * k, d)).view(b, t, n, k, d)
+        return in_chunks(chunk, n, b * t * keys.shape[-1] * 2 * d, dim=2)
 
 
 class RelativeTimeBias(nn.Module):
@@ -163,8 +248,11 @@ class TemporalAttention(nn.Module):
 class CrossAttention(nn.Module):
     """Time-aware bidirectional protein↔ligand cross-attention.
 
-    Queries of one group at frame t attend to the other group's tokens at
-    frames t+τ, |τ| <= window, with a learned bias per head and τ.
+    Queries of one group (ligand or pocket tokens) at frame t attend to tokens of the other
+    group at frames t+τ, |τ| <= window, with a learned bias per head and τ. Without
+    ``cond.neighbors`` a query sees the whole other group (cost L·P); with them (local mode)
+    only the other group's members among its K nearest tokens (cost (L+P)·K, linear in N even
+    when the "ligand" grows with the system, e.g. kept waters). Queries go in chunks either way.
     x: (B, T, N, D) -> (B, T, N, D) update (zero outside the two groups).
     """
 
@@ -175,25 +263,72 @@ class CrossAttention(nn.Module):
         self.pocket_to_lig = MultiHead(dim, heads)
         self.bias = RelativeTimeBias(heads, window)
 
-    def _one_way(self, mh: MultiHead, x: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
-        b, t, _, d = x.shape
-        offs = torch.arange(-self.window, self.window + 1, device=x.device)
-        frames = torch.arange(t, device=x.device)[:, None] + offs[None]  # (T, W)
+    def _offsets(self, t: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Offsets τ (W,), key frame of each (query frame, τ) (T, W) and whether it exists (T, W)."""
+        offs = torch.arange(-self.window, self.window + 1, device=device)
+        frames = torch.arange(t, device=device)[:, None] + offs[None]
         valid = (frames >= 0) & (frames < t)
-        keys = x[:, frames.clamp(0, t - 1)][:, :, :, k_idx]  # (B, T, W, K, D)
+        return offs, frames.clamp(0, t - 1), valid
+
+    def _full(self, mh: MultiHead, x: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
+        b, t, _, d = x.shape
+        offs, frames, valid = self._offsets(t, x.device)
         w, kk = offs.numel(), k_idx.numel()
-        bias = self.bias(offs).to(x.dtype)[None, :, None, :, None].expand(t, -1, 1, w, kk)
-        bias = bias.masked_fill(~valid[:, None, None, :, None], float("-inf")).reshape(1, t, -1, 1, w * kk)
-        bias = bias.expand(b, -1, -1, -1, -1).reshape(b * t, -1, 1, w * kk)  # (B*T, H, 1, W*K)
-        out = mh.attend(x[:, :, q_idx].reshape(b * t, q_idx.numel(), d), keys.reshape(b * t, w * kk, d), bias)
-        return out.view(b, t, q_idx.numel(), d)
+        k, v = (z[:, frames].reshape(b * t, w * kk, d) for z in mh.kv(x[:, :, k_idx]).chunk(2, dim=-1))
+        bias = self.bias(offs).to(x.dtype)[None, :, :, None].expand(t, -1, -1, kk)  # (T, H, W, K)
+        bias = bias.masked_fill(~valid[:, None, :, None], float("-inf")).reshape(1, t, -1, 1, w * kk)
+        bias = bias.expand(b, -1, -1, -1, -1).reshape(b * t, -1, 1, w * kk)
+        q = mh.q(x[:, :, q_idx]).reshape(b * t, q_idx.numel(), d)
+        k, v = mh.split(k), mh.split(v)
+
+        def chunk(start: int, stop: int) -> torch.Tensor:
+            out = F.scaled_dot_product_attention(mh.split(q[:, start:stop]), k, v, attn_mask=bias)
+            return out.transpose(-2, -3).flatten(-2)
+
+        out = in_chunks(chunk, q_idx.numel(), b * t * mh.heads * w * kk, dim=1)
+        return mh.o(out).view(b, t, q_idx.numel(), d)
+
+    def _local(self, mh: MultiHead, x: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor,
+               neighbors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Local mode: returns the queries that have a partner among their neighbours, and their update."""
+        b, t, n, d = x.shape
+        offs, frames, valid = self._offsets(t, x.device)
+        slot = torch.full((n,), -1, dtype=torch.long, device=x.device)
+        slot[k_idx] = torch.arange(k_idx.numel(), device=x.device)
+        cand = slot[neighbors[:, q_idx]]  # (B, Q, K): position among the other group's tokens, -1 if not in it
+        found = cand >= 0
+        # only queries with a partner, and only as many candidate slots as the most partnered one needs
+        active = found.any(-1).any(0)
+        q_idx, cand, found = q_idx[active], cand[:, active], found[:, active]
+        kk = int(found.sum(-1).max()) if q_idx.numel() else 0
+        if kk == 0:
+            return q_idx, x.new_zeros(b, t, 0, d)
+        first = torch.argsort((~found).to(torch.int8), dim=-1, stable=True)[..., :kk]
+        cand, found = cand.gather(-1, first), found.gather(-1, first)
+        w = offs.numel()
+        table = mh.kv(x[:, :, k_idx])  # (B, T, G, 2D)
+        q = mh.q(x[:, :, q_idx])
+        bias = self.bias(offs)[:, :, None].expand(-1, -1, kk).reshape(-1, w * kk)  # (H, W*K)
+
+        def chunk(start: int, stop: int) -> torch.Tensor:
+            ok = found[:, None, start:stop, None, :] & valid[None, :, None, :, None]  # (B, T, Qc, W, K)
+            kv = gather_rows(table, cand[:, start:stop].clamp(min=0), frames)
+            return mh.attend_each(q[:, :, start:stop], kv, bias, ok.flatten(-2))
+
+        return q_idx, in_chunks(chunk, q_idx.numel(), b * t * w * kk * 2 * d, dim=2)
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         upd = torch.zeros_like(x)
         if cond.ligand.numel() == 0 or cond.pocket.numel() == 0:
             return upd
-        upd = upd.index_add(2, cond.ligand, self._one_way(self.lig_to_pocket, x, cond.ligand, cond.pocket))
-        return upd.index_add(2, cond.pocket, self._one_way(self.pocket_to_lig, x, cond.pocket, cond.ligand))
+        for mh, q_idx, k_idx in ((self.lig_to_pocket, cond.ligand, cond.pocket),
+                                 (self.pocket_to_lig, cond.pocket, cond.ligand)):
+            if cond.neighbors is None:
+                out = self._full(mh, x, q_idx, k_idx)
+            else:
+                q_idx, out = self._local(mh, x, q_idx, k_idx, cond.neighbors)
+            upd = upd.index_add(2, q_idx, out.to(upd.dtype))
+        return upd
 
 
 class Block(nn.Module):
@@ -226,14 +361,19 @@ class VideoDenoiser(nn.Module):
         value_dim: D, values per token (W slots × 3).
         token_dim: C, width of ``cond.tokens``.
         dim, depth, heads, mlp_ratio, max_tau, cross_window: see DenoiserConfig.
+        max_tokens: token budget of one pass in sampling; above it sampling denoises
+            overlapping spatial fragments (:func:`hemeplm.fragment.denoiser_for`). None: no limit.
+        fragment_halo: Å of context around each fragment's core (blended away toward its border).
 
     ``forward(x_t (B, T, N, D), t (B,), cond, mask (B, T, N)) -> (B, T, N, D)``.
     """
 
     def __init__(self, value_dim: int, token_dim: int, dim: int = 128, depth: int = 4, heads: int = 4,
-                 mlp_ratio: float = 4.0, max_tau: int = 32, cross_window: int = 2):
+                 mlp_ratio: float = 4.0, max_tau: int = 32, cross_window: int = 2, max_tokens: int | None = None,
+                 fragment_halo: float = 12.0):
         super().__init__()
         self.dim = dim
+        self.max_tokens, self.fragment_halo = max_tokens, fragment_halo
         self.value_in = nn.Linear(value_dim, dim)
         self.given = nn.Embedding(2, dim)
         self.token_in = nn.Linear(token_dim, dim)

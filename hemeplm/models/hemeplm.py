@@ -30,8 +30,9 @@ def system_static(feats: dict, pocket_radius: float, domain_size: int) -> dict:
     """The parts of a featurised system the model needs, as numpy arrays and plain values.
 
     Adds ``pocket`` (P,) protein tokens within ``pocket_radius`` Å of the ligand in the
-    first frame, ``domain`` (N,) contiguous residue chunks of ``domain_size``, and the
-    atom/residue names used to check that a topology matches the checkpoint.
+    first frame, ``domain`` (N,) contiguous residue chunks of ``domain_size``, the
+    atom/residue names used to check that a topology matches the checkpoint, and the
+    training data's ``timestep_ps`` (time between saved frames).
     """
     layout = feats["layout"]
     first = feats["segments"][0][0]
@@ -49,7 +50,8 @@ def system_static(feats: dict, pocket_radius: float, domain_size: int) -> dict:
     out = {k: np.asarray(feats[k]) for k in STATIC_KEYS}
     out.update(layout={k: np.asarray(v) for k, v in layout.items()}, pocket=pocket, domain=domain,
                plm=feats.get("plm"), n_atoms=int(feats["n_atoms"]), atom_names=list(feats["atom_names"]),
-               residue_names=list(feats["residue_names"]), topology_pdb=feats["topology_pdb"])
+               residue_names=list(feats["residue_names"]), topology_pdb=feats["topology_pdb"],
+               timestep_ps=float(feats["timestep_ps"]))
     return out
 
 
@@ -63,7 +65,8 @@ class HemePLM(nn.Module):
 
     def __init__(self, cfg: Config, static: dict):
         super().__init__()
-        self.static_info = {k: static[k] for k in ("n_atoms", "atom_names", "residue_names", "topology_pdb")}
+        self.static_info = {k: static[k] for k in ("n_atoms", "atom_names", "residue_names", "topology_pdb",
+                                                   "timestep_ps")}
         for k in STATIC_KEYS:
             self.register_buffer(f"s_{k}", torch.as_tensor(static[k]), persistent=False)
         for k, v in static["layout"].items():
@@ -190,23 +193,36 @@ class HemePLM(nn.Module):
             tokens = tokens + self.plm_proj(self.plm)[self.l_residue] * is_res[:, None]
         neighbors = None
         if self.spatial == "local":
-            neighbors = self._token_neighbors(key)
+            neighbors = self._token_neighbors(key, node_mask)
         cond = Conditioning(tokens=tokens, neighbors=neighbors, domain=self.domain,
                             ligand=torch.nonzero(self.token_is_ligand).flatten(), pocket=self.pocket)
         return cond, h
 
-    def _token_neighbors(self, key: torch.Tensor) -> torch.Tensor:
-        """(B, A, 3) -> (B, N, K) nearest tokens (by first-slot atom) in each key frame."""
+    def _token_neighbors(self, key: torch.Tensor, node_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, A, 3) -> (B, N, K) nearest tokens (by CA, or the token's atom) in each key frame.
+
+        Only tokens whose atom is known (``node_mask``) are placed; an unknown one (an inpainted
+        ligand atom) takes the neighbours of its anchor residue, so hidden positions do not leak
+        into the attention pattern.
+        """
         from torch_cluster import knn
 
-        centre = key[:, self.l_atom_index[:, 1].where(self.l_atom_index[:, 1] >= 0, self.l_atom_index[:, 0])]
-        b, n, _ = centre.shape
-        k = min(self.local_neighbors, n)
-        flat = centre.reshape(b * n, 3)
-        batch = torch.arange(b, device=key.device).repeat_interleave(n)
-        dst, src = knn(flat, flat, k, batch, batch)
-        order = torch.argsort(dst * (b * n) + src)
-        return (src[order] % n).view(b, n, k)
+        atom = self.l_atom_index[:, 1].where(self.l_atom_index[:, 1] >= 0, self.l_atom_index[:, 0])
+        b, n = key.shape[0], atom.numel()
+        known = torch.ones(b, n, dtype=torch.bool, device=key.device) if node_mask is None else node_mask[:, atom]
+        k = min(self.local_neighbors, int(known.sum(1).min()))
+        placed = torch.nonzero(known.flatten()).flatten()  # flat (sample, token) indices
+        pos = key[:, atom].reshape(b * n, 3)[placed]
+        batch = placed // n
+        dst, src = knn(pos, pos, k, batch, batch)
+        order = torch.argsort(dst * len(placed) + src)
+        table = torch.zeros(b * n, k, dtype=torch.long, device=key.device)
+        table[placed] = (placed[src[order]] % n).view(-1, k)
+        table = table.view(b, n, k)
+        if node_mask is None:
+            return table
+        anchor = self.l_atom_token[self.l_frame_atoms[self.l_residue, 1]]  # (N,) token of the anchor residue
+        return torch.where(known[..., None], table, table[:, anchor])
 
     def denoise(self, x_t, t, cond, mask):
         """The denoiser interface ``denoiser(x_t, t, cond, mask)`` (see :mod:`hemeplm.diffusion`)."""

@@ -1,0 +1,478 @@
+"""``hemeplm bench``: time and peak memory of training and sampling against system size.
+
+For each system (small to large) a randomly initialised model is built from a
+config (timing does not depend on the weights) and two things are measured,
+each in a fresh child process so that its peak memory is its own:
+
+* ``train_step``: one optimiser step of :class:`~hemeplm.training.Objective`
+  on a batch of ``optim.batch_size`` windows of ``data.window`` frames, with
+  the energy and force losses on (synthetic targets: the force loss's second
+  derivative through the encoder is part of a real step's cost);
+* ``sample``: a forecast of ``--frames`` frames (100) from one start frame
+  with :class:`~hemeplm.sampling.Generator`, ``--steps`` DDIM steps per
+  window (10; the time is linear in it).
+
+Peak memory: on the CPU the child's resident-set high-water mark (VmHWM, reset
+with ``/proc/self/clear_refs`` once the system and model are loaded, so it
+covers the measured work plus what was already resident); on CUDA
+``torch.cuda.max_memory_allocated``. The log–log slopes of sampling time and
+peak memory against atom count are fitted over all systems measured.
+
+Systems (heavy atoms are modelled; solvent kept as one token per water oxygen
+or ion, anchored like ligand atoms to their nearest residue):
+
+* ``t4l``: T4 lysozyme L99A + p-xylene (Amber prmtop, 2,621 atoms);
+* ``19hc``, ``19hc_water``: nine-haem cytochrome c (PDB 19HC) with hydrogens
+  added (PDBFixer + the CHARMM36 heme hydrogen definitions of
+  :mod:`hemeplm.simulate`), its 18 hemes as the ligand, without and with its
+  885 crystal waters (the prepared PDBs are cached);
+* ``adk``, ``adk_water``: adenylate kinase in TIP4P water (GROMACS, 47,681
+  atoms, from ``../shared/data/adk_water`` when present): solvent dropped,
+  or kept.
+
+``--vs-md`` also runs OpenMM on the T4L system for a fixed wall time (OBC2
+implicit solvent, 4 fs steps with hydrogen mass repartitioning, as
+``hemeplm simulate`` runs it) and compares simulated nanoseconds per
+wall-clock hour with the model's forecast (frames × lag × 1 ps, the demo MD's
+frame interval).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import HemeplmError
+
+ROOT = Path(__file__).resolve().parents[1]
+T4L = ROOT / "data" / "t4l_l99a_xylene"
+HEME_PDB = ROOT / "tests" / "data" / "19hc.pdb.gz"
+ADK = ROOT.parent / "shared" / "data" / "adk_water"
+GIB = 1024 ** 3
+#: the demo MD's frame interval (``hemeplm simulate`` defaults: 250 steps of 4 fs)
+MD_FRAME_PS = 1.0
+#: the override the benchmark starts from: local spatial attention (linear in tokens) at every size
+LOCAL = "denoiser.spatial=local"
+
+
+@dataclass
+class BenchSystem:
+    """One system to measure.
+
+    Attributes:
+        name: short label; topology, trajectories: files as ``data.topology`` / ``data.trajectories``;
+        ligand: ``data.ligand`` selection (solvent included when kept); solvent: "none", "dropped" or "kept".
+    """
+
+    name: str
+    topology: str
+    trajectories: list[str]
+    ligand: str
+    solvent: str
+    description: str
+
+
+def prepare_heme_protein(source: str | Path, out: str | Path, keep_water: bool) -> Path:
+    """A heme protein PDB with hydrogens added, cached at ``out``.
+
+    PDBFixer completes the protein; heme groups get the CHARMM36 ``HEME`` template's bonds
+    and hydrogen definitions (:mod:`hemeplm.simulate`); every other heterogen is removed,
+    crystal waters too unless ``keep_water``. Hydrogens are placed from the residues'
+    hydrogen definitions without a force field: CHARMM36's b-type ``HEME`` template cannot
+    match a c-type heme bonded to two cysteines (as in 19HC), which is where
+    :func:`hemeplm.simulate.prepare_pdb` stops. The thioether-linked vinyl carbons so get
+    the b-type heme's vinyl hydrogens (one hydrogen short per link); the count is for
+    timing, not for simulation.
+    """
+    import gzip
+    import io
+
+    from openmm import app
+    from pdbfixer import PDBFixer
+
+    from . import simulate as sim
+
+    out = Path(out)
+    if out.exists():
+        return out
+    text = gzip.open(source, "rt").read() if str(source).endswith(".gz") else Path(source).read_text()
+    fixer = PDBFixer(pdbfile=io.StringIO(text))
+    fixer.findMissingResidues()
+    fixer.missingResidues = {}
+    fixer.findNonstandardResidues()
+    fixer.replaceNonstandardResidues()
+    modeller = app.Modeller(fixer.topology, fixer.positions)
+    keep = set(sim.PROTEIN_RESIDUES) | set(sim.HEME_PDB_NAMES) | ({"HOH"} if keep_water else set())
+    modeller.delete([r for r in modeller.topology.residues() if r.name not in keep])
+    fixer.topology, fixer.positions = modeller.topology, modeller.positions
+    fixer.findMissingAtoms()
+    fixer.addMissingAtoms()
+    modeller = app.Modeller(fixer.topology, fixer.positions)
+    sim._prepare_heme(modeller)
+    modeller.loadHydrogenDefinitions(io.BytesIO(sim._heme_hydrogen_definitions()))
+    modeller.addHydrogens(pH=7.0)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    app.PDBFile.writeFile(modeller.topology, modeller.positions, buf, keepIds=True)
+    sim.atomic_write_bytes(out, buf.getvalue().encode())
+    return out
+
+
+SYSTEM_NAMES = ("t4l", "19hc", "19hc_water", "adk", "adk_water")
+
+
+def default_systems(cache: Path, names: list[str] | None = None, adk: Path = ADK) -> list[BenchSystem]:
+    """The benchmark's systems (all, or ``names``), smallest first; the AdK pair only when ``adk`` has its files.
+
+    The 19HC PDBs with hydrogens are prepared into ``cache`` on first use.
+    """
+    names = list(SYSTEM_NAMES) if names is None else names
+    unknown = sorted(set(names) - set(SYSTEM_NAMES))
+    if unknown:
+        raise HemeplmError(f"unknown system(s) {unknown}; choose from {list(SYSTEM_NAMES)}")
+    systems = []
+    if "t4l" in names:
+        systems.append(BenchSystem("t4l", str(T4L / "complex.prmtop"), [str(T4L / "complex.pdb")], "resname TMP",
+                                   "none", "T4 lysozyme L99A + p-xylene, Amber, implicit solvent"))
+    for name, water in (("19hc", False), ("19hc_water", True)):
+        if name in names:
+            pdb = prepare_heme_protein(HEME_PDB, cache / f"{name}_h.pdb", water)
+            systems.append(BenchSystem(
+                name, str(pdb), [], "resname HEM or (water and element O)" if water else "resname HEM",
+                "kept" if water else "none",
+                "cytochrome c3 (PDB 19HC), hydrogens added, 18 hemes" + (" + 885 crystal waters" if water else "")))
+    gro, xtc = adk / "adk_oplsaa.gro", adk / "adk_oplsaa.xtc"
+    if gro.exists() and xtc.exists():
+        if "adk" in names:
+            systems.append(BenchSystem("adk", str(gro), [str(xtc)], "none", "dropped",
+                                       "adenylate kinase (OPLS-AA, TIP4P), solvent dropped"))
+        if "adk_water" in names:
+            systems.append(BenchSystem("adk_water", str(gro), [str(xtc)], "(water and name O) or resname 'NA+'",
+                                       "kept", "adenylate kinase in water, each water oxygen and ion a token"))
+    return systems
+
+
+def system_atoms(system: BenchSystem) -> tuple[int, int]:
+    """(atoms in the input topology, atoms of the modelled molecules with their hydrogens)."""
+    from .data.load import load_topology, select_ligand
+
+    top = load_topology(system.topology)
+    residues = {top.atom(int(i)).residue.index for i in select_ligand(top, system.ligand, system.topology)}
+    kept = sum(1 for a in top.atoms if a.residue.is_protein or a.residue.index in residues)
+    return top.n_atoms, kept
+
+
+# ----------------------------------------------------------------------------- one measurement (child process)
+
+def _vm(field: str) -> float:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in GiB."""
+    text = Path("/proc/self/status").read_text()
+    return int(re.search(rf"{field}:\s+(\d+) kB", text).group(1)) * 1024 / GIB
+
+
+def _reset_peak(device) -> float:
+    """Start a new peak-memory interval; returns what is resident now (GiB)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / GIB
+    Path("/proc/self/clear_refs").write_text("5")
+    return _vm("VmRSS")
+
+
+def _peak(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / GIB
+    return _vm("VmHWM")
+
+
+def pocket_tokens(feats: dict, radius: float) -> np.ndarray:
+    """Protein tokens with an atom within ``radius`` Å of a ligand atom in the first frame (k-d tree)."""
+    from scipy.spatial import cKDTree
+
+    from .data.tokens import KIND_LIGAND
+
+    layout, first = feats["layout"], feats["segments"][0][0]
+    lig = np.nonzero(feats["is_ligand"])[0]
+    if not len(lig):
+        return np.zeros(0, np.int64)
+    idx = np.asarray(layout["atom_index"])
+    d = cKDTree(first[lig]).query(first[idx.clip(min=0)].reshape(-1, 3), distance_upper_bound=radius)[0]
+    d = np.where(idx >= 0, d.reshape(idx.shape), np.inf).min(-1)
+    return np.nonzero((d <= radius) & (np.asarray(layout["kind"]) != KIND_LIGAND))[0]
+
+
+def bench_static(feats: dict, cfg) -> dict:
+    """:func:`~hemeplm.models.hemeplm.system_static` with the pocket found by :func:`pocket_tokens`.
+
+    ``system_static`` measures every token slot against every ligand atom at once (N×W×L
+    distances: 21 GB for AdK with its 11,088 waters as ligand tokens), so it is called
+    without ligand and the pocket is added from a k-d tree search (same definition).
+    """
+    from .models.hemeplm import system_static
+
+    static = system_static({**feats, "is_ligand": np.zeros_like(feats["is_ligand"])}, cfg.denoiser.pocket_radius,
+                           cfg.denoiser.domain_size)
+    static.update(is_ligand=np.asarray(feats["is_ligand"]), pocket=pocket_tokens(feats, cfg.denoiser.pocket_radius))
+    return static
+
+
+def measure(spec: dict) -> dict:
+    """Build one system's model and time one training step or one forecast (run in a child process).
+
+    ``spec``: ``system`` (BenchSystem fields), ``what`` ("train" or "sample"), ``config``,
+    ``overrides``, ``device``, ``dtype``, ``frames``, ``steps``, ``cache``, ``threads`` (None: torch's default).
+    """
+    import torch
+
+    from .config import load_config
+    from .data.dataset import featurize
+    from .diffusion import GaussianDiffusion
+    from .models.hemeplm import HemePLM
+    from .sampling import Generator
+    from .tasks import task_mask
+    from .training import Objective
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    system = BenchSystem(**spec["system"])
+    cfg = load_config(spec["config"], spec["overrides"])
+    cfg.data.topology, cfg.data.trajectories, cfg.data.ligand = system.topology, system.trajectories, system.ligand
+    cfg.data.cache_dir = spec["cache"]
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    feats = featurize(cfg.data)
+    model = HemePLM(cfg, bench_static(feats, cfg)).to(device)
+    diffusion = GaussianDiffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule).to(device)
+    frames = torch.as_tensor(feats["segments"][0], device=device)
+    result = {"n_modelled": int(feats["n_atoms"]), "n_tokens": int(model.l_kind.numel()),
+              "n_ligand_tokens": int(model.token_is_ligand.sum()), "n_pocket_tokens": int(model.pocket.numel()),
+              "parameters": sum(p.numel() for p in model.parameters())}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["dtype"] == "bfloat16")
+    gen = torch.Generator().manual_seed(0)
+    before = _reset_peak(device)
+    if spec["what"] == "sample":
+        sampler = Generator(model.eval(), diffusion, cfg, steps=spec["steps"])
+        t0 = time.perf_counter()
+        with autocast:
+            out = sampler.forecast(frames[0], spec["frames"], 1, gen)
+        elapsed = time.perf_counter() - t0
+        result.update(sample_s=elapsed, sample_peak_gib=_peak(device), sample_resident_before_gib=before,
+                      sample_finite=bool(torch.isfinite(out).all()), frames=int(out.shape[1]))
+        return result
+    b, t = cfg.optim.batch_size, cfg.data.window
+    coords = frames[torch.arange(t) % len(frames)][None].repeat(b, 1, 1, 1)
+    coords = coords + 0.1 * torch.randn(coords.shape, generator=gen).to(device)
+    energy, forces = torch.zeros(b, t, device=device), torch.zeros_like(coords)
+    has_energy = torch.ones(b, dtype=torch.bool, device=device)
+    model.has_energy_stats.fill_(True)  # synthetic targets: the energy and force losses run as in a real step
+    mask = task_mask("forecast", t, model.token_is_ligand).expand(b, -1, -1)
+    objective = Objective(model.train(), diffusion, cfg.energy.energy_weight, cfg.energy.force_weight)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    times = []
+    for _ in range(2):  # the first step also allocates the optimiser state; the second is timed
+        t0 = time.perf_counter()
+        with autocast:
+            loss = objective(coords, energy, forces, has_energy, mask,
+                             torch.randint(0, diffusion.timesteps, (b,), generator=gen).to(device), gen)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    result.update(train_step_s=times[-1], train_peak_gib=_peak(device), train_resident_before_gib=before,
+                  train_batch=b, train_loss_finite=bool(torch.isfinite(loss)))
+    return result
+
+
+# ----------------------------------------------------------------------------- driver
+
+def _child(spec: dict) -> dict:
+    """Run :func:`measure` in a fresh Python process; a failure is returned as ``error``."""
+    proc = subprocess.run([sys.executable, "-m", "hemeplm.bench", json.dumps(spec)], capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        return {"error": f"{spec['what']} failed (exit {proc.returncode}): {tail}"}
+    return json.loads(lines[-1])
+
+
+def loglog_slope(x: list[float], y: list[float]) -> float | None:
+    """Least-squares slope of log y against log x (None with fewer than two distinct x)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if len(np.unique(x)) < 2:
+        return None
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def md_rate(seconds: float, threads: int | None = None) -> dict:
+    """OpenMM on the T4L system for ``seconds`` of wall time: simulated ns per wall-clock hour."""
+    from . import simulate as sim
+
+    cfg = sim.SimulateConfig(threads=threads)
+    parts = sim.prepare_amber(T4L / "complex.prmtop", T4L / "complex-minimized.crd", cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = sim.MDRun(*parts, cfg=cfg, out=tmp, inputs={"bench": "t4l"})  # minimised, velocities set
+        steps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            run.sim.step(cfg.report_every)
+            steps += cfg.report_every
+        elapsed = time.perf_counter() - t0
+    ns = steps * cfg.timestep_fs * 1e-6
+    return {"system": "t4l", "wall_s": elapsed, "steps": steps, "timestep_fs": cfg.timestep_fs,
+            "solvent": cfg.solvent, "hydrogen_mass_amu": cfg.hydrogen_mass_amu, "cutoff_nm": cfg.cutoff_nm,
+            "simulated_ns": ns, "ns_per_hour": ns / elapsed * 3600}
+
+
+def plot_scaling(systems: list[dict], slope_time: float | None, slope_memory: float | None, path: Path) -> Path:
+    """Log–log plot of sampling (and training-step) time and peak memory against atom count."""
+    from .plots import _save, plt
+
+    ok = [s for s in systems if "sample_s" in s]
+    x = np.array([s["n_atoms"] for s in ok], float)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, train_key, slope, unit in ((axes[0], "sample_s", "train_step_s", slope_time, "s"),
+                                            (axes[1], "sample_peak_gib", "train_peak_gib", slope_memory, "GiB")):
+        y = np.array([s[key] for s in ok], float)
+        ax.loglog(x, y, "o", label="sampling")
+        if slope is not None:
+            fit = np.polyfit(np.log(x), np.log(y), 1)
+            grid = np.geomspace(x.min(), x.max(), 50)
+            ax.loglog(grid, np.exp(np.polyval(fit, np.log(grid))), "-", label=f"fit, slope {slope:.2f}")
+        tr = [(s["n_atoms"], s[train_key]) for s in ok if train_key in s]
+        if tr:
+            ax.loglog(*zip(*tr), "s", label="training step")
+        for s in ok:
+            ax.annotate(s["name"], (s["n_atoms"], s[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("atoms (with hydrogens)")
+        ax.set_ylabel(f"{'time' if unit == 's' else 'peak memory'} ({unit})")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def run_bench(out: str | Path, config: str | None = None, overrides: list[str] = (), device: str = "cpu",
+              dtype: str = "float32", frames: int = 100, steps: int = 10, systems: list[str] | None = None,
+              vs_md: bool = False, md_seconds: float = 60.0, train: bool = True, threads: int | None = None,
+              log=print) -> dict:
+    """Measure every system; write ``out/bench.json`` and ``out/bench.png``; return the JSON.
+
+    The config is ``config`` with ``denoiser.spatial=local`` and then ``overrides`` applied
+    (local attention everywhere, so that one model design is compared across sizes).
+    """
+    import torch
+
+    from .config import load_config
+
+    out = Path(out)
+    cache = (out / "cache").resolve()
+    overrides = [LOCAL, *overrides]
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HemeplmError("--device cuda: no CUDA device is available")
+    cfg = load_config(config, overrides)
+    load_start = os.getloadavg()
+    chosen = default_systems(cache, systems)
+    results = []
+    for system in chosen:
+        n_input, n_atoms = system_atoms(system)
+        row = {"name": system.name, "description": system.description, "solvent": system.solvent,
+               "n_atoms": n_atoms, "n_atoms_input": n_input}
+        spec = {"system": asdict(system), "config": config, "overrides": list(overrides), "device": device,
+                "dtype": dtype, "frames": frames, "steps": steps, "cache": str(cache), "threads": threads}
+        for what in ("sample", "train") if train else ("sample",):
+            log(f"bench {system.name} ({n_atoms} atoms): {what} ...")
+            row.update(_child({**spec, "what": what}))
+        log("  " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+        results.append(row)
+    ok = [r for r in results if "sample_s" in r]
+    slope_time = loglog_slope([r["n_atoms"] for r in ok], [r["sample_s"] for r in ok])
+    slope_memory = loglog_slope([r["n_atoms"] for r in ok], [r["sample_peak_gib"] for r in ok])
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                    "threads": threads or torch.get_num_threads(),
+                    "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                    "load_average_start": load_start, "load_average_end": os.getloadavg()},
+        "settings": {"config": config, "overrides": list(overrides), "device": device, "dtype": dtype,
+                     "forecast_frames": frames, "ddim_steps": steps, "window": cfg.data.window, "lag": cfg.data.lag,
+                     "batch_size": cfg.optim.batch_size, "spatial": cfg.denoiser.spatial,
+                     "local_neighbors": cfg.denoiser.local_neighbors},
+        "systems": results,
+        "slope_time": slope_time,
+        "slope_memory": slope_memory,
+        "slope_time_vs_tokens": loglog_slope([r["n_tokens"] for r in ok], [r["sample_s"] for r in ok]),
+        "slope_time_vs_modelled_atoms": loglog_slope([r["n_modelled"] for r in ok], [r["sample_s"] for r in ok]),
+    }
+    if vs_md:
+        t4l = next((r for r in ok if r["name"] == "t4l"), None)
+        if t4l is None:
+            raise HemeplmError("--vs-md compares on the t4l system; include it")
+        log(f"bench: OpenMM on t4l for {md_seconds:g} s ...")
+        md = md_rate(md_seconds, threads)
+        simulated = (t4l["frames"] - 1) * cfg.data.lag * MD_FRAME_PS * 1e-3
+        model_rate = simulated / t4l["sample_s"] * 3600
+        report.update(md_ns_per_hour=md["ns_per_hour"], model_ns_per_hour=model_rate,
+                      speedup=model_rate / md["ns_per_hour"],
+                      vs_md={"md": md, "model": {"system": "t4l", "frames": t4l["frames"], "lag": cfg.data.lag,
+                                                 "frame_ps": MD_FRAME_PS, "simulated_ns": simulated,
+                                                 "wall_s": t4l["sample_s"]}})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    if ok:
+        plot_scaling(results, slope_time, slope_memory, out / "bench.png")
+    return report
+
+
+def _cmd_bench(args) -> None:
+    report = run_bench(args.out, args.config, args.overrides, device=args.device, dtype=args.dtype,
+                       frames=args.frames, steps=args.steps, systems=args.systems, vs_md=args.vs_md,
+                       md_seconds=args.md_seconds, train=not args.no_train, threads=args.threads)
+    for r in report["systems"]:
+        print(f"{r['name']:>11}: {r['n_atoms']:>6} atoms, {r.get('n_tokens', '?')} tokens: "
+              f"sample {r.get('sample_s', float('nan')):.1f} s / {r.get('sample_peak_gib', float('nan')):.2f} GiB, "
+              f"train step {r.get('train_step_s', float('nan')):.2f} s / {r.get('train_peak_gib', float('nan')):.2f} GiB"
+              + (f"  ERROR {r['error']}" if "error" in r else ""))
+    print(f"slope (log-log, sampling vs atoms): time {report['slope_time']}, memory {report['slope_memory']}")
+    if "speedup" in report:
+        print(f"OpenMM {report['md_ns_per_hour']:.3g} ns/h, model {report['model_ns_per_hour']:.3g} ns/h, "
+              f"speedup {report['speedup']:.3g}x")
+    print(f"{Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.png'}")
+
+
+def add_bench_parser(sub) -> None:
+    """Add the ``bench`` subcommand to the ``hemeplm`` argument parser's subparsers."""
+    b = sub.add_parser("bench", help="time and peak memory of training and sampling vs system size")
+    b.add_argument("--out", required=True, help="output folder (bench.json, bench.png, cache/)")
+    b.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="model config (YAML)")
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
+    b.add_argument("--frames", type=int, default=100, help="frames of the forecast that is timed")
+    b.add_argument("--steps", type=int, default=10, help="DDIM steps per window (sampling time is linear in it)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for the model and OpenMM (default: all)")
+    b.add_argument("--systems", nargs="+", default=None, choices=SYSTEM_NAMES, help="default: all (AdK if present)")
+    b.add_argument("--no-train", action="store_true", help="time sampling only")
+    b.add_argument("--vs-md", action="store_true", help="also run OpenMM on t4l and compare ns per hour")
+    b.add_argument("--md-seconds", type=float, default=60.0, help="wall time of the OpenMM run")
+    b.add_argument("overrides", nargs="*", default=[], help="config key=value, applied after denoiser.spatial=local")
+    b.set_defaults(func=_cmd_bench)
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))))

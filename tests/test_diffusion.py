@@ -1,0 +1,152 @@
+"""GaussianDiffusion on plain tensors: forward process, loss masking, samplers, batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hemeplm.diffusion import GaussianDiffusion
+
+MEAN, STD = 1.5, 0.5  # data x0 ~ N(MEAN, STD^2), independently per entry
+
+
+def gaussian_denoiser(diffusion: GaussianDiffusion, error: float = 0.0, seed: int = 12345):
+    """The exact ε-predictor for Gaussian data, plus ``error``-sized Gaussian noise (an imperfect network)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def denoise(x, t, cond, mask):
+        a = diffusion.alphas_cumprod[t].view(-1, *[1] * (x.ndim - 1))
+        x0 = MEAN + a.sqrt() * STD ** 2 / (a * STD ** 2 + 1 - a) * (x - a.sqrt() * MEAN)  # E[x0 | x_t]
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+        return eps + error * torch.randn(x.shape, generator=gen)
+
+    return denoise
+
+
+class Counting:
+    """A denoiser that predicts zero and records the batch size and steps of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, t, cond, mask):
+        assert t.shape == (x.shape[0],) and mask.shape == x.shape[:mask.ndim]
+        self.calls.append(t.clone())
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_schedule_runs_from_data_to_noise(schedule):
+    d = GaussianDiffusion(100, schedule)
+    ab = d.alphas_cumprod
+    assert ab[0] > 0.99 and 1e-5 < ab[-1] < 1e-3
+    assert (ab[1:] < ab[:-1]).all()
+    assert torch.allclose(d.sqrt_alphas_cumprod ** 2 + d.sqrt_one_minus_alphas_cumprod ** 2, torch.ones(100))
+
+
+def test_q_sample_statistics():
+    d = GaussianDiffusion(100)
+    t = torch.tensor([0, 30, 60, 99])
+    x0 = torch.tensor([2.0, -1.0, 0.5, 3.0])[:, None].expand(4, 20000)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    xt = d.q_sample(x0, t, noise)
+    a = d.alphas_cumprod[t]
+    assert torch.allclose(xt.mean(1), a.sqrt() * x0[:, 0], atol=0.03)
+    assert torch.allclose(xt.std(1), (1 - a).sqrt(), rtol=0.03, atol=0.003)
+    # each sample at its own step: the same as noising it alone
+    for i in range(4):
+        assert torch.allclose(xt[i:i + 1], d.q_sample(x0[i:i + 1], t[i:i + 1], noise[i:i + 1]))
+
+
+def test_loss_ignores_given_entries():
+    d = GaussianDiffusion(100)
+    x0 = torch.randn(3, 6, 4, 2)
+    mask = torch.rand(3, 6, 4) < 0.5
+    t = torch.tensor([5, 50, 95])
+    seen = {}
+
+    def oracle(x_t, t_, cond, m):
+        """Recovers ε exactly where generated; garbage where given."""
+        seen["x_t"] = x_t
+        eps = (x_t - d.sqrt_alphas_cumprod[t_].view(-1, 1, 1, 1) * x0) / d.sqrt_one_minus_alphas_cumprod[t_].view(
+            -1, 1, 1, 1)
+        return torch.where(m[..., None], torch.full_like(x_t, 1e3), eps)
+
+    loss = d.loss(oracle, x0, None, mask, t=t, generator=torch.Generator().manual_seed(0))
+    assert loss < 1e-8
+    given = mask[..., None].expand_as(x0)
+    assert torch.equal(seen["x_t"][given], x0[given])  # given entries are held clean
+    assert not torch.allclose(seen["x_t"][~given], x0[~given])
+    # a weight of zero drops entries from the loss as well
+    weight = torch.ones(1, 1, 1, 2)
+    weight[..., 1] = 0
+
+    def wrong_in_second(x_t, t_, cond, m):
+        return oracle(x_t, t_, cond, m) + torch.tensor([0.0, 7.0])
+
+    assert d.loss(wrong_in_second, x0, None, mask, weight=weight, t=t,
+                  generator=torch.Generator().manual_seed(0)) < 1e-8
+    assert d.loss(wrong_in_second, x0, None, mask, t=t, generator=torch.Generator().manual_seed(0)) > 10
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_given_entries_come_back_exactly(sampler):
+    d = GaussianDiffusion(50)
+    x_given = torch.randn(3, 5, 7, 3) * 10
+    mask = torch.rand(3, 5, 7) < 0.4
+    out = d.sample(gaussian_denoiser(d, error=0.3), x_given, None, mask, steps=6, sampler=sampler,
+                   generator=torch.Generator().manual_seed(1))
+    given = mask[..., None].expand_as(x_given)
+    assert torch.equal(out[given], x_given[given])
+    assert torch.isfinite(out).all() and not torch.allclose(out[~given], x_given[~given])
+
+
+def test_ddim_eta0_is_deterministic_given_the_generator():
+    d = GaussianDiffusion(100)
+    x_given, mask = torch.zeros(4, 6), torch.zeros(4, 6, dtype=torch.bool)
+
+    def run(seed, eta=0.0):
+        torch.manual_seed(1234 + seed)  # the global RNG must not matter
+        return d.sample(gaussian_denoiser(d), x_given, None, mask, steps=10, eta=eta,
+                        generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(run(0), run(0))
+    assert not torch.allclose(run(0), run(1))
+    # eta > 0 draws fresh noise at every step from the same generator: reproducible, but another path
+    assert torch.equal(run(0, eta=1.0), run(0, eta=1.0)) and not torch.allclose(run(0, eta=1.0), run(0))
+
+
+@pytest.mark.parametrize("sampler, error, steps", [
+    ("ddim", 0.0, 50), ("ancestral", 0.0, None),
+    ("ddim", 0.05, 50), ("ddim", 0.05, 20),  # a denoiser with a 5% ε error must not blow the samples up
+])
+def test_samplers_reproduce_gaussian_data(sampler, error, steps):
+    d = GaussianDiffusion(1000 if sampler == "ddim" else 200)
+    n = 4000
+    x = d.sample(gaussian_denoiser(d, error), torch.zeros(n, 1), None, torch.zeros(n, 1, dtype=torch.bool),
+                 steps=steps or 0, sampler=sampler, generator=torch.Generator().manual_seed(0))
+    assert abs(float(x.mean()) - MEAN) < 0.05
+    assert abs(float(x.std()) - STD) < 0.05
+
+
+@pytest.mark.parametrize("sampler, steps, expected_calls", [("ddim", 7, 7), ("ancestral", 0, 40)])
+def test_one_denoiser_call_per_step_for_all_samples(sampler, steps, expected_calls):
+    d = GaussianDiffusion(40)
+    fake = Counting()
+    s = 5
+    d.sample(fake, torch.zeros(s, 3, 4), None, torch.zeros(s, 3, dtype=torch.bool), steps=steps, sampler=sampler,
+             generator=torch.Generator().manual_seed(0))
+    assert len(fake.calls) == expected_calls
+    assert all(t.shape == (s,) for t in fake.calls)
+    assert [int(t[0]) for t in fake.calls] == sorted({int(t[0]) for t in fake.calls}, reverse=True)
+    assert int(fake.calls[0][0]) == 39 and int(fake.calls[-1][0]) == 0
+
+
+def test_loss_is_one_call_for_samples_at_different_steps():
+    d = GaussianDiffusion(100)
+    fake = Counting()
+    t = torch.tensor([3, 41, 99, 0])
+    loss = d.loss(fake, torch.randn(4, 2, 3), None, torch.zeros(4, 2, dtype=torch.bool), t=t,
+                  generator=torch.Generator().manual_seed(0))
+    assert len(fake.calls) == 1 and torch.equal(fake.calls[0], t)
+    assert 0.5 < float(loss) < 1.5  # predicting zero costs E[ε²] = 1

@@ -1,0 +1,194 @@
+"""Training: the checkpoint rebuilds the model alone, resume continues, bad input stops early, torchrun, paper size."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import PRMTOP, ROOT, tiny_config, tiny_overrides, write_dcd
+
+from hemeplm import training
+from hemeplm.checkpoint import build_model, load_checkpoint
+from hemeplm.config import load_config
+from hemeplm.data.dataset import featurize
+from hemeplm.diffusion import GaussianDiffusion
+from hemeplm.errors import HemeplmError
+from hemeplm.sampling import Generator
+from hemeplm.tasks import task_mask
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_alone_rebuilds_the_model(tiny_run, monkeypatch):
+    cfg = tiny_run["cfg"]
+    coords = torch.from_numpy(featurize(cfg.data)["segments"][0][:cfg.data.window])[None]
+    key = coords[:, 0]
+    ckpt = load_checkpoint(tiny_run["ckpt"])
+    assert ckpt["step"] == 4
+    monkeypatch.setattr("hemeplm.data.load.load_topology", lambda *a, **k: pytest.fail("the training data was read"))
+    ema, saved_cfg = build_model(ckpt)
+    raw, _ = build_model(ckpt, use_ema=False)
+    assert saved_cfg == cfg
+    assert not torch.equal(ema.denoiser.out.weight, raw.denoiser.out.weight)
+    mask = task_mask("forecast", cfg.data.window, ema.token_is_ligand)
+    t = torch.tensor([37])
+    for rebuilt, live in ((ema, tiny_run["ema"]), (raw, tiny_run["model"].eval())):
+        outs = []
+        for m in (rebuilt, live):
+            m.requires_grad_(False)  # the same kernels for both (attention picks another one for weights with grad)
+            cond, _ = m.condition(key)
+            outs.append((m.denoise(m.values(coords, key), t, cond, mask[None]), m.predict_energy(key)["forces"]))
+        torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    # sampling from the checkpoint is sampling from the in-memory EMA model
+    live = Generator(tiny_run["ema"], GaussianDiffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule), cfg,
+                     steps=cfg.diffusion.sample_steps)
+    from_ckpt = Generator.from_checkpoint(tiny_run["ckpt"])
+    assert torch.equal(from_ckpt.window_sample(coords, mask, torch.Generator().manual_seed(3)),
+                       live.window_sample(coords, mask, torch.Generator().manual_seed(3)))
+
+
+def test_resume_continues_from_the_saved_step(tiny_system, tmp_path, capsys):
+    cfg = tiny_config(tiny_system, tmp_path, "max_steps=4", "ckpt_every=2")
+    run_dir = training.train(cfg)
+    assert load_checkpoint(run_dir / "ckpt.pt")["step"] == 4
+    with pytest.raises(HemeplmError, match="--resume"):  # never silently over a previous run
+        training.train(cfg)
+    capsys.readouterr()
+    longer = tiny_config(tiny_system, tmp_path, "max_steps=7", "ckpt_every=2")
+    training.train(longer, resume=True)
+    assert f"resumed {run_dir / 'ckpt.pt'} at step 4" in capsys.readouterr().out
+    assert load_checkpoint(run_dir / "ckpt.pt")["step"] == 7
+    steps = [r["step"] for r in metrics(run_dir) if "train_loss" in r]
+    assert steps == list(range(1, 8))  # one line per step, before and after the resume
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_checkpoint_from_another_version_or_incomplete(tiny_run, tmp_path):
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=False)
+    torch.save({**ckpt, "format_version": 99}, tmp_path / "future.pt")
+    with pytest.raises(HemeplmError, match=r"future\.pt: checkpoint format version 99; this HemePLM reads version 1"):
+        load_checkpoint(tmp_path / "future.pt")
+    torch.save({k: v for k, v in ckpt.items() if k not in ("ema", "static")}, tmp_path / "partial.pt")
+    with pytest.raises(HemeplmError, match=r"partial\.pt: checkpoint lacks static, ema"):
+        load_checkpoint(tmp_path / "partial.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(HemeplmError, match="not a HemePLM checkpoint"):
+        load_checkpoint(tmp_path / "list.pt")
+
+
+def test_unknown_or_mistyped_config_keys(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("denoiser:\n  depht: 3\n")
+    with pytest.raises(HemeplmError, match=rf"{re.escape(str(bad))}: unknown config key 'denoiser.depht' "
+                                           r"\(known here: .*depth"):
+        load_config(bad)
+    with pytest.raises(HemeplmError, match=r"command line: unknown config key 'denoiser.depht'"):
+        load_config(None, ["denoiser.depht=3"])
+    with pytest.raises(HemeplmError, match=r"unknown config key 'encoder.hiden'"):
+        load_config(None, ["encoder={hiden: 3}"])
+    with pytest.raises(HemeplmError, match=r"config key 'max_steps' expects int, got '1e5'"):
+        load_config(None, ["max_steps=1e5"])
+    with pytest.raises(HemeplmError, match=r"config key 'data' is a section"):
+        load_config(None, ["data=3"])
+    assert load_config(None, ["optim.lr=1e-3", "optim.weight_decay=0"]).optim.lr == 1e-3  # YAML's "1e-3" string
+    proc = subprocess.run([sys.executable, "train.py", "--config", str(bad)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"train.py: error: {bad}: unknown config key 'denoiser.depht' (known here: "
+                                   "cross_window, depth, dim, domain_size, heads, local_neighbors, max_tau, "
+                                   "mlp_ratio, pocket_radius, spatial)")
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tiny_system, tmp_path, monkeypatch):
+    original = training.Objective.forward
+    calls = []
+
+    def nan_at_step_3(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:  # the fourth training step is step 3
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(training.Objective, "forward", nan_at_step_3)
+    cfg = tiny_config(tiny_system, tmp_path, "max_steps=6", "ckpt_every=2")
+    with pytest.raises(HemeplmError) as info:
+        training.train(cfg)
+    msg = str(info.value)
+    assert re.search(r"loss nan .*at step 3\b", msg) and "last good checkpoint (step 2)" in msg, msg
+    assert str(tiny_system["trajectory"]) in msg
+    ckpt = load_checkpoint(cfg.run_dir / "ckpt.pt")
+    assert ckpt["step"] == 2
+    model, _ = build_model(ckpt)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- sizes and launchers
+def test_paper_config_has_about_18m_parameters(tmp_path, t4l_xyz):
+    """The paper model's size does not depend on the data beyond its atoms; any T4L trajectory will do."""
+    rng = np.random.default_rng(0)
+    traj = write_dcd(tmp_path / "t4l.dcd", t4l_xyz[None] + rng.normal(scale=0.02, size=(24, *t4l_xyz.shape)))
+    proc = subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/paper.yaml", "--dry-run", f"data.topology={PRMTOP}",
+         f"data.trajectories=[{traj}]", f"data.cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'runs'}",
+         "wandb.mode=disabled", "device=cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    n = int(re.search(r"^parameters: (\d+)$", proc.stdout, re.M).group(1))
+    assert 15_000_000 <= n <= 25_000_000, n
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+
+RANK_SCRIPT = '''
+"""Train under torchrun; save this rank's parameters as built and as trained."""
+import os, sys
+import torch
+from hemeplm import training
+from hemeplm.config import load_config
+
+seen = {}
+build, ema_update = training.build, training._ema_update
+
+def capture_build(cfg, device):
+    out = build(cfg, device)
+    seen["built"] = {k: p.detach().clone() for k, p in out[4].named_parameters()}
+    return out
+
+def capture_model(ema, model, decay):
+    seen["model"] = model
+    ema_update(ema, model, decay)
+
+training.build, training._ema_update = capture_build, capture_model
+training.train(load_config(None, sys.argv[2:]))
+trained = {k: p.detach().clone() for k, p in seen["model"].named_parameters()}
+torch.save({"built": seen["built"], "trained": trained}, f"{sys.argv[1]}/rank{os.environ['RANK']}.pt")
+'''
+
+
+def test_torchrun_two_ranks_train_in_step(tiny_system, tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    overrides = tiny_overrides(tiny_system, tmp_path, "max_steps=3", "ckpt_every=100")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(tmp_path), *overrides], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    built, trained = ranks[0]["built"], ranks[0]["trained"]
+    moved = [k for k in trained if not torch.equal(trained[k], built[k])]
+    assert len(moved) > len(trained) // 2, "training barely moved the weights"
+    for k in trained:
+        assert torch.equal(ranks[1]["trained"][k], trained[k]), k  # the two ranks ended in step, bit for bit
+    run_dir = tmp_path / "runs" / "tiny"
+    ckpt = load_checkpoint(run_dir / "ckpt.pt")
+    assert ckpt["step"] == 3
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in trained.items())
+    assert [r["step"] for r in metrics(run_dir) if "train_loss" in r] == [1, 2, 3]  # rank 0 alone logs
