@@ -15,8 +15,10 @@ each in a fresh child process so that its peak memory is its own:
 Peak memory: on the CPU the child's resident-set high-water mark (VmHWM, reset
 with ``/proc/self/clear_refs`` once the system and model are loaded, so it
 covers the measured work plus what was already resident); on CUDA
-``torch.cuda.max_memory_allocated``. The log–log slopes of sampling time and
-peak memory against atom count are fitted over all systems measured.
+``torch.cuda.max_memory_allocated``. A CPU child's address space is capped at
+``CHILD_MEMORY_GIB``: a measurement that does not fit fails with an error in
+its row instead of waking the OOM killer. The log–log slopes of sampling time
+and peak memory against atom count are fitted over all systems measured.
 
 Systems (heavy atoms are modelled; solvent kept as one token per water oxygen
 or ion, anchored like ligand atoms to their nearest residue):
@@ -43,6 +45,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -61,6 +64,8 @@ ADK = ROOT.parent / "shared" / "data" / "adk_water"
 GIB = 1024 ** 3
 #: the demo MD's frame interval (``hemeplm simulate`` defaults: 250 steps of 4 fs)
 MD_FRAME_PS = 1.0
+#: address-space cap of a measuring child process on the CPU (GiB): beyond it a measurement fails with an error
+CHILD_MEMORY_GIB = 18
 #: the override the benchmark starts from: local spatial attention (linear in tokens) at every size
 LOCAL = "denoiser.spatial=local"
 
@@ -150,7 +155,8 @@ def default_systems(cache: Path, names: list[str] | None = None, adk: Path = ADK
             systems.append(BenchSystem(
                 name, str(pdb), [], "resname HEM or (water and element O)" if water else "resname HEM",
                 "kept" if water else "none",
-                "cytochrome c3 (PDB 19HC), hydrogens added, 18 hemes" + (" + 885 crystal waters" if water else "")))
+                "nine-haem cytochrome c (PDB 19HC), hydrogens added, 18 hemes"
+                + (" + 885 crystal waters" if water else "")))
     gro, xtc = adk / "adk_oplsaa.gro", adk / "adk_oplsaa.xtc"
     if gro.exists() and xtc.exists():
         if "adk" in names:
@@ -201,37 +207,6 @@ def _peak(device) -> float:
     return _vm("VmHWM")
 
 
-def pocket_tokens(feats: dict, radius: float) -> np.ndarray:
-    """Protein tokens with an atom within ``radius`` Å of a ligand atom in the first frame (k-d tree)."""
-    from scipy.spatial import cKDTree
-
-    from .data.tokens import KIND_LIGAND
-
-    layout, first = feats["layout"], feats["segments"][0][0]
-    lig = np.nonzero(feats["is_ligand"])[0]
-    if not len(lig):
-        return np.zeros(0, np.int64)
-    idx = np.asarray(layout["atom_index"])
-    d = cKDTree(first[lig]).query(first[idx.clip(min=0)].reshape(-1, 3), distance_upper_bound=radius)[0]
-    d = np.where(idx >= 0, d.reshape(idx.shape), np.inf).min(-1)
-    return np.nonzero((d <= radius) & (np.asarray(layout["kind"]) != KIND_LIGAND))[0]
-
-
-def bench_static(feats: dict, cfg) -> dict:
-    """:func:`~hemeplm.models.hemeplm.system_static` with the pocket found by :func:`pocket_tokens`.
-
-    ``system_static`` measures every token slot against every ligand atom at once (N×W×L
-    distances: 21 GB for AdK with its 11,088 waters as ligand tokens), so it is called
-    without ligand and the pocket is added from a k-d tree search (same definition).
-    """
-    from .models.hemeplm import system_static
-
-    static = system_static({**feats, "is_ligand": np.zeros_like(feats["is_ligand"])}, cfg.denoiser.pocket_radius,
-                           cfg.denoiser.domain_size)
-    static.update(is_ligand=np.asarray(feats["is_ligand"]), pocket=pocket_tokens(feats, cfg.denoiser.pocket_radius))
-    return static
-
-
 def measure(spec: dict) -> dict:
     """Build one system's model and time one training step or one forecast (run in a child process).
 
@@ -243,11 +218,13 @@ def measure(spec: dict) -> dict:
     from .config import load_config
     from .data.dataset import featurize
     from .diffusion import GaussianDiffusion
-    from .models.hemeplm import HemePLM
+    from .models.hemeplm import HemePLM, system_static
     from .sampling import Generator
     from .tasks import task_mask
     from .training import Objective
 
+    if spec["device"] == "cpu":  # fail cleanly rather than wake the OOM killer on a shared machine
+        resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_GIB * GIB, CHILD_MEMORY_GIB * GIB))
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
     system = BenchSystem(**spec["system"])
@@ -257,8 +234,8 @@ def measure(spec: dict) -> dict:
     device = torch.device(spec["device"])
     torch.manual_seed(0)
     feats = featurize(cfg.data)
-    model = HemePLM(cfg, bench_static(feats, cfg)).to(device)
-    diffusion = GaussianDiffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule).to(device)
+    model = HemePLM(cfg, system_static(feats, cfg.denoiser.pocket_radius, cfg.denoiser.domain_size)).to(device)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion).to(device)
     frames = torch.as_tensor(feats["segments"][0], device=device)
     result = {"n_modelled": int(feats["n_atoms"]), "n_tokens": int(model.l_kind.numel()),
               "n_ligand_tokens": int(model.token_is_ligand.sum()), "n_pocket_tokens": int(model.pocket.numel()),
@@ -444,10 +421,11 @@ def _cmd_bench(args) -> None:
     report = run_bench(args.out, args.config, args.overrides, device=args.device, dtype=args.dtype,
                        frames=args.frames, steps=args.steps, systems=args.systems, vs_md=args.vs_md,
                        md_seconds=args.md_seconds, train=not args.no_train, threads=args.threads)
+    nan = float("nan")
     for r in report["systems"]:
         print(f"{r['name']:>11}: {r['n_atoms']:>6} atoms, {r.get('n_tokens', '?')} tokens: "
-              f"sample {r.get('sample_s', float('nan')):.1f} s / {r.get('sample_peak_gib', float('nan')):.2f} GiB, "
-              f"train step {r.get('train_step_s', float('nan')):.2f} s / {r.get('train_peak_gib', float('nan')):.2f} GiB"
+              f"sample {r.get('sample_s', nan):.1f} s / {r.get('sample_peak_gib', nan):.2f} GiB, "
+              f"train step {r.get('train_step_s', nan):.2f} s / {r.get('train_peak_gib', nan):.2f} GiB"
               + (f"  ERROR {r['error']}" if "error" in r else ""))
     print(f"slope (log-log, sampling vs atoms): time {report['slope_time']}, memory {report['slope_memory']}")
     if "speedup" in report:

@@ -47,6 +47,8 @@ class DenoiserConfig:
     spatial: str = "full"
     local_neighbors: int = 32
     domain_size: int = 24
+    max_tokens: int | None = None
+    fragment_halo: float = 12.0
 
 
 @dataclass
@@ -55,6 +57,7 @@ class DiffusionConfig:
 
     timesteps: int = 1000
     schedule: str = "cosine"
+    parameterisation: str = "v"
     sampler: str = "ddim"
     sample_steps: int = 50
 

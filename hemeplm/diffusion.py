@@ -2,7 +2,7 @@
 
 Knows nothing about molecules. The denoiser is any callable
 
-    denoiser(x_t, t, cond, mask) -> eps_hat
+    denoiser(x_t, t, cond, mask) -> eps_hat  (or v_hat: see ``parameterisation``)
 
 with ``x_t`` (B, ...) the noisy tensor, ``t`` (B,) integer diffusion steps
 (one per sample, so one forward pass serves samples at different noise
@@ -63,10 +63,22 @@ class GaussianDiffusion(nn.Module):
     Args:
         timesteps: number of training noise levels.
         schedule: ``"cosine"`` or ``"linear"``.
+        parameterisation: ``"eps"``: the denoiser's output is ε_θ. ``"v"``: the output is read as
+            v = √ᾱ_t ε − √(1−ᾱ_t) x_0 and ε_θ = √(1−ᾱ_t) x_t + √ᾱ_t v_θ, a skip connection that makes
+            ε at high noise (≈ x_t) trivial, so DDIM's 1/√ᾱ_t amplification of ε errors has nothing
+            to amplify. The loss is the same ε loss either way.
     """
 
-    def __init__(self, timesteps: int = 1000, schedule: str = "cosine"):
+    @classmethod
+    def from_config(cls, c) -> "GaussianDiffusion":
+        """Build from any object with ``timesteps``, ``schedule`` and ``parameterisation``."""
+        return cls(c.timesteps, c.schedule, c.parameterisation)
+
+    def __init__(self, timesteps: int = 1000, schedule: str = "cosine", parameterisation: str = "eps"):
         super().__init__()
+        if parameterisation not in ("eps", "v"):
+            raise ValueError(f"unknown parameterisation {parameterisation!r}; use 'eps' or 'v'")
+        self.parameterisation = parameterisation
         betas = {"cosine": cosine_betas, "linear": linear_betas}[schedule](timesteps)
         alphas_cumprod = torch.cumprod(1 - betas, dim=0)
         prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
@@ -80,6 +92,13 @@ class GaussianDiffusion(nn.Module):
             "posterior_variance": betas * (1 - prev) / (1 - alphas_cumprod),
         }.items():
             self.register_buffer(name, val.float(), persistent=False)
+
+    def eps(self, denoiser: Denoiser, x_t: torch.Tensor, t: torch.Tensor, cond: Any, mask: torch.Tensor) -> torch.Tensor:
+        """ε_θ(x_t, t) from the denoiser's output (see ``parameterisation``)."""
+        out = denoiser(x_t, t, cond, mask)
+        if self.parameterisation == "eps":
+            return out
+        return self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + self._at(self.sqrt_alphas_cumprod, t, x_t) * out
 
     def _at(self, buf: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return _expand(buf[t].to(x.dtype), x)
@@ -105,7 +124,7 @@ class GaussianDiffusion(nn.Module):
         noise = _randn_like_gen(x0.shape, x0, generator)
         given = _expand(mask, x0)
         x_t = torch.where(given, x0, self.q_sample(x0, t, noise))
-        eps = denoiser(x_t, t, cond, mask)
+        eps = self.eps(denoiser, x_t, t, cond, mask)
         w = (~given).to(x0.dtype)
         if weight is not None:
             w = w * weight
@@ -118,7 +137,8 @@ class GaussianDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, x_given: torch.Tensor, cond: Any, mask: torch.Tensor,
                steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
-               generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+               generator: torch.Generator | None = None, progress: bool = False,
+               clip_x0: float | None = None) -> torch.Tensor:
         """Generate the entries of ``x_given`` where ``mask`` is False.
 
         Args:
@@ -126,6 +146,8 @@ class GaussianDiffusion(nn.Module):
             mask: (B, ...) bool, True = given; given entries come back exactly.
             steps: DDIM steps (``sampler="ddim"``, ``eta=0`` deterministic) or ignored
                 for ``sampler="ancestral"`` (all ``timesteps`` steps).
+            clip_x0: clamp each step's estimate of x0 to [-clip_x0, clip_x0] (the data's range),
+                which stops errors of ε at high noise, amplified by 1/√ᾱ_t, from blowing up.
         Returns:
             (B, ...) samples.
         """
@@ -143,8 +165,12 @@ class GaussianDiffusion(nn.Module):
         for i, step in enumerate(tqdm(seq, disable=not progress, desc=f"{sampler} sampling", leave=False)):
             t = torch.full((b,), step, device=x.device, dtype=torch.long)
             x = torch.where(given, x_given, x)
-            eps = denoiser(x, t, cond, mask)
+            eps = self.eps(denoiser, x, t, cond, mask)
             x0 = self.predict_x0(x, t, eps)
+            if clip_x0 is not None:  # keep the x0 estimate in the data's range; ε consistent with it
+                x0 = x0.clamp(-clip_x0, clip_x0)
+                eps = (x - self._at(self.sqrt_alphas_cumprod, t, x) * x0) / self._at(
+                    self.sqrt_one_minus_alphas_cumprod, t, x)
             if sampler == "ancestral":
                 mean = (self._at(self.betas, t, x) * self._at(self.alphas_cumprod_prev, t, x).sqrt() * x0
                         + (1 - self._at(self.alphas_cumprod_prev, t, x)) * (1 - self._at(self.betas, t, x)).sqrt() * x

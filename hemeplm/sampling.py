@@ -57,7 +57,7 @@ class Generator:
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kw) -> "Generator":
         ckpt = load_checkpoint(path, map_location=device)
         model, cfg = build_model(ckpt)
-        diffusion = GaussianDiffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
+        diffusion = GaussianDiffusion.from_config(cfg.diffusion)
         kw.setdefault("steps", cfg.diffusion.sample_steps)
         return cls(model.to(device), diffusion.to(device), cfg, **kw)
 
@@ -85,7 +85,8 @@ class Generator:
         from .fragment import denoiser_for  # whole system, or overlapping fragments above the token budget
 
         x = self.diffusion.sample(denoiser_for(m, cond, key), x_given, cond, mask, steps=self.steps,
-                                  sampler=self.sampler, generator=generator, progress=self.progress)
+                                  sampler=self.sampler, generator=generator, progress=self.progress,
+                                  clip_x0=float(m.value_limit))
         out = m.coordinates(x, key)
         atom_known = mask[:, :, m.l_atom_token][..., None]
         return torch.where(atom_known, coords, out)

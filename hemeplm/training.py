@@ -229,12 +229,25 @@ def build(cfg: Config, device: torch.device):
     if cfg.energy.enabled and not bool(model.has_energy_stats):
         log.warning("the training data has no energies/forces (no %s beside the trajectories): "
                     "the energy head is not trained", "energies_forces.npz")
-    diffusion = GaussianDiffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     return feats, train_ds, val_ds, static, model.to(device), diffusion.to(device)
 
 
 def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | None:
-    """Train per ``cfg``; returns the run directory (None for a dry run)."""
+    """Train per ``cfg``; returns the run directory (None for a dry run).
+
+    On the CPU, deterministic algorithms are switched on for the run (bit-identical
+    resumes; CPU index_put backward accumulates in a racy order otherwise) and the
+    previous setting is restored afterwards.
+    """
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        return _train(cfg, resume, dry_run)
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
     rank, world, local_rank = _distributed()
     device = _device(cfg, local_rank)
     if world > 1:
@@ -242,7 +255,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | No
         timeout = datetime.timedelta(seconds=cfg.dist_timeout_s)
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
     torch.manual_seed(cfg.seed)
-    if device.type == "cpu":  # bit-identical runs (CPU index_put backward accumulates in a racy order otherwise)
+    if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     run_dir = cfg.run_dir
     ckpt_path = run_dir / "ckpt.pt"

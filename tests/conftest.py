@@ -126,9 +126,9 @@ TINY_FRAMES = 40
 def tiny_system(tmp_path_factory) -> dict:
     """Twelve pocket residues of T4L L99A around p-xylene (92 + 8 heavy atoms) and 40 noisy frames of them.
 
-    Returns ``topology`` (PDB), ``trajectory`` (DCD) and ``xyz`` (F, A, 3) Å of every atom (hydrogens
-    included, as in the files). Beside the DCD, ``energies_forces.npz`` holds a harmonic restraint to the
-    PDB coordinates (E = k |x - x0|^2, F = -dE/dx), so energies and forces are consistent.
+    Returns the paths ``topology`` (PDB) and ``trajectory`` (DCD). Beside the DCD, ``energies_forces.npz``
+    holds a harmonic restraint to the PDB coordinates (E = k |x - x0|^2, F = -dE/dx, hydrogens included),
+    so that the energy head has consistent energies and forces to learn.
     """
     import mdtraj
 
@@ -143,7 +143,7 @@ def tiny_system(tmp_path_factory) -> dict:
     disp = (xyz - ref[None]) * 10.0
     np.savez(out / "energies_forces.npz", energy_kcal_mol=k * (disp ** 2).sum(axis=(1, 2)),
              forces_kcal_mol_A=-2 * k * disp)
-    return {"topology": out / "tiny.pdb", "trajectory": out / "tiny.dcd", "xyz": xyz * 10.0}
+    return {"topology": out / "tiny.pdb", "trajectory": out / "tiny.dcd"}
 
 
 def tiny_overrides(system: dict, out: Path, *overrides: str) -> list[str]:

@@ -48,7 +48,7 @@ def test_checkpoint_alone_rebuilds_the_model(tiny_run, monkeypatch):
             outs.append((m.denoise(m.values(coords, key), t, cond, mask[None]), m.predict_energy(key)["forces"]))
         torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     # sampling from the checkpoint is sampling from the in-memory EMA model
-    live = Generator(tiny_run["ema"], GaussianDiffusion(cfg.diffusion.timesteps, cfg.diffusion.schedule), cfg,
+    live = Generator(tiny_run["ema"], GaussianDiffusion.from_config(cfg.diffusion), cfg,
                      steps=cfg.diffusion.sample_steps)
     from_ckpt = Generator.from_checkpoint(tiny_run["ckpt"])
     assert torch.equal(from_ckpt.window_sample(coords, mask, torch.Generator().manual_seed(3)),

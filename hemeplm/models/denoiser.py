@@ -131,49 +131,25 @@ class MultiHead(nn.Module):
         out = F.scaled_dot_product_attention(self.split(self.q(q_in)), self.split(k), self.split(v), attn_mask=bias)
         return self.o(out.transpose(-2, -3).flatten(-2))
 
-    def attend_each(self, q: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor | None = None,
-                    valid: torch.Tensor | None = None) -> torch.Tensor:
-        """Each query against its own S keys (inputs projected, output projected here).
+    def attend_each(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        """Each query against its own S keys: q (..., D) from ``self.q``, kv (..., S, 2D) from ``self.kv``.
 
-        Args:
-            q: (..., D) queries (``self.q``); kv: (..., S, 2D) keys and values (``self.kv``);
-            bias: (H, S) or None; valid: (..., S) bool or None (a query with no valid key gets 0).
-        Returns:
-            (..., D).
+        Returns (..., D), output-projected.
         """
         lead, d, s = q.shape[:-1], q.shape[-1], kv.shape[-2]
         x = q.numel() // d
-        qh = q.reshape(x, self.heads, 1, -1)
         kvh = kv.reshape(x, s, 2, self.heads, -1)
-        mask = None
-        if bias is not None:
-            mask = bias.to(q.dtype).view(1, self.heads, 1, s)
-        if valid is not None:
-            # finite, not -inf: a query without any valid key must not produce NaN (gradients included)
-            off = (~valid).reshape(x, 1, 1, s).to(q.dtype) * -1e9
-            mask = off if mask is None else mask + off
-        out = F.scaled_dot_product_attention(qh, kvh[:, :, 0].transpose(1, 2), kvh[:, :, 1].transpose(1, 2),
-                                             attn_mask=mask).reshape(*lead, d)
-        out = self.o(out)
-        return out if valid is None else out * valid.any(-1)[..., None].to(out.dtype)
+        out = F.scaled_dot_product_attention(q.reshape(x, self.heads, 1, -1), kvh[:, :, 0].transpose(1, 2),
+                                             kvh[:, :, 1].transpose(1, 2))
+        return self.o(out.reshape(*lead, d))
 
 
-def gather_rows(table: torch.Tensor, idx: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows of a per-frame table, for each query.
-
-    Args:
-        table: (B, T, R, E); idx: (B, Q, K) rows per query (the same in every frame);
-        frames: (T, W) frame to read for query frame t and slot w, or None (W = 1, the query's frame).
-    Returns:
-        (B, T, Q, W*K, E), slot-major (w * K + k).
-    """
+def gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of a per-frame table for each query: table (B, T, R, E), idx (B, Q, K) -> (B, T, Q, K, E)."""
     b, t, r, e = table.shape
     q, k = idx.shape[1:]
-    if frames is None:
-        frames = torch.arange(t, device=table.device)[:, None]
-    base = (torch.arange(b, device=table.device)[:, None, None] * t + frames[None]) * r  # (B, T, W)
-    flat = base[:, :, None, :, None] + idx[:, None, :, None, :]  # (B, T, Q, W, K)
-    return table.reshape(-1, e).index_select(0, flat.reshape(-1)).view(b, t, q, -1, e)
+    base = (torch.arange(b * t, device=table.device) * r).view(b, t, 1, 1)
+    return table.reshape(-1, e).index_select(0, (base + idx[:, None]).reshape(-1)).view(b, t, q, k, e)
 
 
 class SpatialAttention(nn.Module):
@@ -263,16 +239,12 @@ class CrossAttention(nn.Module):
         self.pocket_to_lig = MultiHead(dim, heads)
         self.bias = RelativeTimeBias(heads, window)
 
-    def _offsets(self, t: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Offsets τ (W,), key frame of each (query frame, τ) (T, W) and whether it exists (T, W)."""
-        offs = torch.arange(-self.window, self.window + 1, device=device)
-        frames = torch.arange(t, device=device)[:, None] + offs[None]
-        valid = (frames >= 0) & (frames < t)
-        return offs, frames.clamp(0, t - 1), valid
-
     def _full(self, mh: MultiHead, x: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor) -> torch.Tensor:
         b, t, _, d = x.shape
-        offs, frames, valid = self._offsets(t, x.device)
+        offs = torch.arange(-self.window, self.window + 1, device=x.device)
+        frames = torch.arange(t, device=x.device)[:, None] + offs[None]
+        valid = (frames >= 0) & (frames < t)
+        frames = frames.clamp(0, t - 1)
         w, kk = offs.numel(), k_idx.numel()
         k, v = (z[:, frames].reshape(b * t, w * kk, d) for z in mh.kv(x[:, :, k_idx]).chunk(2, dim=-1))
         bias = self.bias(offs).to(x.dtype)[None, :, :, None].expand(t, -1, -1, kk)  # (T, H, W, K)
@@ -290,9 +262,13 @@ class CrossAttention(nn.Module):
 
     def _local(self, mh: MultiHead, x: torch.Tensor, q_idx: torch.Tensor, k_idx: torch.Tensor,
                neighbors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Local mode: returns the queries that have a partner among their neighbours, and their update."""
+        """Local mode: returns the queries that have a partner among their neighbours, and their update.
+
+        A query token's partners are gathered once with all their T frames (token-major rows);
+        its T frames then attend to them together, a band mask keeping |τ| <= window.
+        """
         b, t, n, d = x.shape
-        offs, frames, valid = self._offsets(t, x.device)
+        h = mh.heads
         slot = torch.full((n,), -1, dtype=torch.long, device=x.device)
         slot[k_idx] = torch.arange(k_idx.numel(), device=x.device)
         cand = slot[neighbors[:, q_idx]]  # (B, Q, K): position among the other group's tokens, -1 if not in it
@@ -304,18 +280,28 @@ class CrossAttention(nn.Module):
         if kk == 0:
             return q_idx, x.new_zeros(b, t, 0, d)
         first = torch.argsort((~found).to(torch.int8), dim=-1, stable=True)[..., :kk]
-        cand, found = cand.gather(-1, first), found.gather(-1, first)
-        w = offs.numel()
-        table = mh.kv(x[:, :, k_idx])  # (B, T, G, 2D)
-        q = mh.q(x[:, :, q_idx])
-        bias = self.bias(offs)[:, :, None].expand(-1, -1, kk).reshape(-1, w * kk)  # (H, W*K)
+        cand, found = cand.gather(-1, first).clamp(min=0), found.gather(-1, first)
+        frames = torch.arange(t, device=x.device)
+        tau = frames[None, :] - frames[:, None]  # (query frame, key frame)
+        band = self.bias(tau).to(x.dtype).masked_fill(tau.abs() > self.window, -1e9)  # (H, T, T)
+        band = band[:, :, None, :].expand(-1, -1, kk, -1).reshape(1, h, t, kk * t)  # keys ordered (k, frame)
+        g = k_idx.numel()
+        table = mh.kv(x[:, :, k_idx]).transpose(1, 2).reshape(b * g, t * 2 * d)  # token-major rows
+        q = mh.q(x[:, :, q_idx]).transpose(1, 2)  # (B, Q, T, D)
 
         def chunk(start: int, stop: int) -> torch.Tensor:
-            ok = found[:, None, start:stop, None, :] & valid[None, :, None, :, None]  # (B, T, Qc, W, K)
-            kv = gather_rows(table, cand[:, start:stop].clamp(min=0), frames)
-            return mh.attend_each(q[:, :, start:stop], kv, bias, ok.flatten(-2))
+            c = stop - start
+            rows = (torch.arange(b, device=x.device)[:, None, None] * g + cand[:, start:stop]).reshape(-1)
+            kv = table.index_select(0, rows).view(b * c, kk, t, 2, h, -1)
+            k, v = (kv[:, :, :, i].permute(0, 3, 1, 2, 4).reshape(b * c, h, kk * t, -1) for i in range(2))
+            off = (~found[:, start:stop]).to(x.dtype).repeat_interleave(t, dim=-1).view(b * c, 1, 1, kk * t) * -1e9
+            qc = q[:, start:stop].reshape(b * c, t, h, -1).transpose(1, 2)
+            out = F.scaled_dot_product_attention(qc, k, v, attn_mask=band + off)  # (B*c, H, T, D/H)
+            out = mh.o(out.transpose(1, 2).reshape(b, c, t, d))
+            return out * found[:, start:stop].any(-1)[:, :, None, None].to(out.dtype)
 
-        return q_idx, in_chunks(chunk, q_idx.numel(), b * t * w * kk * 2 * d, dim=2)
+        out = in_chunks(chunk, q_idx.numel(), b * kk * t * (2 * d + h * t), dim=1)  # (B, Q, T, D)
+        return q_idx, out.transpose(1, 2)
 
     def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         upd = torch.zeros_like(x)
@@ -390,7 +376,7 @@ class VideoDenoiser(nn.Module):
         frames = torch.arange(nt, device=x_t.device).clamp(max=self.frame_pos.num_embeddings - 1)
         x = (self.value_in(x_t) + self.given(mask.long()) + self.token_in(cond.tokens)[:, None]
              + self.frame_pos(frames)[None, :, None])
-        c = self.step(timestep_embedding(t, self.dim))
+        c = self.step(timestep_embedding(t, self.dim).to(x_t.dtype))
         for block in self.blocks:
             x = block(x, c, cond)
         h, _ = self.final(x, c)

@@ -35,17 +35,7 @@ def system_static(feats: dict, pocket_radius: float, domain_size: int) -> dict:
     training data's ``timestep_ps`` (time between saved frames).
     """
     layout = feats["layout"]
-    first = feats["segments"][0][0]
-    kind = layout["kind"]
-    lig_atoms = np.nonzero(feats["is_ligand"])[0]
-    pocket = np.zeros(0, np.int64)
-    if len(lig_atoms):
-        lig = first[lig_atoms]
-        idx = layout["atom_index"]
-        pos = first[idx.clip(min=0)]
-        d = np.sqrt(((pos[:, :, None, :] - lig[None, None]) ** 2).sum(-1)).min(-1)
-        d = np.where(idx >= 0, d, np.inf).min(-1)
-        pocket = np.nonzero((d <= pocket_radius) & (kind != tok.KIND_LIGAND))[0]
+    pocket = pocket_tokens(layout, feats["segments"][0][0], np.nonzero(feats["is_ligand"])[0], pocket_radius)
     domain = layout["residue"] // max(1, domain_size)
     out = {k: np.asarray(feats[k]) for k in STATIC_KEYS}
     out.update(layout={k: np.asarray(v) for k, v in layout.items()}, pocket=pocket, domain=domain,
@@ -53,6 +43,21 @@ def system_static(feats: dict, pocket_radius: float, domain_size: int) -> dict:
                residue_names=list(feats["residue_names"]), topology_pdb=feats["topology_pdb"],
                timestep_ps=float(feats["timestep_ps"]))
     return out
+
+
+def pocket_tokens(layout: dict, first: np.ndarray, ligand: np.ndarray, radius: float) -> np.ndarray:
+    """(P,) protein tokens with an atom within ``radius`` Å of a ligand atom in ``first`` (A, 3).
+
+    A k-d tree over the ligand atoms keeps it linear (water kept as ligand can be 10^4 atoms).
+    """
+    from scipy.spatial import cKDTree
+
+    if not len(ligand):
+        return np.zeros(0, np.int64)
+    idx = np.asarray(layout["atom_index"])
+    d = cKDTree(first[ligand]).query(first[idx.clip(min=0)].reshape(-1, 3), distance_upper_bound=radius)[0]
+    d = np.where(idx >= 0, d.reshape(idx.shape), np.inf).min(-1)
+    return np.nonzero((d <= radius) & (np.asarray(layout["kind"]) != tok.KIND_LIGAND))[0]
 
 
 class HemePLM(nn.Module):
@@ -82,6 +87,7 @@ class HemePLM(nn.Module):
         # normalisation statistics (fitted on the training windows, saved in the state dict)
         self.register_buffer("norm_mean", torch.zeros(n_tok, width, 3))
         self.register_buffer("norm_std", torch.ones(n_tok, 1, 1))
+        self.register_buffer("value_limit", torch.tensor(float("inf")))
         self.register_buffer("energy_mean", torch.zeros(()))
         self.register_buffer("energy_std", torch.ones(()))
         self.register_buffer("force_rms", torch.ones(()))
@@ -96,7 +102,8 @@ class HemePLM(nn.Module):
         self.kind = nn.Embedding(3, e.hidden)
         self.plm_proj = None if plm is None else nn.Linear(plm.shape[1], e.hidden)
         self.denoiser = VideoDenoiser(3 * width, e.hidden, dim=d.dim, depth=d.depth, heads=d.heads,
-                                      mlp_ratio=d.mlp_ratio, max_tau=d.max_tau, cross_window=d.cross_window)
+                                      mlp_ratio=d.mlp_ratio, max_tau=d.max_tau, cross_window=d.cross_window,
+                                      max_tokens=d.max_tokens, fragment_halo=d.fragment_halo)
         self.energy_head = EnergyHead(e.hidden, cfg.energy.hidden) if cfg.energy.enabled else None
 
     # ------------------------------------------------------------------ system views
@@ -165,6 +172,8 @@ class HemePLM(nn.Module):
                 dev = ((v - mean)[:, :, sel] * m[sel]) ** 2
                 std = (dev.sum() / (m[sel].sum() * v.shape[0] * v.shape[1] * 3)).sqrt().clamp(min=1e-3)
                 self.norm_std[sel] = std
+        z = (v - mean) / self.norm_std * m
+        self.value_limit.fill_(float(z.abs().max()) * 1.5)
         if energies:
             e = torch.cat(energies)
             self.energy_mean.fill_(float(e.mean()))
