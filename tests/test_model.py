@@ -207,5 +207,6 @@ def test_tiny_model_overfits_one_window(tiny_system, tmp_path):
         opt.step()
         schedule.step()
     after = evaluate()
-    assert 0.9 < before < 1.1  # an untrained ε-predictor outputs zero: the loss is E[ε²] = 1
-    assert after < before / 10, (before, after)  # measured: 1.01 -> 0.06 for three seeds
+    # an untrained network outputs zero: ε_θ = √(1-ᾱ_t) x_t (v-parameterisation), loss < E[ε²] = 1
+    assert 0.3 < before < 1.1, before
+    assert after < before / 10, (before, after)

@@ -103,8 +103,8 @@ def test_unknown_or_mistyped_config_keys(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"train.py: error: {bad}: unknown config key 'denoiser.depht' (known here: "
-                                   "cross_window, depth, dim, domain_size, heads, local_neighbors, max_tau, "
-                                   "mlp_ratio, pocket_radius, spatial)")
+                                   "cross_window, depth, dim, domain_size, fragment_halo, heads, local_neighbors, "
+                                   "max_tau, max_tokens, mlp_ratio, pocket_radius, spatial)")
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tiny_system, tmp_path, monkeypatch):
