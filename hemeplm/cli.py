@@ -46,10 +46,10 @@ def _cmd_simulate(args) -> None:
         if not args.inpcrd:
             raise HemeplmError("--prmtop needs --inpcrd")
         parts = sim.prepare_amber(args.prmtop, args.inpcrd, cfg)
-        inputs = {"prmtop": str(Path(args.prmtop).resolve()), "inpcrd": str(Path(args.inpcrd).resolve())}
+        inputs = {"prmtop": sim.file_id(args.prmtop), "inpcrd": sim.file_id(args.inpcrd)}
     else:
         parts = sim.prepare_pdb(args.pdb, cfg)
-        inputs = {"pdb": str(Path(args.pdb).resolve())}
+        inputs = {"pdb": sim.file_id(args.pdb)}
     run = sim.MDRun(*parts, cfg=cfg, out=out, inputs=inputs)
     run.run(progress=not args.quiet)
     print(f"{out}: {len(run.times)} frames, topology.pdb, traj.xtc, energies_forces.npz, settings.json")

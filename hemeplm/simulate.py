@@ -56,6 +56,14 @@ class SimulateConfig:
     threads: int | None = None
 
 
+def file_id(path: str | Path) -> dict:
+    """Name and SHA-256 of an input file: what ``settings.json`` records (a moved checkout still matches)."""
+    import hashlib
+
+    p = require_file(path)
+    return {"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
