@@ -174,7 +174,7 @@ def load_frames(gen: Generator, topology: str | Path, files: list[str | Path]) -
         one (F_i, A, 3) tensor in Å per file, and the time between frames (ps).
     """
     cfg = gen.cfg.data
-    system = load_system(topology, files, ligand=cfg.ligand, hydrogens=cfg.hydrogens)
+    system = load_system(topology, files, ligand=cfg.ligand, hydrogens=cfg.hydrogens, truncated=cfg.truncated)
     info = gen.model.static_info
     names = [a.name for a in system.topology.atoms]
     resnames = [a.residue.name for a in system.topology.atoms]

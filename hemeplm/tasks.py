@@ -18,6 +18,8 @@ import random
 
 import torch
 
+from .errors import HemeplmError
+
 TASKS = ("forecast", "tps", "inpaint", "upsample")
 
 
@@ -48,12 +50,12 @@ def task_mask(task: str, n_frames: int, is_ligand: torch.Tensor, upsample_factor
     elif task == "inpaint":
         hidden = is_ligand if inpaint_tokens is None else inpaint_tokens
         if not hidden.any():
-            raise ValueError("inpaint needs ligand tokens; this system has none")
+            raise HemeplmError("inpaint needs ligand tokens; this system has none")
         mask[:] = ~hidden
         if ligand_key_given:
             mask[0] = True
     else:
-        raise ValueError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+        raise HemeplmError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     return mask
 
 
@@ -65,7 +67,7 @@ def draw_training_mask(rng: random.Random, weights: dict[str, float], n_frames: 
     """
     names = [k for k in TASKS if weights.get(k, 0) > 0 and (k != "inpaint" or bool(is_ligand.any()))]
     if not names:
-        raise ValueError("no task has a positive weight (inpaint needs a ligand)")
+        raise HemeplmError("no task in tasks.* has a positive weight (inpaint needs a ligand)")
     task = rng.choices(names, weights=[weights[k] for k in names])[0]
     subset, key_given = None, False
     if task == "inpaint":

@@ -210,3 +210,16 @@ def test_tiny_model_overfits_one_window(tiny_system, tmp_path):
     # an untrained network outputs zero: ε_θ = √(1-ᾱ_t) x_t (v-parameterisation), loss < E[ε²] = 1
     assert 0.3 < before < 1.1, before
     assert after < before / 10, (before, after)
+
+
+def test_task_masks_reject_bad_requests():
+    """Inpainting a system without ligand, or an unknown task, is a HemeplmError (exit 2 in the scripts)."""
+    from hemeplm.tasks import task_mask
+
+    no_ligand = torch.zeros(5, dtype=torch.bool)
+    with pytest.raises(HemeplmError, match="inpaint needs ligand tokens"):
+        task_mask("inpaint", 4, no_ligand)
+    with pytest.raises(HemeplmError, match="unknown task 'fly'"):
+        task_mask("fly", 4, no_ligand)
+    assert task_mask("upsample", 9, no_ligand, upsample_factor=4)[:, 0].tolist() == [
+        True, False, False, False, True, False, False, False, True]
