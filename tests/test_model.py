@@ -10,6 +10,7 @@ import torch
 from conftest import random_rotations, tiny_config
 
 from hemeplm.config import Config
+from hemeplm.errors import HemeplmError
 from hemeplm.data.dataset import WindowDataset
 from hemeplm.data.ligand import ELEMENTS, N_LIGAND_FEATURES
 from hemeplm.data.residues import N_RES_TYPES
