@@ -59,13 +59,19 @@ class Objective(nn.Module):
         self.model, self.diffusion = model, diffusion
         self.energy_weight, self.force_weight, self.energy_frames = energy_weight, force_weight, energy_frames
 
-    def forward(self, coords, energy, forces, has_energy, mask, t, generator=None):
+    def diffusion_loss(self, coords, mask, t, generator=None) -> torch.Tensor:
+        """ε loss of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on frame 0."""
         m = self.model
         key = coords[:, 0]
         node_mask = mask[:, 0][:, m.l_atom_token]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
-        out = {"diffusion": self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.slot_mask,
-                                                t=t, generator=generator)}
+        return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.slot_mask, t=t,
+                                   generator=generator)
+
+    def forward(self, coords, energy, forces, has_energy, mask, t, generator=None):
+        m = self.model
+        key = coords[:, 0]
+        out = {"diffusion": self.diffusion_loss(coords, mask, t, generator)}
         total = out["diffusion"]
         if m.energy_head is not None and bool(has_energy.all()) and bool(m.has_energy_stats):
             k = self.energy_frames
@@ -149,12 +155,8 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
         mask = mask.expand(len(idx), -1, -1)
         t = torch.randint(0, objective.diffusion.timesteps, (len(idx),), generator=gen).to(device)
         with torch.no_grad():
-            key = b["coords"][:, 0]
-            node_mask = mask[:, 0][:, model.l_atom_token]
-            cond, _ = model.condition(key, None if bool(node_mask.all()) else node_mask)
             noise_gen = torch.Generator(device=device).manual_seed(1000 + i)
-            loss = objective.diffusion.loss(model.denoise, model.values(b["coords"], key), cond, mask.to(device),
-                                            weight=model.slot_mask, t=t, generator=noise_gen)
+            loss = objective.diffusion_loss(b["coords"], mask.to(device), t, noise_gen)
         out.setdefault("val_loss", []).append(float(loss))
         out.setdefault(f"val_loss_{task}", []).append(float(loss))
         if bool(b["has_energy"].all()) and model.energy_head is not None:
