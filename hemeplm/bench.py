@@ -20,8 +20,10 @@ covers the measured work plus what was already resident); on CUDA
 its row instead of waking the OOM killer. The log–log slopes of sampling time
 and peak memory against atom count are fitted over all systems measured.
 
-Systems (heavy atoms are modelled; solvent kept as one token per water oxygen
-or ion, anchored like ligand atoms to their nearest residue):
+Systems (heavy atoms are modelled; kept solvent is selected as ligand, so
+its water oxygens and ions are pooled into tokens of up to
+``data.ligand_group`` atoms like the hemes, see
+:func:`hemeplm.data.tokens.ligand_groups`):
 
 * ``t4l``: T4 lysozyme L99A + p-xylene (Amber prmtop, 2,621 atoms);
 * ``19hc``, ``19hc_water``: nine-haem cytochrome c (PDB 19HC) with hydrogens
@@ -164,7 +166,7 @@ def default_systems(cache: Path, names: list[str] | None = None, adk: Path = ADK
                                        "adenylate kinase (OPLS-AA, TIP4P), solvent dropped"))
         if "adk_water" in names:
             systems.append(BenchSystem("adk_water", str(gro), [str(xtc)], "(water and name O) or resname 'NA+'",
-                                       "kept", "adenylate kinase in water, each water oxygen and ion a token"))
+                                       "kept", "adenylate kinase in water, water oxygens and ions pooled as ligand"))
     return systems
 
 

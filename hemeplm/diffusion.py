@@ -10,6 +10,11 @@ levels), ``cond`` whatever the denoiser needs, and ``mask`` (B, ...) bool
 (leading dims of ``x``) marking entries that are given. Given entries are
 held at their clean values in ``x_t`` at every step and excluded from the
 loss; the model only generates the rest.
+
+Sampling can also *hold* entries finer than ``mask`` resolves (e.g. some of
+the values of an entry being generated): each step replaces them in ``x_t``
+by their clean value noised to that step's level (replacement inpainting),
+so the rest is generated consistently with them, and returns them exactly.
 """
 
 from __future__ import annotations
@@ -138,12 +143,15 @@ class GaussianDiffusion(nn.Module):
     def sample(self, denoiser: Denoiser, x_given: torch.Tensor, cond: Any, mask: torch.Tensor,
                steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
                generator: torch.Generator | None = None, progress: bool = False,
-               clip_x0: float | None = None) -> torch.Tensor:
+               clip_x0: float | None = None, hold: torch.Tensor | None = None) -> torch.Tensor:
         """Generate the entries of ``x_given`` where ``mask`` is False.
 
         Args:
-            x_given: (B, ...) clean values where mask is True (others ignored).
+            x_given: (B, ...) clean values where mask or hold is True (others ignored).
             mask: (B, ...) bool, True = given; given entries come back exactly.
+            hold: None or bool broadcastable to ``x_given``: values the denoiser is told
+                nothing about through ``mask`` but that are known; each step sets them to
+                ``q_sample(x_given, t)`` and they come back exactly.
             steps: DDIM steps (``sampler="ddim"``, ``eta=0`` deterministic) or ignored
                 for ``sampler="ancestral"`` (all ``timesteps`` steps).
             clip_x0: clamp each step's estimate of x0 to [-clip_x0, clip_x0] (the data's range),
@@ -164,6 +172,8 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
         for i, step in enumerate(tqdm(seq, disable=not progress, desc=f"{sampler} sampling", leave=False)):
             t = torch.full((b,), step, device=x.device, dtype=torch.long)
+            if hold is not None:
+                x = torch.where(hold, self.q_sample(x_given, t, _randn_like_gen(x.shape, x, generator)), x)
             x = torch.where(given, x_given, x)
             eps = self.eps(denoiser, x, t, cond, mask)
             x0 = self.predict_x0(x, t, eps)
@@ -183,4 +193,6 @@ class GaussianDiffusion(nn.Module):
                 sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
                 noise = _randn_like_gen(x.shape, x, generator) if eta > 0 else 0
                 x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * noise
+        if hold is not None:
+            given = given | hold
         return torch.where(given, x_given, x)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .data.tokens import bisect
 from .models.denoiser import Conditioning
 
 
@@ -52,17 +53,6 @@ class Fragment:
         return Fragment(self.tokens.to(device), self.weight.to(device), self.core.to(device))
 
 
-def _bisect(idx: np.ndarray, centres: np.ndarray, size: int) -> list[np.ndarray]:
-    """Split ``idx`` at the median of its longest axis until every part has at most ``size`` tokens."""
-    if len(idx) <= size:
-        return [idx]
-    pts = centres[idx]
-    axis = int(np.argmax(pts.max(0) - pts.min(0)))
-    order = idx[np.argsort(pts[:, axis], kind="stable")]
-    half = len(order) // 2
-    return _bisect(order[:half], centres, size) + _bisect(order[half:], centres, size)
-
-
 def plan_cores(centres: np.ndarray, domain: np.ndarray, site: np.ndarray, size: int) -> list[np.ndarray]:
     """Partition tokens into spatially compact cores of at most ``size`` tokens.
 
@@ -71,18 +61,18 @@ def plan_cores(centres: np.ndarray, domain: np.ndarray, site: np.ndarray, size: 
     Returns:
         sorted index arrays, every token in exactly one.
     """
-    cores = _bisect(np.unique(site), centres, size) if len(site) else []
+    cores = bisect(np.unique(site), centres, size) if len(site) else []
     rest = np.setdiff1d(np.arange(len(centres)), site)
     rest = rest[np.argsort(domain[rest], kind="stable")]
     starts = np.unique(domain[rest], return_index=True)[1]
     group: list[np.ndarray] = []
     for members in np.split(rest, starts[1:]) if len(rest) else []:
         if group and sum(map(len, group)) + len(members) > size:
-            cores += _bisect(np.concatenate(group), centres, size)
+            cores += bisect(np.concatenate(group), centres, size)
             group = []
         group.append(members)
     if group:
-        cores += _bisect(np.concatenate(group), centres, size)
+        cores += bisect(np.concatenate(group), centres, size)
     return [np.sort(c) for c in cores]
 
 

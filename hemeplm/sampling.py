@@ -66,33 +66,41 @@ class Generator:
         return self.cfg.data.window
 
     @torch.no_grad()
-    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
+                      hold: torch.Tensor | None = None) -> torch.Tensor:
         """Generate one window per sample.
 
         Args:
             coords: (S, T, A, 3) Å, known entries filled (others ignored).
             mask: (T, N) or (S, T, N) bool, True = known.
+            hold: (A,) bool or None: atoms known in every frame although their token is
+                generated (part of a ligand group); the rest of the token is generated around them.
         Returns:
-            (S, T, A, 3); known atoms are returned exactly.
+            (S, T, A, 3); known and held atoms are returned exactly.
         """
         m = self.model
         s = coords.shape[0]
         mask = mask.expand(s, *mask.shape[-2:]).to(coords.device)
         key = coords[:, 0]
-        node_mask = mask[:, 0][:, m.l_atom_token]
+        atom_known = mask[:, :, m.l_atom_token]  # (S, T, A)
+        slots = None
+        if hold is not None:
+            hold = hold.to(coords.device)
+            atom_known = atom_known | hold
+            slots = (hold[m.l_atom_index.clamp(min=0)] & (m.l_atom_index >= 0)).repeat_interleave(3, dim=-1)
+        node_mask = atom_known[:, 0]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
         x_given = m.values(coords, key)
         from .fragment import denoiser_for  # whole system, or overlapping fragments above the token budget
 
         x = self.diffusion.sample(denoiser_for(m, cond, key), x_given, cond, mask, steps=self.steps,
                                   sampler=self.sampler, generator=generator, progress=self.progress,
-                                  clip_x0=float(m.value_limit))
+                                  clip_x0=float(m.value_limit), hold=slots)
         out = m.coordinates(x, key)
-        atom_known = mask[:, :, m.l_atom_token][..., None]
-        return torch.where(atom_known, coords, out)
+        return torch.where(atom_known[..., None], coords, out)
 
     def fill(self, coords: torch.Tensor, known: torch.Tensor, starts: list[int], generator: torch.Generator,
-             desc: str = "windows") -> torch.Tensor:
+             desc: str = "windows", hold: torch.Tensor | None = None) -> torch.Tensor:
         """Fill a timeline window by window.
 
         Args:
@@ -107,7 +115,7 @@ class Generator:
         t = self.window
         known = known.clone()
         for s in tqdm(starts, desc=desc, disable=not self.progress or len(starts) < 2):
-            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator)
+            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator, hold)
             coords[:, s:s + t] = out
             known[s:s + t] = True
         return coords
@@ -136,17 +144,26 @@ class Generator:
         known[:n:k] = True
         return self.fill(coords, known, starts, generator, "upsample windows")[:, :n]
 
-    def inpaint(self, frames: torch.Tensor, n_samples: int, generator, tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """frames (F, A, 3), protein known -> (S, F, A, 3) with ``tokens`` (default: the ligand) generated."""
-        t = self.window
-        hidden = self.model.token_is_ligand if tokens is None else tokens
+    def inpaint(self, frames: torch.Tensor, n_samples: int, generator, atoms: torch.Tensor | None = None) -> torch.Tensor:
+        """frames (F, A, 3), protein known -> (S, F, A, 3) with ligand ``atoms`` (A,) bool (default: all) generated.
+
+        A ligand token only some of whose atoms are chosen is generated around the others,
+        which are held at their given positions.
+        """
+        t, m = self.window, self.model
+        hidden = m.token_is_ligand
+        hold = None
+        if atoms is not None:
+            atoms = atoms.to(frames.device)
+            hidden = torch.zeros_like(hidden).index_fill_(0, m.l_atom_token[atoms], True) & hidden
+            hold = hidden[m.l_atom_token] & ~atoms
         n = frames.shape[0]
         starts = list(range(0, max(1, n - 1), t - 1))
         coords, known = self._timeline(n_samples, starts[-1] + t, frames.device)
         coords[:, :n] = frames
         known[:] = ~hidden
         coords[:, n:] = frames[-1]  # padding frames: protein held at the last frame
-        out = self.fill(coords, known, starts, generator, "inpaint windows")
+        out = self.fill(coords, known, starts, generator, "inpaint windows", hold)
         return out[:, :n]
 
     def tps(self, start: torch.Tensor, end: torch.Tensor, num_frames: int, n_samples: int, generator) -> torch.Tensor:
@@ -237,8 +254,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
                                frames_file)
         given = frames[lo:hi]
         if task == "inpaint":
-            tokens = _inpaint_tokens(gen, topology, inpaint_atoms)
-            result = gen.inpaint(given, num_samples, generator, tokens)
+            result = gen.inpaint(given, num_samples, generator, _inpaint_atoms(gen, topology, inpaint_atoms))
             timestep = dt  # the given frames, ligand replaced
         else:
             result = gen.upsample(given, num_samples, generator)
@@ -262,8 +278,8 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     return summary
 
 
-def _inpaint_tokens(gen: Generator, topology, selection: str | None) -> torch.Tensor | None:
-    """Tokens of the ligand atoms matched by ``selection`` (mdtraj syntax), or None for the whole ligand."""
+def _inpaint_atoms(gen: Generator, topology, selection: str | None) -> torch.Tensor | None:
+    """(A,) bool: the ligand atoms matched by ``selection`` (mdtraj syntax), or None for the whole ligand."""
     if selection is None:
         return None
 
@@ -273,9 +289,9 @@ def _inpaint_tokens(gen: Generator, topology, selection: str | None) -> torch.Te
     except Exception as exc:
         raise HemeplmError(f"invalid --inpaint-atoms selection {selection!r}: {exc}", topology) from exc
     m = gen.model
-    tokens = torch.zeros(m.l_kind.numel(), dtype=torch.bool)
-    tokens[m.l_atom_token[torch.as_tensor(atoms, dtype=torch.long)]] = True
-    tokens &= m.token_is_ligand
-    if not tokens.any():
+    chosen = torch.zeros(m.n_atoms, dtype=torch.bool)
+    chosen[torch.as_tensor(atoms, dtype=torch.long)] = True
+    chosen &= m.s_is_ligand
+    if not chosen.any():
         raise HemeplmError(f"--inpaint-atoms {selection!r} matches no ligand atom", topology)
-    return tokens
+    return chosen

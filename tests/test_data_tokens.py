@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import N_LIGAND_HEAVY, layout_tensors, random_rotations
+from conftest import HEME_PDB, N_LIGAND_HEAVY, layout_tensors, random_rotations
 
 from hemeplm.data import tokens
 
@@ -20,8 +20,51 @@ def test_layout_holds_every_atom_once(t4l_features):
     layout = t4l_features["layout"]
     idx = layout["atom_index"][layout["atom_index"] >= 0]
     assert sorted(idx.tolist()) == list(range(t4l_features["n_atoms"]))
-    assert (layout["kind"] == tokens.KIND_LIGAND).sum() == N_LIGAND_HEAVY
+    lig = layout["kind"] == tokens.KIND_LIGAND
+    assert lig.sum() == 1  # p-xylene's eight heavy atoms pool into one token
+    assert (layout["atom_index"][lig] >= 0).sum() == N_LIGAND_HEAVY
     assert len(layout["frame_atoms"]) == 162  # T4 lysozyme residues
+
+
+@pytest.fixture(scope="module")
+def heme_protein():
+    """19HC's protein, 18 hemes and 885 crystal waters (heavy atoms) with the hemes and waters as ligand."""
+    import mdtraj
+
+    t = mdtraj.load(str(HEME_PDB))
+    keep = t.topology.select("protein or resname HEM or water")
+    t = t.atom_slice(keep)
+    return t.topology, t.topology.select("resname HEM or water"), t.xyz[0] * 10
+
+
+def test_ligand_groups_pool_hemes_and_waters_compactly(heme_protein):
+    top, ligand, xyz = heme_protein
+    groups = tokens.ligand_groups(top, ligand, xyz, 14)
+    assert sorted(np.concatenate(groups).tolist()) == ligand.tolist()
+    assert max(map(len, groups)) <= 14
+    names = [{top.atom(int(i)).residue.name for i in g} for g in groups]
+    assert all(len(n) == 1 for n in names)  # a heme piece never shares a token with a water
+    hemes = {}
+    for g in groups:
+        for i in g:
+            hemes.setdefault(top.atom(int(i)).residue.index, set()).add(int(g[0]))
+    heme_groups = [len(v) for r, v in hemes.items() if top.residue(r).name == "HEM"]
+    assert len(heme_groups) == 18 and set(heme_groups) == {4}  # 43 atoms: 11 + 11 + 11 + 10
+    waters = [g for g, n in zip(groups, names) if n == {"HOH"}]
+    n_waters = len(top.select("water"))
+    assert len(waters) < n_waters / 2  # pooled, not one token per water
+    for g in waters:  # every pooled water lies within the group radius of the group's centre
+        assert np.linalg.norm(xyz[g] - xyz[g].mean(0), axis=1).max() <= tokens.LIGAND_GROUP_RADIUS + 1e-6
+
+
+def test_ligand_group_one_is_one_token_per_atom(heme_protein):
+    top, ligand, xyz = heme_protein
+    layout = tokens.build_layout(top, ligand, xyz, ligand_group=1)
+    lig = layout.kind == tokens.KIND_LIGAND
+    assert lig.sum() == len(ligand) and (layout.atom_index[lig, 1:] < 0).all()
+    pooled = tokens.build_layout(top, ligand, xyz)
+    assert pooled.n_tokens < layout.n_tokens - len(ligand) // 2
+    np.testing.assert_array_equal(np.sort(pooled.atom_index[pooled.atom_index >= 0]), np.arange(top.n_atoms))
 
 
 def test_loaded_features_invariant_to_per_frame_rigid_motion(t4l_features, t4l_moved_features):

@@ -158,20 +158,21 @@ def test_upsample_keeps_coarse_frames(tiny):
 def test_inpaint_keeps_protein_and_ignores_hidden_ligand(any_tiny, subset):
     model = any_tiny.model
     gen, frames = any_tiny.generator(), any_tiny.windows[0]["coords"][:4]
-    tokens = None
-    if subset:  # inpaint three of the eight ligand atoms
-        tokens = torch.zeros_like(model.token_is_ligand)
-        tokens[torch.nonzero(model.token_is_ligand).flatten()[:3]] = True
-    hidden_tokens = model.token_is_ligand if tokens is None else tokens
-    hidden = hidden_tokens[model.l_atom_token]  # (A,)
-    out = gen.inpaint(frames, 2, torch.Generator().manual_seed(0), tokens)
+    atoms = None
+    if subset:  # inpaint three of the eight ligand atoms: their token is generated around the other five
+        atoms = torch.zeros_like(model.s_is_ligand)
+        atoms[torch.nonzero(model.s_is_ligand).flatten()[:3]] = True
+        shared = set(model.l_atom_token[atoms].tolist()) & set(model.l_atom_token[model.s_is_ligand & ~atoms].tolist())
+        assert shared  # the held-atom path is what this exercises
+    hidden = model.s_is_ligand if atoms is None else atoms  # (A,)
+    out = gen.inpaint(frames, 2, torch.Generator().manual_seed(0), atoms)
     assert out.shape == (2, 4, *frames.shape[1:]) and torch.isfinite(out).all()
     assert torch.equal(out[:, :, ~hidden], frames[:, ~hidden].expand(2, -1, -1, -1))
     assert ((out[:, :, hidden] - frames[:, hidden]).abs().amax(dim=(2, 3)) > 0.05).all()
     # where the hidden atoms were in the input must not matter
     elsewhere = frames.clone()
     elsewhere[:, hidden] += 4 * torch.randn(int(hidden.sum()), 3, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(gen.inpaint(elsewhere, 2, torch.Generator().manual_seed(0), tokens), out)
+    assert torch.equal(gen.inpaint(elsewhere, 2, torch.Generator().manual_seed(0), atoms), out)
 
 
 # ----------------------------------------------------------------------------- learning

@@ -30,7 +30,7 @@ from .residues import N_RES_TYPES
 from .tokens import build_layout
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 
@@ -42,6 +42,7 @@ class DataConfig:
     trajectories: list[str] = field(default_factory=lambda: ["data/t4l_l99a_xylene/md/traj.xtc"])
     ligand: str | None = None
     ligand_file: str | None = None
+    ligand_group: int = 14  # ligand atoms pooled per token (1: one token per atom; at most the token width)
     hydrogens: bool = False
     plm_embeddings: str | None = None
     window: int = 8
@@ -65,7 +66,7 @@ def cache_key(cfg: DataConfig) -> str:
     energy = [Path(t).parent / ENERGY_FILE for t in cfg.trajectories]
     payload = {"v": FEATURE_VERSION, "files": [_stamp(require_file(f)) for f in files + extra],
                "energy": [_stamp(e) for e in energy if e.exists()], "ligand": cfg.ligand,
-               "hydrogens": cfg.hydrogens, "truncated": cfg.truncated}
+               "ligand_group": cfg.ligand_group, "hydrogens": cfg.hydrogens, "truncated": cfg.truncated}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -85,12 +86,15 @@ def _load_plm(path: str | Path, n_residues: int) -> np.ndarray:
 
 def build_features(cfg: DataConfig) -> dict:
     """Load and featurise (no cache). See :func:`featurize` for the keys."""
+    width = 27 if cfg.hydrogens else 14
+    if not 1 <= cfg.ligand_group <= width:
+        raise HemeplmError(f"data.ligand_group={cfg.ligand_group}: must be between 1 and the token width, {width}")
     system = load_system(cfg.topology, cfg.trajectories, ligand=cfg.ligand, hydrogens=cfg.hydrogens,
                          truncated=cfg.truncated)
     top = system.topology
     first = system.segments[0][0]
     try:
-        layout = build_layout(top, system.ligand, first, width=14 if not cfg.hydrogens else 27)
+        layout = build_layout(top, system.ligand, first, width=width, ligand_group=cfg.ligand_group)
     except ValueError as exc:
         raise HemeplmError(str(exc), cfg.topology) from exc
     n = top.n_atoms
@@ -101,7 +105,6 @@ def build_features(cfg: DataConfig) -> dict:
     is_lig[system.ligand] = True
     element = np.array([element_index(a.element.symbol if a.element else "C") for a in top.atoms], np.int64)
     element[system.ligand] = lig["element"]
-    width = layout.width
     atom_type = np.where(is_lig, N_RES_TYPES * width, layout.res_type[layout.atom_token] * width + layout.atom_slot)
     lig_feat = np.zeros((n, N_LIGAND_FEATURES), np.float32)
     lig_feat[system.ligand] = lig["features"]

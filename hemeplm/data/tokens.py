@@ -1,16 +1,21 @@
-"""Tokens: one per protein residue (atom14-style slots), one per ligand atom.
+"""Tokens: one per protein residue (atom14-style slots), one per ligand group.
 
 Each token owns up to ``W`` atoms (``W = 14`` for heavy atoms) and a local
-frame built on the key frame. What the model generates for atom ``i`` of
+frame built on the key frame. Ligand atoms (everything ``data.ligand``
+selects: a drug, hemes, kept waters and ions) are pooled into spatially
+compact groups of at most ``ligand_group`` atoms (see :func:`ligand_groups`),
+so a system's token count grows with its atom count whatever it is made of:
+a heme is four tokens, not 43, and bulk water about one token per ten
+waters. What the model generates for atom ``i`` of
 token ``n`` at frame ``t`` is
 
     d_i(t) = R_n^T (x_i(t) - o_i)
 
 with ``R_n`` the token's frame in the key frame. For protein atoms the origin
 ``o_i`` is the atom's own key-frame position (a displacement); for ligand
-atoms it is the Cα of the protein residue nearest to that ligand atom (so the
-ligand can be inpainted without knowing where it was in the key frame), and
-``R_n`` is that residue's N-CA-C frame. Rotating and translating the
+atoms it is the Cα of the protein residue nearest to the group's centre (so
+the ligand can be inpainted without knowing where it was in the key frame),
+and ``R_n`` is that residue's N-CA-C frame. Rotating and translating the
 coordinates leaves ``d`` unchanged; ``x_i(t) = o_i + R_n d_i(t)`` is exact.
 """
 
@@ -25,6 +30,9 @@ from .residues import ATOM14, ATOM_ALIASES, CHI, TORSION_NAMES, UNK, residue_typ
 
 KIND_RESIDUE, KIND_LIGAND, KIND_EXTRA = 0, 1, 2
 
+#: Å; small ligand molecules (waters, ions) share a token only while their centres lie this close to the group's
+LIGAND_GROUP_RADIUS = 6.0
+
 
 @dataclass
 class TokenLayout:
@@ -33,7 +41,7 @@ class TokenLayout:
     Attributes (N tokens, W slots, A atoms, R protein residues):
         atom_index: (N, W) int64 atom index per slot, -1 where empty.
         kind: (N,) int64, KIND_RESIDUE / KIND_LIGAND / KIND_EXTRA.
-        res_type: (N,) residue type of the token (its anchor residue for ligand atoms).
+        res_type: (N,) residue type of the token (its anchor residue for ligand groups).
         residue: (N,) protein residue (0..R-1) whose N-CA-C frame the token uses.
         frame_atoms: (R, 3) atom indices of N, CA, C of every protein residue.
         torsion_atoms: (R, 7, 4) atom indices of phi, psi, omega, chi1-4; -1 where undefined.
@@ -66,16 +74,21 @@ class TokenLayout:
         return {k: torch.as_tensor(getattr(self, k)) for k in self.__dataclass_fields__}
 
 
-def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: int = 14) -> TokenLayout:
+def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: int = 14,
+                 ligand_group: int | None = None) -> TokenLayout:
     """Token layout of a system.
 
     Args:
         topology: mdtraj Topology of the kept atoms.
         ligand: (L,) ligand atom indices.
-        first_frame: (A, 3) coordinates used to choose each ligand atom's anchor residue.
-        width: atom slots per residue token; atoms that do not fit (e.g. a Trp OXT)
+        first_frame: (A, 3) coordinates used to group the ligand atoms and choose each
+            group's anchor residue.
+        width: atom slots per token; residue atoms that do not fit (e.g. a Trp OXT)
             become single-atom tokens in their residue's frame.
+        ligand_group: at most this many ligand atoms per token (1: one token per ligand
+            atom; None: ``width``).
     """
+    ligand_group = width if ligand_group is None else ligand_group
     lig = set(int(i) for i in ligand)
     rows, kinds, rtypes, res_of = [], [], [], []
     frames, torsions = [], []
@@ -113,9 +126,9 @@ def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: i
     _backbone_torsions(topology, residues, frame_atoms, torsion_atoms)
     if len(lig):
         ca = first_frame[frame_atoms[:, 1]]
-        for i in sorted(lig):
-            anchor = int(np.argmin(((ca - first_frame[i]) ** 2).sum(-1)))
-            rows.append([i] + [-1] * (width - 1))
+        for group in ligand_groups(topology, np.asarray(sorted(lig)), first_frame, ligand_group):
+            anchor = int(np.argmin(((ca - first_frame[group].mean(0)) ** 2).sum(-1)))
+            rows.append(list(group) + [-1] * (width - len(group)))
             kinds.append(KIND_LIGAND)
             rtypes.append(rtypes[res_of.index(anchor)])
             res_of.append(anchor)
@@ -129,6 +142,63 @@ def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: i
                        res_type=np.asarray(rtypes, dtype=np.int64), residue=np.asarray(res_of, dtype=np.int64),
                        frame_atoms=frame_atoms, torsion_atoms=torsion_atoms, atom_token=atom_token,
                        atom_slot=atom_slot)
+
+
+def bisect(idx: np.ndarray, centres: np.ndarray, size: float, weight: np.ndarray | None = None,
+           radius: float = np.inf) -> list[np.ndarray]:
+    """Recursive coordinate bisection into spatially compact parts.
+
+    A part is split at the (weighted) median of its longest axis while its total weight
+    exceeds ``size`` or, with more than one member, a member's centre lies farther than
+    ``radius`` from the part's weighted centre.
+
+    Args:
+        idx: (M,) indices into ``centres``; centres: (K, 3); weight: (K,) (None: 1 each).
+    Returns:
+        the parts, as index arrays, in bisection order.
+    """
+    w = np.ones(len(centres)) if weight is None else np.asarray(weight, dtype=float)
+    pts, wi = centres[idx], w[idx]
+    wide = len(idx) > 1 and np.isfinite(radius) and (
+        np.linalg.norm(pts - (wi[:, None] * pts).sum(0) / wi.sum(), axis=1).max() > radius)
+    if len(idx) <= 1 or (wi.sum() <= size and not wide):
+        return [idx]
+    axis = int(np.argmax(pts.max(0) - pts.min(0)))
+    order = np.argsort(pts[:, axis], kind="stable")
+    half = int(np.clip(np.searchsorted(np.cumsum(wi[order]), wi.sum() / 2, side="right"), 1, len(idx) - 1))
+    return (bisect(idx[order[:half]], centres, size, weight, radius)
+            + bisect(idx[order[half:]], centres, size, weight, radius))
+
+
+def ligand_groups(topology, ligand: np.ndarray, first_frame: np.ndarray, size: int) -> list[np.ndarray]:
+    """Pool ligand atoms into spatially compact groups of at most ``size`` atoms.
+
+    A ligand residue larger than ``size`` (a heme: 43 heavy atoms) is bisected into pieces;
+    smaller residues of one residue name (waters, ions, a small ligand) are pooled while the
+    group fits in ``size`` atoms and its members lie within :data:`LIGAND_GROUP_RADIUS` Å of
+    its centre. Residues of different names never share a token.
+
+    Args:
+        ligand: (L,) sorted atom indices; first_frame: (A, 3).
+    Returns:
+        groups of atom indices (each sorted), ordered by their first atom.
+    """
+    by_residue: dict[int, list[int]] = {}
+    for i in ligand:
+        by_residue.setdefault(topology.atom(int(i)).residue.index, []).append(int(i))
+    units: dict[str, list[np.ndarray]] = {}
+    for atoms in by_residue.values():
+        atoms = np.asarray(atoms)
+        name = topology.atom(int(atoms[0])).residue.name
+        pieces = bisect(np.arange(len(atoms)), first_frame[atoms], size)
+        units.setdefault(name, []).extend(atoms[p] for p in pieces)
+    groups = []
+    for members in units.values():
+        centres = np.stack([first_frame[m].mean(0) for m in members])
+        sizes = np.array([len(m) for m in members])
+        for part in bisect(np.arange(len(members)), centres, size, sizes, LIGAND_GROUP_RADIUS):
+            groups.append(np.sort(np.concatenate([members[k] for k in part])))
+    return sorted(groups, key=lambda g: int(g[0]))
 
 
 def _chi(name: str, atoms: dict[str, int]) -> list[list[int]]:
@@ -259,5 +329,5 @@ def torsion_features(x: torch.Tensor, layout: dict[str, torch.Tensor]) -> tuple[
     return sc * mask[..., None].to(sc.dtype), mask
 
 
-__all__ = ["TokenLayout", "build_layout", "encode", "decode", "gather_atom14", "scatter_atom14", "residue_frames",
+__all__ = ["TokenLayout", "build_layout", "bisect", "ligand_groups", "LIGAND_GROUP_RADIUS", "encode", "decode", "gather_atom14", "scatter_atom14", "residue_frames",
            "dihedrals", "torsion_features", "KIND_RESIDUE", "KIND_LIGAND", "KIND_EXTRA", "UNK"]
