@@ -127,7 +127,7 @@ def _local_pass(n: int, k: int = 8) -> _Allocations:
     key = torch.rand(1, n, 3, generator=gen) * n ** (1 / 3) * 4.0  # ~ protein density, one atom per token
     ids = torch.arange(n)  # token i: one atom i, its own residue
     fake = SimpleNamespace(l_atom_index=torch.stack([ids, torch.full((n,), -1)], 1), l_atom_token=ids, l_residue=ids,
-                           l_frame_atoms=ids[:, None].expand(n, 3), local_neighbors=k)
+                           l_frame_atoms=ids[:, None].expand(n, 3), local_neighbors=k, token_is_ligand=ids % 5 == 0)
     model = VideoDenoiser(6, 4, dim=16, depth=1, heads=2, mlp_ratio=1.0, max_tau=4, cross_window=1)
     counter = _Allocations()
     with torch.no_grad(), counter:
@@ -137,6 +137,29 @@ def _local_pass(n: int, k: int = 8) -> _Allocations:
         out = model(torch.randn(1, 2, n, 6, generator=gen), torch.tensor([10]), cond, torch.zeros(1, 2, n, dtype=bool))
     assert out.shape == (1, 2, n, 6) and torch.isfinite(out).all()
     return counter
+
+
+def test_ligand_group_sits_at_the_centre_of_its_known_atoms():
+    """Six residue tokens on a line (x = 0, 10, ..., 50) and one ligand group of two atoms (x = 36 and 6)."""
+    from hemeplm.models.hemeplm import HemePLM
+
+    ids = torch.arange(6)
+    fake = SimpleNamespace(l_atom_index=torch.tensor([[i, -1] for i in range(6)] + [[6, 7]]),
+                           l_atom_token=torch.tensor([0, 1, 2, 3, 4, 5, 6, 6]), l_residue=torch.tensor([0, 1, 2, 3, 4, 5, 2]),
+                           l_frame_atoms=ids[:, None].expand(6, 3), local_neighbors=3,
+                           token_is_ligand=torch.tensor([False] * 6 + [True]))
+    key = torch.zeros(1, 8, 3)
+    key[0, :, 0] = torch.tensor([0.0, 10, 20, 30, 40, 50, 36, 6])
+    # both atoms known: the centre (x = 21) is nearest residues 2 and 3, not those of either atom
+    assert set(HemePLM._token_neighbors(fake, key)[0, 6].tolist()) == {6, 2, 3}
+    # the atom at x = 6 hidden (being inpainted): the centre of the known one (x = 36) decides
+    known = torch.ones(1, 8, dtype=torch.bool)
+    known[0, 7] = False
+    assert set(HemePLM._token_neighbors(fake, key, known)[0, 6].tolist()) == {6, 4, 3}
+    # the whole group hidden: it takes its anchor residue's neighbours
+    known[0, 6] = False
+    nbr = HemePLM._token_neighbors(fake, key, known)
+    assert torch.equal(nbr[0, 6], nbr[0, 2])
 
 
 def test_local_mode_is_linear_in_tokens():

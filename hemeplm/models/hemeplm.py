@@ -208,20 +208,32 @@ class HemePLM(nn.Module):
         return cond, h
 
     def _token_neighbors(self, key: torch.Tensor, node_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, A, 3) -> (B, N, K) nearest tokens (by CA, or the token's atom) in each key frame.
+        """(B, A, 3) -> (B, N, K) nearest tokens in each key frame.
 
-        Only tokens whose atom is known (``node_mask``) are placed; an unknown one (an inpainted
-        ligand atom) takes the neighbours of its anchor residue, so hidden positions do not leak
-        into the attention pattern.
+        A residue token sits at its Cα, a ligand group at the centre of its known atoms. Only
+        tokens with a known position (``node_mask``) are placed; an unknown one (an inpainted
+        ligand group) takes the neighbours of its anchor residue, so hidden positions do not
+        leak into the attention pattern.
         """
         from torch_cluster import knn
 
         atom = self.l_atom_index[:, 1].where(self.l_atom_index[:, 1] >= 0, self.l_atom_index[:, 0])
         b, n = key.shape[0], atom.numel()
+        pos = key[:, atom]  # (B, N, 3)
         known = torch.ones(b, n, dtype=torch.bool, device=key.device) if node_mask is None else node_mask[:, atom]
+        lig = self.token_is_ligand
+        if bool(lig.any()):
+            idx = self.l_atom_index[lig]  # (L, W)
+            w = (idx >= 0).expand(b, -1, -1)
+            if node_mask is not None:
+                w = w & node_mask[:, idx.clamp(min=0)]
+            count = w.sum(-1)  # (B, L)
+            centre = (key[:, idx.clamp(min=0)] * w[..., None]).sum(-2) / count.clamp(min=1)[..., None]
+            pos, known = pos.clone(), known.clone()
+            pos[:, lig], known[:, lig] = centre, count > 0
         k = min(self.local_neighbors, int(known.sum(1).min()))
         placed = torch.nonzero(known.flatten()).flatten()  # flat (sample, token) indices
-        pos = key[:, atom].reshape(b * n, 3)[placed]
+        pos = pos.reshape(b * n, 3)[placed]
         batch = placed // n
         dst, src = knn(pos, pos, k, batch, batch)
         order = torch.argsort(dst * len(placed) + src)
