@@ -340,6 +340,7 @@ def plot_scaling(systems: list[dict], slope_time: float | None, slope_memory: fl
             ax.loglog(*zip(*tr), "s", label="training step")
         for s in ok:
             ax.annotate(s["name"], (s["n_atoms"], s[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())  # minor labels (2×10^3, 3×10^3, ...) overlap
         ax.set_xlabel("atoms (with hydrogens)")
         ax.set_ylabel(f"{'time' if unit == 's' else 'peak memory'} ({unit})")
         ax.legend(fontsize=8)
