@@ -94,3 +94,11 @@ def test_failed_load_caches_nothing(tmp_path, t4l_xyz):
         featurize(DataConfig(topology=str(PRMTOP), trajectories=[str(bad)], cache_dir=str(cache)))
     assert not list(cache.glob("*.pt"))
     assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("value", [0, 15])
+def test_ligand_group_out_of_range(tmp_path, t4l_dcd, value):
+    cfg = DataConfig(topology=str(PRMTOP), trajectories=[str(t4l_dcd)], ligand_group=value,
+                     cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(HemeplmError, match=rf"data.ligand_group={value}: must be between 1 and the token width, 14"):
+        featurize(cfg)
