@@ -329,5 +329,6 @@ def torsion_features(x: torch.Tensor, layout: dict[str, torch.Tensor]) -> tuple[
     return sc * mask[..., None].to(sc.dtype), mask
 
 
-__all__ = ["TokenLayout", "build_layout", "bisect", "ligand_groups", "LIGAND_GROUP_RADIUS", "encode", "decode", "gather_atom14", "scatter_atom14", "residue_frames",
-           "dihedrals", "torsion_features", "KIND_RESIDUE", "KIND_LIGAND", "KIND_EXTRA", "UNK"]
+__all__ = ["TokenLayout", "build_layout", "bisect", "ligand_groups", "LIGAND_GROUP_RADIUS", "encode", "decode",
+           "gather_atom14", "scatter_atom14", "residue_frames", "dihedrals", "torsion_features", "KIND_RESIDUE",
+           "KIND_LIGAND", "KIND_EXTRA", "UNK"]
