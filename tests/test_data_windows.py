@@ -34,6 +34,9 @@ def test_windows_stay_in_segment_and_split(window, lag, stride):
             assert max(sets["train"]) < min(sets["val"])
         if sets["val"] and sets["test"]:
             assert max(sets["val"]) < min(sets["test"])
+    if (window, lag, stride) == (4, 1, 1):  # short enough that every split has windows: the checks above ran
+        assert window_starts(cfg, lengths, ["a.dcd", "b.dcd"], "val") == [(0, 28), (0, 29), (0, 30), (1, 16)]
+        assert window_starts(cfg, lengths, ["a.dcd", "b.dcd"], "test") == [(0, 34), (0, 35), (0, 36)]
 
 
 def test_split_bounds_chronological():

@@ -105,12 +105,13 @@ def test_ddim_eta0_is_deterministic_given_the_generator():
     d = GaussianDiffusion(100)
     x_given, mask = torch.zeros(4, 6), torch.zeros(4, 6, dtype=torch.bool)
 
-    def run(seed, eta=0.0):
-        torch.manual_seed(1234 + seed)  # the global RNG must not matter
+    def run(seed, eta=0.0, global_seed=1234):
+        torch.manual_seed(global_seed)  # the global RNG must not matter
         return d.sample(gaussian_denoiser(d), x_given, None, mask, steps=10, eta=eta,
                         generator=torch.Generator().manual_seed(seed))
 
-    assert torch.equal(run(0), run(0))
+    assert torch.equal(run(0), run(0, global_seed=99))
+    assert torch.equal(run(0, eta=1.0), run(0, eta=1.0, global_seed=99))
     assert not torch.allclose(run(0), run(1))
     # eta > 0 draws fresh noise at every step from the same generator: reproducible, but another path
     assert torch.equal(run(0, eta=1.0), run(0, eta=1.0)) and not torch.allclose(run(0, eta=1.0), run(0))
