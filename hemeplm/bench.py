@@ -261,7 +261,7 @@ def measure(spec: dict) -> dict:
     has_energy = torch.ones(b, dtype=torch.bool, device=device)
     model.has_energy_stats.fill_(True)  # synthetic targets: the energy and force losses run as in a real step
     mask = task_mask("forecast", t, model.token_is_ligand).expand(b, -1, -1)
-    objective = Objective(model.train(), diffusion, cfg.energy.energy_weight, cfg.energy.force_weight)
+    objective = Objective.from_config(model.train(), diffusion, cfg.energy)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     times = []
     for _ in range(2):  # the first step also allocates the optimiser state; the second is timed

@@ -59,15 +59,21 @@ def task_mask(task: str, n_frames: int, is_ligand: torch.Tensor, upsample_factor
     return mask
 
 
+def active_tasks(weights: dict[str, float], is_ligand: torch.Tensor) -> list[str]:
+    """The tasks with a positive weight that this system can train (inpaint needs ligand tokens)."""
+    names = [k for k in TASKS if weights.get(k, 0) > 0 and (k != "inpaint" or bool(is_ligand.any()))]
+    if not names:
+        raise HemeplmError("no task in tasks.* has a positive weight (inpaint needs a ligand)")
+    return names
+
+
 def draw_training_mask(rng: random.Random, weights: dict[str, float], n_frames: int, is_ligand: torch.Tensor,
                        upsample_factor: int) -> tuple[str, torch.Tensor]:
     """Draw a task by weight and a mask for it (inpainting a random ligand subset half of the time).
 
     ``rng`` should be seeded identically on every rank so that ranks train the same task.
     """
-    names = [k for k in TASKS if weights.get(k, 0) > 0 and (k != "inpaint" or bool(is_ligand.any()))]
-    if not names:
-        raise HemeplmError("no task in tasks.* has a positive weight (inpaint needs a ligand)")
+    names = active_tasks(weights, is_ligand)
     task = rng.choices(names, weights=[weights[k] for k in names])[0]
     subset, key_given = None, False
     if task == "inpaint":

@@ -39,7 +39,7 @@ from .data.dataset import WindowDataset, featurize
 from .diffusion import GaussianDiffusion
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM, system_static
-from .tasks import TASKS, draw_training_mask, task_mask
+from .tasks import active_tasks, draw_training_mask, task_mask
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ class Objective(nn.Module):
         super().__init__()
         self.model, self.diffusion = model, diffusion
         self.energy_weight, self.force_weight, self.energy_frames = energy_weight, force_weight, energy_frames
+
+    @classmethod
+    def from_config(cls, model: HemePLM, diffusion: GaussianDiffusion, energy) -> "Objective":
+        """Build from an :class:`~hemeplm.config.EnergyConfig` (loss weights, frames per step)."""
+        return cls(model, diffusion, energy.energy_weight, energy.force_weight, energy.frames_per_step)
 
     def diffusion_loss(self, coords, mask, t, generator=None) -> torch.Tensor:
         """ε loss of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on frame 0."""
@@ -108,9 +113,8 @@ def _step_rng(cfg: Config, step: int, rank: int = 0) -> tuple[random.Random, tor
     return random.Random(seed), torch.Generator().manual_seed(seed)
 
 
-def _batch(ds: WindowDataset, cfg: Config, step: int, rank: int, world: int) -> dict:
-    """This rank's share of the global batch of ``step``."""
-    rng, _ = _step_rng(cfg, step)
+def _batch(ds: WindowDataset, cfg: Config, rng: random.Random, rank: int, world: int) -> dict:
+    """This rank's share of the global batch, drawn from the step's ``rng`` (the same on every rank)."""
     idx = [rng.randrange(len(ds)) for _ in range(cfg.optim.batch_size)]
     mine = idx[rank::world] or idx[:1]
     return collate([ds[i] for i in mine])
@@ -145,7 +149,7 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
     rng = random.Random(12345)
     gen = torch.Generator().manual_seed(12345)
     out: dict[str, list[float]] = {}
-    tasks = [k for k in TASKS if getattr(cfg.tasks, k) > 0 and (k != "inpaint" or bool(model.token_is_ligand.any()))]
+    tasks = active_tasks(vars(cfg.tasks), model.token_is_ligand)
     keys, energies, forces = [], [], []
     for i in range(cfg.eval_batches):
         idx = [rng.randrange(len(ds)) for _ in range(cfg.optim.batch_size)]
@@ -286,7 +290,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
         torch.set_rng_state(ckpt["rng"]["torch"])
         if rank == 0:
             print(f"resumed {ckpt_path} at step {step}")
-    objective = Objective(model, diffusion, cfg.energy.energy_weight, cfg.energy.force_weight, cfg.energy.frames_per_step)
+    objective = Objective.from_config(model, diffusion, cfg.energy)
     runner = objective
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
@@ -316,7 +320,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
             rng, _ = _step_rng(cfg, step)
             task, mask = draw_training_mask(rng, vars(cfg.tasks), cfg.data.window, model.token_is_ligand,
                                             cfg.tasks.upsample_factor)
-            b = {k: v.to(device) for k, v in _batch(train_ds, cfg, step, rank, world).items()}
+            b = {k: v.to(device) for k, v in _batch(train_ds, cfg, rng, rank, world).items()}
             _, noise_gen = _step_rng(cfg, step, rank)
             t = torch.randint(0, diffusion.timesteps, (len(b["coords"]),), generator=noise_gen).to(device)
             for group in optimizer.param_groups:
@@ -347,7 +351,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
                            | {"lr": _lr(cfg, step - 1), "task": task})
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                ema_obj = Objective(ema, diffusion, cfg.energy.energy_weight, cfg.energy.force_weight, cfg.energy.frames_per_step)
+                ema_obj = Objective.from_config(ema, diffusion, cfg.energy)
                 logger.log(step, *evaluate(ema_obj, val_ds, cfg, device, run_dir / "figures" / f"step_{step}"))
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping:
                 save()
@@ -371,7 +375,7 @@ class _Logger:
     """
 
     def __init__(self, cfg: Config, run_dir: Path, active: bool, history: list[dict] | None):
-        self.active, self.run_dir, self.cfg = active, run_dir, cfg
+        self.active, self.run_dir = active, run_dir
         self.history: list[dict] = list(history or [])
         self.wandb = None
         if not active:

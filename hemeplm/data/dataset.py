@@ -130,7 +130,7 @@ def build_features(cfg: DataConfig) -> dict:
         "charge_source": lig["charge_source"],
         "bonds": bonds,
         "plm": None if cfg.plm_embeddings is None else _load_plm(cfg.plm_embeddings, n_res),
-        "segments": [s.astype(np.float32) for s in system.segments],
+        "segments": system.segments,  # float32 already
         "energies": system.energies,
         "forces": system.forces,
         "files": system.files,

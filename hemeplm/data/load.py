@@ -85,12 +85,6 @@ class MDSystem:
     def n_atoms(self) -> int:
         return self.topology.n_atoms
 
-    @property
-    def protein(self) -> np.ndarray:
-        """(P,) indices of protein atoms among the kept atoms."""
-        lig = set(self.ligand.tolist())
-        return np.array([i for i in range(self.n_atoms) if i not in lig], dtype=np.int64)
-
 
 def load_topology(path: str | Path):
     """Read a topology file with mdtraj; errors name the file."""

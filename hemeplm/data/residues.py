@@ -43,7 +43,7 @@ ATOM14 = {
     "VAL": ("N", "CA", "C", "O", "CB", "CG1", "CG2"),
 }
 #: alternative atom names some force fields use (CHARMM Ile, Amber/CHARMM termini)
-ATOM_ALIASES = {("ILE", "CD"): "CD1", ("MSE", "SE"): "SD"}
+ATOM_ALIASES = {("ILE", "CD"): "CD1", ("MET", "SE"): "SD"}
 
 #: side-chain torsions chi1..chi4 as atom-name quadruples
 CHI = {

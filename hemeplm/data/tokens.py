@@ -61,18 +61,6 @@ class TokenLayout:
     def n_tokens(self) -> int:
         return len(self.kind)
 
-    @property
-    def width(self) -> int:
-        return self.atom_index.shape[1]
-
-    @property
-    def atom_mask(self) -> np.ndarray:
-        """(N, W) bool, True where a slot holds an atom."""
-        return self.atom_index >= 0
-
-    def to_torch(self) -> dict[str, torch.Tensor]:
-        return {k: torch.as_tensor(getattr(self, k)) for k in self.__dataclass_fields__}
-
 
 def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: int = 14,
                  ligand_group: int | None = None) -> TokenLayout:
@@ -91,7 +79,7 @@ def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: i
     ligand_group = width if ligand_group is None else ligand_group
     lig = set(int(i) for i in ligand)
     rows, kinds, rtypes, res_of = [], [], [], []
-    frames, torsions = [], []
+    frames, torsions, residue_types = [], [], []
     residues = [r for r in topology.residues if any(a.index not in lig for a in r.atoms)]
     for ri, res in enumerate(residues):
         name = standard_name(res.name)
@@ -111,6 +99,7 @@ def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: i
             raise ValueError(f"residue {res} lacks one of N, CA, C; cannot build its frame")
         frames.append((atoms["N"], atoms["CA"], atoms["C"]))
         rt = residue_type(res.name)
+        residue_types.append(rt)
         rows.append(slots)
         kinds.append(KIND_RESIDUE)
         rtypes.append(rt)
@@ -130,7 +119,7 @@ def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: i
             anchor = int(np.argmin(((ca - first_frame[group].mean(0)) ** 2).sum(-1)))
             rows.append(list(group) + [-1] * (width - len(group)))
             kinds.append(KIND_LIGAND)
-            rtypes.append(rtypes[res_of.index(anchor)])
+            rtypes.append(residue_types[anchor])
             res_of.append(anchor)
     atom_index = np.asarray(rows, dtype=np.int64).reshape(-1, width)
     atom_token = np.full(topology.n_atoms, -1, dtype=np.int64)
@@ -278,10 +267,7 @@ def decode(d: torch.Tensor, key: torch.Tensor, layout: dict[str, torch.Tensor], 
     rot = residue_frames(key, layout["frame_atoms"])[..., layout["residue"], :, :]
     origin = token_origins(key, layout)
     xs = origin.unsqueeze(-4) + torch.einsum("...nij,...tnwj->...tnwi", rot, d)
-    mask = layout["atom_index"] >= 0
-    out = xs.new_zeros(*xs.shape[:-4], xs.shape[-4], n_atoms, 3)
-    out[..., layout["atom_index"][mask], :] = xs[..., mask, :]
-    return out
+    return scatter_atom14(xs, layout, n_atoms)
 
 
 def gather_atom14(x: torch.Tensor, layout: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -137,7 +137,7 @@ class AtomEncoder(nn.Module):
         bonds = static["bonds"].repeat(1, b) + offset
         mask = None if node_mask is None else node_mask.reshape(-1)
         g = build_graph(flat, bonds, rep(static["is_ligand"]), rep(static["polar"]),
-                        rep(static["residue"]) + batch * (int(static["residue"].max()) + 1),
+                        rep(static["residue"]),  # edges never join two frames, so ids need no per-frame offset
                         self.cutoff, self.max_neighbors, batch=batch, node_mask=mask)
         src, dst = g.edge_index
         rij = flat[dst] - flat[src]

@@ -193,8 +193,7 @@ class HemePLM(nn.Module):
         """
         h, _ = self.encoder(key, self.static, node_mask)
         b = key.shape[0]
-        counts = torch.zeros(self.l_kind.numel(), device=key.device).index_add_(
-            0, self.l_atom_token, torch.ones(self.n_atoms, device=key.device))
+        counts = (self.l_atom_index >= 0).sum(-1).to(h.dtype)  # atoms per token
         tokens = h.new_zeros(b, self.l_kind.numel(), h.shape[-1]).index_add_(1, self.l_atom_token, h)
         tokens = tokens / counts[:, None] + self.res_type(self.l_res_type) + self.kind(self.l_kind)
         if self.plm_proj is not None:
