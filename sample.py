@@ -38,10 +38,8 @@ def main() -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     args = p.parse_args()
     try:
-        kw = {"sampler": args.sampler, "progress": True}
-        if args.steps is not None:
-            kw["steps"] = args.steps
-        gen = Generator.from_checkpoint(args.ckpt, device=args.device, **kw)
+        gen = Generator.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
+                                        progress=True)
         summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                            end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
                            seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force)

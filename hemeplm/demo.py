@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the checkpoint's)")
     args = p.parse_args(argv)
     run = Path(args.run_dir)
-    kw = {} if args.steps is None else {"steps": args.steps}
-    gen = Generator.from_checkpoint(run / "ckpt.pt", progress=True, **kw)
+    gen = Generator.from_checkpoint(run / "ckpt.pt", steps=args.steps, progress=True)
     ev = run / "eval"
     topology, ref, n_frames, dt = held_out(gen, ev)
     lag = gen.cfg.data.lag

@@ -153,14 +153,14 @@ class FragmentedDenoiser:
             self._cond = cond
             self.fragments = [f.to(x_t.device) for f in self.fragments]
             self._parts = [slice_conditioning(cond, f.tokens) for f in self.fragments]
+            self._total = x_t.new_zeros(x_t.shape[2])  # blend weight per token, the same at every step
+            for frag in self.fragments:
+                self._total.index_add_(0, frag.tokens, frag.weight.to(x_t.dtype))
         out = torch.zeros_like(x_t)
-        total = x_t.new_zeros(x_t.shape[2])
         for frag, sub in zip(self.fragments, self._parts):
             eps = self.denoise(x_t[:, :, frag.tokens], t, sub, mask[:, :, frag.tokens])
-            w = frag.weight.to(x_t.dtype)
-            out.index_add_(2, frag.tokens, eps.to(x_t.dtype) * w[:, None])
-            total.index_add_(0, frag.tokens, w)
-        return out / total[:, None]
+            out.index_add_(2, frag.tokens, eps.to(x_t.dtype) * frag.weight.to(x_t.dtype)[:, None])
+        return out / self._total[:, None]
 
 
 def token_centres(model, key: torch.Tensor) -> torch.Tensor:

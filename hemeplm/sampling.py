@@ -54,12 +54,13 @@ class Generator:
     progress: bool = False
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **kw) -> "Generator":
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", steps: int | None = None, **kw) -> "Generator":
+        """Load ``path``; ``steps`` None means the checkpoint's ``diffusion.sample_steps``."""
         ckpt = load_checkpoint(path, map_location=device)
         model, cfg = build_model(ckpt)
         diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-        kw.setdefault("steps", cfg.diffusion.sample_steps)
-        return cls(model.to(device), diffusion.to(device), cfg, **kw)
+        steps = cfg.diffusion.sample_steps if steps is None else steps
+        return cls(model.to(device), diffusion.to(device), cfg, steps=steps, **kw)
 
     @property
     def window(self) -> int:
@@ -120,26 +121,28 @@ class Generator:
             known[s:s + t] = True
         return coords
 
-    def _timeline(self, n_samples: int, n_frames: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-        coords = torch.zeros(n_samples, n_frames, self.model.n_atoms, 3, device=device)
-        known = torch.zeros(n_frames, self.model.l_kind.numel(), dtype=torch.bool, device=device)
-        return coords, known
+    def _timeline(self, n_samples: int, n_frames: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Empty (S, F', A, 3) coordinates and (F', N) known mask covering ``n_frames`` frames with
+        windows that overlap by one frame, and the windows' start frames (F' >= n_frames)."""
+        t = self.window
+        starts = list(range(0, max(1, n_frames - 1), t - 1))
+        total = starts[-1] + t
+        coords = torch.zeros(n_samples, total, self.model.n_atoms, 3, device=device)
+        known = torch.zeros(total, self.model.l_kind.numel(), dtype=torch.bool, device=device)
+        return coords, known, starts
 
     def forecast(self, start: torch.Tensor, num_frames: int, n_samples: int, generator) -> torch.Tensor:
         """start (A, 3) -> (S, num_frames, A, 3); frame 0 is ``start``."""
-        t = self.window
-        starts = list(range(0, max(1, num_frames - 1), t - 1))
-        coords, known = self._timeline(n_samples, starts[-1] + t, start.device)
+        coords, known, starts = self._timeline(n_samples, num_frames, start.device)
         coords[:, 0] = start
         known[0] = True
         return self.fill(coords, known, starts, generator, "forecast windows")[:, :num_frames]
 
     def upsample(self, coarse: torch.Tensor, n_samples: int, generator) -> torch.Tensor:
         """coarse (Fc, A, 3) -> (S, (Fc-1)*k+1, A, 3) with the coarse frames every k-th frame."""
-        k, t = self.cfg.tasks.upsample_factor, self.window
+        k = self.cfg.tasks.upsample_factor
         n = (coarse.shape[0] - 1) * k + 1
-        starts = list(range(0, max(1, n - 1), t - 1))
-        coords, known = self._timeline(n_samples, starts[-1] + t, coarse.device)
+        coords, known, starts = self._timeline(n_samples, n, coarse.device)
         coords[:, :n:k] = coarse
         known[:n:k] = True
         return self.fill(coords, known, starts, generator, "upsample windows")[:, :n]
@@ -150,7 +153,7 @@ class Generator:
         A ligand token only some of whose atoms are chosen is generated around the others,
         which are held at their given positions.
         """
-        t, m = self.window, self.model
+        m = self.model
         hidden = m.token_is_ligand
         hold = None
         if atoms is not None:
@@ -158,8 +161,7 @@ class Generator:
             hidden = torch.zeros_like(hidden).index_fill_(0, m.l_atom_token[atoms], True) & hidden
             hold = hidden[m.l_atom_token] & ~atoms
         n = frames.shape[0]
-        starts = list(range(0, max(1, n - 1), t - 1))
-        coords, known = self._timeline(n_samples, starts[-1] + t, frames.device)
+        coords, known, starts = self._timeline(n_samples, n, frames.device)
         coords[:, :n] = frames
         known[:] = ~hidden
         coords[:, n:] = frames[-1]  # padding frames: protein held at the last frame

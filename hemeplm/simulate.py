@@ -19,6 +19,7 @@ again after a kill continues the run from its last saved frame.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -74,6 +75,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+@functools.lru_cache(maxsize=None)
 def _heme_template(forcefield_file: str = "charmm36.xml") -> tuple[list[str], list[tuple[str, str]]]:
     """Atom names and bonds of CHARMM36's ``HEME`` residue template."""
     from openmm.app import forcefield as ffmod
@@ -108,13 +110,13 @@ def _prepare_heme(modeller) -> int:
     """
     _, bonds = _heme_template()
     n = 0
+    existing = {frozenset((b[0].index, b[1].index)) for b in modeller.topology.bonds()}
     for res in modeller.topology.residues():
         if res.name not in HEME_PDB_NAMES:
             continue
         n += 1
         res.name = "HEME"
         by_name = {a.name: a for a in res.atoms()}
-        existing = {frozenset((b[0].index, b[1].index)) for b in modeller.topology.bonds()}
         for a, b in bonds:
             if a in by_name and b in by_name:
                 key = frozenset((by_name[a].index, by_name[b].index))
