@@ -1,18 +1,23 @@
 """Generate trajectories with a trained HemePLM-Diffuse checkpoint.
 
     python sample.py --ckpt runs/demo/ckpt.pt --task forecast --topology T --frames F \
-        [--start I] [--end J] [--num-frames N] [--num-samples S] [--steps K] [--seed N] --out OUT.xtc
+        [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P]
+        [--seed N] --out OUT.xtc
 
 Tasks: forecast (from frame I), tps (from frame I to frame J), inpaint (the ligand,
-or --inpaint-atoms, generated into frames I..J), upsample (frames I..J become every
-k-th frame of a finer trajectory). Writes OUT.xtc (OUT_000.xtc... for several
-samples), OUT.pdb (topology) and OUT.json (summary); never overwrites without --force.
+or the ligand tokens holding the --inpaint-atoms, generated into frames I..J),
+upsample (frames I..J become every k-th frame of a finer trajectory). Inpainting
+reads frames I..J at the model's frame spacing (data.lag x the training data's),
+upsampling at k times it; a file whose spacing does not divide that is refused.
+Writes OUT.xtc (OUT_000.xtc... for several samples), OUT.pdb (topology) and
+OUT.json (summary); never overwrites without --force.
 """
 
 import argparse
 import json
 import sys
 
+from hemeplm.diffusion import SAMPLERS
 from hemeplm.errors import HemeplmError
 from hemeplm.sampling import Generator, run_task
 from hemeplm.tasks import TASKS
@@ -29,9 +34,16 @@ def main() -> None:
     p.add_argument("--end-frames", default=None, help="file holding the tps end frame (default: --frames)")
     p.add_argument("--num-frames", type=int, default=None, help="frames to generate (forecast, tps)")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples, generated as one batch")
-    p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the checkpoint's, 50)")
-    p.add_argument("--sampler", choices=["ddim", "ancestral"], default="ddim")
-    p.add_argument("--inpaint-atoms", default=None, help="mdtraj selection of ligand atoms to inpaint")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="default: the checkpoint's diffusion.sampler")
+    p.add_argument("--steps", type=int, default=None,
+                   help="DDIM steps per window (default: the checkpoint's diffusion.sample_steps; "
+                        "ancestral sampling takes every diffusion step)")
+    p.add_argument("--project-steps", type=int, default=None,
+                   help="steps of the structure projection of each generated window (inter-token bonds, clashes; "
+                        "0: off; default: the checkpoint's structure.project_steps)")
+    p.add_argument("--inpaint-atoms", default=None,
+                   help="mdtraj selection of ligand atoms: the ligand tokens holding them are inpainted whole")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="OUT.xtc or OUT.dcd")
@@ -39,7 +51,7 @@ def main() -> None:
     args = p.parse_args()
     try:
         gen = Generator.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
-                                        progress=True)
+                                        progress=True, project_steps=args.project_steps)
         summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                            end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
                            seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force)

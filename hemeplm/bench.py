@@ -9,8 +9,10 @@ each in a fresh child process so that its peak memory is its own:
   the energy and force losses on (synthetic targets: the force loss's second
   derivative through the encoder is part of a real step's cost);
 * ``sample``: a forecast of ``--frames`` frames (100) from one start frame
-  with :class:`~hemeplm.sampling.Generator`, ``--steps`` DDIM steps per
-  window (10; the time is linear in it).
+  with :class:`~hemeplm.sampling.Generator`, with the config's sampler and
+  steps per window (``diffusion.sampler``, ``diffusion.sample_steps``: what
+  ``sample.py`` and the demo's quality tables use) unless ``--sampler`` or
+  ``--steps`` say otherwise (DDIM time is linear in the steps).
 
 Peak memory: on the CPU the child's resident-set high-water mark (VmHWM, reset
 with ``/proc/self/clear_refs`` once the system and model are loaded, so it
@@ -213,7 +215,8 @@ def measure(spec: dict) -> dict:
     """Build one system's model and time one training step or one forecast (run in a child process).
 
     ``spec``: ``system`` (BenchSystem fields), ``what`` ("train" or "sample"), ``config``,
-    ``overrides``, ``device``, ``dtype``, ``frames``, ``steps``, ``cache``, ``threads`` (None: torch's default).
+    ``overrides``, ``device``, ``dtype``, ``frames``, ``sampler``, ``steps``, ``cache``, ``threads``
+    (None: torch's default).
     """
     import torch
 
@@ -246,7 +249,7 @@ def measure(spec: dict) -> dict:
     gen = torch.Generator().manual_seed(0)
     before = _reset_peak(device)
     if spec["what"] == "sample":
-        sampler = Generator(model.eval(), diffusion, cfg, steps=spec["steps"])
+        sampler = Generator(model.eval(), diffusion, cfg, steps=spec["steps"], sampler=spec["sampler"])
         t0 = time.perf_counter()
         with autocast:
             out = sampler.forecast(frames[0], spec["frames"], 1, gen)
@@ -261,7 +264,7 @@ def measure(spec: dict) -> dict:
     has_energy = torch.ones(b, dtype=torch.bool, device=device)
     model.has_energy_stats.fill_(True)  # synthetic targets: the energy and force losses run as in a real step
     mask = task_mask("forecast", t, model.token_is_ligand).expand(b, -1, -1)
-    objective = Objective.from_config(model.train(), diffusion, cfg.energy)
+    objective = Objective.from_config(model.train(), diffusion, cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     times = []
     for _ in range(2):  # the first step also allocates the optimiser state; the second is timed
@@ -349,17 +352,20 @@ def plot_scaling(systems: list[dict], slope_time: float | None, slope_memory: fl
 
 
 def run_bench(out: str | Path, config: str | None = None, overrides: list[str] = (), device: str = "cpu",
-              dtype: str = "float32", frames: int = 100, steps: int = 10, systems: list[str] | None = None,
-              vs_md: bool = False, md_seconds: float = 60.0, train: bool = True, threads: int | None = None,
-              log=print) -> dict:
+              dtype: str = "float32", frames: int = 100, sampler: str | None = None, steps: int | None = None,
+              systems: list[str] | None = None, vs_md: bool = False, md_seconds: float = 60.0, train: bool = True,
+              threads: int | None = None, log=print) -> dict:
     """Measure every system; write ``out/bench.json`` and ``out/bench.png``; return the JSON.
 
     The config is ``config`` with ``denoiser.spatial=local`` and then ``overrides`` applied
     (local attention everywhere, so that one model design is compared across sizes).
+    ``sampler`` and ``steps`` None mean the config's ``diffusion.sampler`` and ``diffusion.sample_steps``.
     """
     import torch
 
     from .config import load_config
+    from .diffusion import GaussianDiffusion
+    from .sampling import sampler_settings
 
     out = Path(out)
     cache = (out / "cache").resolve()
@@ -367,6 +373,7 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
     if device == "cuda" and not torch.cuda.is_available():
         raise HemeplmError("--device cuda: no CUDA device is available")
     cfg = load_config(config, overrides)
+    sampler, steps = sampler_settings(cfg, sampler, steps, config)
     load_start = os.getloadavg()
     chosen = default_systems(cache, systems)
     results = []
@@ -375,7 +382,8 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
         row = {"name": system.name, "description": system.description, "solvent": system.solvent,
                "n_atoms": n_atoms, "n_atoms_input": n_input}
         spec = {"system": asdict(system), "config": config, "overrides": list(overrides), "device": device,
-                "dtype": dtype, "frames": frames, "steps": steps, "cache": str(cache), "threads": threads}
+                "dtype": dtype, "frames": frames, "sampler": sampler, "steps": steps, "cache": str(cache),
+                "threads": threads}
         for what in ("sample", "train") if train else ("sample",):
             log(f"bench {system.name} ({n_atoms} atoms): {what} ...")
             row.update(_child({**spec, "what": what}))
@@ -391,7 +399,9 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
                     "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "settings": {"config": config, "overrides": list(overrides), "device": device, "dtype": dtype,
-                     "forecast_frames": frames, "ddim_steps": steps, "window": cfg.data.window, "lag": cfg.data.lag,
+                     "forecast_frames": frames, "sampler": sampler, "steps": steps,
+                     "denoiser_steps": len(GaussianDiffusion.from_config(cfg.diffusion).step_sequence(sampler, steps)),
+                     "window": cfg.data.window, "lag": cfg.data.lag,
                      "batch_size": cfg.optim.batch_size, "spatial": cfg.denoiser.spatial,
                      "local_neighbors": cfg.denoiser.local_neighbors},
         "systems": results,
@@ -422,8 +432,8 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
 
 def _cmd_bench(args) -> None:
     report = run_bench(args.out, args.config, args.overrides, device=args.device, dtype=args.dtype,
-                       frames=args.frames, steps=args.steps, systems=args.systems, vs_md=args.vs_md,
-                       md_seconds=args.md_seconds, train=not args.no_train, threads=args.threads)
+                       frames=args.frames, sampler=args.sampler, steps=args.steps, systems=args.systems,
+                       vs_md=args.vs_md, md_seconds=args.md_seconds, train=not args.no_train, threads=args.threads)
     nan = float("nan")
     for r in report["systems"]:
         print(f"{r['name']:>11}: {r['n_atoms']:>6} atoms, {r.get('n_tokens', '?')} tokens: "
@@ -445,7 +455,11 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
     b.add_argument("--frames", type=int, default=100, help="frames of the forecast that is timed")
-    b.add_argument("--steps", type=int, default=10, help="DDIM steps per window (sampling time is linear in it)")
+    b.add_argument("--sampler", default=None,
+                   help="ddim or ancestral (default: the config's diffusion.sampler, as sample.py and the demo use)")
+    b.add_argument("--steps", type=int, default=None,
+                   help="DDIM steps per window (default: the config's diffusion.sample_steps; sampling time is "
+                        "linear in it; ancestral sampling takes every diffusion step)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for the model and OpenMM (default: all)")
     b.add_argument("--systems", nargs="+", default=None, choices=SYSTEM_NAMES, help="default: all (AdK if present)")
     b.add_argument("--no-train", action="store_true", help="time sampling only")

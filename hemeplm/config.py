@@ -85,6 +85,17 @@ class EnergyConfig:
 
 
 @dataclass
+class StructureConfig:
+    """Structure terms (:mod:`hemeplm.structure`): their weights in training, on the decoded clean-data
+    estimate, and the projection of sampled windows onto them (Adam steps; 0 turns it off)."""
+
+    bond_weight: float = 1.0
+    clash_weight: float = 0.1
+    project_steps: int = 50
+    project_restraint: float = 0.01
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-3
     batch_size: int = 8
@@ -118,6 +129,7 @@ class Config:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
+    structure: StructureConfig = field(default_factory=StructureConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

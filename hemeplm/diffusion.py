@@ -10,11 +10,6 @@ levels), ``cond`` whatever the denoiser needs, and ``mask`` (B, ...) bool
 (leading dims of ``x``) marking entries that are given. Given entries are
 held at their clean values in ``x_t`` at every step and excluded from the
 loss; the model only generates the rest.
-
-Sampling can also *hold* entries finer than ``mask`` resolves (e.g. some of
-the values of an entry being generated): each step replaces them in ``x_t``
-by their clean value noised to that step's level (replacement inpainting),
-so the rest is generated consistently with them, and returns them exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +21,8 @@ import torch
 from torch import nn
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any, torch.Tensor], torch.Tensor]
+#: what :meth:`GaussianDiffusion.sample` accepts as ``sampler``
+SAMPLERS = ("ddim", "ancestral")
 
 
 def _expand(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -114,7 +111,8 @@ class GaussianDiffusion(nn.Module):
 
     def loss(self, denoiser: Denoiser, x0: torch.Tensor, cond: Any, mask: torch.Tensor,
              weight: torch.Tensor | None = None, t: torch.Tensor | None = None,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+             generator: torch.Generator | None = None,
+             x0_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Mean of ``||ε - ε_θ(x_t, t)||²`` over the entries to generate.
 
         Args:
@@ -122,6 +120,9 @@ class GaussianDiffusion(nn.Module):
             mask: (B, ...) bool over leading dims of x0; True = given (no loss).
             weight: broadcastable to x0; 0 drops entries (e.g. padding).
             t: (B,) steps, drawn uniformly when None.
+            x0_loss: optional ``f(x0_hat, alpha_bar) -> (B,)`` added to the loss, weighted by ᾱ_t
+                (so toward low noise): a term on the network's estimate of the clean data
+                ``x0_hat`` (B, ...) (given entries set to their values), e.g. a structure term.
         """
         b = x0.shape[0]
         if t is None:
@@ -134,24 +135,38 @@ class GaussianDiffusion(nn.Module):
         if weight is not None:
             w = w * weight
         w = w.expand_as(x0)
-        return ((eps - noise) ** 2 * w).sum() / w.sum().clamp(min=1.0)
+        loss = ((eps - noise) ** 2 * w).sum() / w.sum().clamp(min=1.0)
+        if x0_loss is None:
+            return loss
+        alpha_bar = self.alphas_cumprod[t].to(x0.dtype)
+        x0_hat = torch.where(given, x0, self.predict_x0(x_t, t, eps))
+        return loss + (alpha_bar * x0_loss(x0_hat, alpha_bar)).mean()
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return (x_t - self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / self._at(self.sqrt_alphas_cumprod, t, x_t)
+
+    def step_sequence(self, sampler: str, steps: int) -> list[int]:
+        """The diffusion steps :meth:`sample` visits, from noise to data (one denoiser call each).
+
+        ``ddim``: ``steps`` evenly spaced steps (fewer when ``steps`` exceeds ``timesteps``);
+        ``ancestral``: every step, whatever ``steps`` is.
+        """
+        if sampler == "ancestral":
+            return list(range(self.timesteps - 1, -1, -1))
+        if sampler == "ddim":
+            return torch.linspace(self.timesteps - 1, 0, max(1, steps)).round().long().unique_consecutive().tolist()
+        raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
 
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, x_given: torch.Tensor, cond: Any, mask: torch.Tensor,
                steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
                generator: torch.Generator | None = None, progress: bool = False,
-               clip_x0: float | None = None, hold: torch.Tensor | None = None) -> torch.Tensor:
+               clip_x0: float | None = None) -> torch.Tensor:
         """Generate the entries of ``x_given`` where ``mask`` is False.
 
         Args:
-            x_given: (B, ...) clean values where mask or hold is True (others ignored).
+            x_given: (B, ...) clean values where mask is True (others ignored).
             mask: (B, ...) bool, True = given; given entries come back exactly.
-            hold: None or bool broadcastable to ``x_given``: values the denoiser is told
-                nothing about through ``mask`` but that are known; each step sets them to
-                ``q_sample(x_given, t)`` and they come back exactly.
             steps: DDIM steps (``sampler="ddim"``, ``eta=0`` deterministic) or ignored
                 for ``sampler="ancestral"`` (all ``timesteps`` steps).
             clip_x0: clamp each step's estimate of x0 to [-clip_x0, clip_x0] (the data's range),
@@ -161,19 +176,12 @@ class GaussianDiffusion(nn.Module):
         """
         from tqdm import tqdm
 
+        seq = self.step_sequence(sampler, steps)
         given = _expand(mask, x_given)
         x = _randn_like_gen(x_given.shape, x_given, generator)
         b = x.shape[0]
-        if sampler == "ancestral":
-            seq = list(range(self.timesteps - 1, -1, -1))
-        elif sampler == "ddim":
-            seq = torch.linspace(self.timesteps - 1, 0, max(1, steps)).round().long().unique_consecutive().tolist()
-        else:
-            raise ValueError(f"unknown sampler {sampler!r}; use 'ddim' or 'ancestral'")
         for i, step in enumerate(tqdm(seq, disable=not progress, desc=f"{sampler} sampling", leave=False)):
             t = torch.full((b,), step, device=x.device, dtype=torch.long)
-            if hold is not None:
-                x = torch.where(hold, self.q_sample(x_given, t, _randn_like_gen(x.shape, x, generator)), x)
             x = torch.where(given, x_given, x)
             eps = self.eps(denoiser, x, t, cond, mask)
             x0 = self.predict_x0(x, t, eps)
@@ -193,6 +201,4 @@ class GaussianDiffusion(nn.Module):
                 sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
                 noise = _randn_like_gen(x.shape, x, generator) if eta > 0 else 0
                 x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * noise
-        if hold is not None:
-            given = given | hold
         return torch.where(given, x_given, x)

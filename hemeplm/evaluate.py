@@ -3,18 +3,35 @@
 Reference and generated trajectories are read by the same
 :func:`hemeplm.data.load.load_system` (solvent and hydrogens dropped, Å) and
 superposed on the protein Cα of the first reference frame. Every metric is
-computed for the model and for two baselines on the same frames:
+computed for the model and for baselines on the same frames:
 
 - ``static``: frame 0 of each generated trajectory repeated for its length;
 - ``random_walk``: from frame 0 of each generated trajectory, isotropic
   Gaussian steps per atom whose variance is the reference's per-atom step
-  variance at the generated frame spacing (seeded), then superposed on Cα.
+  variance at the generated frame spacing (seeded), then superposed on Cα;
+- ``prior`` (only with ``--prior``): trajectories sampled elsewhere from the
+  same checkpoint with the network's output zeroed, read like the generated
+  ones (same topology and frame spacing): what the sampler and the
+  conditioning give without the network, so what the model gains over it is
+  the network's.
 
-A model that does not beat both has learnt nothing. ``metrics.json`` holds
-``{"model": {...}, "static": {...}, "random_walk": {...}, "info": {...}}``;
-``info.reference`` holds the reference's own decorrelation time and validity.
-Generated frames are taken to be spaced like the reference's unless
-``--generated-timestep-ps`` says otherwise.
+A model that does not beat them has learnt nothing. ``metrics.json`` holds
+``{"model": {...}, "static": {...}, "random_walk": {...}, "prior": {...}, "info": {...}}``
+(``prior`` only when given); ``info.reference`` holds the reference's own
+decorrelation time and validity. Generated frames are taken to be spaced like
+the reference's unless ``--generated-timestep-ps`` says otherwise.
+
+TICA is fitted only when the reference holds at least 4 time-lagged frame
+pairs (t, t + lag), pooled over its trajectories, per TICA feature. Below that
+the instantaneous covariance C00 that TICA whitens with is rank-deficient
+(pairs ≤ features) or nearly so: for independent samples its smallest
+eigenvalue shrinks by (1 − √(features / pairs))² (Marchenko–Pastur), which at
+4 pairs per feature still leaves 1/4, so whitening amplifies no direction by
+more than 2×; correlated MD frames hold fewer independent samples, so this is
+a minimum, not a guarantee. When TICA is skipped, ``tica_jsd``,
+``tic1_decorrelation_ps`` and the ``tps_*`` metrics are null in every column,
+there is no ``tica_fes.png``, and ``info.tica`` (and, for ``--task tps``,
+``info.tps``) says why; otherwise ``info.tica`` says what TICA was fitted on.
 
 Trajectory metrics (JSD = Jensen–Shannon divergence, base 2, in 0..1):
 
@@ -22,16 +39,20 @@ Trajectory metrics (JSD = Jensen–Shannon divergence, base 2, in 0..1):
 |---|---|---|
 | ``torsion_jsd`` | mean over all phi, psi, chi1–4 torsions (omega left out) of the JSD between generated and reference histograms (36 bins over −π..π), all frames pooled | lower |
 | ``torsion_jsd_<type>`` | the same mean over one type: phi, psi, chi1, chi2, chi3, chi4 | lower |
-| ``tica_jsd`` | JSD of the 2-D histograms (30 × 30 bins spanning the reference's range; points outside fall in the edge bins) of the first two TICA components; TICA (deeptime, kinetic map) fitted on the reference's sin/cos torsion features (the 256 of largest reference variance; deeptime's eigensolver is cubic in features) at lag ``--lag-ps`` (default: one frame) | lower |
+| ``tica_jsd`` | JSD of the 2-D histograms (30 × 30 bins spanning the reference's range; points outside fall in the edge bins) of the first two TICA components; TICA (deeptime, kinetic map) fitted on the reference's sin/cos torsion features (the 256 of largest reference variance; deeptime's eigensolver is cubic in features) at lag ``--lag-ps`` (default: one frame); null when the reference has fewer than 4 time-lagged frame pairs per feature (``info.tica``) | lower |
 | ``rmsf_pearson`` | Pearson r between per-residue Cα RMSF (Å, all frames of an ensemble pooled, superposed on Cα) of generated and reference; null when one is constant | higher |
 | ``contact_jsd`` | JSD between per-residue protein–ligand contact frequencies (fraction of frames with any protein–ligand heavy-atom pair within 4.5 Å), each vector normalised to sum 1; null without ligand | lower |
 | ``contact_pearson`` | Pearson r of the same contact-frequency vectors; null without ligand | higher |
 | ``ligand_rmsd_mean_A``, ``ligand_rmsd_median_A`` | ligand heavy-atom RMSD (Å, no fit on the ligand) to the reference after superposing protein Cα: generated frame i against reference frame i when both have the same number of frames (each pair superposed on Cα), else against the nearest reference frame in the common Cα frame (``info.ligand_rmsd_pairing``); null without ligand | lower |
-| ``tic1_decorrelation_ps`` | time (ps) at which the autocorrelation of TIC1 (pooled over trajectories) first falls below 1/e, linearly interpolated; null if it does not within half the longest trajectory or TIC1 is constant; the reference's value is ``info.reference.tic1_decorrelation_ps`` | closer to reference |
+| ``tic1_decorrelation_ps`` | time (ps) at which the autocorrelation of TIC1 (pooled over trajectories) first falls below 1/e, linearly interpolated; null if it does not within half the longest trajectory or TIC1 is constant, or when TICA is skipped (as ``tica_jsd``); the reference's value is ``info.reference.tic1_decorrelation_ps`` | closer to reference |
 | ``bond_ok_fraction`` | fraction of (frame, topology bond between heavy atoms) pairs whose length is within 0.1 Å of the reference's mean length of that bond | higher |
+| ``bond_ok_fraction_intra_residue`` | the same over bonds with both atoms in one protein residue | higher |
+| ``bond_ok_fraction_peptide`` | the same over bonds between two protein residues (peptide C(i)–N(i+1), disulfides) | higher |
+| ``bond_ok_fraction_ligand`` | the same over bonds with at least one ligand atom; null without ligand | higher |
 | ``clashes_per_frame`` | non-bonded heavy-atom pairs (1-2 and 1-3 neighbours and metal atoms excluded) closer than 0.75 × the sum of their van der Waals radii (RDKit), per frame (k-d tree neighbour search) | lower |
+| ``clashes_per_frame_protein_protein``, ``clashes_per_frame_protein_ligand``, ``clashes_per_frame_ligand_ligand`` | the same clashes split by whether none, one or both atoms are ligand atoms (they sum to ``clashes_per_frame``); the two with ligand null without ligand | lower |
 | ``ligand_valid_fraction`` | fraction of frames whose ligand heavy atoms, bonded by distance (RDKit ``DetermineConnectivity``), have exactly the topology's ligand bonds and sanitise in RDKit (metal bonds left out of sanitisation); null without ligand | higher |
-| ``tps_success_fraction`` | ``--task tps`` only: fraction of generated paths that leave their start state and later reach the end state; states are k-means clusters (5) of the reference's TIC1/TIC2; start = state of frame 0; end = state of the last frame of the paired reference trajectory when there are as many reference as generated trajectories, else of the model's last (conditioned) frame | higher |
+| ``tps_success_fraction`` | ``--task tps`` only: fraction of generated paths that leave their start state and later reach the end state; states are k-means clusters (5) of the reference's TIC1/TIC2; start = state of frame 0; end = state of the last frame of the paired reference trajectory when there are as many reference as generated trajectories, else of the model's last (conditioned) frame (for ``prior``, the same rule on its own paths); null when TICA is skipped | higher |
 | ``tps_path_frames_mean`` | ``--task tps`` only: mean over successful paths of the frames from the last visit to the start state to the first arrival in the end state | — |
 
 Energy and force metrics (:func:`energy_force_metrics`), for ``energy`` (total,
@@ -59,19 +80,26 @@ from typing import Callable
 import numpy as np
 
 from .errors import HemeplmError
+from .structure import CLASH_SCALE, near_pairs, vdw_radii
 
 log = logging.getLogger(__name__)
 
 TASKS = ("forecast", "tps", "inpaint", "upsample")
-METHODS = ("model", "static", "random_walk")
+#: columns of ``metrics.json`` and :func:`print_table`; ``prior`` only when prior trajectories are given
+METHODS = ("model", "static", "random_walk", "prior")
 TORSION_TYPES = ("phi", "psi", "chi1", "chi2", "chi3", "chi4")
 TORSION_BINS = 36
 TICA_BINS = 30
 #: TICA uses at most this many sin/cos torsion features, those of largest reference variance
 TICA_MAX_FEATURES = 256
+#: TICA is fitted only with at least this many time-lagged reference frame pairs per feature (module docstring)
+TICA_PAIRS_PER_FEATURE = 4
 CONTACT_CUTOFF_A = 4.5
 BOND_TOLERANCE_A = 0.1
-CLASH_SCALE = 0.75
+#: ``bond_ok_fraction_<class>``; :attr:`Geometry.bond_class` indexes this
+BOND_CLASSES = ("intra_residue", "peptide", "ligand")
+#: ``clashes_per_frame_<class>``, indexed by the number of ligand atoms in the pair
+CLASH_CLASSES = ("protein_protein", "protein_ligand", "ligand_ligand")
 TPS_STATES = 5
 #: the reference's own validity is measured on at most this many evenly spaced frames
 REFERENCE_VALIDITY_FRAMES = 200
@@ -81,7 +109,9 @@ TABLE_ROWS = (
     ("torsion_jsd", "lower"), ("tica_jsd", "lower"), ("rmsf_pearson", "higher"),
     ("contact_jsd", "lower"), ("contact_pearson", "higher"),
     ("ligand_rmsd_mean_A", "lower"), ("ligand_rmsd_median_A", "lower"),
-    ("tic1_decorrelation_ps", "~ref"), ("bond_ok_fraction", "higher"), ("clashes_per_frame", "lower"),
+    ("tic1_decorrelation_ps", "~ref"), ("bond_ok_fraction", "higher"),
+    *((f"bond_ok_fraction_{c}", "higher") for c in BOND_CLASSES), ("clashes_per_frame", "lower"),
+    *((f"clashes_per_frame_{c}", "lower") for c in CLASH_CLASSES),
     ("ligand_valid_fraction", "higher"), ("tps_success_fraction", "higher"), ("tps_path_frames_mean", ""),
 )
 
@@ -178,9 +208,10 @@ class Geometry:
         ca: (R,) Cα atom indices, one per residue.
         residue_labels: (R,) e.g. ``"LEU99"``; residue_numbers: (R,) sequence numbers.
         protein: (P,) protein atom indices; residue_of: (P,) their residue (0..R-1), -1 if it has no Cα.
-        ligand: (L,) ligand atom indices.
+        ligand: (L,) ligand atom indices; is_ligand: (A,) whether each atom is a ligand atom.
         torsions: (T, 4) atom indices of every defined phi/psi/chi; torsion_type: (T,) their type names.
-        bonds: (B, 2) topology bonds (heavy atoms).
+        bonds: (B, 2) topology bonds (heavy atoms); bond_class: (B,) index into :data:`BOND_CLASSES`
+            (0 both atoms in one protein residue, 1 in two protein residues, 2 at least one ligand atom).
         radii: (A,) van der Waals radii in Å, 0 for metals (left out of clash counts).
         excluded: sorted keys ``i * A + j`` (i < j) of 1-2 and 1-3 neighbour pairs.
         ligand_bonds: sorted (i, j) pairs of ligand bonds, in ligand-local indices.
@@ -194,9 +225,11 @@ class Geometry:
     protein: np.ndarray
     residue_of: np.ndarray
     ligand: np.ndarray
+    is_ligand: np.ndarray
     torsions: np.ndarray
     torsion_type: np.ndarray
     bonds: np.ndarray
+    bond_class: np.ndarray
     radii: np.ndarray
     excluded: np.ndarray
     ligand_bonds: set
@@ -210,10 +243,6 @@ def build_geometry(topology, ligand: np.ndarray, first_frame: np.ndarray, path: 
         topology: mdtraj Topology of the kept atoms; ligand: (L,) ligand indices;
         first_frame: (A, 3) Å, used by the token layout; path: named in errors.
     """
-    import scipy.sparse as sparse
-    from rdkit import Chem
-
-    from .data.ligand import METALS
     from .data.residues import TORSION_NAMES
     from .data.tokens import build_layout
 
@@ -233,19 +262,21 @@ def build_geometry(topology, ligand: np.ndarray, first_frame: np.ndarray, path: 
     defined = (quads >= 0).all(-1)
     kinds = np.broadcast_to(np.array(TORSION_TYPES), defined.shape)
     bonds = np.array([(a.index, b.index) for a, b in topology.bonds], dtype=np.int64).reshape(-1, 2)
-    adj = sparse.coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])), shape=(n, n)).tocsr()
-    adj = adj + adj.T
-    near = sparse.triu(adj + adj @ adj, k=1).tocoo()
-    table = Chem.GetPeriodicTable()
+    is_ligand = np.zeros(n, dtype=bool)
+    is_ligand[np.asarray(ligand, dtype=np.int64)] = True
+    residue = np.array([a.residue.index for a in topology.atoms], dtype=np.int64)
+    bond_class = np.where(is_ligand[bonds].any(1), 2, (residue[bonds[:, 0]] != residue[bonds[:, 1]]).astype(np.int64))
+    near = near_pairs(bonds, n)
     symbols = [a.element.symbol if a.element is not None else "C" for a in topology.atoms]
-    radii = np.array([0.0 if s in METALS else table.GetRvdw(s) for s in symbols])
+    radii = vdw_radii(symbols).astype(np.float64)
     local = {int(a): k for k, a in enumerate(ligand)}
     return Geometry(
         topology=topology, ca=ca, residue_labels=[f"{r.name}{r.resSeq}" for r in residues],
         residue_numbers=np.array([r.resSeq for r in residues]), protein=protein,
         residue_of=np.array([position.get(topology.atom(int(i)).residue.index, -1) for i in protein], dtype=np.int64),
-        ligand=np.asarray(ligand, dtype=np.int64), torsions=quads[defined], torsion_type=kinds[defined],
-        bonds=bonds, radii=radii, excluded=np.unique(near.row.astype(np.int64) * n + near.col),
+        ligand=np.asarray(ligand, dtype=np.int64), is_ligand=is_ligand, torsions=quads[defined],
+        torsion_type=kinds[defined], bonds=bonds, bond_class=bond_class, radii=radii,
+        excluded=near[:, 0] * n + near[:, 1],
         ligand_bonds={tuple(sorted((local[int(i)], local[int(j)]))) for i, j in bonds
                       if int(i) in local and int(j) in local}, symbols=symbols)
 
@@ -341,23 +372,34 @@ def bond_lengths(x: np.ndarray, geom: Geometry) -> np.ndarray:
     return np.linalg.norm(x[:, geom.bonds[:, 0]] - x[:, geom.bonds[:, 1]], axis=-1)
 
 
-def bond_ok_fraction(x: np.ndarray, geom: Geometry, ref_lengths: np.ndarray) -> float:
-    """Fraction of (frame, bond) pairs within 0.1 Å of the reference mean length.
+def bond_ok_fractions(x: np.ndarray, geom: Geometry, ref_lengths: np.ndarray) -> dict:
+    """Fractions of (frame, bond) pairs within 0.1 Å of the reference mean length, overall and per bond class.
 
     Args:
         x: (F, A, 3) Å; ref_lengths: (B,) reference mean bond lengths in Å.
+    Returns:
+        ``bond_ok_fraction`` and ``bond_ok_fraction_<class>`` for each of :data:`BOND_CLASSES`
+        (NaN for a class without bonds, e.g. ``ligand`` without ligand).
     """
-    return float((np.abs(bond_lengths(x, geom) - ref_lengths) <= BOND_TOLERANCE_A).mean())
+    ok = np.abs(bond_lengths(x, geom) - ref_lengths) <= BOND_TOLERANCE_A      # (F, B)
+    out = {"bond_ok_fraction": float(ok.mean())}
+    for k, name in enumerate(BOND_CLASSES):
+        sel = geom.bond_class == k
+        out[f"bond_ok_fraction_{name}"] = float(ok[:, sel].mean()) if sel.any() else math.nan
+    return out
 
 
-def clashes_per_frame(x: np.ndarray, geom: Geometry) -> float:
-    """Mean number per frame of non-bonded heavy-atom pairs closer than 0.75 × (r_i + r_j).
+def clashes_by_kind(x: np.ndarray, geom: Geometry) -> dict:
+    """Mean number per frame of non-bonded heavy-atom pairs closer than 0.75 × (r_i + r_j), in total and by kind.
 
     1-2 and 1-3 neighbours and metal atoms are left out; pairs come from a
     k-d tree search, so the cost is linear in atoms.
 
     Args:
         x: (F, A, 3) Å.
+    Returns:
+        ``clashes_per_frame`` and ``clashes_per_frame_<kind>`` for each of :data:`CLASH_CLASSES`
+        (pairs with 0, 1 or 2 ligand atoms; they sum to the total; the two with ligand NaN without ligand).
     """
     from scipy.spatial import cKDTree
     from tqdm import tqdm
@@ -365,13 +407,23 @@ def clashes_per_frame(x: np.ndarray, geom: Geometry) -> float:
     n = x.shape[1]
     idx = np.flatnonzero(geom.radii > 0)
     radius = CLASH_SCALE * 2 * geom.radii.max()
-    total = 0
+    counts = np.zeros(len(CLASH_CLASSES), dtype=np.int64)
     for frame in tqdm(x, desc="clashes", leave=False, disable=None):
         pairs = cKDTree(frame[idx]).query_pairs(radius, output_type="ndarray")
         i, j = idx[pairs[:, 0]], idx[pairs[:, 1]]
         close = np.linalg.norm(frame[i] - frame[j], axis=-1) < CLASH_SCALE * (geom.radii[i] + geom.radii[j])
-        total += int((close & ~np.isin(i * n + j, geom.excluded)).sum())
-    return total / len(x)
+        close &= ~np.isin(i * n + j, geom.excluded)
+        kind = geom.is_ligand[i[close]].astype(np.int64) + geom.is_ligand[j[close]]
+        counts += np.bincount(kind, minlength=len(CLASH_CLASSES))
+    out = {"clashes_per_frame": float(counts.sum()) / len(x)}
+    for k, name in enumerate(CLASH_CLASSES):
+        out[f"clashes_per_frame_{name}"] = float(counts[k]) / len(x) if k == 0 or len(geom.ligand) else math.nan
+    return out
+
+
+def clashes_per_frame(x: np.ndarray, geom: Geometry) -> float:
+    """``clashes_per_frame`` of :func:`clashes_by_kind`: all clashes per frame of (F, A, 3) Å coordinates."""
+    return clashes_by_kind(x, geom)["clashes_per_frame"]
 
 
 def ligand_valid_fraction(x: np.ndarray, geom: Geometry) -> float:
@@ -458,12 +510,14 @@ class Reference:
         geom: the system's :class:`Geometry`.
         frames: (F, A, 3) all reference frames, Å, common Cα frame.
         torsion_edges: (37,) bin edges (rad); torsion_hist: (T, 36) counts.
-        tica: fitted deeptime TICA model; tica_features: indices of the sin/cos features it uses;
-        tica_edges: two (31,) edge arrays; tica_hist: (30, 30) counts.
+        tica: fitted deeptime TICA model, or None when skipped (too few reference frames);
+        tica_features: indices of the sin/cos features it uses (or would use);
+        tica_note: what TICA was fitted on, or ``"skipped: ..."`` and why (``info.tica``);
+        tica_edges: two (31,) edge arrays; tica_hist: (30, 30) counts; both None when skipped.
         rmsf: (R,) Å; contacts: (R,) frequencies or None without ligand.
         bond_lengths: (B,) mean lengths, Å.
         step_sigma: (A,) per-atom, per-coordinate step standard deviation (Å) over one generated frame step.
-        projections: per reference trajectory, (F_s, 2) TIC1/TIC2.
+        projections: per reference trajectory, (F_s, 2) TIC1/TIC2; None when TICA is skipped.
         dt_ps: time between reference frames; lag_frames: TICA lag.
     """
 
@@ -471,22 +525,50 @@ class Reference:
     frames: np.ndarray
     torsion_edges: np.ndarray
     torsion_hist: np.ndarray
-    tica: object
+    tica: object | None
     tica_features: np.ndarray
-    tica_edges: list
-    tica_hist: np.ndarray
+    tica_note: str
+    tica_edges: list | None
+    tica_hist: np.ndarray | None
     rmsf: np.ndarray
     contacts: np.ndarray | None
     bond_lengths: np.ndarray
     step_sigma: np.ndarray
-    projections: list
+    projections: list | None
     dt_ps: float
     lag_frames: int
 
 
+def fit_tica(features: list[np.ndarray], lag_frames: int) -> tuple[object | None, np.ndarray, str]:
+    """TICA on the reference's sin/cos torsion features, if it has enough frames for them.
+
+    Enough means at least :data:`TICA_PAIRS_PER_FEATURE` time-lagged frame pairs (t, t + lag),
+    pooled over the trajectories, per feature used (why: module docstring).
+
+    Args:
+        features: per reference trajectory, (F_s, 2T) sin/cos features; lag_frames: TICA lag.
+    Returns:
+        the fitted deeptime TICA model (None when skipped), the indices of the (at most
+        :data:`TICA_MAX_FEATURES`) features of largest variance it uses, and a sentence for
+        ``info.tica``: what it was fitted on, or ``"skipped: ..."`` with the reason.
+    """
+    from deeptime.decomposition import TICA
+
+    chosen = np.sort(np.argsort(-np.concatenate(features).var(0), kind="stable")[:TICA_MAX_FEATURES])
+    pairs = sum(max(0, len(f) - lag_frames) for f in features)
+    need = TICA_PAIRS_PER_FEATURE * len(chosen)
+    counts = (f"{pairs} time-lagged frame pairs from {sum(map(len, features))} reference frames at a lag of "
+              f"{lag_frames} frame{'s' * (lag_frames != 1)} for {len(chosen)} TICA features")
+    if pairs < need:
+        return None, chosen, (f"skipped: {counts}; need at least {need} ({TICA_PAIRS_PER_FEATURE} per feature) "
+                              "for a well-conditioned covariance estimate")
+    tica = TICA(lagtime=lag_frames, dim=2).fit([f[:, chosen] for f in features if len(f) > lag_frames])
+    return tica.fetch_model(), chosen, f"fitted on {counts}"
+
+
 def fit_reference(geom: Geometry, segments: list[np.ndarray], dt_ps: float, lag_frames: int, generated_dt_ps: float,
                   path: str | Path = "reference") -> Reference:
-    """Fit TICA and measure the reference ensemble.
+    """Fit TICA (when the reference is long enough, see :func:`fit_tica`) and measure the reference ensemble.
 
     The random-walk step variance is the per-atom variance of reference
     displacements over the number of frames nearest to ``generated_dt_ps``
@@ -497,33 +579,36 @@ def fit_reference(geom: Geometry, segments: list[np.ndarray], dt_ps: float, lag_
         dt_ps: time between reference frames; lag_frames: TICA lag;
         generated_dt_ps: time between generated frames; path: named in errors.
     """
-    from deeptime.decomposition import TICA
-
     step_frames = max(1, round(generated_dt_ps / dt_ps))
-    angles = [torsion_angles(s, geom.torsions) for s in segments]
-    features = [_sin_cos(a) for a in angles]
-    chosen = np.sort(np.argsort(-np.concatenate(features).var(0), kind="stable")[:TICA_MAX_FEATURES])
-    usable = [f[:, chosen] for f in features if len(f) > max(lag_frames, step_frames)]
-    if not usable:
-        raise HemeplmError(f"no reference trajectory is longer than the TICA lag ({lag_frames} frames) "
-                           f"and the generated step ({step_frames} frames)", path)
-    tica = TICA(lagtime=lag_frames, dim=2).fit(usable).fetch_model()
-    projections = [tica.transform(f[:, chosen])[:, :2] for f in features]
-    pooled = np.concatenate(projections)
-    lo, hi = pooled.min(0), pooled.max(0)
-    tica_edges = [np.linspace(lo[d], max(hi[d], lo[d] + 1e-9), TICA_BINS + 1) for d in range(2)]
-    frames = np.concatenate(segments)
-    torsion_edges = np.linspace(-np.pi, np.pi, TORSION_BINS + 1)
     moved = [s[step_frames:] - s[:-step_frames] for s in segments if len(s) > step_frames]
+    if not moved:
+        raise HemeplmError(f"no reference trajectory is longer than the generated step ({step_frames} frames)", path)
     step_var = sum((d.astype(np.float64) ** 2).sum((0, 2)) for d in moved) / (3 * sum(len(d) for d in moved))
     step_var *= generated_dt_ps / (step_frames * dt_ps)
+    angles = [torsion_angles(s, geom.torsions) for s in segments]
+    features = [_sin_cos(a) for a in angles]
+    tica, chosen, note = fit_tica(features, lag_frames)
+    projections = tica_edges = tica_hist = None
+    if tica is not None:
+        projections = [tica.transform(f[:, chosen])[:, :2] for f in features]
+        pooled = np.concatenate(projections)
+        lo, hi = pooled.min(0), pooled.max(0)
+        tica_edges = [np.linspace(lo[d], max(hi[d], lo[d] + 1e-9), TICA_BINS + 1) for d in range(2)]
+        tica_hist = _tica_histogram(projections, tica_edges)
+    frames = np.concatenate(segments)
+    torsion_edges = np.linspace(-np.pi, np.pi, TORSION_BINS + 1)
     return Reference(
         geom=geom, frames=frames, torsion_edges=torsion_edges,
         torsion_hist=binned(np.concatenate(angles)[..., None], [torsion_edges]),
-        tica=tica, tica_features=chosen, tica_edges=tica_edges, tica_hist=_tica_histogram(projections, tica_edges),
+        tica=tica, tica_features=chosen, tica_note=note, tica_edges=tica_edges, tica_hist=tica_hist,
         rmsf=rmsf(frames[:, geom.ca]), contacts=contact_frequency(frames, geom) if len(geom.ligand) else None,
         bond_lengths=bond_lengths(frames, geom).mean(0), step_sigma=np.sqrt(step_var), projections=projections,
         dt_ps=dt_ps, lag_frames=lag_frames)
+
+
+def tic1_decorrelation(projections: list[np.ndarray] | None, dt_ps: float) -> float:
+    """:func:`decorrelation_time` of TIC1 from per-trajectory (F_s, 2) projections; NaN when TICA was skipped (None)."""
+    return math.nan if projections is None else decorrelation_time([p[:, 0] for p in projections], dt_ps)
 
 
 @dataclass
@@ -533,14 +618,14 @@ class Comparison:
     Attributes:
         metrics: the metric dict (NaN where undefined, see the module table).
         rmsf: (R,) Å; contacts: (R,) or None; tica_hist: (30, 30) counts;
-        projections: per trajectory, (F_s, 2) TIC1/TIC2.
+        projections: per trajectory, (F_s, 2) TIC1/TIC2; both None when TICA was skipped.
     """
 
     metrics: dict
     rmsf: np.ndarray
     contacts: np.ndarray | None
-    tica_hist: np.ndarray
-    projections: list
+    tica_hist: np.ndarray | None
+    projections: list | None
 
 
 def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float) -> Comparison:
@@ -558,9 +643,12 @@ def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float) -> Compari
     for t in TORSION_TYPES:
         sel = geom.torsion_type == t
         metrics[f"torsion_jsd_{t}"] = float(jsd[sel].mean()) if sel.any() else math.nan
-    projections = [ref.tica.transform(_sin_cos(a)[:, ref.tica_features])[:, :2] for a in angles]
-    tica_hist = _tica_histogram(projections, ref.tica_edges)
-    metrics["tica_jsd"] = float(jensen_shannon(ref.tica_hist.ravel(), tica_hist.ravel()))
+    projections = tica_hist = None
+    metrics["tica_jsd"] = math.nan
+    if ref.tica is not None:
+        projections = [ref.tica.transform(_sin_cos(a)[:, ref.tica_features])[:, :2] for a in angles]
+        tica_hist = _tica_histogram(projections, ref.tica_edges)
+        metrics["tica_jsd"] = float(jensen_shannon(ref.tica_hist.ravel(), tica_hist.ravel()))
     fluct = rmsf(frames[:, geom.ca])
     metrics["rmsf_pearson"] = pearson(fluct, ref.rmsf)
     contacts = None
@@ -573,17 +661,16 @@ def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float) -> Compari
     else:
         metrics.update(contact_jsd=math.nan, contact_pearson=math.nan,
                        ligand_rmsd_mean_A=math.nan, ligand_rmsd_median_A=math.nan)
-    metrics["tic1_decorrelation_ps"] = decorrelation_time([p[:, 0] for p in projections], dt_ps)
+    metrics["tic1_decorrelation_ps"] = tic1_decorrelation(projections, dt_ps)
     metrics.update(validity(frames, ref))
     metrics.update(tps_success_fraction=math.nan, tps_path_frames_mean=math.nan)  # set by --task tps
     return Comparison(metrics=metrics, rmsf=fluct, contacts=contacts, tica_hist=tica_hist, projections=projections)
 
 
 def validity(frames: np.ndarray, ref: Reference) -> dict:
-    """``bond_ok_fraction``, ``clashes_per_frame`` and ``ligand_valid_fraction`` of (F, A, 3) frames."""
+    """``bond_ok_fraction*``, ``clashes_per_frame*`` and ``ligand_valid_fraction`` of (F, A, 3) frames."""
     geom = ref.geom
-    return {"bond_ok_fraction": bond_ok_fraction(frames, geom, ref.bond_lengths),
-            "clashes_per_frame": clashes_per_frame(frames, geom),
+    return {**bond_ok_fractions(frames, geom, ref.bond_lengths), **clashes_by_kind(frames, geom),
             "ligand_valid_fraction": ligand_valid_fraction(frames, geom) if len(geom.ligand) else math.nan}
 
 
@@ -622,12 +709,12 @@ def _check_same_atoms(ref_sys, gen_sys, path: str | Path) -> None:
                            "in the reference", path)
 
 
-def _json_ready(value):
+def json_ready(value):
     """Numbers, arrays and dicts as JSON values; NaN and infinities become null."""
     if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
+        return {str(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_ready(v) for v in value]
+        return [json_ready(v) for v in value]
     if isinstance(value, (np.integer, np.bool_)):
         return value.item()
     if isinstance(value, (float, np.floating)):
@@ -638,20 +725,24 @@ def _json_ready(value):
 def evaluate_trajectories(topology: str | Path, reference: list[str | Path], generated: list[str | Path],
                           out_dir: str | Path, ligand: str | None = None, lag_ps: float | None = None,
                           task: str = "forecast", generated_topology: str | Path | None = None,
-                          generated_timestep_ps: float | None = None, seed: int = 0, force: bool = False) -> dict:
+                          generated_timestep_ps: float | None = None, seed: int = 0, force: bool = False,
+                          prior: list[str | Path] | None = None) -> dict:
     """Compare generated trajectories with reference MD; write metrics.json and figures.
 
     Args:
         topology: topology of the reference trajectories (and of the generated ones
             unless ``generated_topology`` is given).
         reference, generated: trajectory files, one per trajectory.
-        out_dir: gets ``metrics.json``, ``tica_fes.png``, ``rmsf.png`` and (with a ligand) ``contacts.png``.
+        out_dir: gets ``metrics.json``, ``rmsf.png``, (when TICA is fitted) ``tica_fes.png`` and
+            (with a ligand) ``contacts.png``.
         ligand: mdtraj selection (see :func:`~hemeplm.data.load.select_ligand`).
         lag_ps: TICA lag time; default one reference frame.
         task: one of :data:`TASKS`; ``tps`` adds the transition-path metrics.
         generated_timestep_ps: time between generated frames; default the reference's.
         seed: random-walk baseline and k-means.
         force: overwrite an existing ``metrics.json``.
+        prior: trajectory files of the ``prior`` baseline (the same checkpoint sampled with its
+            network output zeroed), read like ``generated``; None or empty leaves the column out.
     Returns:
         the metrics (as written, NaN as None).
     """
@@ -667,44 +758,57 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         raise HemeplmError("no generated trajectory given")
     ref_sys = load_system(topology, reference, ligand=ligand)
     gen_top = generated_topology or topology
-    gen_sys = load_system(gen_top, generated, ligand=ligand)
-    _check_same_atoms(ref_sys, gen_sys, gen_top)
+
+    def load_like_generated(files: list[str | Path]):
+        system = load_system(gen_top, files, ligand=ligand)
+        _check_same_atoms(ref_sys, system, gen_top)
+        return system
+
+    gen_sys = load_like_generated(generated)
+    prior_sys = load_like_generated(prior) if prior else None
     dt_ref = ref_sys.timestep_ps
     dt_gen = generated_timestep_ps or dt_ref
     lag = max(1, round((lag_ps or dt_ref) / dt_ref))
     geom = build_geometry(ref_sys.topology, ref_sys.ligand, ref_sys.segments[0][0], topology)
     ref = fit_reference(geom, ref_sys.segments, dt_ref, lag, dt_gen, ref_sys.files[0])
-    model = [superpose(s, geom.ca, ref.frames[0, geom.ca]) for s in gen_sys.segments]
+    target = ref.frames[0, geom.ca]
+    model = [superpose(s, geom.ca, target) for s in gen_sys.segments]
     ensembles = {"model": model, **baselines(model, ref, seed)}
+    if prior_sys is not None:
+        ensembles["prior"] = [superpose(s, geom.ca, target) for s in prior_sys.segments]
     results = {name: compare(ref, segs, dt_gen) for name, segs in ensembles.items()}
     info = {
         "topology": str(topology), "generated_topology": str(gen_top),
         "reference_files": ref_sys.files, "generated_files": gen_sys.files, "task": task, "seed": seed,
         "n_atoms": geom.topology.n_atoms, "n_ligand_atoms": len(geom.ligand), "n_residues": len(geom.ca),
         "n_torsions": len(geom.torsions), "n_bonds": len(geom.bonds),
+        "n_bonds_by_class": {c: int((geom.bond_class == k).sum()) for k, c in enumerate(BOND_CLASSES)},
         "reference_frames": [len(s) for s in ref_sys.segments], "generated_frames": [len(s) for s in model],
         "reference_timestep_ps": dt_ref, "generated_timestep_ps": dt_gen,
-        "tica_lag_ps": lag * dt_ref, "tica_lag_frames": lag,
+        "tica_lag_ps": lag * dt_ref, "tica_lag_frames": lag, "tica": ref.tica_note,
         "tica_features": f"{len(ref.tica_features)} sin/cos of phi, psi, chi1-4 of largest reference variance",
         "tica_histogram": f"2-D, {TICA_BINS}x{TICA_BINS} bins over the reference's TIC1/TIC2 range",
         "torsion_bins": TORSION_BINS, "contact_cutoff_A": CONTACT_CUTOFF_A,
         "ligand_rmsd_pairing": rmsd_pairing(sum(map(len, model)), len(ref.frames)),
         "reference": _reference_info(ref),
     }
+    if prior_sys is not None:
+        info.update(prior_files=prior_sys.files, prior_frames=[len(s) for s in ensembles["prior"]],
+                    prior_ligand_rmsd_pairing=rmsd_pairing(sum(map(len, ensembles["prior"])), len(ref.frames)))
     if task == "tps":
         info.update(_add_tps(ref, results, len(ref_sys.segments), seed))
     out.mkdir(parents=True, exist_ok=True)
-    figures = [
-        plots.tica_fes({"reference": ref.tica_hist, "model": results["model"].tica_hist}, ref.tica_edges,
-                       out / "tica_fes.png"),
-        plots.rmsf_plot({"reference": ref.rmsf, **{k: r.rmsf for k, r in results.items()}}, geom.residue_numbers,
-                        out / "rmsf.png"),
-    ]
+    figures = []
+    if ref.tica is not None:
+        fes = {"reference": ref.tica_hist, **{k: results[k].tica_hist for k in ("model", "prior") if k in results}}
+        figures.append(plots.tica_fes(fes, ref.tica_edges, out / "tica_fes.png"))
+    figures.append(plots.rmsf_plot({"reference": ref.rmsf, **{k: r.rmsf for k, r in results.items()}},
+                                   geom.residue_numbers, out / "rmsf.png"))
     if len(geom.ligand):
         figures.append(plots.contact_plot({"reference": ref.contacts, **{k: r.contacts for k, r in results.items()}},
                                           geom.residue_labels, out / "contacts.png"))
     info["figures"] = [f.name for f in figures]
-    metrics = _json_ready({**{k: r.metrics for k, r in results.items()}, "info": info})
+    metrics = json_ready({**{k: r.metrics for k, r in results.items()}, "info": info})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
@@ -712,43 +816,58 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
 def _reference_info(ref: Reference) -> dict:
     """The reference's own decorrelation time and validity (on at most 200 evenly spaced frames)."""
     take = np.unique(np.linspace(0, len(ref.frames) - 1, min(len(ref.frames), REFERENCE_VALIDITY_FRAMES)).astype(int))
-    return {"tic1_decorrelation_ps": decorrelation_time([p[:, 0] for p in ref.projections], ref.dt_ps),
-            **validity(ref.frames[take], ref)}
+    return {"tic1_decorrelation_ps": tic1_decorrelation(ref.projections, ref.dt_ps), **validity(ref.frames[take], ref)}
 
 
 def _add_tps(ref: Reference, results: dict[str, Comparison], n_ref_segments: int, seed: int) -> dict:
-    """Add the transition-path metrics to every result; return what goes into ``info``."""
+    """Add the transition-path metrics to every result; return what goes into ``info``.
+
+    The baselines start from the model's paths and take the model's end states; ``prior`` takes its
+    own. When TICA was skipped the metrics stay NaN and ``info.tps`` gives the reason.
+    """
     from deeptime.clustering import KMeans
 
+    if ref.tica is None:
+        return {"tps": ref.tica_note}
     kmeans = KMeans(n_clusters=TPS_STATES, fixed_seed=seed).fit(np.concatenate(ref.projections)).fetch_model()
-    model = results["model"].projections
-    if n_ref_segments == len(model):
-        ends = [int(kmeans.transform(p[-1:])[0]) for p in ref.projections]
-        how = "state of the last frame of the paired reference trajectory"
-    else:
-        ends = [int(kmeans.transform(p[-1:])[0]) for p in model]
-        how = "state of the model's last (conditioned) frame"
-    for r in results.values():
+
+    def end_states(paths: list[np.ndarray]) -> tuple[list[int], str]:
+        paired = n_ref_segments == len(paths)
+        how = ("state of the last frame of the paired reference trajectory" if paired
+               else "state of each path's own last (conditioned) frame")
+        return [int(kmeans.transform(p[-1:])[0]) for p in (ref.projections if paired else paths)], how
+
+    model_ends, how = end_states(results["model"].projections)
+    info = {"tps_states": TPS_STATES, "tps_end_state": how}
+    for name, r in results.items():
+        ends = model_ends
+        if name == "prior":
+            ends, info["prior_tps_end_state"] = end_states(r.projections)
         r.metrics.update(transition_paths([kmeans.transform(p) for p in r.projections], ends))
-    return {"tps_states": TPS_STATES, "tps_end_state": how}
+    return info
 
 
 def print_table(metrics: dict) -> str:
-    """The main scalar metrics, model vs static vs random_walk (and the reference where it has a value).
+    """The main scalar metrics, model vs the baselines (prior when present) and the reference where it has a value.
 
     Args:
         metrics: what :func:`evaluate_trajectories` returns (or ``metrics.json`` holds).
     Returns:
-        a fixed-width text table; metrics undefined for every method are left out.
+        a fixed-width text table, one column per method of :data:`METHODS` present in ``metrics``;
+        metrics undefined for every method are left out.
     """
+    def missing(v) -> bool:
+        return v is None or v != v
+
     ref = metrics.get("info", {}).get("reference", {})
-    cols = ("metric", "better", *METHODS, "reference")
+    methods = [m for m in METHODS if m in metrics]
+    cols = ("metric", "better", *methods, "reference")
     rows = []
     for key, better in TABLE_ROWS:
-        values = [metrics.get(m, {}).get(key) for m in METHODS] + [ref.get(key)]
-        if all(v is None or (isinstance(v, float) and math.isnan(v)) for v in values[:3]):
+        values = [metrics[m].get(key) for m in methods]
+        if all(missing(v) for v in values):
             continue
-        rows.append((key, better, *("-" if v is None or v != v else f"{v:.4g}" for v in values)))
+        rows.append((key, better, *("-" if missing(v) else f"{v:.4g}" for v in (*values, ref.get(key)))))
     widths = [max(len(str(r[k])) for r in (cols, *rows)) for k in range(len(cols))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in (cols, *rows)]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -759,9 +878,11 @@ def _cmd_evaluate(args) -> None:
     metrics = evaluate_trajectories(args.topology, args.reference, args.generated, args.out, ligand=args.ligand,
                                     lag_ps=args.lag_ps, task=args.task, generated_topology=args.generated_topology,
                                     generated_timestep_ps=args.generated_timestep_ps, seed=args.seed,
-                                    force=args.force)
+                                    force=args.force, prior=args.prior)
     print(print_table(metrics))
     print(f"{Path(args.out) / 'metrics.json'}; figures: {', '.join(metrics['info']['figures'])}")
+    if metrics["info"]["tica"].startswith("skipped"):
+        print(f"TICA {metrics['info']['tica']}")
 
 
 def add_evaluate_parser(sub) -> None:
@@ -770,7 +891,11 @@ def add_evaluate_parser(sub) -> None:
     e.add_argument("--topology", required=True, help="topology of the reference trajectories")
     e.add_argument("--reference", nargs="+", required=True, help="reference MD trajectory file(s)")
     e.add_argument("--generated", nargs="+", required=True, help="generated trajectory file(s)")
-    e.add_argument("--generated-topology", default=None, help="topology of the generated files (default: --topology)")
+    e.add_argument("--prior", nargs="+", default=None, metavar="GEN",
+                   help="trajectory file(s) sampled from the same checkpoint with the network output zeroed, "
+                        "like --generated: evaluated as the 'prior' baseline column")
+    e.add_argument("--generated-topology", default=None,
+                   help="topology of the generated (and --prior) files (default: --topology)")
     e.add_argument("--ligand", default=None, help="mdtraj selection; 'none' for protein only; unset = detect")
     e.add_argument("--lag-ps", type=float, default=None, help="TICA lag time (default: one reference frame)")
     e.add_argument("--generated-timestep-ps", type=float, default=None,

@@ -131,8 +131,8 @@ def slice_conditioning(cond: Conditioning, tokens: torch.Tensor) -> Conditioning
         neighbors = torch.where(local >= 0, local, own)
     domain = torch.unique(cond.domain[tokens], return_inverse=True)[1]
     ligand, pocket = pos[cond.ligand], pos[cond.pocket]
-    return Conditioning(tokens=cond.tokens[:, tokens], neighbors=neighbors, domain=domain,
-                        ligand=ligand[ligand >= 0], pocket=pocket[pocket >= 0])
+    return Conditioning(neighbors=neighbors, domain=domain, ligand=ligand[ligand >= 0], pocket=pocket[pocket >= 0],
+                        **cond.select(tokens))
 
 
 class FragmentedDenoiser:

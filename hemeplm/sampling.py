@@ -3,24 +3,36 @@
 Every task fills a *timeline* of frames in which some (frame, token) entries
 are known. Windows of the model's ``T`` frames are placed on the timeline; each
 is generated conditioned on what is known inside it (frame 0's protein is
-always known and is the window's key frame), then its frames become known:
+always known and is the window's key frame); in a forecast and in inpainting
+its frames then become known to the next window:
 
 * forecast: windows start at the last generated frame (T-1 new frames each);
-* upsample: the coarse frames sit every ``upsample_factor`` frames; windows
-  tile the timeline;
+* upsample: the coarse frames sit every ``upsample_factor`` (k) frames; windows
+  start at coarse frames and know only the coarse frames inside them, exactly
+  the mask training draws; they are independent (one batch), and each output
+  frame comes from the one window whose coarse frames bracket it;
 * inpaint: the protein is known everywhere; windows overlap by one frame so
-  each continues the ligand of the previous one;
+  each continues the ligand of the previous one; a ligand token is generated
+  whole (``--inpaint-atoms`` widens to every token holding a chosen atom);
 * tps: a path of T frames between the two end frames, then, coarse to fine,
   each gap between consecutive frames is filled by another T-frame path (all
   gaps of a level in one batch), until the path has at least ``num_frames``
   frames; it is then resampled to ``num_frames`` evenly spaced frames.
 
 All samples of a call run as one batch through the denoiser.
+
+The model knows one frame spacing, ``data.lag`` times the training data's
+(:attr:`Generator.frame_ps`): inpainting and upsampling take the given file's
+frames at that spacing (k times it for upsampling) and refuse a file whose
+spacing does not divide it; every output is at that spacing.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +43,23 @@ import torch
 from .checkpoint import build_model, load_checkpoint
 from .config import Config
 from .data.load import load_system
-from .diffusion import GaussianDiffusion
+from .diffusion import SAMPLERS, GaussianDiffusion
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM
+from .structure import project
 from .tasks import task_mask
+
+log = logging.getLogger(__name__)
+
+
+def sampler_settings(cfg: Config, sampler: str | None = None, steps: int | None = None, path=None
+                     ) -> tuple[str, int]:
+    """The sampler and DDIM steps to use: those given, else the config's ``diffusion.sampler`` and
+    ``diffusion.sample_steps``; an unknown sampler is a :class:`HemeplmError` naming ``path``."""
+    sampler = cfg.diffusion.sampler if sampler is None else sampler
+    if sampler not in SAMPLERS:
+        raise HemeplmError(f"unknown sampler {sampler!r} (diffusion.sampler); use one of {', '.join(SAMPLERS)}", path)
+    return sampler, cfg.diffusion.sample_steps if steps is None else steps
 
 
 @dataclass
@@ -43,7 +68,9 @@ class Generator:
 
     Args:
         model: HemePLM in eval mode; diffusion: its GaussianDiffusion; cfg: its Config.
-        steps: DDIM steps; sampler: ``ddim`` or ``ancestral``.
+        steps: DDIM steps (ignored by ``ancestral``); sampler: one of :data:`~hemeplm.diffusion.SAMPLERS`.
+        project_steps: steps of the structure projection of every generated window
+            (:func:`hemeplm.structure.project`); None: the config's ``structure.project_steps``.
     """
 
     model: HemePLM
@@ -52,43 +79,61 @@ class Generator:
     steps: int = 50
     sampler: str = "ddim"
     progress: bool = False
+    project_steps: int | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", steps: int | None = None, **kw) -> "Generator":
-        """Load ``path``; ``steps`` None means the checkpoint's ``diffusion.sample_steps``."""
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", steps: int | None = None,
+                        sampler: str | None = None, **kw) -> "Generator":
+        """Load ``path``; ``sampler`` and ``steps`` as :func:`sampler_settings` (None: the checkpoint's)."""
         ckpt = load_checkpoint(path, map_location=device)
         model, cfg = build_model(ckpt)
         diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-        steps = cfg.diffusion.sample_steps if steps is None else steps
-        return cls(model.to(device), diffusion.to(device), cfg, steps=steps, **kw)
+        sampler, steps = sampler_settings(cfg, sampler, steps, path)
+        return cls(model.to(device), diffusion.to(device), cfg, steps=steps, sampler=sampler, **kw)
+
+    def prior(self) -> "Generator":
+        """The same generator with nothing learnt: a copy of the model whose denoiser's output layer
+        is zero, so that every sample is what the sampler and conditioning give by themselves (a baseline)."""
+        model = copy.deepcopy(self.model)
+        with torch.no_grad():
+            model.denoiser.out.weight.zero_()
+            model.denoiser.out.bias.zero_()
+        return dataclasses.replace(self, model=model)
 
     @property
     def window(self) -> int:
         return self.cfg.data.window
 
+    @property
+    def projection_steps(self) -> int:
+        """Steps of the structure projection of each generated window."""
+        return self.cfg.structure.project_steps if self.project_steps is None else self.project_steps
+
+    @property
+    def frame_ps(self) -> float:
+        """Time between the model's frames (ps): ``data.lag`` times the training data's frame spacing."""
+        return self.cfg.data.lag * self.model.static_info["timestep_ps"]
+
+    @property
+    def denoiser_steps(self) -> int:
+        """Denoiser calls per window (:meth:`~hemeplm.diffusion.GaussianDiffusion.step_sequence`)."""
+        return len(self.diffusion.step_sequence(self.sampler, self.steps))
+
     @torch.no_grad()
-    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
-                      hold: torch.Tensor | None = None) -> torch.Tensor:
+    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Generate one window per sample.
 
         Args:
             coords: (S, T, A, 3) Å, known entries filled (others ignored).
             mask: (T, N) or (S, T, N) bool, True = known.
-            hold: (A,) bool or None: atoms known in every frame although their token is
-                generated (part of a ligand group); the rest of the token is generated around them.
         Returns:
-            (S, T, A, 3); known and held atoms are returned exactly.
+            (S, T, A, 3); the atoms of known tokens are returned exactly.
         """
         m = self.model
         s = coords.shape[0]
         mask = mask.expand(s, *mask.shape[-2:]).to(coords.device)
         key = coords[:, 0]
         atom_known = mask[:, :, m.l_atom_token]  # (S, T, A)
-        slots = None
-        if hold is not None:
-            hold = hold.to(coords.device)
-            atom_known = atom_known | hold
-            slots = (hold[m.l_atom_index.clamp(min=0)] & (m.l_atom_index >= 0)).repeat_interleave(3, dim=-1)
         node_mask = atom_known[:, 0]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
         x_given = m.values(coords, key)
@@ -96,12 +141,14 @@ class Generator:
 
         x = self.diffusion.sample(denoiser_for(m, cond, key), x_given, cond, mask, steps=self.steps,
                                   sampler=self.sampler, generator=generator, progress=self.progress,
-                                  clip_x0=float(m.value_limit), hold=slots)
+                                  clip_x0=float(m.value_limit))
+        x = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
+                    restraint=self.cfg.structure.project_restraint)
         out = m.coordinates(x, key)
         return torch.where(atom_known[..., None], coords, out)
 
     def fill(self, coords: torch.Tensor, known: torch.Tensor, starts: list[int], generator: torch.Generator,
-             desc: str = "windows", hold: torch.Tensor | None = None) -> torch.Tensor:
+             desc: str = "windows") -> torch.Tensor:
         """Fill a timeline window by window.
 
         Args:
@@ -116,7 +163,7 @@ class Generator:
         t = self.window
         known = known.clone()
         for s in tqdm(starts, desc=desc, disable=not self.progress or len(starts) < 2):
-            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator, hold)
+            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator)
             coords[:, s:s + t] = out
             known[s:s + t] = True
         return coords
@@ -139,33 +186,46 @@ class Generator:
         return self.fill(coords, known, starts, generator, "forecast windows")[:, :num_frames]
 
     def upsample(self, coarse: torch.Tensor, n_samples: int, generator) -> torch.Tensor:
-        """coarse (Fc, A, 3) -> (S, (Fc-1)*k+1, A, 3) with the coarse frames every k-th frame."""
-        k = self.cfg.tasks.upsample_factor
-        n = (coarse.shape[0] - 1) * k + 1
-        coords, known, starts = self._timeline(n_samples, n, coarse.device)
-        coords[:, :n:k] = coarse
-        known[:n:k] = True
-        return self.fill(coords, known, starts, generator, "upsample windows")[:, :n]
+        """coarse (Fc, A, 3) -> (S, (Fc-1)*k+1, A, 3) with the coarse frames every k-th frame.
 
-    def inpaint(self, frames: torch.Tensor, n_samples: int, generator, atoms: torch.Tensor | None = None) -> torch.Tensor:
-        """frames (F, A, 3), protein known -> (S, F, A, 3) with ligand ``atoms`` (A,) bool (default: all) generated.
-
-        A ligand token only some of whose atoms are chosen is generated around the others,
-        which are held at their given positions.
+        Every window starts at a coarse frame and knows exactly training's upsample mask (its frames
+        0, k, 2k, ...); nothing a window generates is given to another. Consecutive windows start
+        ``span`` = k·⌊(T-1)/k⌋ frames apart (the last one ends on the last coarse frame) and window i
+        supplies the frames from its start to the next window's start.
         """
+        k, t = self.cfg.tasks.upsample_factor, self.window
+        span = k * ((t - 1) // k)
+        n_coarse, n = coarse.shape[0], (coarse.shape[0] - 1) * k + 1
+        if span == 0:
+            raise HemeplmError(f"upsampling by {k} (tasks.upsample_factor) needs windows of more than {k} frames; "
+                               f"the model's have {t}")
+        if n - 1 < span:
+            raise HemeplmError(f"upsampling needs at least {span // k + 1} coarse frames (one window of {t} frames "
+                               f"holds {span // k + 1} at factor {k}); {n_coarse} given")
+        starts = [*range(0, n - 1 - span, span), n - 1 - span]
+        first = torch.tensor(starts, device=coarse.device) // k
+        win = coarse.new_zeros(len(starts), t, *coarse.shape[1:])
+        win[:, ::k] = coarse[first[:, None] + torch.arange(span // k + 1, device=coarse.device)]  # (W, T/k, A, 3)
+        mask = task_mask("upsample", t, self.model.token_is_ligand, k)
+        filled = self.window_sample(win.repeat(n_samples, 1, 1, 1), mask, generator)
+        filled = filled.view(n_samples, len(starts), *filled.shape[1:])
+        out = coarse.new_empty(n_samples, n, *coarse.shape[1:])
+        for i, (lo, hi) in enumerate(zip(starts, [*starts[1:], n])):
+            out[:, lo:hi] = filled[:, i, :hi - lo]
+        return out
+
+    def inpaint(self, frames: torch.Tensor, n_samples: int, generator, tokens: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """frames (F, A, 3), protein known -> (S, F, A, 3) with the ligand ``tokens`` (N,) bool
+        (default: every ligand token) generated, all their atoms."""
         m = self.model
-        hidden = m.token_is_ligand
-        hold = None
-        if atoms is not None:
-            atoms = atoms.to(frames.device)
-            hidden = torch.zeros_like(hidden).index_fill_(0, m.l_atom_token[atoms], True) & hidden
-            hold = hidden[m.l_atom_token] & ~atoms
+        hidden = m.token_is_ligand if tokens is None else tokens.to(frames.device) & m.token_is_ligand
         n = frames.shape[0]
         coords, known, starts = self._timeline(n_samples, n, frames.device)
         coords[:, :n] = frames
         known[:] = ~hidden
         coords[:, n:] = frames[-1]  # padding frames: protein held at the last frame
-        out = self.fill(coords, known, starts, generator, "inpaint windows", hold)
+        out = self.fill(coords, known, starts, generator, "inpaint windows")
         return out[:, :n]
 
     def tps(self, start: torch.Tensor, end: torch.Tensor, num_frames: int, n_samples: int, generator) -> torch.Tensor:
@@ -220,10 +280,36 @@ def output_paths(out: str | Path, n_samples: int) -> tuple[list[Path], Path, Pat
     return trajs, Path(f"{stem}.pdb"), Path(f"{stem}.json")
 
 
+def given_stride(gen: Generator, task: str, dt: float, path) -> int:
+    """File frames between consecutive given frames of ``inpaint`` or ``upsample``.
+
+    Inpainting gives the model frames at its own spacing (:attr:`Generator.frame_ps`), upsampling
+    coarse frames ``tasks.upsample_factor`` times that apart; a file whose frames are ``dt`` ps
+    apart is read every ``stride``-th frame.
+
+    Raises:
+        HemeplmError: naming ``path``, when that spacing is not a whole multiple of ``dt``.
+    """
+    factor = gen.cfg.tasks.upsample_factor if task == "upsample" else 1
+    need = factor * gen.frame_ps
+    stride = round(need / dt)
+    if stride < 1 or abs(stride * dt - need) > 1e-3 * need:
+        why = f"tasks.upsample_factor {factor} x " if task == "upsample" else ""
+        raise HemeplmError(f"its frames are {dt:g} ps apart, but {task} with this checkpoint needs given frames "
+                           f"{need:g} ps apart ({why}the model's {gen.frame_ps:g} ps: data.lag x the training "
+                           f"data's spacing), which is not a whole multiple of {dt:g} ps", path)
+    return stride
+
+
 def run_task(gen: Generator, task: str, topology, frames_file, out, start: int | None = None, end: int | None = None,
              end_file=None, num_frames: int | None = None, num_samples: int = 1, seed: int = 0,
              inpaint_atoms: str | None = None, force: bool = False) -> dict:
-    """Everything ``sample.py`` does; returns the JSON summary (also written beside the output)."""
+    """Everything ``sample.py`` does; returns the JSON summary (also written beside the output).
+
+    Inpainting and upsampling read frames ``start..end`` of ``frames_file`` every ``stride``-th
+    frame (:func:`given_stride`); the summary records ``stride`` and the first and last frame used
+    (``given_frames``), and for inpainting the indices of the atoms generated (``inpainted_atoms``).
+    """
     import mdtraj
 
     out = Path(out)
@@ -240,7 +326,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     frames = segs[0]
     generator = torch.Generator().manual_seed(seed)
     t0 = time.time()
-    timestep = gen.cfg.data.lag * gen.model.static_info["timestep_ps"]  # between the model's frames
+    stride = given = inpainted = None
     if task == "forecast":
         result = gen.forecast(_pick(frames, start, frames_file, "start"), num_frames or gen.window, num_samples, generator)
     elif task == "tps":
@@ -254,16 +340,17 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
         if not (0 <= lo < hi <= frames.shape[0]):
             raise HemeplmError(f"frame range {lo}..{hi - 1} is out of range (the file has {frames.shape[0]} frames)",
                                frames_file)
-        given = frames[lo:hi]
+        stride = 1 if hi - lo == 1 else given_stride(gen, task, dt, frames_file)
+        given = [lo, lo + (hi - 1 - lo) // stride * stride]
         if task == "inpaint":
-            result = gen.inpaint(given, num_samples, generator, _inpaint_atoms(gen, topology, inpaint_atoms))
-            timestep = dt  # the given frames, ligand replaced
+            tokens, inpainted = _inpaint_tokens(gen, topology, inpaint_atoms)
+            result = gen.inpaint(frames[lo:hi:stride], num_samples, generator, tokens)
         else:
-            result = gen.upsample(given, num_samples, generator)
-            timestep = dt / gen.cfg.tasks.upsample_factor
+            result = gen.upsample(frames[lo:hi:stride], num_samples, generator)
     else:
         raise HemeplmError(f"unknown task {task!r}")
     elapsed = time.time() - t0
+    timestep = gen.frame_ps
     top = gen.model.topology()
     out.parent.mkdir(parents=True, exist_ok=True)
     arr = result.cpu().numpy() / 10.0
@@ -272,28 +359,44 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
         traj.save(str(path), force_overwrite=True)
     mdtraj.Trajectory(arr[0][:1], top).save_pdb(str(pdb_path), force_overwrite=True)
     summary = {"task": task, "topology": str(topology), "frames": str(frames_file), "start": start, "end": end,
+               "stride": stride, "given_frames": given,
                "num_frames": int(result.shape[1]), "num_samples": num_samples, "seed": seed,
-               "sampler": gen.sampler, "steps": gen.steps, "timestep_ps": timestep,
+               "sampler": gen.sampler, "steps": gen.denoiser_steps, "project_steps": gen.projection_steps,
+               "timestep_ps": timestep,
                "trajectories": [str(p) for p in trajs], "topology_pdb": str(pdb_path),
-               "wall_seconds": round(elapsed, 3), "inpaint_atoms": inpaint_atoms}
+               "wall_seconds": round(elapsed, 3), "inpaint_atoms": inpaint_atoms, "inpainted_atoms": inpainted}
     json_path.write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def _inpaint_atoms(gen: Generator, topology, selection: str | None) -> torch.Tensor | None:
-    """(A,) bool: the ligand atoms matched by ``selection`` (mdtraj syntax), or None for the whole ligand."""
-    if selection is None:
-        return None
+def _inpaint_tokens(gen: Generator, topology, selection: str | None) -> tuple[torch.Tensor | None, list[int]]:
+    """The ligand tokens to inpaint for ``selection`` (mdtraj syntax; None: the whole ligand) and the atoms
+    they generate.
 
-    top = gen.model.topology()
+    A token is generated whole, so every ligand token holding a selected atom is inpainted with all
+    its atoms; the atoms that adds to the selection are logged.
+
+    Returns:
+        (N,) bool tokens (None for every ligand token) and the sorted indices of the generated atoms.
+    """
+    m = gen.model
+    is_ligand_atom = m.token_is_ligand[m.l_atom_token]  # (A,)
+    if selection is None:
+        return None, torch.nonzero(is_ligand_atom).flatten().tolist()
+    top = m.topology()
     try:
         atoms = top.select(selection)
     except Exception as exc:
         raise HemeplmError(f"invalid --inpaint-atoms selection {selection!r}: {exc}", topology) from exc
-    m = gen.model
-    chosen = torch.zeros(m.n_atoms, dtype=torch.bool)
-    chosen[torch.as_tensor(atoms, dtype=torch.long)] = True
-    chosen &= m.s_is_ligand
+    chosen = torch.zeros_like(is_ligand_atom)
+    chosen[torch.as_tensor(atoms, dtype=torch.long, device=chosen.device)] = True
+    chosen &= is_ligand_atom
     if not chosen.any():
         raise HemeplmError(f"--inpaint-atoms {selection!r} matches no ligand atom", topology)
-    return chosen
+    tokens = torch.zeros_like(m.token_is_ligand).index_fill_(0, m.l_atom_token[chosen], True)
+    generated = tokens[m.l_atom_token]
+    added = torch.nonzero(generated & ~chosen).flatten().tolist()
+    if added:
+        log.warning("--inpaint-atoms %r: ligand tokens are generated whole; also generating %s", selection,
+                    " ".join(str(top.atom(i)) for i in added))
+    return tokens, torch.nonzero(generated).flatten().tolist()

@@ -39,44 +39,61 @@ from .data.dataset import WindowDataset, featurize
 from .diffusion import GaussianDiffusion
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM, system_static
+from .structure import structure_terms
 from .tasks import active_tasks, draw_training_mask, task_mask
 
 log = logging.getLogger(__name__)
 
 
 class Objective(nn.Module):
-    """Loss of one batch: diffusion ε loss plus, when the data has them, energy and force losses.
+    """Loss of one batch: diffusion ε loss with the structure terms on its clean-data estimate, plus,
+    when the data has them, energy and force losses.
 
     ``forward(coords (B, T, A, 3), energy (B, T), forces (B, T, A, 3), has_energy (B,),
     mask (B, T, N), t (B,), generator)`` returns a dict of scalar losses; ``loss`` is the total.
+    The structure terms (:mod:`hemeplm.structure`: inter-token bonds and angles, clashes) are
+    computed on the decoded x̂0 of each window and weighted by ᾱ_t, toward low noise.
     Energies and forces are fitted on the key frames (frame 0, all atoms known) of the first
     ``energy_frames`` windows: a second, small encoder pass whose forces need a double backward.
     """
 
     def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float, force_weight: float,
-                 energy_frames: int = 1):
+                 energy_frames: int = 1, bond_weight: float = 0.0, clash_weight: float = 0.0):
         super().__init__()
         self.model, self.diffusion = model, diffusion
         self.energy_weight, self.force_weight, self.energy_frames = energy_weight, force_weight, energy_frames
+        self.bond_weight, self.clash_weight = bond_weight, clash_weight
+        self.structure: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, model: HemePLM, diffusion: GaussianDiffusion, energy) -> "Objective":
-        """Build from an :class:`~hemeplm.config.EnergyConfig` (loss weights, frames per step)."""
-        return cls(model, diffusion, energy.energy_weight, energy.force_weight, energy.frames_per_step)
+    def from_config(cls, model: HemePLM, diffusion: GaussianDiffusion, cfg: Config) -> "Objective":
+        """Build from a run's Config (energy loss weights and frames per step, structure weights)."""
+        e, s = cfg.energy, cfg.structure
+        return cls(model, diffusion, e.energy_weight, e.force_weight, e.frames_per_step, s.bond_weight,
+                   s.clash_weight)
 
     def diffusion_loss(self, coords, mask, t, generator=None) -> torch.Tensor:
-        """ε loss of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on frame 0."""
+        """ε loss plus weighted structure terms of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on
+        frame 0. The unweighted structure terms (Å², means over the batch) are left in ``self.structure``."""
         m = self.model
         key = coords[:, 0]
         node_mask = mask[:, 0][:, m.l_atom_token]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
-        return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.slot_mask, t=t,
-                                   generator=generator)
+
+        def structure(x0_hat: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+            terms = structure_terms(m.coordinates(x0_hat, key), m.internal)
+            self.structure = {k: (alpha_bar * v).sum().detach() / alpha_bar.sum() for k, v in terms.items()}
+            return self.bond_weight * terms["bond"] + self.clash_weight * terms["clash"]
+
+        use = self.bond_weight > 0 or self.clash_weight > 0
+        return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.value_mask, t=t,
+                                   generator=generator, x0_loss=structure if use else None)
 
     def forward(self, coords, energy, forces, has_energy, mask, t, generator=None):
         m = self.model
         key = coords[:, 0]
         out = {"diffusion": self.diffusion_loss(coords, mask, t, generator)}
+        out.update({f"structure_{k}": v for k, v in self.structure.items()})
         total = out["diffusion"]
         if m.energy_head is not None and bool(has_energy.all()) and bool(m.has_energy_stats):
             k = self.energy_frames
@@ -138,7 +155,8 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
              figures_dir: Path | None = None) -> tuple[dict, list[Path]]:
     """Validation losses on a fixed set of windows, tasks, noise levels and noise (comparable across steps).
 
-    Returns the metrics, ``val_loss`` (diffusion), ``val_loss_<task>`` and, when energies exist,
+    Returns the metrics, ``val_loss`` (diffusion with the weighted structure terms), ``val_loss_<task>``,
+    ``val_structure_bond`` and ``val_structure_clash`` (Å², ᾱ-weighted means) and, when energies exist,
     ``val_energy_*`` (kcal/mol) and ``val_force_*`` (kcal/mol/Å) from
     :func:`hemeplm.evaluate.energy_force_metrics`, and the figures written to ``figures_dir``
     (energy and force parity plots, energy histograms, B-factor PDBs).
@@ -163,6 +181,8 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
             loss = objective.diffusion_loss(b["coords"], mask.to(device), t, noise_gen)
         out.setdefault("val_loss", []).append(float(loss))
         out.setdefault(f"val_loss_{task}", []).append(float(loss))
+        for k, v in objective.structure.items():
+            out.setdefault(f"val_structure_{k}", []).append(float(v))
         if bool(b["has_energy"].all()) and model.energy_head is not None:
             keys.append(b["coords"][:, 0])
             energies.append(b["energy"][:, 0])
@@ -290,7 +310,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
         torch.set_rng_state(ckpt["rng"]["torch"])
         if rank == 0:
             print(f"resumed {ckpt_path} at step {step}")
-    objective = Objective.from_config(model, diffusion, cfg.energy)
+    objective = Objective.from_config(model, diffusion, cfg)
     runner = objective
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
@@ -351,7 +371,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
                            | {"lr": _lr(cfg, step - 1), "task": task})
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                ema_obj = Objective.from_config(ema, diffusion, cfg.energy)
+                ema_obj = Objective.from_config(ema, diffusion, cfg)
                 logger.log(step, *evaluate(ema_obj, val_ds, cfg, device, run_dir / "figures" / f"step_{step}"))
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping:
                 save()

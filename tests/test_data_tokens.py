@@ -1,4 +1,4 @@
-"""Token values, torsions and the atom14 layout: rigid-motion invariance and exact round trips."""
+"""The token layout: ligand groups, the atom14 round trip, values invariant to rigid motion of the input files."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import HEME_PDB, N_LIGAND_HEAVY, layout_tensors, random_rotations
 
-from hemeplm.data import tokens
+from hemeplm.data import internal, tokens
 
 
 def _encode_key0(feats: dict, dtype=torch.float64) -> torch.Tensor:
-    """(F, N, W, 3) token values of the first segment with frame 0 as key."""
+    """(F, N, D) internal values of the first segment with frame 0 as key."""
     x = torch.as_tensor(feats["segments"][0]).to(dtype)
-    return tokens.encode(x, x[0], layout_tensors(feats))
+    return internal.encode(x, x[0], layout_tensors(feats), {k: torch.as_tensor(v) for k, v in feats["internal"].items()})
 
 
 def test_layout_holds_every_atom_once(t4l_features):
@@ -74,34 +74,6 @@ def test_loaded_features_invariant_to_per_frame_rigid_motion(t4l_features, t4l_m
     np.testing.assert_array_equal(t4l_features["bonds"], t4l_moved_features["bonds"])
     # DCD stores float32 Å, so the two files agree to ~1e-5 Å, not bit for bit
     torch.testing.assert_close(_encode_key0(t4l_moved_features), _encode_key0(t4l_features), atol=1e-3, rtol=0)
-    layout = layout_tensors(t4l_features)
-    tors = [tokens.torsion_features(torch.as_tensor(f["segments"][0]).double(), layout)[0]
-            for f in (t4l_features, t4l_moved_features)]
-    torch.testing.assert_close(tors[1], tors[0], atol=1e-3, rtol=0)
-
-
-def test_encode_invariant_and_decode_equivariant(t4l_features):
-    """One rigid motion of all frames and the key: same d, and decode gives the moved coordinates."""
-    layout = layout_tensors(t4l_features)
-    x = torch.as_tensor(t4l_features["segments"][0]).double()
-    rot = torch.as_tensor(random_rotations(1, np.random.default_rng(2))[0])
-    y = x @ rot.T + torch.tensor([12.0, -30.0, 7.5], dtype=x.dtype)
-    d_x = tokens.encode(x, x[3], layout)
-    d_y = tokens.encode(y, y[3], layout)
-    torch.testing.assert_close(d_y, d_x, atol=1e-10, rtol=0)
-    torch.testing.assert_close(tokens.decode(d_x, y[3], layout, x.shape[-2]), y, atol=1e-10, rtol=0)
-
-
-def test_torsions_invariant_to_per_frame_rigid_motion(t4l_features):
-    layout = layout_tensors(t4l_features)
-    x = torch.as_tensor(t4l_features["segments"][0]).double()
-    rot = torch.as_tensor(random_rotations(len(x), np.random.default_rng(3)))
-    y = torch.einsum("fij,faj->fai", rot, x) + torch.randn(len(x), 1, 3, dtype=x.dtype) * 10
-    sc_x, mask = tokens.torsion_features(x, layout)
-    sc_y, _ = tokens.torsion_features(y, layout)
-    torch.testing.assert_close(sc_y, sc_x, atol=1e-10, rtol=0)
-    assert mask[1:-1, :3].all()  # phi, psi, omega defined inside the chain
-    torch.testing.assert_close(sc_x.pow(2).sum(-1)[:, mask], torch.ones(len(x), int(mask.sum()), dtype=x.dtype))
 
 
 def test_atom14_round_trip_exact(t4l_features):
@@ -113,10 +85,3 @@ def test_atom14_round_trip_exact(t4l_features):
     assert torch.equal(tokens.scatter_atom14(slots, layout, x.shape[-2]), x)
 
 
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
-def test_decode_inverts_encode(t4l_features, dtype, atol):
-    layout = layout_tensors(t4l_features)
-    x = torch.as_tensor(t4l_features["segments"][0]).to(dtype)
-    x = x - x[0].mean(0)  # coordinates about the protein, as the model sees them
-    d = tokens.encode(x, x[0], layout)
-    torch.testing.assert_close(tokens.decode(d, x[0], layout, x.shape[-2]), x, atol=atol, rtol=0)

@@ -2,7 +2,10 @@
 
 The data are made here: 40 frames of the T4L L99A–xylene complex with a slow
 collective mode and residue-dependent noise (the reference), and the same
-frames with 1 Å Gaussian noise added (a known-worse ensemble).
+frames with 1 Å Gaussian noise added (a known-worse ensemble). 40 frames are
+too few for TICA on 256 features, so TICA is skipped there; the TICA, TPS and
+prior-column tests use 400 such frames of a 12-residue pocket with the xylene
+(100 heavy atoms, 86 TICA features).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_SELECTION
 from test_plots import PDB, assert_png
 
 from hemeplm import evaluate as ev
@@ -20,7 +24,13 @@ from hemeplm.cli import main
 from hemeplm.errors import HemeplmError
 
 N_FRAMES = 40
-JSD_KEYS = ("torsion_jsd", "tica_jsd", "contact_jsd")
+POCKET_FRAMES = 400
+JSD_KEYS = ("torsion_jsd", "contact_jsd")
+#: metrics that need TICA: null in every column when the reference is too short for it
+TICA_KEYS = ("tica_jsd", "tic1_decorrelation_ps", "tps_success_fraction", "tps_path_frames_mean")
+#: the split validity metrics beside their totals
+SPLIT_KEYS = tuple(f"bond_ok_fraction_{c}" for c in ev.BOND_CLASSES) + tuple(
+    f"clashes_per_frame_{c}" for c in ev.CLASH_CLASSES)
 
 
 def _save(topology, xyz_a: np.ndarray, path: Path) -> Path:
@@ -31,6 +41,18 @@ def _save(topology, xyz_a: np.ndarray, path: Path) -> Path:
     return path
 
 
+def _fake_md(t, n_frames: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_frames, A, 3) Å: frame 0 of trajectory ``t``, a slow collective mode and residue-dependent noise."""
+    x0 = t.xyz[0].astype(np.float64) * 10.0
+    res = np.array([a.residue.index for a in t.topology.atoms], dtype=float)
+    amplitude = 0.03 + 0.09 * (0.5 + 0.5 * np.sin(res / 9.0))            # Å, residue dependent
+    field = np.sin(res / 15.0)[:, None] * rng.normal(size=3) * 0.3          # Å, one slow collective mode
+    slow = np.zeros(n_frames)
+    for i in range(1, n_frames):
+        slow[i] = 0.9 * slow[i - 1] + rng.normal()
+    return x0 + slow[:, None, None] * field + rng.normal(size=(n_frames, t.n_atoms, 3)) * amplitude[:, None]
+
+
 @pytest.fixture(scope="module")
 def md(tmp_path_factory):
     """Reference, noisy and wrong-atom-count trajectories (XTC) of complex.pdb."""
@@ -39,14 +61,7 @@ def md(tmp_path_factory):
     root = tmp_path_factory.mktemp("md")
     t = mdtraj.load(str(PDB))
     rng = np.random.default_rng(0)
-    x0 = t.xyz[0].astype(np.float64) * 10.0
-    res = np.array([a.residue.index for a in t.topology.atoms], dtype=float)
-    amplitude = 0.03 + 0.09 * (0.5 + 0.5 * np.sin(res / 9.0))            # Å, residue dependent
-    field = np.sin(res / 15.0)[:, None] * rng.normal(size=3) * 0.3          # Å, one slow collective mode
-    slow = np.zeros(N_FRAMES)
-    for i in range(1, N_FRAMES):
-        slow[i] = 0.9 * slow[i - 1] + rng.normal()
-    ref = x0 + slow[:, None, None] * field + rng.normal(size=(N_FRAMES, t.n_atoms, 3)) * amplitude[:, None]
+    ref = _fake_md(t, N_FRAMES, rng)
     noisy = ref + rng.normal(size=ref.shape)
     heavy = t.topology.select("not element H")
     t.atom_slice(heavy).save_pdb(str(root / "heavy_only.pdb"))
@@ -74,7 +89,28 @@ def noisy(md):
     return json.loads((out / "metrics.json").read_text())
 
 
-def test_identity_is_perfect(identity):
+@pytest.fixture(scope="module")
+def pocket(tmp_path_factory):
+    """Heavy-atom topology (PDB) of twelve pocket residues and the xylene, a 400-frame reference, and that reference
+    with 1 Å Gaussian noise as the prior; the reference evaluated against itself with the prior (task tps, CLI)."""
+    import mdtraj
+
+    root = tmp_path_factory.mktemp("pocket")
+    full = mdtraj.load(str(PDB))
+    t = full.atom_slice(full.topology.select(f"({TINY_SELECTION}) and not element H"))
+    for atom in t.topology.atoms:
+        atom.serial = None       # numbered afresh, so that the CONECT records (xylene bonds) match
+    t.save_pdb(str(root / "pocket.pdb"))
+    rng = np.random.default_rng(1)
+    ref = _fake_md(t, POCKET_FRAMES, rng)
+    files = {"top": root / "pocket.pdb", "ref": _save(t.topology, ref, root / "ref.xtc"),
+             "prior": _save(t.topology, ref + rng.normal(size=ref.shape), root / "prior.xtc"), "out": root / "eval"}
+    main(["evaluate", "--topology", str(files["top"]), "--reference", str(files["ref"]), "--generated",
+          str(files["ref"]), "--prior", str(files["prior"]), "--task", "tps", "--out", str(files["out"])])
+    return {**files, "metrics": json.loads((files["out"] / "metrics.json").read_text())}
+
+
+def test_identity_is_perfect(identity, pocket):
     model = identity["model"]
     for key in JSD_KEYS + tuple(f"torsion_jsd_{t}" for t in ev.TORSION_TYPES):
         assert model[key] is not None and abs(model[key]) < 1e-6, key
@@ -82,21 +118,28 @@ def test_identity_is_perfect(identity):
     assert model["contact_pearson"] == pytest.approx(1.0, abs=1e-6)
     assert model["ligand_rmsd_mean_A"] < 1e-4 and model["ligand_rmsd_median_A"] < 1e-4
     ref = identity["info"]["reference"]
-    assert model["tic1_decorrelation_ps"] == pytest.approx(ref["tic1_decorrelation_ps"])
-    for key in ("bond_ok_fraction", "clashes_per_frame", "ligand_valid_fraction"):
-        assert model[key] == pytest.approx(ref[key]), key
+    for key in ("bond_ok_fraction", "clashes_per_frame", "ligand_valid_fraction") + SPLIT_KEYS:
+        assert model[key] is not None and model[key] == pytest.approx(ref[key]), key
     assert model["ligand_valid_fraction"] > 0.5 and model["bond_ok_fraction"] > 0.3
+    assert model["clashes_per_frame"] == pytest.approx(sum(model[f"clashes_per_frame_{c}"] for c in ev.CLASH_CLASSES))
+    pocket_model = pocket["metrics"]["model"]
+    assert pocket_model["tica_jsd"] < 1e-6
+    assert pocket_model["tic1_decorrelation_ps"] == pytest.approx(pocket["metrics"]["info"]["reference"]
+                                                                  ["tic1_decorrelation_ps"])
 
 
-def test_noise_is_worse(identity, noisy):
+def test_noise_is_worse(identity, noisy, pocket):
     good, bad = identity["model"], noisy["model"]
     for key in JSD_KEYS:
         assert bad[key] > good[key] + 0.01, key
     assert bad["rmsf_pearson"] < good["rmsf_pearson"] - 0.1
     assert bad["ligand_rmsd_mean_A"] > good["ligand_rmsd_mean_A"] + 0.5
-    assert bad["bond_ok_fraction"] < good["bond_ok_fraction"]
+    for key in ("bond_ok_fraction",) + tuple(f"bond_ok_fraction_{c}" for c in ev.BOND_CLASSES):
+        assert bad[key] < good[key], key
     assert bad["clashes_per_frame"] > good["clashes_per_frame"]
+    assert bad["clashes_per_frame_protein_protein"] > good["clashes_per_frame_protein_protein"]
     assert bad["ligand_valid_fraction"] < good["ligand_valid_fraction"]
+    assert pocket["metrics"]["prior"]["tica_jsd"] > pocket["metrics"]["model"]["tica_jsd"] + 0.01
 
 
 def test_baselines_side_by_side(identity, noisy, md):
@@ -106,24 +149,134 @@ def test_baselines_side_by_side(identity, noisy, md):
     static = identity["static"]
     assert static["rmsf_pearson"] is None          # frame 0 repeated: no fluctuation at all
     assert static["torsion_jsd"] > 0.1 and static["clashes_per_frame"] >= 0
-    assert static["tps_success_fraction"] == 0.0 and static["tps_path_frames_mean"] is None
-    assert identity["model"]["tps_success_fraction"] == 1.0  # the reference's own path reaches its own end state
-    assert noisy["model"]["tps_success_fraction"] is None  # not a tps run
     info = identity["info"]
     assert info["tica_lag_frames"] == 2 and info["ligand_rmsd_pairing"] == "frame i against reference frame i"
     for out, metrics in ((md["root"] / "identity", identity), (md["root"] / "noisy", noisy)):
-        assert metrics["info"]["figures"] == ["tica_fes.png", "rmsf.png", "contacts.png"]
+        assert metrics["info"]["figures"] == ["rmsf.png", "contacts.png"]     # no TICA, no tica_fes.png
         for name in metrics["info"]["figures"]:
             assert_png(out / name)
 
 
-def test_print_table(identity, noisy):
+def test_tica_skipped_on_a_short_reference(identity, noisy):
+    """40 frames at lag 2 give 38 frame pairs for 256 features: TICA and everything built on it is null, with why."""
+    reason = identity["info"]["tica"]
+    assert reason.startswith("skipped: 38 time-lagged frame pairs from 40 reference frames at a lag of 2 frames for "
+                             "256 TICA features; need at least 1024")
+    assert identity["info"]["tps"] == reason and noisy["info"]["tica"] == reason
+    assert "tps" not in noisy["info"]                  # not a tps run
+    for metrics in (identity, noisy):
+        assert metrics["info"]["reference"]["tic1_decorrelation_ps"] is None
+        for method in ("model", "static", "random_walk"):
+            for key in TICA_KEYS:
+                assert metrics[method][key] is None, (method, key)
+    assert "tica_jsd" not in ev.print_table(identity) and "tps_success_fraction" not in ev.print_table(identity)
+
+
+def test_tica_threshold():
+    """TICA is fitted from exactly TICA_PAIRS_PER_FEATURE frame pairs per feature on, pooled over trajectories."""
+    rng = np.random.default_rng(0)
+    n_features, lag = 6, 3
+    need = ev.TICA_PAIRS_PER_FEATURE * n_features
+    short = [rng.normal(size=(need // 2 + lag, n_features)), rng.normal(size=(need // 2 + lag - 1, n_features))]
+    tica, chosen, note = ev.fit_tica(short, lag)
+    assert tica is None and len(chosen) == n_features
+    assert note.startswith(f"skipped: {need - 1} time-lagged frame pairs") and f"need at least {need}" in note
+    enough = [short[0], rng.normal(size=(need // 2 + lag, n_features)), rng.normal(size=(lag, n_features))]
+    tica, _, note = ev.fit_tica(enough, lag)
+    assert tica is not None and note.startswith(f"fitted on {need} time-lagged frame pairs")
+    assert tica.transform(enough[0]).shape == (len(enough[0]), 2)
+
+
+def test_tica_tps_and_prior_on_a_long_reference(pocket):
+    metrics = pocket["metrics"]
+    assert set(metrics) == {"model", "static", "random_walk", "prior", "info"}
+    assert set(metrics["prior"]) == set(metrics["model"])
+    info = metrics["info"]
+    assert info["tica"].startswith("fitted on 399 time-lagged frame pairs from 400 reference frames at a lag of 1 "
+                                   "frame for 86 TICA features")
+    assert "tps" not in info and info["prior_files"] == [str(pocket["prior"])] and info["prior_frames"] == [400]
+    assert info["figures"] == ["tica_fes.png", "rmsf.png", "contacts.png"]
+    for name in info["figures"]:
+        assert_png(pocket["out"] / name)
+    model, static, prior = metrics["model"], metrics["static"], metrics["prior"]
+    assert model["tps_success_fraction"] == 1.0   # the reference's own path reaches its own end state
+    assert static["tps_success_fraction"] == 0.0 and static["tps_path_frames_mean"] is None
+    assert prior["tica_jsd"] is not None and prior["tic1_decorrelation_ps"] is not None
+    assert prior["tps_success_fraction"] is not None
+    for key in ("bond_ok_fraction", "clashes_per_frame", "torsion_jsd", "ligand_rmsd_mean_A"):
+        assert prior[key] is not None and prior[key] != model[key], key
+    assert prior["bond_ok_fraction_ligand"] < model["bond_ok_fraction_ligand"]
+
+
+def test_print_table(noisy, pocket):
     table = ev.print_table(noisy)
     header = table.splitlines()[0].split()
     assert header == ["metric", "better", "model", "static", "random_walk", "reference"]
-    assert "torsion_jsd" in table and "ligand_valid_fraction" in table
+    assert "torsion_jsd" in table and "ligand_valid_fraction" in table and "bond_ok_fraction_peptide" in table
     assert "tps_success_fraction" not in table
-    assert "tps_success_fraction" in ev.print_table(identity)
+    table = ev.print_table(pocket["metrics"])
+    assert table.splitlines()[0].split() == ["metric", "better", "model", "static", "random_walk", "prior",
+                                             "reference"]
+    assert "tps_success_fraction" in table and "tica_jsd" in table
+    row = next(line.split() for line in table.splitlines() if line.startswith("clashes_per_frame_protein_ligand"))
+    assert len(row) == 7                             # a value or "-" in every column
+
+
+# ----------------------------------------------------------------------------- the split validity metrics
+
+@pytest.fixture(scope="module")
+def pocket_geometry(pocket):
+    """The pocket's :class:`~hemeplm.evaluate.Geometry` and its (A, 3) Å coordinates."""
+    from hemeplm.data.load import load_system
+
+    system = load_system(pocket["top"], [])
+    x0 = system.segments[0][0].astype(np.float64)
+    return ev.build_geometry(system.topology, system.ligand, x0), x0
+
+
+def _atom(geom: ev.Geometry, selection: str) -> int:
+    (index,) = geom.topology.select(selection)
+    return int(index)
+
+
+def _stretched(x0: np.ndarray, moving: np.ndarray, a: int, b: int, by: float = 0.5) -> np.ndarray:
+    """x0 with the atoms ``moving`` translated by ``by`` Å along the bond a -> b (stretching it by ``by``)."""
+    x = x0.copy()
+    x[moving] += by * (x0[b] - x0[a]) / np.linalg.norm(x0[b] - x0[a])
+    return x
+
+
+def test_bond_ok_fraction_split(pocket_geometry):
+    geom, x0 = pocket_geometry
+    assert np.bincount(geom.bond_class).tolist() == [82, 11, 8]
+    ref_lengths = ev.bond_lengths(x0[None], geom)[0]
+    c86, n87 = _atom(geom, "resSeq 86 and name C"), _atom(geom, "resSeq 87 and name N")
+    tail = geom.topology.select("protein and resSeq 87 to 103")      # moves rigidly: only C86-N87 stretches
+    c7, c8 = _atom(geom, "resname TMP and name C7"), _atom(geom, "resname TMP and name C8")  # C8: methyl on C7
+    intact = ev.bond_ok_fractions(x0[None], geom, ref_lengths)
+    assert set(intact) == {"bond_ok_fraction", *(f"bond_ok_fraction_{c}" for c in ev.BOND_CLASSES)}
+    assert all(v == 1.0 for v in intact.values())
+    peptide = ev.bond_ok_fractions(_stretched(x0, tail, c86, n87)[None], geom, ref_lengths)
+    assert peptide == {"bond_ok_fraction": 100 / 101, "bond_ok_fraction_intra_residue": 1.0,
+                       "bond_ok_fraction_peptide": 10 / 11, "bond_ok_fraction_ligand": 1.0}
+    ligand = ev.bond_ok_fractions(_stretched(x0, np.array([c8]), c7, c8)[None], geom, ref_lengths)
+    assert ligand == {"bond_ok_fraction": 100 / 101, "bond_ok_fraction_intra_residue": 1.0,
+                      "bond_ok_fraction_peptide": 1.0, "bond_ok_fraction_ligand": 7 / 8}
+
+
+def test_clashes_split(pocket_geometry):
+    geom, x0 = pocket_geometry
+    c8, ca99 = _atom(geom, "resname TMP and name C8"), _atom(geom, "resSeq 99 and name CA")
+    onto = x0.copy()
+    onto[c8] = x0[ca99] + 0.3                          # the methyl carbon 0.5 Å from a Cα
+    clashes = ev.clashes_by_kind(np.stack([x0, onto]), geom)
+    before = ev.clashes_by_kind(x0[None], geom)
+    assert clashes["clashes_per_frame_protein_protein"] == before["clashes_per_frame_protein_protein"]
+    assert clashes["clashes_per_frame_ligand_ligand"] == before["clashes_per_frame_ligand_ligand"] == 0
+    assert clashes["clashes_per_frame_protein_ligand"] >= before["clashes_per_frame_protein_ligand"] + 0.5
+    assert clashes["clashes_per_frame"] == pytest.approx(sum(clashes[f"clashes_per_frame_{c}"]
+                                                             for c in ev.CLASH_CLASSES))
+    assert ev.clashes_per_frame(np.stack([x0, onto]), geom) == clashes["clashes_per_frame"]
 
 
 def test_refuses_to_overwrite(md, noisy, capsys):
@@ -259,16 +412,17 @@ def test_evaluate_energies_writes_figures_and_pdbs(harmonic, tmp_path):
             assert mdtraj.load(str(f)).n_atoms == topology.n_atoms
 
 
-def test_log_to_wandb_offline(tmp_path, monkeypatch, identity, md):
+def test_log_to_wandb_offline(tmp_path, monkeypatch, pocket):
     import wandb
 
     for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}.items():
         monkeypatch.setenv(key, value)
     run = wandb.init(mode="offline", dir=tmp_path, project="hemeplm-test")
-    logged = ev.log_to_wandb(run, identity, [md["root"] / "identity" / "rmsf.png"], step=0)
+    metrics = pocket["metrics"]
+    logged = ev.log_to_wandb(run, metrics, [pocket["out"] / "rmsf.png"], step=0)
     run_dir = Path(run.dir).parent
     run.finish()
-    assert logged["model/torsion_jsd"] == identity["model"]["torsion_jsd"]
+    assert logged["model/torsion_jsd"] == metrics["model"]["torsion_jsd"]
     assert "info/reference/bond_ok_fraction" in logged and "model/tps_success_fraction" in logged
     assert not any(k.startswith("info/figures") or k == "static/rmsf_pearson" for k in logged)  # strings, None
     record = next(run_dir.glob("*.wandb")).read_bytes()    # offline runs keep their history in this file

@@ -158,21 +158,19 @@ def test_upsample_keeps_coarse_frames(tiny):
 def test_inpaint_keeps_protein_and_ignores_hidden_ligand(any_tiny, subset):
     model = any_tiny.model
     gen, frames = any_tiny.generator(), any_tiny.windows[0]["coords"][:4]
-    atoms = None
-    if subset:  # inpaint three of the eight ligand atoms: their token is generated around the other five
-        atoms = torch.zeros_like(model.s_is_ligand)
-        atoms[torch.nonzero(model.s_is_ligand).flatten()[:3]] = True
-        shared = set(model.l_atom_token[atoms].tolist()) & set(model.l_atom_token[model.s_is_ligand & ~atoms].tolist())
-        assert shared  # the held-atom path is what this exercises
-    hidden = model.s_is_ligand if atoms is None else atoms  # (A,)
-    out = gen.inpaint(frames, 2, torch.Generator().manual_seed(0), atoms)
+    tokens = None
+    if subset:  # inpaint the token of three of the eight ligand atoms: the whole token is generated
+        tokens = torch.zeros_like(model.token_is_ligand)
+        tokens[model.l_atom_token[torch.nonzero(model.s_is_ligand).flatten()[:3]]] = True
+    hidden = model.s_is_ligand if tokens is None else tokens[model.l_atom_token]  # (A,)
+    out = gen.inpaint(frames, 2, torch.Generator().manual_seed(0), tokens)
     assert out.shape == (2, 4, *frames.shape[1:]) and torch.isfinite(out).all()
     assert torch.equal(out[:, :, ~hidden], frames[:, ~hidden].expand(2, -1, -1, -1))
     assert ((out[:, :, hidden] - frames[:, hidden]).abs().amax(dim=(2, 3)) > 0.05).all()
     # where the hidden atoms were in the input must not matter
     elsewhere = frames.clone()
     elsewhere[:, hidden] += 4 * torch.randn(int(hidden.sum()), 3, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(gen.inpaint(elsewhere, 2, torch.Generator().manual_seed(0), atoms), out)
+    assert torch.equal(gen.inpaint(elsewhere, 2, torch.Generator().manual_seed(0), tokens), out)
 
 
 # ----------------------------------------------------------------------------- learning
@@ -191,7 +189,7 @@ def test_tiny_model_overfits_one_window(tiny_system, tmp_path):
         cond, _ = model.condition(key)  # one key frame, broadcast over the batch of noise levels
         b = len(t)
         return diffusion.loss(model.denoise, x0.expand(b, -1, -1, -1), cond, mask.expand(b, -1, -1),
-                              weight=model.slot_mask, t=t, generator=gen)
+                              weight=model.value_mask, t=t, generator=gen)
 
     def evaluate() -> float:
         with torch.no_grad():

@@ -5,17 +5,20 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import subprocess
 import sys
 
 import mdtraj
 import numpy as np
 import pytest
-from conftest import PRMTOP, ROOT
+import torch
+from conftest import PRMTOP, ROOT, tiny_config
 
 from hemeplm.data.load import load_system
 from hemeplm.errors import HemeplmError
 from hemeplm.sampling import Generator, run_task
+from hemeplm.tasks import task_mask
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +53,7 @@ def test_sample_py_forecast_past_one_window(tiny_run, tiny_system, frames, tmp_p
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["num_frames"] == 11 and summary["trajectories"] == [str(out)]
+    assert (summary["sampler"], summary["steps"]) == ("ddim", 5)  # the checkpoint's diffusion.sampler, sample_steps
     assert json.loads(out.with_suffix(".json").read_text()) == summary
     xyz = read(out)
     assert xyz.shape == (11, tiny_run["ema"].n_atoms, 3)  # windows of 5 frames, continued from their last frame
@@ -78,46 +82,173 @@ def test_tps_coarse_to_fine(gen, tiny_system, frames, tmp_path):
 def test_upsample_keeps_every_kth_frame(gen, tiny_system, frames, tmp_path):
     out = tmp_path / "fine.dcd"
     k = gen.cfg.tasks.upsample_factor
-    summary = task(gen, tiny_system, out, "upsample", start=4, end=8)  # 5 coarse frames
+    summary = task(gen, tiny_system, out, "upsample", start=4, end=21)  # lag 1: coarse frames k file frames apart
     xyz = read(out)
-    assert xyz.shape[0] == summary["num_frames"] == (5 - 1) * k + 1
-    np.testing.assert_allclose(xyz[::k], frames[4:9], atol=1e-4)
+    assert summary["stride"] == k and summary["given_frames"] == [4, 20]  # 9 coarse frames; frame 21 left out
+    assert xyz.shape[0] == summary["num_frames"] == (9 - 1) * k + 1
+    np.testing.assert_allclose(xyz[::k], frames[4:21:k], atol=1e-4)
+    assert (np.abs(xyz[1::k] - frames[4:20:k]).max(axis=(1, 2)) > 0.05).all()
 
 
-def test_inpaint_keeps_the_protein(gen, tiny_system, frames, tmp_path):
+@pytest.mark.parametrize("t, k", [(5, 2), (9, 4), (16, 4), (8, 3), (6, 4), (7, 6)])
+def test_upsample_windows_see_only_training_masks(gen, monkeypatch, t, k):
+    """Every window is conditioned on exactly the mask training draws for upsampling (``task_mask``); every
+    output frame comes from one window that starts on a coarse frame and holds the coarse frames on both sides."""
+    cfg = copy.deepcopy(gen.cfg)
+    cfg.data.window, cfg.tasks.upsample_factor = t, k
+    up = dataclasses.replace(gen, cfg=cfg)
+    calls = []
+
+    def window_sample(self, coords, mask, generator):
+        """Marks each generated frame j of window b as 1000 (b + 1) + j."""
+        calls.append((coords.clone(), mask))
+        mark = 1000.0 * (torch.arange(coords.shape[0])[:, None] + 1) + torch.arange(t)[None]  # (B, T)
+        generated = ~mask[:, 0]
+        return torch.where(generated[None, :, None, None], mark[:, :, None, None], coords)
+
+    monkeypatch.setattr(Generator, "window_sample", window_sample)
+    span = k * ((t - 1) // k)  # frames from a window's first to its last coarse frame
+    for n_coarse in (span // k + 1, span // k + 2, 3 * span // k + 2):
+        calls.clear()
+        coarse = -1.0 - torch.arange(n_coarse, dtype=torch.float32)[:, None, None].expand(n_coarse, 2, 3)
+        out = up.upsample(coarse, 2, None)
+        n = (n_coarse - 1) * k + 1
+        assert out.shape == (2, n, 2, 3) and torch.equal(out[:, ::k], coarse.expand(2, -1, -1, -1))
+        assert all(torch.equal(mask, task_mask("upsample", t, up.model.token_is_ligand, k)) for _, mask in calls)
+        (given, _), = calls  # the windows are independent: one batch, samples outer
+        n_windows = given.shape[0] // 2
+        for s, i in ((s, i) for s in range(2) for i in range(n) if i % k):
+            b, j = divmod(int(out[s, i, 0, 0]), 1000)
+            first = i - j  # the window's first frame on the timeline
+            assert b - 1 in range(s * n_windows, (s + 1) * n_windows)
+            assert first % k == 0 and given[b - 1, 0, 0, 0] == coarse[first // k, 0, 0]
+            assert (i // k + 1) * k <= first + span  # the next coarse frame is inside the window
+
+
+@pytest.mark.parametrize("t, k, n_coarse, message", [
+    (9, 4, 2, r"upsampling needs at least 3 coarse frames \(one window of 9 frames holds 3 at factor 4\); 2 given"),
+    (4, 4, 9, r"upsampling by 4 \(tasks.upsample_factor\) needs windows of more than 4 frames; the model's have 4"),
+])
+def test_upsample_refuses_what_no_window_fits(gen, t, k, n_coarse, message):
+    cfg = copy.deepcopy(gen.cfg)
+    cfg.data.window, cfg.tasks.upsample_factor = t, k
+    with pytest.raises(HemeplmError, match=message):
+        dataclasses.replace(gen, cfg=cfg).upsample(torch.zeros(n_coarse, gen.model.n_atoms, 3), 1, None)
+
+
+def test_inpaint_keeps_the_protein(gen, tiny_system, frames, tmp_path, caplog):
     out = tmp_path / "inpaint.dcd"
     summary = task(gen, tiny_system, out, "inpaint", start=5, end=13)
     xyz = read(out)
     lig = gen.model.s_is_ligand.numpy()
-    assert xyz.shape[0] == summary["num_frames"] == 9
+    assert xyz.shape[0] == summary["num_frames"] == 9 and summary["stride"] == 1
+    assert summary["inpainted_atoms"] == np.flatnonzero(lig).tolist()
     np.testing.assert_allclose(xyz[:, ~lig], frames[5:14, ~lig], atol=1e-4)
     assert (np.abs(xyz[:, lig] - frames[5:14, lig]).max(axis=(1, 2)) > 0.05).all()
-    # a selection of ligand atoms: only those move
+    # two ligand atoms: the xylene is one token, generated whole, and the log names the atoms added
     out2 = tmp_path / "inpaint_part.dcd"
-    task(gen, tiny_system, out2, "inpaint", start=5, end=13, inpaint_atoms="resname TMP and name C1 C2")
-    part = read(out2)
-    moved = np.abs(part - frames[5:14]).max(axis=(0, 2)) > 1e-3
-    names = [a.name for a in gen.model.topology().atoms]
-    assert [names[i] for i in np.nonzero(moved)[0]] == ["C1", "C2"]
+    with caplog.at_level(logging.WARNING, logger="hemeplm.sampling"):
+        part = task(gen, tiny_system, out2, "inpaint", start=5, end=13, inpaint_atoms="resname TMP and name C1 C2")
+    moved = np.abs(read(out2) - frames[5:14]).max(axis=(0, 2)) > 1e-3
+    assert np.flatnonzero(moved).tolist() == part["inpainted_atoms"] == summary["inpainted_atoms"]
+    top = gen.model.topology()
+    added = [str(top.atom(i)) for i in np.flatnonzero(lig) if top.atom(i).name not in ("C1", "C2")]
+    assert len(added) == lig.sum() - 2 and f"also generating {' '.join(added)}" in caplog.text
 
 
-def test_time_between_output_frames(gen, tiny_system, tmp_path):
-    """Forecasts step by the model's frame spacing; inpainting keeps the input's, upsampling divides it by k."""
+@pytest.fixture(scope="module")
+def split_gen(tiny_system, tmp_path_factory) -> Generator:
+    """An untrained tiny model whose xylene is two ligand tokens of four atoms (``data.ligand_group=4``)."""
+    from hemeplm.training import build
+
+    cfg = tiny_config(tiny_system, tmp_path_factory.mktemp("split"), "data.ligand_group=4")
+    torch.manual_seed(0)
+    _, _, _, _, model, diffusion = build(cfg, torch.device("cpu"))
+    return Generator(model.eval(), diffusion, cfg, steps=3)
+
+
+def test_inpaint_atoms_generates_the_tokens_holding_them(split_gen, tiny_system, frames, tmp_path, caplog):
+    m = split_gen.model
+    token = m.l_atom_token.numpy()
+    lig = np.flatnonzero(m.token_is_ligand[m.l_atom_token].numpy())
+    assert len(set(token[lig])) == 2
+    chosen = lig[0]
+    whole = np.flatnonzero(token == token[chosen])  # the atoms of its token
+    out = tmp_path / "one_token.dcd"
+    with caplog.at_level(logging.WARNING, logger="hemeplm.sampling"):
+        summary = run_task(split_gen, "inpaint", tiny_system["topology"], tiny_system["trajectory"], out, start=5,
+                           end=13, inpaint_atoms=f"index {chosen}")
+    moved = np.abs(read(out) - frames[5:14]).max(axis=(0, 2)) > 1e-3
+    assert np.flatnonzero(moved).tolist() == whole.tolist() == summary["inpainted_atoms"]
+    assert 1 < len(whole) < len(lig)  # the other token stays where it was given
+    top = m.topology()
+    assert all(str(top.atom(int(i))) in caplog.text for i in whole if i != chosen)
+
+
+def test_given_frames_at_the_models_spacing(gen, tiny_system, frames, tmp_path):
+    """The model's frames are data.lag file frames apart: inpainting reads every lag-th frame, upsampling every
+    (lag k)-th; every output is at the model's spacing. A file whose spacing does not divide it is refused."""
+    trained = load_system(tiny_system["topology"], [tiny_system["trajectory"]]).timestep_ps
+    assert gen.model.static_info["timestep_ps"] == trained
+    cfg = copy.deepcopy(gen.cfg)
+    cfg.data.lag = 2  # as if trained on every second frame
+    lagged = dataclasses.replace(gen, cfg=cfg)
+    k = cfg.tasks.upsample_factor
+    lig = gen.model.s_is_ligand.numpy()
+    for name, stride in {"forecast": None, "inpaint": 2, "upsample": 2 * k}.items():
+        out = tmp_path / f"{name}.xtc"
+        summary = run_task(lagged, name, tiny_system["topology"], tiny_system["trajectory"], out, start=3, end=20,
+                           num_frames=6)
+        assert summary["stride"] == stride and summary["timestep_ps"] == pytest.approx(2 * trained), name
+        traj = mdtraj.load(str(out), top=str(out.with_suffix(".pdb")))
+        np.testing.assert_allclose(traj.time, np.arange(traj.n_frames) * 2 * trained, atol=1e-3)
+        if stride is not None:
+            assert summary["given_frames"] == [3, 19]
+        if name == "inpaint":  # file frames 3, 5, ..., 19
+            np.testing.assert_allclose(traj.xyz[:, ~lig] * 10, frames[3:20:2, ~lig], atol=0.011)
+        if name == "upsample":  # coarse file frames 3, 3 + 2k, ...
+            np.testing.assert_allclose(traj.xyz[::k] * 10, frames[3:20:2 * k], atol=0.011)
     given = mdtraj.load(str(tiny_system["trajectory"]), top=str(tiny_system["topology"]))[:9]
     given.time = np.arange(9) * 5.0
-    given.save_xtc(str(tmp_path / "every5ps.xtc"))
-    trained = load_system(tiny_system["topology"], [tiny_system["trajectory"]]).timestep_ps
-    assert trained != 5.0 and gen.model.static_info["timestep_ps"] == trained
-    cfg = copy.deepcopy(gen.cfg)
-    cfg.data.lag = 3  # as if trained on every third frame
-    lagged = dataclasses.replace(gen, cfg=cfg)
-    expected = {"forecast": 3 * trained, "inpaint": 5.0, "upsample": 5.0 / cfg.tasks.upsample_factor}
-    for name, dt in expected.items():
-        out = tmp_path / f"{name}.xtc"
-        summary = run_task(lagged, name, tiny_system["topology"], tmp_path / "every5ps.xtc", out, num_frames=6)
-        assert summary["timestep_ps"] == pytest.approx(dt), name
-        traj = mdtraj.load(str(out), top=str(out.with_suffix(".pdb")))
-        np.testing.assert_allclose(traj.time, np.arange(traj.n_frames) * dt, atol=1e-3)
+    every5 = tmp_path / "every5ps.xtc"
+    given.save_xtc(str(every5))
+    for name, need in (("inpaint", 2 * trained), ("upsample", 2 * k * trained)):
+        with pytest.raises(HemeplmError, match=rf"every5ps\.xtc: its frames are 5 ps apart, but {name} with this "
+                                               rf"checkpoint needs given frames {need:g} ps apart .* not a whole "
+                                               r"multiple of 5 ps"):
+            run_task(lagged, name, tiny_system["topology"], every5, tmp_path / "refused.xtc")
+    assert not list(tmp_path.glob("refused*"))
+    one = run_task(lagged, "inpaint", tiny_system["topology"], every5, tmp_path / "one.xtc", start=2, end=2)
+    assert one["stride"] == 1 and one["num_frames"] == 1  # one frame has no spacing to match
+
+
+def test_sampler_and_steps_default_to_the_checkpoint(tiny_run, tmp_path):
+    gen = Generator.from_checkpoint(tiny_run["ckpt"])
+    assert (gen.sampler, gen.steps, gen.denoiser_steps) == ("ddim", 5, 5)
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=False)
+    ckpt["config"]["diffusion"]["sampler"] = "ancestral"
+    torch.save(ckpt, tmp_path / "ancestral.pt")
+    ancestral = Generator.from_checkpoint(tmp_path / "ancestral.pt")
+    assert (ancestral.sampler, ancestral.denoiser_steps) == ("ancestral", 100)  # every one of diffusion.timesteps
+    ddim = Generator.from_checkpoint(tmp_path / "ancestral.pt", sampler="ddim", steps=3)
+    assert (ddim.sampler, ddim.denoiser_steps) == ("ddim", 3)
+    ckpt["config"]["diffusion"]["sampler"] = "euler"
+    torch.save(ckpt, tmp_path / "euler.pt")
+    with pytest.raises(HemeplmError, match=r"euler\.pt: unknown sampler 'euler' \(diffusion\.sampler\)"):
+        Generator.from_checkpoint(tmp_path / "euler.pt")
+
+
+def test_prior_is_the_model_with_nothing_learnt(gen, frames):
+    """``prior()`` zeroes the denoiser's output layer of a copy; the generator it came from is untouched."""
+    prior = gen.prior()
+    assert prior.model is not gen.model and (prior.sampler, prior.steps) == (gen.sampler, gen.steps)
+    out = prior.model.denoiser.out
+    assert not out.weight.any() and not out.bias.any() and gen.model.denoiser.out.weight.any()
+    start = torch.from_numpy(frames[0])
+    learnt = gen.forecast(start, 5, 1, torch.Generator().manual_seed(0))
+    nothing = prior.forecast(start, 5, 1, torch.Generator().manual_seed(0))
+    assert torch.isfinite(nothing).all() and torch.equal(nothing[:, 0], learnt[:, 0])
+    assert not torch.equal(nothing, learnt)
 
 
 def test_seed_decides_the_samples(gen, tiny_system, tmp_path):
@@ -179,3 +310,28 @@ def test_sample_py_errors_are_one_line(tiny_run, tiny_system, tmp_path):
     proc = sample_py("--ckpt", str(tiny_run["ckpt"]), "--task", "tps", *common)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("sample.py: error: --task tps needs an end frame")
+
+
+def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
+    """``python -m hemeplm.demo``: forecast and inpaint tables with the prior column, and the long forecast's
+    validity (all frames and the last ones) beside the held-out MD's."""
+    import shutil
+
+    from hemeplm import demo
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run["ckpt"], run / "ckpt.pt")
+    tables = demo.main([str(run), "--samples", "1", "--long-frames", "12"])
+    assert set(tables) == {"forecast", "inpaint", "long_forecast"}
+    for name in ("forecast", "inpaint"):
+        assert tables[name].splitlines()[0].split() == ["metric", "better", "model", "static", "random_walk",
+                                                        "prior", "reference"]
+        assert json.loads((run / "eval" / f"{name}_prior.json").read_text())["seed"] == 0
+    assert json.loads((run / "eval" / "inpaint.json").read_text())["stride"] == tiny_run["cfg"].data.lag
+    long = tables["long_forecast"].splitlines()
+    assert long[0] == "all 12 frames:" and "last 12 frames:" in long
+    assert long[1].split() == ["metric", "better", "model", "reference"]
+    found = json.loads((run / "eval" / "long_forecast_validity.json").read_text())
+    assert found["frames"] == 12 and found["all"]["model"]["clashes_per_frame"] >= 0
+    assert read(run / "eval" / "long_forecast.xtc").shape[0] == 12

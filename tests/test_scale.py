@@ -12,6 +12,7 @@ and checks that it does show when fragments are cut without halo.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -36,23 +37,36 @@ def _randomise(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> torc
     return module
 
 
+def _geometry(centres: torch.Tensor, n_ligand: int = 0) -> dict:
+    """Conditioning geometry for tokens at ``centres`` (B, N, 3): identity frames, chain order, the last
+    ``n_ligand`` tokens ligand groups, every position known."""
+    b, n, _ = centres.shape
+    seq = torch.arange(n)
+    seq[n - n_ligand:] = -1
+    return dict(centres=centres, frames=torch.eye(3).expand(b, n, 3, 3), seq=seq,
+                known=torch.ones(b, n, dtype=torch.bool))
+
+
 def _toy_conditioning(b: int, n: int, k: int, seed: int = 0, c: int = 8) -> Conditioning:
     gen = torch.Generator().manual_seed(seed)
     nbr = torch.stack([torch.stack([torch.randperm(n, generator=gen)[:k] for _ in range(n)]) for _ in range(b)])
     return Conditioning(tokens=torch.randn(b, n, c, generator=gen), neighbors=nbr, domain=torch.arange(n) // 7,
-                        ligand=torch.arange(n - 6, n), pocket=torch.arange(3, 15))
+                        ligand=torch.arange(n - 6, n), pocket=torch.arange(3, 15),
+                        **_geometry(torch.randn(b, n, 3, generator=gen) * 10, 6))
 
 
 # ----------------------------------------------------------------------------- local attention
 
 def test_local_spatial_attention_matches_reference():
-    """Token i attends to exactly its K neighbours and its domain token (K + 1 keys), chunked or not."""
+    """Token i attends to exactly its K neighbours (with their pair bias) and its domain token (K + 1 keys),
+    chunked or not."""
     import hemeplm.models.denoiser as den
 
     b, t, n, d, k = 2, 3, 40, 16, 5
     cond = _toy_conditioning(b, n, k)
-    sa = _randomise(SpatialAttention(d, 4))
+    sa = _randomise(SpatialAttention(d, 4, 6))
     x = torch.randn(b, t, n, d, generator=torch.Generator().manual_seed(1))
+    pair = torch.randn(b, n, k, 6, generator=torch.Generator().manual_seed(2))
     dom = sa.domains(x, cond.domain)
     ref = torch.zeros_like(x)
     for bi in range(b):
@@ -60,12 +74,13 @@ def test_local_spatial_attention_matches_reference():
             for i in range(n):
                 keys = torch.cat([x[bi, ti, cond.neighbors[bi, i]], dom[bi, ti, cond.domain[i]][None]])
                 assert keys.shape[0] == k + 1
-                ref[bi, ti, i] = sa.mh.attend(x[bi, ti, i][None, None], keys[None])[0, 0]
-    torch.testing.assert_close(sa(x, cond), ref, atol=1e-5, rtol=1e-5)
+                bias = torch.cat([sa.bias(pair[bi, i]), torch.zeros(1, 4)]).T[None, :, None]  # (1, H, 1, K+1)
+                ref[bi, ti, i] = sa.mh.attend(x[bi, ti, i][None, None], keys[None], bias)[0, 0]
+    torch.testing.assert_close(sa(x, cond, pair), ref, atol=1e-5, rtol=1e-5)
     chunk = den.CHUNK_ELEMENTS
     try:
         den.CHUNK_ELEMENTS = 500  # forces several chunks
-        torch.testing.assert_close(sa(x, cond), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sa(x, cond, pair), ref, atol=1e-5, rtol=1e-5)
     finally:
         den.CHUNK_ELEMENTS = chunk
 
@@ -92,7 +107,7 @@ def test_local_cross_attention_matches_reference():
                     ref[bi, ti, i] += mh.attend(x[bi, ti, i][None, None], kv, bias)[0, 0]
     torch.testing.assert_close(ca(x, cond), ref, atol=1e-5, rtol=1e-5)
     # a query with no partner among its neighbours gets exactly zero, and gradients stay finite
-    lonely = Conditioning(cond.tokens, cond.neighbors, cond.domain, cond.ligand, torch.tensor([0]))
+    lonely = dataclasses.replace(cond, pocket=torch.tensor([0]))
     xg = x.clone().requires_grad_(True)
     out = ca(xg, lonely)
     out.sum().backward()
@@ -131,9 +146,10 @@ def _local_pass(n: int, k: int = 8) -> _Allocations:
     model = VideoDenoiser(6, 4, dim=16, depth=1, heads=2, mlp_ratio=1.0, max_tau=4, cross_window=1)
     counter = _Allocations()
     with torch.no_grad(), counter:
-        nbr = HemePLM._token_neighbors(fake, key)
+        pos, known = HemePLM.token_positions(fake, key)
+        nbr = HemePLM._token_neighbors(fake, pos, known, False)
         cond = Conditioning(torch.randn(1, n, 4, generator=gen), nbr, torch.arange(n) // 24,
-                            torch.arange(0, n, 5), torch.arange(1, n, 3))
+                            torch.arange(0, n, 5), torch.arange(1, n, 3), **_geometry(pos))
         out = model(torch.randn(1, 2, n, 6, generator=gen), torch.tensor([10]), cond, torch.zeros(1, 2, n, dtype=bool))
     assert out.shape == (1, 2, n, 6) and torch.isfinite(out).all()
     return counter
@@ -150,16 +166,20 @@ def test_ligand_group_sits_at_the_centre_of_its_known_atoms():
                            token_is_ligand=torch.tensor([False] * 6 + [True]))
     key = torch.zeros(1, 8, 3)
     key[0, :, 0] = torch.tensor([0.0, 10, 20, 30, 40, 50, 36, 6])
+    def neighbours(node_mask=None):
+        pos, known = HemePLM.token_positions(fake, key, node_mask)
+        return HemePLM._token_neighbors(fake, pos, known, node_mask is not None), pos, known
+
     # both atoms known: the centre (x = 21) is nearest residues 2 and 3, not those of either atom
-    assert set(HemePLM._token_neighbors(fake, key)[0, 6].tolist()) == {6, 2, 3}
+    assert set(neighbours()[0][0, 6].tolist()) == {6, 2, 3}
     # the atom at x = 6 hidden (being inpainted): the centre of the known one (x = 36) decides
-    known = torch.ones(1, 8, dtype=torch.bool)
-    known[0, 7] = False
-    assert set(HemePLM._token_neighbors(fake, key, known)[0, 6].tolist()) == {6, 4, 3}
-    # the whole group hidden: it takes its anchor residue's neighbours
-    known[0, 6] = False
-    nbr = HemePLM._token_neighbors(fake, key, known)
-    assert torch.equal(nbr[0, 6], nbr[0, 2])
+    node_mask = torch.ones(1, 8, dtype=torch.bool)
+    node_mask[0, 7] = False
+    assert set(neighbours(node_mask)[0][0, 6].tolist()) == {6, 4, 3}
+    # the whole group hidden: it sits at its anchor residue's Cα, unknown, with that residue's neighbours
+    node_mask[0, 6] = False
+    nbr, pos, known = neighbours(node_mask)
+    assert torch.equal(nbr[0, 6], nbr[0, 2]) and not known[0, 6] and float(pos[0, 6, 0]) == 20.0
 
 
 def test_local_mode_is_linear_in_tokens():
@@ -241,7 +261,8 @@ def field_runs(t4l_features, t4l_dcd):
     ligand = torch.nonzero(layout["kind"] == 1).flatten()
     pocket = torch.as_tensor(static["pocket"])
     s, t = 2, 8
-    cond = Conditioning(centres[None].expand(s, -1, -1), None, torch.as_tensor(static["domain"]), ligand, pocket)
+    cond = Conditioning(centres[None].expand(s, -1, -1), None, torch.as_tensor(static["domain"]), ligand, pocket,
+                        **_geometry(centres[None].expand(s, -1, -1)))
     system = load_system(PRMTOP, [t4l_dcd])
     geom = build_geometry(system.topology, system.ligand, system.segments[0][0])
     ref = bond_lengths(key[None].numpy(), geom)[0]
@@ -345,7 +366,7 @@ def test_bench_smoke(tmp_path):
     from hemeplm.cli import main
 
     out = tmp_path / "bench"
-    main(["bench", "--out", str(out), "--systems", "t4l", "--frames", "5", "--steps", "2",
+    main(["bench", "--out", str(out), "--systems", "t4l", "--frames", "5", "diffusion.sample_steps=2",
           "encoder.hidden=8", "encoder.layers=1", "denoiser.dim=16", "denoiser.depth=1", "denoiser.heads=2",
           "data.window=5", "optim.batch_size=1"])
     report = json.loads((out / "bench.json").read_text())
@@ -359,4 +380,7 @@ def test_bench_smoke(tmp_path):
     assert row["n_atoms"] == 2621 and row["n_modelled"] == 1298 and row["frames"] == 5
     assert row["sample_s"] > 0 and 0 < row["sample_peak_gib"] < 24 and row["train_peak_gib"] > 0
     assert report["settings"]["spatial"] == "local"
+    # without --sampler/--steps it samples as sample.py and the demo do: the config's diffusion settings
+    assert {k: report["settings"][k] for k in ("sampler", "steps", "denoiser_steps")} == {
+        "sampler": "ddim", "steps": 2, "denoiser_steps": 2}
     assert (out / "bench.png").stat().st_size > 0

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from ..errors import HemeplmError, require_file
-from .ligand import element_index, ligand_features, N_LIGAND_FEATURES
+from .ligand import ELEMENTS, element_index, ligand_features, N_LIGAND_FEATURES
 from .load import ENERGY_FILE, load_system
 from .residues import N_RES_TYPES
+from .internal import build_internal
 from .tokens import build_layout
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = 2
+FEATURE_VERSION = 3
 SPLITS = ("train", "val", "test")
 
 
@@ -114,9 +115,13 @@ def build_features(cfg: DataConfig) -> dict:
     bonds |= {(int(system.ligand[i]), int(system.ligand[j])) for i, j in lig["bonds"].T}
     bonds = np.asarray(sorted(bonds), np.int64).reshape(-1, 2).T
     n_res = len(layout.frame_atoms)
+    residue = np.array([a.residue.index for a in top.atoms], np.int64)
+    symbols = [ELEMENTS[e] if e < len(ELEMENTS) else "C" for e in element]
+    internal = build_internal(asdict(layout), bonds, residue, first, symbols)
     return {
         "version": FEATURE_VERSION,
         "layout": asdict(layout),
+        "internal": asdict(internal),
         "n_atoms": n,
         "atom_names": [a.name for a in top.atoms],
         "residue_names": [a.residue.name for a in top.atoms],
@@ -124,7 +129,7 @@ def build_features(cfg: DataConfig) -> dict:
         "atom_type": atom_type.astype(np.int64),
         "is_ligand": is_lig,
         "polar": np.isin(element, [element_index("N"), element_index("O")]),
-        "residue": np.array([a.residue.index for a in top.atoms], np.int64),
+        "residue": residue,
         "ligand_features": lig_feat,
         "charge": charge,
         "charge_source": lig["charge_source"],
@@ -165,7 +170,8 @@ def _locked(path: Path):
 def featurize(cfg: DataConfig, use_cache: bool = True) -> dict:
     """Featurised system, from the cache when the inputs and options are unchanged.
 
-    Keys: ``layout`` (see :class:`~hemeplm.data.tokens.TokenLayout`), ``n_atoms``,
+    Keys: ``layout`` (see :class:`~hemeplm.data.tokens.TokenLayout`), ``internal`` (see
+    :class:`~hemeplm.data.internal.InternalLayout`), ``n_atoms``,
     per atom (A,): ``element``, ``atom_type``, ``is_ligand``, ``polar``, ``residue``,
     ``charge``, ``ligand_features`` (A, F); ``bonds`` (2, B); ``plm`` (R, D) or None;
     ``segments`` list of (F_s, A, 3) Å; ``energies`` list of (F_s,) kcal/mol or None;

@@ -1,22 +1,14 @@
 """Tokens: one per protein residue (atom14-style slots), one per ligand group.
 
-Each token owns up to ``W`` atoms (``W = 14`` for heavy atoms) and a local
-frame built on the key frame. Ligand atoms (everything ``data.ligand``
-selects: a drug, hemes, kept waters and ions) are pooled into spatially
-compact groups of at most ``ligand_group`` atoms (see :func:`ligand_groups`),
-so a system's token count grows with its atom count whatever it is made of:
-a heme is four tokens, not 43, and bulk water about one token per ten
-waters. What the model generates for atom ``i`` of
-token ``n`` at frame ``t`` is
-
-    d_i(t) = R_n^T (x_i(t) - o_i)
-
-with ``R_n`` the token's frame in the key frame. For protein atoms the origin
-``o_i`` is the atom's own key-frame position (a displacement); for ligand
-atoms it is the Cα of the protein residue nearest to the group's centre (so
-the ligand can be inpainted without knowing where it was in the key frame),
-and ``R_n`` is that residue's N-CA-C frame. Rotating and translating the
-coordinates leaves ``d`` unchanged; ``x_i(t) = o_i + R_n d_i(t)`` is exact.
+Each token owns up to ``W`` atoms (``W = 14`` for heavy atoms). Ligand atoms
+(everything ``data.ligand`` selects: a drug, hemes, kept waters and ions) are
+pooled into spatially compact groups of at most ``ligand_group`` atoms (see
+:func:`ligand_groups`), so a system's token count grows with its atom count
+whatever it is made of: a heme is four tokens, not 43, and bulk water about
+one token per ten waters. Every token has an anchor residue whose N-CA-C
+frame it is expressed in (its own for a residue, the nearest residue to its
+centre for a ligand group); what the model generates for a token, a rigid
+body plus torsions, is in :mod:`hemeplm.data.internal`.
 """
 
 from __future__ import annotations
@@ -230,46 +222,6 @@ def residue_frames(x: torch.Tensor, frame_atoms: torch.Tensor) -> torch.Tensor:
     return torch.stack([e1, e2, e3], dim=-1)
 
 
-def token_origins(key: torch.Tensor, layout: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(..., N, W, 3) origin o_i of every slot: the atom's key position, or the anchor Cα for ligands."""
-    idx = layout["atom_index"].clamp(min=0)
-    own = key[..., idx, :]
-    ca = key[..., layout["frame_atoms"][layout["residue"], 1], :]
-    is_lig = (layout["kind"] == KIND_LIGAND)[:, None, None]
-    return torch.where(is_lig, ca[..., :, None, :].expand_as(own), own)
-
-
-def encode(x: torch.Tensor, key: torch.Tensor, layout: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Coordinates -> token values d.
-
-    Args:
-        x: (..., T, A, 3) coordinates of T frames.
-        key: (..., A, 3) key-frame coordinates (defines frames and origins).
-    Returns:
-        (..., T, N, W, 3), zero in empty slots.
-    """
-    rot = residue_frames(key, layout["frame_atoms"])[..., layout["residue"], :, :]  # (..., N, 3, 3)
-    origin = token_origins(key, layout)
-    xs = x[..., layout["atom_index"].clamp(min=0), :]  # (..., T, N, W, 3)
-    d = torch.einsum("...nji,...tnwj->...tnwi", rot, xs - origin.unsqueeze(-4))
-    return d * layout["atom_index"].ge(0)[..., None].to(d.dtype)
-
-
-def decode(d: torch.Tensor, key: torch.Tensor, layout: dict[str, torch.Tensor], n_atoms: int) -> torch.Tensor:
-    """Token values -> coordinates (exact inverse of :func:`encode`).
-
-    Args:
-        d: (..., T, N, W, 3).
-        key: (..., A, 3).
-    Returns:
-        (..., T, A, 3).
-    """
-    rot = residue_frames(key, layout["frame_atoms"])[..., layout["residue"], :, :]
-    origin = token_origins(key, layout)
-    xs = origin.unsqueeze(-4) + torch.einsum("...nij,...tnwj->...tnwi", rot, d)
-    return scatter_atom14(xs, layout, n_atoms)
-
-
 def gather_atom14(x: torch.Tensor, layout: dict[str, torch.Tensor]) -> torch.Tensor:
     """(..., A, 3) -> (..., N, W, 3) slot coordinates, zero in empty slots."""
     out = x[..., layout["atom_index"].clamp(min=0), :]
@@ -284,6 +236,14 @@ def scatter_atom14(slots: torch.Tensor, layout: dict[str, torch.Tensor], n_atoms
     return out
 
 
+def dihedral_angle(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
+    """Dihedral angles (radians, in (-π, π]) of points (..., 3) -> (...)."""
+    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
+    n1, n2 = torch.cross(b0, b1, dim=-1), torch.cross(b1, b2, dim=-1)
+    m1 = torch.cross(n1, torch.nn.functional.normalize(b1, dim=-1), dim=-1)
+    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
+
+
 def dihedrals(x: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
     """Dihedral angles (radians).
 
@@ -293,28 +253,8 @@ def dihedrals(x: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
         (..., *quads.shape[:-1]) angles in (-pi, pi].
     """
     q = quads.clamp(min=0)
-    p0, p1, p2, p3 = (x[..., q[..., k], :] for k in range(4))
-    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
-    n1, n2 = torch.cross(b0, b1, dim=-1), torch.cross(b1, b2, dim=-1)
-    m1 = torch.cross(n1, torch.nn.functional.normalize(b1, dim=-1), dim=-1)
-    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
+    return dihedral_angle(*(x[..., q[..., k], :] for k in range(4)))
 
 
-def torsion_features(x: torch.Tensor, layout: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """phi/psi/omega/chi1-4 of every residue as sin/cos.
-
-    Args:
-        x: (..., A, 3).
-    Returns:
-        (..., R, 7, 2) sin/cos (zero where undefined) and (R, 7) bool mask.
-    """
-    quads = layout["torsion_atoms"]
-    mask = (quads >= 0).all(-1)
-    ang = dihedrals(x, quads)
-    sc = torch.stack([ang.sin(), ang.cos()], dim=-1)
-    return sc * mask[..., None].to(sc.dtype), mask
-
-
-__all__ = ["TokenLayout", "build_layout", "bisect", "ligand_groups", "LIGAND_GROUP_RADIUS", "encode", "decode",
-           "gather_atom14", "scatter_atom14", "residue_frames", "dihedrals", "torsion_features", "KIND_RESIDUE",
-           "KIND_LIGAND", "KIND_EXTRA", "UNK"]
+__all__ = ["TokenLayout", "build_layout", "bisect", "ligand_groups", "LIGAND_GROUP_RADIUS", "gather_atom14",
+           "scatter_atom14", "residue_frames", "dihedral_angle", "dihedrals", "KIND_RESIDUE", "KIND_LIGAND", "KIND_EXTRA", "UNK"]

@@ -3,10 +3,13 @@
 Each block, modulated by the diffusion step through adaLN (shift, scale and a
 zero-initialised gate per sub-layer), applies
 
-1. spatial attention among the tokens of one frame: full (N² per frame,
-   for small systems), or local (each token attends to its K nearest tokens
-   and its domain token) with global attention among domain tokens
-   (contiguous residue chunks), linear in N;
+1. spatial attention among the tokens of one frame, biased per head by the
+   key frame's pair geometry (distance RBFs, the partner's direction in the
+   token's frame, their relative orientation, and a relative sequence-offset
+   embedding; :class:`PairEmbedding`): full (N² per frame, for small
+   systems), or local (each token attends to its K nearest tokens and its
+   domain token) with global attention among domain tokens (contiguous
+   residue chunks), linear in N;
 2. temporal attention per token across frames, with a learned bias per head
    for the relative frame offset τ;
 3. time-aware bidirectional protein↔ligand cross-attention: ligand tokens
@@ -42,10 +45,15 @@ class Conditioning:
     """What the denoiser is conditioned on besides x_t and the mask.
 
     Attributes:
-        tokens: (B, N, C) token embeddings (encoder output, residue type, PLM...).
+        tokens: (B, N, C) token embeddings (per-slot encoder features, body coordinates, residue type, PLM...).
         neighbors: (B, N, K) nearest tokens in the key frame (local spatial attention) or None.
         domain: (N,) domain id of each token.
         ligand: (L,) ligand token indices; pocket: (P,) pocket token indices.
+        centres: (B, N, 3) Å, token positions in the key frame (a residue's Cα; a ligand group's
+            known atoms' centre, or its anchor Cα when none is known).
+        frames: (B, N, 3, 3) the axes of each token's anchor frame in the key frame.
+        seq: (N,) residue index along the chain of residue tokens, -1 for ligand groups.
+        known: (B, N) bool, tokens whose key-frame position is known.
     """
 
     tokens: torch.Tensor
@@ -53,6 +61,63 @@ class Conditioning:
     domain: torch.Tensor
     ligand: torch.Tensor
     pocket: torch.Tensor
+    centres: torch.Tensor
+    frames: torch.Tensor
+    seq: torch.Tensor
+    known: torch.Tensor
+
+    def select(self, tokens: torch.Tensor) -> dict:
+        """The per-token fields of the sub-system ``tokens`` (N',) (for fragments)."""
+        return dict(tokens=self.tokens[:, tokens], centres=self.centres[:, tokens], frames=self.frames[:, tokens],
+                    seq=self.seq[tokens], known=self.known[:, tokens])
+
+
+#: sequence offsets beyond this share a bucket; one more bucket for pairs with a ligand group
+MAX_SEQ_OFFSET = 16
+#: Gaussian distance features of token pairs, centres spread over 0..PAIR_RANGE Å
+PAIR_RBF, PAIR_RANGE = 16, 24.0
+
+
+def pair_features(cond: Conditioning, idx: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invariant geometry of token pairs (i, j) on the key frame.
+
+    Args:
+        idx: None for every pair, or (B, N, K) the partners j of each i.
+    Returns:
+        float (B, N, M, 13 + PAIR_RBF): distance RBFs, the direction of j in i's frame, the relative
+        rotation R_iᵀR_j, whether both positions are known; and long (B, N, M) sequence-offset bucket.
+    """
+    b, n, _ = cond.centres.shape
+    if idx is None:
+        idx = torch.arange(n, device=cond.centres.device).expand(b, n, n)
+    rows = torch.arange(b, device=idx.device)[:, None, None]
+    rij = cond.centres[rows, idx] - cond.centres[:, :, None]  # (B, N, M, 3)
+    d = rij.norm(dim=-1, keepdim=True)
+    local = torch.einsum("bnji,bnmj->bnmi", cond.frames, rij) / (d + 1.0)
+    rel = torch.einsum("bnji,bnmjk->bnmik", cond.frames, cond.frames[rows, idx]).flatten(-2)
+    mu = torch.linspace(0, PAIR_RANGE, PAIR_RBF, device=d.device, dtype=d.dtype)
+    rbf = torch.exp(-((d - mu) / (PAIR_RANGE / PAIR_RBF)) ** 2)
+    known = (cond.known[:, :, None] & cond.known[rows, idx]).to(d.dtype)[..., None]
+    si, sj = cond.seq[None, :, None].expand_as(idx), cond.seq[idx]
+    offset = (sj - si).clamp(-MAX_SEQ_OFFSET, MAX_SEQ_OFFSET) + MAX_SEQ_OFFSET
+    bucket = torch.where((si < 0) | (sj < 0), torch.full_like(offset, 2 * MAX_SEQ_OFFSET + 1), offset)
+    return torch.cat([rbf, local, rel, known], -1), bucket
+
+
+N_PAIR_FEATURES = PAIR_RBF + 13
+
+
+class PairEmbedding(nn.Module):
+    """Pair features -> (B, N, M, E) embedding shared by the blocks (each projects it to a per-head bias)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.geom = nn.Sequential(nn.Linear(N_PAIR_FEATURES, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.seq = nn.Embedding(2 * MAX_SEQ_OFFSET + 2, dim)
+
+    def forward(self, cond: Conditioning, idx: torch.Tensor | None) -> torch.Tensor:
+        feats, bucket = pair_features(cond, idx)
+        return self.geom(feats.to(self.seq.weight.dtype)) + self.seq(bucket)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -131,16 +196,19 @@ class MultiHead(nn.Module):
         out = F.scaled_dot_product_attention(self.split(self.q(q_in)), self.split(k), self.split(v), attn_mask=bias)
         return self.o(out.transpose(-2, -3).flatten(-2))
 
-    def attend_each(self, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        """Each query against its own S keys: q (..., D) from ``self.q``, kv (..., S, 2D) from ``self.kv``.
+    def attend_each(self, q: torch.Tensor, kv: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """Each query against its own S keys: q (..., D) from ``self.q``, kv (..., S, 2D) from ``self.kv``,
+        bias None or broadcastable to (..., S, H).
 
         Returns (..., D), output-projected.
         """
         lead, d, s = q.shape[:-1], q.shape[-1], kv.shape[-2]
         x = q.numel() // d
         kvh = kv.reshape(x, s, 2, self.heads, -1)
+        mask = None if bias is None else bias.expand(*lead, s, self.heads).reshape(x, s, self.heads).transpose(
+            1, 2)[:, :, None].to(q.dtype)
         out = F.scaled_dot_product_attention(q.reshape(x, self.heads, 1, -1), kvh[:, :, 0].transpose(1, 2),
-                                             kvh[:, :, 1].transpose(1, 2))
+                                             kvh[:, :, 1].transpose(1, 2), attn_mask=mask)
         return self.o(out.reshape(*lead, d))
 
 
@@ -153,18 +221,22 @@ def gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 class SpatialAttention(nn.Module):
-    """Attention among the tokens of each frame. x: (B, T, N, D) -> (B, T, N, D).
+    """Attention among the tokens of each frame, biased by the key frame's pair geometry.
 
-    ``cond.neighbors`` None: every token attends to every token (N² per frame; small systems).
-    Otherwise local: each token attends to its K nearest tokens and to its domain token; the
-    domain tokens (members' mean) first attend to each other globally. Keys and values are
-    projected once per token and gathered in chunks of tokens, so time and memory grow as N·K.
+    ``forward(x (B, T, N, D), cond, pair (B, N, M, E)) -> (B, T, N, D)``; ``pair`` is the
+    :class:`PairEmbedding` of the pairs attended, projected here to one bias per head.
+    ``cond.neighbors`` None: every token attends to every token (N² per frame; small systems;
+    M = N). Otherwise local: each token attends to its K nearest tokens (M = K) and to its domain
+    token (no bias); the domain tokens (members' mean) first attend to each other globally. Keys
+    and values are projected once per token and gathered in chunks of tokens, so time and memory
+    grow as N·K.
     """
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, pair_dim: int):
         super().__init__()
         self.mh = MultiHead(dim, heads)
         self.domain_mh = MultiHead(dim, heads)
+        self.bias = nn.Linear(pair_dim, heads)
 
     def domains(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         """(B, T, N, D), domain (N,) ids 0..M-1 -> (B, T, M, D) domain tokens after global attention."""
@@ -175,18 +247,20 @@ class SpatialAttention(nn.Module):
         flat = dom.view(b * t, m, d)
         return dom + self.domain_mh.attend(flat, flat).view(b, t, m, d)
 
-    def forward(self, x: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: Conditioning, pair: torch.Tensor) -> torch.Tensor:
         b, t, n, d = x.shape
+        bias = self.bias(pair)  # (B, N, M, H)
         if cond.neighbors is None:
-            flat = x.reshape(b * t, n, d)
-            return self.mh.attend(flat, flat).view(b, t, n, d)
+            return self.mh.attend(x, x, bias.permute(0, 3, 1, 2)[:, None].to(x.dtype))
         q = self.mh.q(x)
         # one key table: the N tokens, then the M domain tokens; token i reads its K neighbours and N + domain[i]
         table = self.mh.kv(torch.cat([x, self.domains(x, cond.domain)], dim=2))
         keys = torch.cat([cond.neighbors, (n + cond.domain).expand(b, n)[..., None]], dim=-1)  # (B, N, K+1)
+        bias = torch.cat([bias, bias.new_zeros(b, n, 1, bias.shape[-1])], dim=2)[:, None]  # (B, 1, N, K+1, H)
 
         def chunk(start: int, stop: int) -> torch.Tensor:
-            return self.mh.attend_each(q[:, :, start:stop], gather_rows(table, keys[:, start:stop]))
+            return self.mh.attend_each(q[:, :, start:stop], gather_rows(table, keys[:, start:stop]),
+                                       bias[:, :, start:stop])
 
         return in_chunks(chunk, n, b * t * keys.shape[-1] * 2 * d, dim=2)
 
@@ -322,16 +396,16 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, max_tau: int, cross_window: int):
         super().__init__()
-        self.spatial = SpatialAttention(dim, heads)
+        self.spatial = SpatialAttention(dim, heads, dim)
         self.temporal = TemporalAttention(dim, heads, max_tau)
         self.cross = CrossAttention(dim, heads, cross_window)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
         self.mods = nn.ModuleList(Modulation(dim, dim) for _ in range(4))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c: torch.Tensor, cond: Conditioning, pair: torch.Tensor) -> torch.Tensor:
         h, g = self.mods[0](x, c)
-        x = x + g * self.spatial(h, cond)
+        x = x + g * self.spatial(h, cond, pair)
         h, g = self.mods[1](x, c)
         x = x + g * self.temporal(h)
         h, g = self.mods[2](x, c)
@@ -365,6 +439,7 @@ class VideoDenoiser(nn.Module):
         self.token_in = nn.Linear(token_dim, dim)
         self.frame_pos = nn.Embedding(max_tau + 1, dim)
         self.step = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.pair = PairEmbedding(dim)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, max_tau, cross_window) for _ in range(depth))
         self.final = Modulation(dim, dim)
         self.out = nn.Linear(dim, value_dim)
@@ -377,7 +452,8 @@ class VideoDenoiser(nn.Module):
         x = (self.value_in(x_t) + self.given(mask.long()) + self.token_in(cond.tokens)[:, None]
              + self.frame_pos(frames)[None, :, None])
         c = self.step(timestep_embedding(t, self.dim).to(x_t.dtype))
+        pair = self.pair(cond, cond.neighbors).to(x_t.dtype)
         for block in self.blocks:
-            x = block(x, c, cond)
+            x = block(x, c, cond, pair)
         h, _ = self.final(x, c)
         return self.out(h)

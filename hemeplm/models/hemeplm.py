@@ -5,7 +5,8 @@ pocket, domains, optional protein-language-model embeddings) and the
 normalisation statistics as buffers, so that a checkpoint alone rebuilds it.
 
 Shapes: B windows, T frames, A atoms, N tokens, W atom slots per token,
-D = 3W values per token, C encoder width, R residues (protein + ligand).
+D values per token (a rigid-body transform and torsions, :mod:`hemeplm.data.internal`),
+C encoder width, R residues (protein + ligand).
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..data import internal as ic
 from ..data import tokens as tok
 from ..data.ligand import ELEMENTS, N_LIGAND_FEATURES
 from ..data.residues import N_RES_TYPES
 from ..heads import EnergyHead
 from .denoiser import Conditioning, VideoDenoiser
 from .encoder import AtomEncoder
+
+#: rotation-vector, translation and sin/cos values: the smallest standard deviation normalisation divides by
+#: (so that a value that hardly moves in training is not blown up into a large normalised value)
+VALUE_STD_FLOOR = (0.02, 0.05, 0.02)
+#: equivariant vector channels per atom whose components along the token's axes enter its embedding
+VECTOR_CHANNELS = 4
 
 #: per-atom arrays of the featurised system the model keeps
 STATIC_KEYS = ("element", "atom_type", "ligand_features", "charge", "is_ligand", "polar", "residue", "bonds")
@@ -38,7 +46,8 @@ def system_static(feats: dict, pocket_radius: float, domain_size: int) -> dict:
     pocket = pocket_tokens(layout, feats["segments"][0][0], np.nonzero(feats["is_ligand"])[0], pocket_radius)
     domain = layout["residue"] // max(1, domain_size)
     out = {k: np.asarray(feats[k]) for k in STATIC_KEYS}
-    out.update(layout={k: np.asarray(v) for k, v in layout.items()}, pocket=pocket, domain=domain,
+    out.update(layout={k: np.asarray(v) for k, v in layout.items()},
+               internal={k: np.asarray(v) for k, v in feats["internal"].items()}, pocket=pocket, domain=domain,
                plm=feats.get("plm"), n_atoms=int(feats["n_atoms"]), atom_names=list(feats["atom_names"]),
                residue_names=list(feats["residue_names"]), topology_pdb=feats["topology_pdb"],
                timestep_ps=float(feats["timestep_ps"]))
@@ -76,6 +85,8 @@ class HemePLM(nn.Module):
             self.register_buffer(f"s_{k}", torch.as_tensor(static[k]), persistent=False)
         for k, v in static["layout"].items():
             self.register_buffer(f"l_{k}", torch.as_tensor(v), persistent=False)
+        for k, v in static["internal"].items():
+            self.register_buffer(f"i_{k}", torch.as_tensor(v), persistent=False)
         self.register_buffer("pocket", torch.as_tensor(static["pocket"], dtype=torch.long), persistent=False)
         self.register_buffer("domain", torch.as_tensor(static["domain"], dtype=torch.long), persistent=False)
         plm = static.get("plm")
@@ -84,9 +95,9 @@ class HemePLM(nn.Module):
         n_tok, width = static["layout"]["atom_index"].shape
         self.n_atoms, self.width = static["n_atoms"], width
         self.n_residues = int(static["residue"].max()) + 1
-        # normalisation statistics (fitted on the training windows, saved in the state dict)
-        self.register_buffer("norm_mean", torch.zeros(n_tok, width, 3))
-        self.register_buffer("norm_std", torch.ones(n_tok, 1, 1))
+        # per-token normalisation statistics (fitted on the training windows, saved in the state dict)
+        self.register_buffer("norm_mean", torch.zeros(n_tok, ic.N_VALUES))
+        self.register_buffer("norm_std", torch.ones(n_tok, ic.N_VALUES))
         self.register_buffer("value_limit", torch.tensor(float("inf")))
         self.register_buffer("energy_mean", torch.zeros(()))
         self.register_buffer("energy_std", torch.ones(()))
@@ -98,10 +109,15 @@ class HemePLM(nn.Module):
         self.encoder = AtomEncoder(len(ELEMENTS) + 1, (N_RES_TYPES + 1) * width + 1, N_LIGAND_FEATURES,
                                    hidden=e.hidden, layers=e.layers, lmax=e.lmax, num_rbf=e.num_rbf,
                                    cutoff=e.cutoff, max_neighbors=e.max_neighbors)
+        slot_features = e.hidden + 3 + 3 * VECTOR_CHANNELS
+        self.vector_mix = nn.Linear(e.hidden, VECTOR_CHANNELS, bias=False)
+        self.slots_in = nn.Sequential(nn.Linear(width * slot_features, e.hidden), nn.SiLU(),
+                                      nn.Linear(e.hidden, e.hidden))
+        self.torsions_in = nn.Linear(2 * ic.N_TORSIONS, e.hidden)
         self.res_type = nn.Embedding(N_RES_TYPES, e.hidden)
         self.kind = nn.Embedding(3, e.hidden)
         self.plm_proj = None if plm is None else nn.Linear(plm.shape[1], e.hidden)
-        self.denoiser = VideoDenoiser(3 * width, e.hidden, dim=d.dim, depth=d.depth, heads=d.heads,
+        self.denoiser = VideoDenoiser(ic.N_VALUES, e.hidden, dim=d.dim, depth=d.depth, heads=d.heads,
                                       mlp_ratio=d.mlp_ratio, max_tau=d.max_tau, cross_window=d.cross_window,
                                       max_tokens=d.max_tokens, fragment_halo=d.fragment_halo)
         self.energy_head = EnergyHead(e.hidden, cfg.energy.hidden) if cfg.energy.enabled else None
@@ -126,6 +142,10 @@ class HemePLM(nn.Module):
         return {k: getattr(self, f"l_{k}") for k in tok.TokenLayout.__dataclass_fields__}
 
     @property
+    def internal(self) -> dict[str, torch.Tensor]:
+        return {k: getattr(self, f"i_{k}") for k in ic.InternalLayout.__dataclass_fields__}
+
+    @property
     def static(self) -> dict[str, torch.Tensor]:
         return {k: getattr(self, f"s_{k}") for k in STATIC_KEYS}
 
@@ -135,44 +155,44 @@ class HemePLM(nn.Module):
         return self.l_kind == tok.KIND_LIGAND
 
     @property
-    def slot_mask(self) -> torch.Tensor:
-        """(N, D) float, 1 where a value belongs to an atom."""
-        return (self.l_atom_index >= 0).repeat_interleave(3, dim=-1).float()
+    def value_mask(self) -> torch.Tensor:
+        """(N, D) float, 1 where a value means something (the rigid body; the sin/cos of present torsions)."""
+        present = (self.i_torsion_slots[..., 0] >= 0).repeat_interleave(2, dim=-1)
+        return torch.cat([torch.ones_like(present[:, :1]).expand(-1, 6), present], -1).float()
 
     # ------------------------------------------------------------------ values <-> coordinates
     def values(self, coords: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        """(B, T, A, 3), key (B, A, 3) -> normalised values (B, T, N, D)."""
-        d = tok.encode(coords, key, self.layout)
-        z = (d - self.norm_mean) / self.norm_std * (self.l_atom_index >= 0)[..., None]
-        return z.flatten(-2)
+        """(B, T, A, 3), key (B, A, 3) -> normalised internal values (B, T, N, D)."""
+        v = ic.encode(coords, key, self.layout, self.internal)
+        return (v - self.norm_mean) / self.norm_std * self.value_mask
 
     def coordinates(self, values: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         """Normalised values (B, T, N, D), key (B, A, 3) -> coordinates (B, T, A, 3)."""
-        d = values.unflatten(-1, (self.width, 3)) * self.norm_std + self.norm_mean
-        return tok.decode(d, key, self.layout, self.n_atoms)
+        v = values * self.norm_std + self.norm_mean
+        return ic.decode(v, key, self.layout, self.internal, self.n_atoms)
 
     @torch.no_grad()
     def fit_normalisation(self, windows) -> None:
-        """Fit value and energy statistics on training windows (iterable of dataset items)."""
-        lig = self.token_is_ligand
+        """Fit per-token value statistics and energy statistics on training windows (dataset items).
+
+        Each token's values get their own mean and standard deviation over the windows' frames,
+        so the prior (what sampling gives with nothing learnt) already carries each residue's
+        mobility; the standard deviation is floored by :data:`VALUE_STD_FLOOR`.
+        """
         vals, energies, forces = [], [], []
         for item in windows:
             c = item["coords"].to(self.norm_mean)
-            vals.append(tok.encode(c, c[0], self.layout))
+            vals.append(ic.encode(c, c[0], self.layout, self.internal))
             if bool(item["has_energy"]):
                 energies.append(item["energy"].double())
                 forces.append(item["forces"].double())
-        v = torch.stack(vals)  # (M, T, N, W, 3)
-        m = (self.l_atom_index >= 0)[..., None].to(v)
-        mean = (v * m).mean(dim=(0, 1)) * lig[:, None, None]
-        self.norm_mean.copy_(mean)
-        for is_lig in (False, True):
-            sel = lig == is_lig
-            if sel.any():
-                dev = ((v - mean)[:, :, sel] * m[sel]) ** 2
-                std = (dev.sum() / (m[sel].sum() * v.shape[0] * v.shape[1] * 3)).sqrt().clamp(min=1e-3)
-                self.norm_std[sel] = std
-        z = (v - mean) / self.norm_std * m
+        v = torch.cat(vals).flatten(0, -3)  # (M·T, N, D)
+        keep = self.value_mask
+        floor = torch.tensor([VALUE_STD_FLOOR[0]] * 3 + [VALUE_STD_FLOOR[1]] * 3
+                             + [VALUE_STD_FLOOR[2]] * 2 * ic.N_TORSIONS).to(v)
+        self.norm_mean.copy_(v.mean(0) * keep)
+        self.norm_std.copy_(torch.where(keep > 0, v.std(0).clamp(min=floor), torch.ones_like(keep)))
+        z = (v - self.norm_mean) / self.norm_std * keep
         self.value_limit.fill_(float(z.abs().max()) * 1.5)
         if energies:
             e = torch.cat(energies)
@@ -185,61 +205,86 @@ class HemePLM(nn.Module):
     def condition(self, key: torch.Tensor, node_mask: torch.Tensor | None = None) -> tuple[Conditioning, torch.Tensor]:
         """Encode key frames.
 
+        A token's embedding reads every one of its atoms (not their mean): per slot, the encoder's
+        invariant features, the slot's body coordinates and the encoder's vectors resolved along the
+        token's anchor axes (invariant too), plus the sin/cos of its torsions, its residue type
+        and kind. The pair geometry for attention (positions, anchor axes, sequence index) goes
+        into the :class:`Conditioning` as well.
+
         Args:
             key: (B, A, 3) Å.
             node_mask: (B, A) bool, atoms whose key positions are known (None = all).
         Returns:
             :class:`Conditioning` and the atom features h (B, A, C).
         """
-        h, _ = self.encoder(key, self.static, node_mask)
-        b = key.shape[0]
-        counts = (self.l_atom_index >= 0).sum(-1).to(h.dtype)  # atoms per token
-        tokens = h.new_zeros(b, self.l_kind.numel(), h.shape[-1]).index_add_(1, self.l_atom_token, h)
-        tokens = tokens / counts[:, None] + self.res_type(self.l_res_type) + self.kind(self.l_kind)
+        from e3nn import o3
+
+        h, vec = self.encoder(key, self.static, node_mask)
+        rot, _ = ic.anchors(key, self.layout)  # (B, N, 3, 3), columns = axes
+        body = ic.body_coordinates(key, self.layout, self.internal)  # (B, N, W, 3)
+        idx, present = self.l_atom_index.clamp(min=0), (self.l_atom_index >= 0)[..., None]
+        axes = o3.spherical_harmonics(1, rot.transpose(-1, -2), normalize=False, normalization="component")
+        mixed = self.vector_mix(vec[:, :, :3])[:, idx]  # l = 1 vectors, (B, N, W, 3, V)
+        along = torch.einsum("bnks,bnwsv->bnwkv", axes, mixed).flatten(-2)
+        slots = torch.cat([h[:, idx], body / 5.0, along], -1) * present.to(h.dtype)
+        ang = ic.torsion_angles(body, self.internal)
+        tors = torch.stack([ang.sin(), ang.cos()], -1).flatten(-2) * self.value_mask[:, 6:]
+        tokens = (self.slots_in(slots.flatten(-2)) + self.torsions_in(tors) + self.res_type(self.l_res_type)
+                  + self.kind(self.l_kind))
         if self.plm_proj is not None:
             is_res = self.l_kind != tok.KIND_LIGAND
             tokens = tokens + self.plm_proj(self.plm)[self.l_residue] * is_res[:, None]
-        neighbors = None
-        if self.spatial == "local":
-            neighbors = self._token_neighbors(key, node_mask)
+        centres, known = self.token_positions(key, node_mask)
+        neighbors = self._token_neighbors(centres, known, node_mask is not None) if self.spatial == "local" else None
+        seq = torch.where(self.token_is_ligand, -1, self.l_residue)
         cond = Conditioning(tokens=tokens, neighbors=neighbors, domain=self.domain,
-                            ligand=torch.nonzero(self.token_is_ligand).flatten(), pocket=self.pocket)
+                            ligand=torch.nonzero(self.token_is_ligand).flatten(), pocket=self.pocket,
+                            centres=centres, frames=rot, seq=seq, known=known)
         return cond, h
 
-    def _token_neighbors(self, key: torch.Tensor, node_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, A, 3) -> (B, N, K) nearest tokens in each key frame.
+    def token_positions(self, key: torch.Tensor, node_mask: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, A, 3) -> (B, N, 3) token positions and (B, N) bool, whether each is known.
 
-        A residue token sits at its Cα, a ligand group at the centre of its known atoms. Only
-        tokens with a known position (``node_mask``) are placed; an unknown one (an inpainted
-        ligand group) takes the neighbours of its anchor residue, so hidden positions do not
-        leak into the attention pattern.
+        A residue token sits at its Cα, a ligand group at the centre of its known atoms; a group
+        with no known atom (an inpainted ligand) at its anchor residue's Cα, marked unknown.
+        """
+        origin = key[:, self.l_frame_atoms[self.l_residue, 1]]
+        b, n = origin.shape[:2]
+        known = torch.ones(b, n, dtype=torch.bool, device=key.device)
+        lig = self.token_is_ligand
+        if not bool(lig.any()):
+            return origin, known
+        idx = self.l_atom_index[lig]  # (L, W)
+        w = (idx >= 0).expand(b, -1, -1)
+        if node_mask is not None:
+            w = w & node_mask[:, idx.clamp(min=0)]
+        count = w.sum(-1)  # (B, L)
+        centre = (key[:, idx.clamp(min=0)] * w[..., None]).sum(-2) / count.clamp(min=1)[..., None]
+        pos = origin.clone()
+        pos[:, lig] = torch.where((count > 0)[..., None], centre, origin[:, lig])
+        known[:, lig] = count > 0
+        return pos, known
+
+    def _token_neighbors(self, pos: torch.Tensor, known: torch.Tensor, masked: bool) -> torch.Tensor:
+        """(B, N, 3) token positions, (B, N) known -> (B, N, K) nearest tokens in each key frame.
+
+        Only known tokens are placed; an unknown one (an inpainted ligand group) takes the
+        neighbours of its anchor residue, so hidden positions do not leak into the attention pattern.
         """
         from torch_cluster import knn
 
-        atom = self.l_atom_index[:, 1].where(self.l_atom_index[:, 1] >= 0, self.l_atom_index[:, 0])
-        b, n = key.shape[0], atom.numel()
-        pos = key[:, atom]  # (B, N, 3)
-        known = torch.ones(b, n, dtype=torch.bool, device=key.device) if node_mask is None else node_mask[:, atom]
-        lig = self.token_is_ligand
-        if bool(lig.any()):
-            idx = self.l_atom_index[lig]  # (L, W)
-            w = (idx >= 0).expand(b, -1, -1)
-            if node_mask is not None:
-                w = w & node_mask[:, idx.clamp(min=0)]
-            count = w.sum(-1)  # (B, L)
-            centre = (key[:, idx.clamp(min=0)] * w[..., None]).sum(-2) / count.clamp(min=1)[..., None]
-            pos, known = pos.clone(), known.clone()
-            pos[:, lig], known[:, lig] = centre, count > 0
+        b, n = known.shape
         k = min(self.local_neighbors, int(known.sum(1).min()))
         placed = torch.nonzero(known.flatten()).flatten()  # flat (sample, token) indices
-        pos = pos.reshape(b * n, 3)[placed]
+        flat = pos.reshape(b * n, 3)[placed]
         batch = placed // n
-        dst, src = knn(pos, pos, k, batch, batch)
+        dst, src = knn(flat, flat, k, batch, batch)
         order = torch.argsort(dst * len(placed) + src)
-        table = torch.zeros(b * n, k, dtype=torch.long, device=key.device)
+        table = torch.zeros(b * n, k, dtype=torch.long, device=pos.device)
         table[placed] = (placed[src[order]] % n).view(-1, k)
         table = table.view(b, n, k)
-        if node_mask is None:
+        if not masked:
             return table
         anchor = self.l_atom_token[self.l_frame_atoms[self.l_residue, 1]]  # (N,) token of the anchor residue
         return torch.where(known[..., None], table, table[:, anchor])
