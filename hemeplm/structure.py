@@ -26,6 +26,8 @@ import torch
 
 #: a non-bonded pair closer than this times the sum of the van der Waals radii clashes
 CLASH_SCALE = 0.75
+#: the projection pushes pairs out to this (a margin over CLASH_SCALE: a quadratic penalty leaves pairs just inside)
+PROJECT_CLASH_SCALE = 0.8
 
 
 def vdw_radii(symbols: list[str]) -> np.ndarray:
@@ -57,8 +59,9 @@ def bond_deviation(x: torch.Tensor, internal: dict[str, torch.Tensor]) -> torch.
     return (d - internal["pair_length"].to(d.dtype)) ** 2
 
 
-def clash_penalty(x: torch.Tensor, internal: dict[str, torch.Tensor], max_neighbors: int = 64) -> torch.Tensor:
-    """(B, T, A, 3) -> (B, T) soft clash penalty (Å²) of each frame.
+def clash_penalty(x: torch.Tensor, internal: dict[str, torch.Tensor], scale: float = CLASH_SCALE,
+                  max_neighbors: int = 64) -> torch.Tensor:
+    """(B, T, A, 3) -> (B, T) soft clash penalty (Å²) of each frame: pairs closer than ``scale`` × (r_i + r_j).
 
     Candidate pairs come from a radius search (``torch_cluster``) on the detached coordinates,
     so the cost is linear in atoms.
@@ -69,7 +72,7 @@ def clash_penalty(x: torch.Tensor, internal: dict[str, torch.Tensor], max_neighb
     radius = internal["radius"].to(x.dtype)
     flat = x.reshape(-1, 3)
     batch = torch.arange(b * t, device=x.device).repeat_interleave(a)
-    reach = CLASH_SCALE * 2 * float(radius.max())
+    reach = scale * 2 * float(radius.max())
     src, dst = radius_graph(flat.detach(), reach, batch=batch, max_num_neighbors=max_neighbors)
     keep = src < dst
     src, dst = src[keep], dst[keep]
@@ -78,7 +81,7 @@ def clash_penalty(x: torch.Tensor, internal: dict[str, torch.Tensor], max_neighb
     keep = (radius[ai] > 0) & (radius[aj] > 0) & ~torch.isin(lo * a + hi, internal["excluded"])
     src, dst, ai, aj = src[keep], dst[keep], ai[keep], aj[keep]
     d = (flat[src] - flat[dst]).norm(dim=-1)
-    pen = torch.relu(CLASH_SCALE * (radius[ai] + radius[aj]) - d) ** 2
+    pen = torch.relu(scale * (radius[ai] + radius[aj]) - d) ** 2
     return x.new_zeros(b * t).index_add_(0, src // a, pen).view(b, t)
 
 
@@ -109,11 +112,13 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
         return values
     move = free[..., None].to(values.dtype)
     delta = torch.zeros_like(values, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=lr)
+    # eps well above float noise: a value whose gradient is noise (or whose term is already met) stays put,
+    # instead of taking Adam's full normalised step (which would also break the rotation equivariance)
+    opt = torch.optim.Adam([delta], lr=lr, eps=1e-3)
     with torch.enable_grad():
         for _ in range(steps):
             x = coordinates(values + delta * move)
-            energy = bond_deviation(x, internal).sum() + clash_penalty(x, internal).sum()
+            energy = bond_deviation(x, internal).sum() + clash_penalty(x, internal, PROJECT_CLASH_SCALE).sum()
             energy = energy + restraint * (delta * move).pow(2).sum()
             opt.zero_grad()
             energy.backward()
