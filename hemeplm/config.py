@@ -87,12 +87,15 @@ class EnergyConfig:
 @dataclass
 class StructureConfig:
     """Structure terms (:mod:`hemeplm.structure`): their weights in training, on the decoded clean-data
-    estimate, and the projection of sampled windows onto them (Adam steps; 0 turns it off)."""
+    estimate, and the projection of sampled windows onto them (Adam steps; 0 turns it off); a forecast's
+    projection also keeps Cα-Cα distances of its start frame within ``fold_sigmas`` training-MD standard
+    deviations (0 turns that off)."""
 
     bond_weight: float = 1.0
     clash_weight: float = 0.1
     project_steps: int = 50
     project_restraint: float = 0.01
+    fold_sigmas: float = 3.0
 
 
 @dataclass

@@ -120,12 +120,15 @@ class Generator:
         return len(self.diffusion.step_sequence(self.sampler, self.steps))
 
     @torch.no_grad()
-    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
+                      fold: torch.Tensor | None = None) -> torch.Tensor:
         """Generate one window per sample.
 
         Args:
             coords: (S, T, A, 3) Å, known entries filled (others ignored).
             mask: (T, N) or (S, T, N) bool, True = known.
+            fold: None, or (A, 3) / (S, A, 3) frame whose fold the projection keeps
+                (``structure.fold_sigmas``; :func:`hemeplm.structure.fold_penalty`).
         Returns:
             (S, T, A, 3); the atoms of known tokens are returned exactly.
         """
@@ -142,19 +145,21 @@ class Generator:
         x = self.diffusion.sample(denoiser_for(m, cond, key), x_given, cond, mask, steps=self.steps,
                                   sampler=self.sampler, generator=generator, progress=self.progress,
                                   clip_x0=float(m.value_limit))
+        st = self.cfg.structure
         x = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
-                    restraint=self.cfg.structure.project_restraint)
+                    restraint=st.project_restraint, fold=fold, fold_sigmas=st.fold_sigmas)
         out = m.coordinates(x, key)
         return torch.where(atom_known[..., None], coords, out)
 
     def fill(self, coords: torch.Tensor, known: torch.Tensor, starts: list[int], generator: torch.Generator,
-             desc: str = "windows") -> torch.Tensor:
+             desc: str = "windows", fold: torch.Tensor | None = None) -> torch.Tensor:
         """Fill a timeline window by window.
 
         Args:
             coords: (S, F, A, 3) with known entries set; F >= start + T for every start.
             known: (F, N) bool.
             starts: window start frames, in order.
+            fold: passed to :meth:`window_sample`.
         Returns:
             (S, F, A, 3) with every window generated.
         """
@@ -163,7 +168,7 @@ class Generator:
         t = self.window
         known = known.clone()
         for s in tqdm(starts, desc=desc, disable=not self.progress or len(starts) < 2):
-            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator)
+            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator, fold)
             coords[:, s:s + t] = out
             known[s:s + t] = True
         return coords
@@ -183,7 +188,8 @@ class Generator:
         coords, known, starts = self._timeline(n_samples, num_frames, start.device)
         coords[:, 0] = start
         known[0] = True
-        return self.fill(coords, known, starts, generator, "forecast windows")[:, :num_frames]
+        # every window is keyed on the last generated frame; the projection keeps the start frame's fold
+        return self.fill(coords, known, starts, generator, "forecast windows", start)[:, :num_frames]
 
     def upsample(self, coarse: torch.Tensor, n_samples: int, generator) -> torch.Tensor:
         """coarse (Fc, A, 3) -> (S, (Fc-1)*k+1, A, 3) with the coarse frames every k-th frame.

@@ -28,6 +28,29 @@ import torch
 CLASH_SCALE = 0.75
 #: the projection pushes pairs out to this (a margin over CLASH_SCALE: a quadratic penalty leaves pairs just inside)
 PROJECT_CLASH_SCALE = 0.8
+#: Å; Cα pairs closer than this in the first training frame are the fold's restraint pairs
+FOLD_CUTOFF = 10.0
+#: Å; the smallest spread a fold pair is allowed
+FOLD_MIN_SPREAD = 0.1
+
+
+def fold_pairs(frames: np.ndarray, ca: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cα pairs that hold the fold, and how much their distance varies in the training MD.
+
+    Args:
+        frames: (F, A, 3) Å, training frames (the first defines the pairs); ca: (R,) Cα atom indices.
+    Returns:
+        (2, Q) atom index pairs closer than :data:`FOLD_CUTOFF` in the first frame and not sequence
+        neighbours, and (Q,) the standard deviation of their distance over the frames (Å, at least
+        :data:`FOLD_MIN_SPREAD`).
+    """
+    from scipy.spatial import cKDTree
+
+    pairs = cKDTree(frames[0, ca]).query_pairs(FOLD_CUTOFF, output_type="ndarray")
+    pairs = pairs[np.abs(pairs[:, 0] - pairs[:, 1]) > 1]
+    index = ca[pairs].T.astype(np.int64)
+    d = np.linalg.norm(frames[:, index[0]] - frames[:, index[1]], axis=-1)
+    return index, np.maximum(d.std(0), FOLD_MIN_SPREAD).astype(np.float32)
 
 
 def vdw_radii(symbols: list[str]) -> np.ndarray:
@@ -85,6 +108,19 @@ def clash_penalty(x: torch.Tensor, internal: dict[str, torch.Tensor], scale: flo
     return x.new_zeros(b * t).index_add_(0, src // a, pen).view(b, t)
 
 
+def fold_penalty(x: torch.Tensor, reference: torch.Tensor, internal: dict[str, torch.Tensor],
+                 sigmas: float) -> torch.Tensor:
+    """(B, T, A, 3), reference (..., A, 3) -> (B, T): Σ over the fold pairs of
+    ``max(0, |d - d_ref| - sigmas · spread)²`` (Å²): zero while every Cα-Cα distance stays within
+    ``sigmas`` of the training MD's spread of its reference value."""
+    i, j = internal["fold_index"]
+    d = (x[..., i, :] - x[..., j, :]).norm(dim=-1)
+    d_ref = (reference[..., i, :] - reference[..., j, :]).norm(dim=-1).to(d.dtype)
+    if d_ref.ndim == 2:  # one reference per sample: (B, Q) -> (B, 1, Q)
+        d_ref = d_ref[:, None]
+    return (torch.relu((d - d_ref).abs() - sigmas * internal["fold_spread"].to(d.dtype)) ** 2).sum(-1)
+
+
 def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """(B, T, A, 3) -> ``bond`` and ``clash``, each (B,), means over frames (and pairs; see module docstring)."""
     bond = bond_deviation(x, internal)
@@ -94,17 +130,20 @@ def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor]) -> dict[
 
 def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, free: torch.Tensor,
             internal: dict[str, torch.Tensor], steps: int = 50, lr: float = 0.1,
-            restraint: float = 0.01) -> torch.Tensor:
+            restraint: float = 0.01, fold: torch.Tensor | None = None, fold_sigmas: float = 0.0) -> torch.Tensor:
     """Move generated internal values the least that removes inter-token bond errors and clashes.
 
     Minimises, over the values of the ``free`` tokens, the sum over frames of the squared
     inter-token 1-2/1-3 deviations and clash penalties (Å²) plus ``restraint`` times the squared
     change of the (normalised) values, with Adam. The values stay internal coordinates, so what
-    is exact inside a token stays exact; given tokens do not move.
+    is exact inside a token stays exact; given tokens do not move. With a ``fold`` reference,
+    the :func:`fold_penalty` is added too (a long forecast keeps its start frame's fold within
+    the training MD's fluctuations).
 
     Args:
         coordinates: normalised values (B, T, N, D) -> coordinates (B, T, A, 3).
         values: (B, T, N, D) generated values; free: (B, T, N) bool, tokens that may move.
+        fold: None, or (A, 3) / (B, A, 3) reference coordinates of the fold; fold_sigmas: its tolerance.
     Returns:
         (B, T, N, D) projected values.
     """
@@ -119,6 +158,8 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
         for _ in range(steps):
             x = coordinates(values + delta * move)
             energy = bond_deviation(x, internal).sum() + clash_penalty(x, internal, PROJECT_CLASH_SCALE).sum()
+            if fold is not None and fold_sigmas > 0:
+                energy = energy + fold_penalty(x, fold, internal, fold_sigmas).sum()
             energy = energy + restraint * (delta * move).pow(2).sum()
             opt.zero_grad()
             energy.backward()

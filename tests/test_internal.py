@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, layout_tensors, random_rotations
+from conftest import PDB, ROOT, layout_tensors, random_rotations, write_dcd
 
 from hemeplm.data import internal
 from hemeplm.data.tokens import KIND_LIGAND, KIND_RESIDUE
@@ -119,7 +119,7 @@ def test_ligand_torsions_move_the_smaller_side():
               "residue": np.array([0, 0]), "frame_atoms": np.array([[0, 1, 2]]),
               "torsion_atoms": -np.ones((1, 7, 4), np.int64), "atom_token": np.array([0, 0, 0, 1, 1, 1, 1, 1])}
     bonds = np.array([[0, 1], [1, 2], [3, 4], [4, 5], [5, 6], [6, 7]]).T
-    out = build_internal(layout, bonds, np.array([0, 0, 0, 1, 1, 1, 1, 1]), x, ["N", "C", "C"] + ["C"] * 5)
+    out = build_internal(layout, bonds, np.array([0, 0, 0, 1, 1, 1, 1, 1]), x[None], ["N", "C", "C"] + ["C"] * 5)
     present = out.torsion_slots[1, :, 0] >= 0
     assert present.sum() == 2  # bonds 4-5 and 5-6
     assert out.core[1].sum() >= 3
@@ -167,3 +167,65 @@ def test_projection_repairs_perturbed_frames_and_keeps_tokens_exact(md):
     protein = ~torch.as_tensor(feats["is_ligand"])[i]
     d = (y[..., i, :] - y[..., j, :]).norm(dim=-1)[..., protein]
     torch.testing.assert_close(d, (key[i] - key[j]).norm(dim=-1)[protein].expand_as(d), atol=1e-4, rtol=0)
+
+
+def test_residue_missing_side_chain_atoms_is_logged_and_held(tmp_path, caplog):
+    """A Lys without NZ: chi4 is not generated (a clear log line), and decoding still keeps every bond exact."""
+    import logging
+
+    import mdtraj
+
+    from hemeplm.data.dataset import DataConfig, build_features
+
+    full = mdtraj.load(str(PDB))
+    lys = [r for r in full.topology.residues if r.name == "LYS"][0]
+    keep = [a.index for a in full.topology.atoms
+            if (a.residue.is_protein or a.residue.name == "TMP") and not (a.residue is lys and a.name in ("NZ", "HZ1",
+                                                                                                     "HZ2", "HZ3"))]
+    sub = full.atom_slice(keep)
+    for a in sub.topology.atoms:
+        a.serial = None
+    sub.save_pdb(str(tmp_path / "cut.pdb"))
+    xyz = sub.xyz[0][None] + np.random.default_rng(0).normal(scale=0.01, size=(4, *sub.xyz[0].shape))
+    write_dcd(tmp_path / "cut.dcd", xyz)
+    with caplog.at_level(logging.WARNING):
+        feats = build_features(DataConfig(topology=str(tmp_path / "cut.pdb"), trajectories=[str(tmp_path / "cut.dcd")],
+                                          ligand="resname TMP"))
+    assert any(f"{lys}" in r.message and "chi4" in r.message for r in caplog.records)
+    layout = layout_tensors(feats)
+    ic = {k: torch.as_tensor(v) for k, v in feats["internal"].items()}
+    token = int(layout["atom_token"][int(layout["frame_atoms"][lys.index, 1])])
+    assert int((ic["torsion_slots"][token, :, 0] >= 0).sum()) == 4  # carbonyl + chi1-3
+    x = torch.as_tensor(feats["segments"][0]).double()
+    v = internal.encode(x, x[0], layout, ic)
+    y = internal.decode(v + 0.2 * torch.randn_like(v), x[0], layout, ic, x.shape[1])
+    i, j = _pairs_within_tokens(feats, layout)
+    protein = ~torch.as_tensor(feats["is_ligand"])[i]
+    d = (y[:, i] - y[:, j]).norm(dim=-1)[:, protein]
+    torch.testing.assert_close(d, (x[0, i] - x[0, j]).norm(dim=-1)[protein].expand_as(d), atol=1e-9, rtol=0)
+
+
+def test_fold_restraint_holds_a_drifting_frame(md):
+    """Cα pairs within 10 Å and their training spread; the fold penalty is zero at the reference, grows with
+    drift, and a projection with the fold reference removes most of it while keeping tokens exact."""
+    from hemeplm.structure import fold_penalty, project
+
+    feats, layout, ic, x = md
+    assert ic["fold_index"].shape[1] > 500 and float(ic["fold_spread"].min()) >= 0.1
+    key = x[0].float()
+    assert float(fold_penalty(key[None, None], key, ic, 3.0).sum()) == 0.0
+    scale = torch.tensor([0.05] * 3 + [0.3] * 3 + [1.0] * 10)
+    v = internal.encode(x[None, :3].float(), key[None], layout, ic) / scale
+    drift = v.clone()
+    drift[:, 1:, :, 3:6] += 4.0 * torch.randn(drift[:, 1:, :, 3:6].shape, generator=torch.Generator().manual_seed(1))
+
+    def coordinates(values):
+        return internal.decode(values * scale, key[None], layout, ic, x.shape[1])
+
+    free = torch.ones(drift.shape[:-1], dtype=torch.bool)
+    free[:, 0] = False
+    before = float(fold_penalty(coordinates(drift), key, ic, 3.0).sum())
+    plain = float(fold_penalty(coordinates(project(coordinates, drift, free, ic, steps=60)), key, ic, 3.0).sum())
+    held = float(fold_penalty(coordinates(project(coordinates, drift, free, ic, steps=60, fold=key, fold_sigmas=3.0)),
+                              key, ic, 3.0).sum())
+    assert held < before / 10 and held < plain / 3, (before, plain, held)

@@ -31,7 +31,9 @@ from .internal import build_internal
 from .tokens import build_layout
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
+#: training frames (evenly spaced) over which the fold pairs' distance spread is measured
+FOLD_FRAMES = 200
 SPLITS = ("train", "val", "test")
 
 
@@ -117,7 +119,9 @@ def build_features(cfg: DataConfig) -> dict:
     n_res = len(layout.frame_atoms)
     residue = np.array([a.residue.index for a in top.atoms], np.int64)
     symbols = [ELEMENTS[e] if e < len(ELEMENTS) else "C" for e in element]
-    internal = build_internal(asdict(layout), bonds, residue, first, symbols)
+    train = np.concatenate([seg[slice(*split_bounds(len(seg), cfg.split)[0])] for seg in system.segments])
+    train = train[np.linspace(0, len(train) - 1, min(len(train), FOLD_FRAMES)).round().astype(int)]
+    internal = build_internal(asdict(layout), bonds, residue, np.concatenate([first[None], train]), symbols)
     return {
         "version": FEATURE_VERSION,
         "layout": asdict(layout),

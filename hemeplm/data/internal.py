@@ -63,6 +63,8 @@ class InternalLayout:
         pair_length: (P,) Å, their distance in the first frame.
         excluded: sorted keys ``i * A + j`` (i < j) of all 1-2 and 1-3 pairs (no clash there).
         radius: (A,) van der Waals radii (Å), 0 for metals (left out of clashes).
+        fold_index: (2, Q) Cα pairs that hold the fold in a long forecast; fold_spread: (Q,) Å, the
+            training MD's standard deviation of their distance (:func:`hemeplm.structure.fold_pairs`).
     """
 
     torsion_slots: np.ndarray
@@ -73,6 +75,8 @@ class InternalLayout:
     pair_length: np.ndarray
     excluded: np.ndarray
     radius: np.ndarray
+    fold_index: np.ndarray
+    fold_spread: np.ndarray
 
 
 def _side(start: int, blocked: int, adj: list[set[int]], allowed: set[int]) -> set[int] | None:
@@ -92,18 +96,19 @@ def _side(start: int, blocked: int, adj: list[set[int]], allowed: set[int]) -> s
     return seen
 
 
-def build_internal(layout: dict, bonds: np.ndarray, residue: np.ndarray, first: np.ndarray,
+def build_internal(layout: dict, bonds: np.ndarray, residue: np.ndarray, coords: np.ndarray,
                    symbols: list[str]) -> InternalLayout:
     """Internal-coordinate description of a system.
 
     Args:
         layout: :class:`~hemeplm.data.tokens.TokenLayout` as a dict of arrays.
         bonds: (2, E) atom bonds; residue: (A,) topology residue of each atom.
-        first: (A, 3) Å, the first training frame (ligand templates, pair lengths).
+        coords: (F, A, 3) Å, training frames; the first gives the ligand templates and pair lengths.
         symbols: (A,) element symbols.
     """
-    from ..structure import near_pairs, vdw_radii
+    from ..structure import fold_pairs, near_pairs, vdw_radii
 
+    first = coords[0]
     idx, kind, torsion_atoms = layout["atom_index"], layout["kind"], layout["torsion_atoms"]
     n_tok, width = idx.shape
     n_atoms = len(residue)
@@ -169,9 +174,11 @@ def build_internal(layout: dict, bonds: np.ndarray, residue: np.ndarray, first: 
     pair_index = near[token[near[:, 0]] != token[near[:, 1]]].T.copy()
     radius = vdw_radii(symbols)
     length = np.linalg.norm(first[pair_index[0]] - first[pair_index[1]], axis=-1).astype(np.float32)
+    fold_index, fold_spread = fold_pairs(coords, np.asarray(layout["frame_atoms"])[:, 1])
     return InternalLayout(torsion_slots=slots, torsion_moving=moving, template=template, core=core,
                           pair_index=pair_index, pair_length=length,
-                          excluded=near[:, 0] * n_atoms + near[:, 1], radius=radius)
+                          excluded=near[:, 0] * n_atoms + near[:, 1], radius=radius, fold_index=fold_index,
+                          fold_spread=fold_spread)
 
 
 def _ligand_quads(atoms: list[int], adj: list[set[int]]) -> list[tuple[int, int, int, int]]:

@@ -13,12 +13,15 @@ body plus torsions, is in :mod:`hemeplm.data.internal`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .residues import ATOM14, ATOM_ALIASES, CHI, TORSION_NAMES, UNK, residue_type, standard_name
+
+log = logging.getLogger(__name__)
 
 KIND_RESIDUE, KIND_LIGAND, KIND_EXTRA = 0, 1, 2
 
@@ -101,7 +104,7 @@ def build_layout(topology, ligand: np.ndarray, first_frame: np.ndarray, width: i
             kinds.append(KIND_EXTRA)
             rtypes.append(rt)
             res_of.append(ri)
-        torsions.append(_chi(name, atoms))
+        torsions.append(_chi(name, atoms, str(res)))
     frame_atoms = np.asarray(frames, dtype=np.int64).reshape(-1, 3)
     torsion_atoms = np.asarray(torsions, dtype=np.int64).reshape(-1, 7, 4)
     _backbone_torsions(topology, residues, frame_atoms, torsion_atoms)
@@ -182,11 +185,16 @@ def ligand_groups(topology, ligand: np.ndarray, first_frame: np.ndarray, size: i
     return sorted(groups, key=lambda g: int(g[0]))
 
 
-def _chi(name: str, atoms: dict[str, int]) -> list[list[int]]:
+def _chi(name: str, atoms: dict[str, int], label: str) -> list[list[int]]:
+    """Atom indices of chi1-4 (rows 3-6 of the 7 torsions); a chi whose atoms are missing stays undefined (-1),
+    which leaves that part of the side chain rigid in the key frame's pose (logged)."""
     out = [[-1] * 4 for _ in TORSION_NAMES]
     for k, quad in enumerate(CHI.get(name, ())):
         if all(n in atoms for n in quad):
             out[3 + k] = [atoms[n] for n in quad]
+        else:
+            log.warning("%s lacks atom(s) %s of chi%d: that torsion is not generated (held as in the key frame)",
+                        label, ", ".join(n for n in quad if n not in atoms), k + 1)
     return out
 
 
