@@ -18,7 +18,8 @@ import torch
 from .config import Config, from_dict
 from .errors import HemeplmError
 
-FORMAT_VERSION = 1
+#: 2: internal coordinates (rigid bodies + torsions); 1 generated per-atom displacements
+FORMAT_VERSION = 2
 REQUIRED_KEYS = ("format_version", "config", "static", "model", "ema", "step")
 
 
@@ -66,9 +67,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise HemeplmError(f"not a readable checkpoint (truncated or corrupted?): {_one_line(exc)}", p) from exc
     if not isinstance(ckpt, dict):
         raise HemeplmError("not a HemePLM checkpoint (no dictionary inside)", p)
-    if ckpt.get("format_version") != FORMAT_VERSION:
-        raise HemeplmError(f"checkpoint format version {ckpt.get('format_version')!r}; this HemePLM reads "
-                           f"version {FORMAT_VERSION}", p)
+    version = ckpt.get("format_version")
+    if version != FORMAT_VERSION:
+        older = isinstance(version, int) and version < FORMAT_VERSION
+        raise HemeplmError(f"checkpoint format version {version!r}; this HemePLM reads version {FORMAT_VERSION}"
+                           + ("; the checkpoint is from an older HemePLM whose model generated other values: "
+                              "retrain it" if older else ""), p)
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise HemeplmError(f"checkpoint lacks {', '.join(missing)}", p)

@@ -74,8 +74,11 @@ def test_resume_continues_from_the_saved_step(tiny_system, tmp_path, capsys):
 def test_checkpoint_from_another_version_or_incomplete(tiny_run, tmp_path):
     ckpt = torch.load(tiny_run["ckpt"], weights_only=False)
     torch.save({**ckpt, "format_version": 99}, tmp_path / "future.pt")
-    with pytest.raises(HemeplmError, match=r"future\.pt: checkpoint format version 99; this HemePLM reads version 1"):
+    with pytest.raises(HemeplmError, match=r"future\.pt: checkpoint format version 99; this HemePLM reads version 2$"):
         load_checkpoint(tmp_path / "future.pt")
+    torch.save({**ckpt, "format_version": 1}, tmp_path / "old.pt")
+    with pytest.raises(HemeplmError, match=r"old\.pt: checkpoint format version 1; .* older HemePLM .* retrain it"):
+        load_checkpoint(tmp_path / "old.pt")
     torch.save({k: v for k, v in ckpt.items() if k not in ("ema", "static")}, tmp_path / "partial.pt")
     with pytest.raises(HemeplmError, match=r"partial\.pt: checkpoint lacks static, ema"):
         load_checkpoint(tmp_path / "partial.pt")
