@@ -135,6 +135,8 @@ def tiny_system(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("tiny")
     full = mdtraj.load(str(PDB))
     sub = full.atom_slice(full.topology.select(TINY_SELECTION))
+    for atom in sub.topology.atoms:  # renumber: the sliced atoms keep their old serials, which CONECT would not match
+        atom.serial = None
     sub.save_pdb(str(out / "tiny.pdb"))
     ref = sub.xyz[0].astype(np.float64)
     xyz = ref[None] + np.random.default_rng(0).normal(scale=0.02, size=(TINY_FRAMES, *ref.shape))
