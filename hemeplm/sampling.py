@@ -386,7 +386,7 @@ def _inpaint_tokens(gen: Generator, topology, selection: str | None) -> tuple[to
         (N,) bool tokens (None for every ligand token) and the sorted indices of the generated atoms.
     """
     m = gen.model
-    is_ligand_atom = m.token_is_ligand[m.l_atom_token]  # (A,)
+    is_ligand_atom = m.s_is_ligand  # (A,)
     if selection is None:
         return None, torch.nonzero(is_ligand_atom).flatten().tolist()
     top = m.topology()

@@ -145,9 +145,10 @@ def build_internal(layout: dict, bonds: np.ndarray, residue: np.ndarray, coords:
             side = _side(c, b, adj, members[int(residue[c])])
             if side is None:
                 continue
-            other = _side(b, c, adj, members[int(residue[b])])
-            if kind[n] == KIND_LIGAND and other is not None and len(other & inside) < len(side & inside):
-                a, b, c, d, side = d, c, b, a, other
+            if kind[n] == KIND_LIGAND:  # a ligand turns its smaller side
+                other = _side(b, c, adj, members[int(residue[b])])
+                if len(other & inside) < len(side & inside):
+                    a, b, c, d, side = d, c, b, a, other
             moved = (side & inside) - {c}
             if moved:
                 found.append(((a, b, c, d), moved))
