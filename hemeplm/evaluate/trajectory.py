@@ -1,0 +1,323 @@
+"""Trajectory metrics: generated ensembles measured against the reference MD.
+
+:func:`fit_reference` fits TICA on and measures the reference ensemble once (:class:`Reference`);
+:func:`compare` measures one ensemble against it (:class:`Comparison`), the validity checks of
+:mod:`hemeplm.evaluate.checks` included. Coordinates are Å in the common Cα frame.
+
+TICA is fitted only when the reference holds at least 4 time-lagged frame
+pairs (t, t + lag), pooled over its trajectories, per TICA feature. Below that
+the instantaneous covariance C00 that TICA whitens with is rank-deficient
+(pairs ≤ features) or nearly so: for independent samples its smallest
+eigenvalue shrinks by (1 − √(features / pairs))² (Marchenko–Pastur), which at
+4 pairs per feature still leaves 1/4, so whitening amplifies no direction by
+more than 2×; correlated MD frames hold fewer independent samples, so this is
+a minimum, not a guarantee. When TICA is skipped, ``tica_jsd``,
+``tic1_decorrelation_ps`` and the ``tps_*`` metrics are null in every column,
+there is no ``tica_fes.png``, and ``info.tica`` (and, for ``--task tps``,
+``info.tps``) says why; otherwise ``info.tica`` says what TICA was fitted on.
+
+Trajectory metrics (JSD = Jensen–Shannon divergence, base 2, in 0..1):
+
+| key | definition | better |
+|---|---|---|
+| ``torsion_jsd`` | mean over all phi, psi, chi1–4 torsions (omega left out) of the JSD between generated and reference histograms (36 bins over −π..π), all frames pooled | lower |
+| ``torsion_jsd_<type>`` | the same mean over one type: phi, psi, chi1, chi2, chi3, chi4 | lower |
+| ``tica_jsd`` | JSD of the 2-D histograms (30 × 30 bins spanning the reference's range; points outside fall in the edge bins) of the first two TICA components; TICA (deeptime, kinetic map) fitted on the reference's sin/cos torsion features (the 256 of largest reference variance; deeptime's eigensolver is cubic in features) at lag ``--lag-ps`` (default: one frame); null when the reference has fewer than 4 time-lagged frame pairs per feature (``info.tica``) | lower |
+| ``rmsf_pearson`` | Pearson r between per-residue Cα RMSF (Å, all frames of an ensemble pooled, superposed on Cα) of generated and reference; null when one is constant | higher |
+| ``contact_jsd`` | JSD between per-residue protein–ligand contact frequencies (fraction of frames with any protein–ligand heavy-atom pair within 4.5 Å), each vector normalised to sum 1; null without ligand | lower |
+| ``contact_pearson`` | Pearson r of the same contact-frequency vectors; null without ligand | higher |
+| ``ligand_rmsd_mean_A``, ``ligand_rmsd_median_A`` | ligand heavy-atom RMSD (Å, no fit on the ligand) to the reference after superposing protein Cα: generated frame i against reference frame i when both have the same number of frames (each pair superposed on Cα), else against the nearest reference frame in the common Cα frame (``info.ligand_rmsd_pairing``); null without ligand | lower |
+| ``tic1_decorrelation_ps`` | time (ps) at which the autocorrelation of TIC1 (pooled over trajectories) first falls below 1/e, linearly interpolated; null if it does not within half the longest trajectory or TIC1 is constant, or when TICA is skipped (as ``tica_jsd``); the reference's value is ``info.reference.tic1_decorrelation_ps`` | closer to reference |
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HemeplmError
+from .checks import bond_lengths, validity
+from .geometry import TORSION_TYPES, Geometry
+from .stats import binned, decorrelation_time, jensen_shannon, pearson
+
+TORSION_BINS = 36
+TICA_BINS = 30
+#: TICA uses at most this many sin/cos torsion features, those of largest reference variance
+TICA_MAX_FEATURES = 256
+#: TICA is fitted only with at least this many time-lagged reference frame pairs per feature (module docstring)
+TICA_PAIRS_PER_FEATURE = 4
+CONTACT_CUTOFF_A = 4.5
+
+
+def torsion_angles(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
+    """Dihedral angles (rad, in -π..π) of (F, A, 3) coordinates for (T, 4) atom quadruples -> (F, T)."""
+    import torch
+
+    from ..data.tokens import dihedrals
+
+    return dihedrals(torch.from_numpy(np.asarray(x, dtype=np.float64)), torch.from_numpy(quads)).numpy()
+
+
+def rmsf(x: np.ndarray) -> np.ndarray:
+    """Root-mean-square fluctuation (Å) about the mean of (F, K, 3) superposed coordinates -> (K,).
+
+    Displacements from frame 0 are averaged (float64), so identical frames give exactly 0.
+    """
+    d = x.astype(np.float64) - x[0]
+    return np.sqrt(((d - d.mean(0)) ** 2).sum(-1).mean(0))
+
+
+def contact_frequency(x: np.ndarray, geom: Geometry, cutoff: float = CONTACT_CUTOFF_A) -> np.ndarray:
+    """Per-residue protein–ligand contact frequency.
+
+    Args:
+        x: (F, A, 3) Å.
+    Returns:
+        (R,) fraction of frames in which any heavy atom of the residue lies within
+        ``cutoff`` Å of any ligand heavy atom.
+    """
+    from scipy.spatial import cKDTree
+
+    keep = geom.residue_of >= 0
+    atoms, res = geom.protein[keep], geom.residue_of[keep]
+    counts = np.zeros(len(geom.ca))
+    for frame in x:
+        dist, _ = cKDTree(frame[geom.ligand]).query(frame[atoms], distance_upper_bound=cutoff)
+        counts[np.unique(res[np.isfinite(dist)])] += 1
+    return counts / len(x)
+
+
+def rmsd_pairing(n_generated: int, n_reference: int) -> str:
+    """How :func:`ligand_rmsd` pairs generated with reference frames, in words."""
+    if n_generated == n_reference:
+        return "frame i against reference frame i"
+    return "nearest reference frame (the frame counts differ)"
+
+
+def ligand_rmsd(gen: np.ndarray, ref: np.ndarray, geom: Geometry) -> np.ndarray:
+    """Ligand heavy-atom RMSD (Å) of generated frames to the reference, protein Cα superposed.
+
+    Args:
+        gen: (F, A, 3) and ref: (F', A, 3), both already in the common Cα frame.
+    Returns:
+        (F,) RMSD: frame i against reference frame i (each pair superposed on Cα)
+        when F == F', else against the nearest reference frame (:func:`rmsd_pairing`).
+    """
+    from scipy.spatial.distance import cdist
+
+    from ..data.load import kabsch
+
+    lig, n_lig = geom.ligand, len(geom.ligand)
+    if len(gen) == len(ref):
+        out = np.empty(len(gen))
+        for i in range(len(gen)):
+            rot, trans = kabsch(gen[i:i + 1, geom.ca].astype(np.float64), ref[i, geom.ca].astype(np.float64))
+            moved = gen[i, lig] @ rot[0].T + trans[0]
+            out[i] = np.sqrt(((moved - ref[i, lig]) ** 2).sum(-1).mean())
+        return out
+    ref_lig = ref[:, lig].reshape(len(ref), -1).astype(np.float64)
+    out = np.concatenate([cdist(chunk[:, lig].reshape(len(chunk), -1), ref_lig).min(1)
+                          for chunk in np.array_split(gen, max(1, len(gen) // 256))])
+    return out / math.sqrt(n_lig)
+
+
+def transition_paths(labels: list[np.ndarray], end_states: list[int]) -> dict:
+    """Success and length of transition paths over discrete states.
+
+    Args:
+        labels: per path, (F_s,) state of every frame; end_states: per path, the target state.
+    Returns:
+        ``tps_success_fraction`` (paths that leave the state of frame 0 and later
+        reach the end state) and ``tps_path_frames_mean`` (frames from the last
+        visit to the start state to the first arrival, over successful paths; NaN if none).
+    """
+    lengths = []
+    for lab, end in zip(labels, end_states):
+        left = np.flatnonzero(lab != lab[0])
+        if len(left) == 0:
+            continue
+        arrive = left[0] + np.flatnonzero(lab[left[0]:] == end)
+        if len(arrive):
+            lengths.append(int(arrive[0] - np.flatnonzero(lab[:arrive[0]] == lab[0])[-1]))
+    return {"tps_success_fraction": len(lengths) / len(labels),
+            "tps_path_frames_mean": float(np.mean(lengths)) if lengths else math.nan}
+
+
+# ----------------------------------------------------------------------------- reference and ensembles
+
+def _sin_cos(angles: np.ndarray) -> np.ndarray:
+    """(F, T) angles -> (F, 2T) TICA features."""
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def _tica_histogram(projections: list[np.ndarray], edges: list[np.ndarray]) -> np.ndarray:
+    """Per trajectory (F_s, 2) TIC1/TIC2 -> (B1, B2) counts of all frames."""
+    return binned(np.concatenate(projections)[:, None], edges)[0].reshape(len(edges[0]) - 1, -1)
+
+
+@dataclass
+class Reference:
+    """Everything fitted on or measured in the reference ensemble.
+
+    Attributes (F reference frames, T torsions, R residues, B bonds):
+        geom: the system's :class:`Geometry`.
+        frames: (F, A, 3) all reference frames, Å, common Cα frame.
+        torsion_edges: (37,) bin edges (rad); torsion_hist: (T, 36) counts.
+        tica: fitted deeptime TICA model, or None when skipped (too few reference frames);
+        tica_features: indices of the sin/cos features it uses (or would use);
+        tica_note: what TICA was fitted on, or ``"skipped: ..."`` and why (``info.tica``);
+        tica_edges: two (31,) edge arrays; tica_hist: (30, 30) counts; both None when skipped.
+        rmsf: (R,) Å; contacts: (R,) frequencies or None without ligand.
+        bond_lengths: (B,) mean lengths, Å.
+        step_sigma: (A,) per-atom, per-coordinate step standard deviation (Å) over one generated frame step.
+        projections: per reference trajectory, (F_s, 2) TIC1/TIC2; None when TICA is skipped.
+        dt_ps: time between reference frames; lag_frames: TICA lag.
+    """
+
+    geom: Geometry
+    frames: np.ndarray
+    torsion_edges: np.ndarray
+    torsion_hist: np.ndarray
+    tica: object | None
+    tica_features: np.ndarray
+    tica_note: str
+    tica_edges: list | None
+    tica_hist: np.ndarray | None
+    rmsf: np.ndarray
+    contacts: np.ndarray | None
+    bond_lengths: np.ndarray
+    step_sigma: np.ndarray
+    projections: list | None
+    dt_ps: float
+    lag_frames: int
+
+
+def fit_tica(features: list[np.ndarray], lag_frames: int) -> tuple[object | None, np.ndarray, str]:
+    """TICA on the reference's sin/cos torsion features, if it has enough frames for them.
+
+    Enough means at least :data:`TICA_PAIRS_PER_FEATURE` time-lagged frame pairs (t, t + lag),
+    pooled over the trajectories, per feature used (why: module docstring).
+
+    Args:
+        features: per reference trajectory, (F_s, 2T) sin/cos features; lag_frames: TICA lag.
+    Returns:
+        the fitted deeptime TICA model (None when skipped), the indices of the (at most
+        :data:`TICA_MAX_FEATURES`) features of largest variance it uses, and a sentence for
+        ``info.tica``: what it was fitted on, or ``"skipped: ..."`` with the reason.
+    """
+    from deeptime.decomposition import TICA
+
+    chosen = np.sort(np.argsort(-np.concatenate(features).var(0), kind="stable")[:TICA_MAX_FEATURES])
+    pairs = sum(max(0, len(f) - lag_frames) for f in features)
+    need = TICA_PAIRS_PER_FEATURE * len(chosen)
+    counts = (f"{pairs} time-lagged frame pairs from {sum(map(len, features))} reference frames at a lag of "
+              f"{lag_frames} frame{'s' * (lag_frames != 1)} for {len(chosen)} TICA features")
+    if pairs < need:
+        return None, chosen, (f"skipped: {counts}; need at least {need} ({TICA_PAIRS_PER_FEATURE} per feature) "
+                              "for a well-conditioned covariance estimate")
+    tica = TICA(lagtime=lag_frames, dim=2).fit([f[:, chosen] for f in features if len(f) > lag_frames])
+    return tica.fetch_model(), chosen, f"fitted on {counts}"
+
+
+def fit_reference(geom: Geometry, segments: list[np.ndarray], dt_ps: float, lag_frames: int, generated_dt_ps: float,
+                  path: str | Path = "reference") -> Reference:
+    """Fit TICA (when the reference is long enough, see :func:`fit_tica`) and measure the reference ensemble.
+
+    The random-walk step variance is the per-atom variance of reference
+    displacements over the number of frames nearest to ``generated_dt_ps``
+    (at least one), scaled linearly in time to exactly ``generated_dt_ps``.
+
+    Args:
+        segments: per reference trajectory, (F_s, A, 3) Å in the common Cα frame.
+        dt_ps: time between reference frames; lag_frames: TICA lag;
+        generated_dt_ps: time between generated frames; path: named in errors.
+    """
+    step_frames = max(1, round(generated_dt_ps / dt_ps))
+    moved = [s[step_frames:] - s[:-step_frames] for s in segments if len(s) > step_frames]
+    if not moved:
+        raise HemeplmError(f"no reference trajectory is longer than the generated step ({step_frames} frames)", path)
+    step_var = sum((d.astype(np.float64) ** 2).sum((0, 2)) for d in moved) / (3 * sum(len(d) for d in moved))
+    step_var *= generated_dt_ps / (step_frames * dt_ps)
+    angles = [torsion_angles(s, geom.torsions) for s in segments]
+    features = [_sin_cos(a) for a in angles]
+    tica, chosen, note = fit_tica(features, lag_frames)
+    projections = tica_edges = tica_hist = None
+    if tica is not None:
+        projections = [tica.transform(f[:, chosen])[:, :2] for f in features]
+        pooled = np.concatenate(projections)
+        lo, hi = pooled.min(0), pooled.max(0)
+        tica_edges = [np.linspace(lo[d], max(hi[d], lo[d] + 1e-9), TICA_BINS + 1) for d in range(2)]
+        tica_hist = _tica_histogram(projections, tica_edges)
+    frames = np.concatenate(segments)
+    torsion_edges = np.linspace(-np.pi, np.pi, TORSION_BINS + 1)
+    return Reference(
+        geom=geom, frames=frames, torsion_edges=torsion_edges,
+        torsion_hist=binned(np.concatenate(angles)[..., None], [torsion_edges]),
+        tica=tica, tica_features=chosen, tica_note=note, tica_edges=tica_edges, tica_hist=tica_hist,
+        rmsf=rmsf(frames[:, geom.ca]), contacts=contact_frequency(frames, geom) if len(geom.ligand) else None,
+        bond_lengths=bond_lengths(frames, geom).mean(0), step_sigma=np.sqrt(step_var), projections=projections,
+        dt_ps=dt_ps, lag_frames=lag_frames)
+
+
+def tic1_decorrelation(projections: list[np.ndarray] | None, dt_ps: float) -> float:
+    """:func:`decorrelation_time` of TIC1 from per-trajectory (F_s, 2) projections; NaN when TICA was skipped (None)."""
+    return math.nan if projections is None else decorrelation_time([p[:, 0] for p in projections], dt_ps)
+
+
+@dataclass
+class Comparison:
+    """One ensemble measured against the reference.
+
+    Attributes:
+        metrics: the metric dict (NaN where undefined, see the module table).
+        rmsf: (R,) Å; contacts: (R,) or None; tica_hist: (30, 30) counts;
+        projections: per trajectory, (F_s, 2) TIC1/TIC2; both None when TICA was skipped.
+    """
+
+    metrics: dict
+    rmsf: np.ndarray
+    contacts: np.ndarray | None
+    tica_hist: np.ndarray | None
+    projections: list | None
+
+
+def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float) -> Comparison:
+    """Measure generated trajectories against the reference.
+
+    Args:
+        segments: per generated trajectory, (F_s, A, 3) Å in the common Cα frame.
+        dt_ps: time between generated frames.
+    """
+    geom = ref.geom
+    frames = np.concatenate(segments)
+    angles = [torsion_angles(s, geom.torsions) for s in segments]
+    jsd = jensen_shannon(ref.torsion_hist, binned(np.concatenate(angles)[..., None], [ref.torsion_edges]))
+    metrics = {"torsion_jsd": float(jsd.mean())}
+    for t in TORSION_TYPES:
+        sel = geom.torsion_type == t
+        metrics[f"torsion_jsd_{t}"] = float(jsd[sel].mean()) if sel.any() else math.nan
+    projections = tica_hist = None
+    metrics["tica_jsd"] = math.nan
+    if ref.tica is not None:
+        projections = [ref.tica.transform(_sin_cos(a)[:, ref.tica_features])[:, :2] for a in angles]
+        tica_hist = _tica_histogram(projections, ref.tica_edges)
+        metrics["tica_jsd"] = float(jensen_shannon(ref.tica_hist.ravel(), tica_hist.ravel()))
+    fluct = rmsf(frames[:, geom.ca])
+    metrics["rmsf_pearson"] = pearson(fluct, ref.rmsf)
+    contacts = None
+    if len(geom.ligand):
+        contacts = contact_frequency(frames, geom)
+        rmsd = ligand_rmsd(frames, ref.frames, geom)
+        metrics.update(contact_jsd=float(jensen_shannon(contacts, ref.contacts)),
+                       contact_pearson=pearson(contacts, ref.contacts),
+                       ligand_rmsd_mean_A=float(rmsd.mean()), ligand_rmsd_median_A=float(np.median(rmsd)))
+    else:
+        metrics.update(contact_jsd=math.nan, contact_pearson=math.nan,
+                       ligand_rmsd_mean_A=math.nan, ligand_rmsd_median_A=math.nan)
+    metrics["tic1_decorrelation_ps"] = tic1_decorrelation(projections, dt_ps)
+    metrics.update(validity(frames, ref))
+    metrics.update(tps_success_fraction=math.nan, tps_path_frames_mean=math.nan)  # set by --task tps
+    return Comparison(metrics=metrics, rmsf=fluct, contacts=contacts, tica_hist=tica_hist, projections=projections)
