@@ -55,6 +55,28 @@ def _cmd_simulate(args) -> None:
     print(f"{out}: {len(run.times)} frames, topology.pdb, traj.xtc, energies_forces.npz, settings.json")
 
 
+def _cmd_label(args) -> None:
+    from .labels import label_trajectories
+
+    dirs = label_trajectories(args.topology, args.trajectories, args.out, forcefield=args.forcefield,
+                              solvent=args.solvent, cutoff_nm=args.cutoff_nm, ligand=args.ligand, force=args.force,
+                              progress=not args.quiet)
+    for d in dirs:
+        print(f"{d}: traj.dcd, topology.pdb, energies_forces.npz, labels.json")
+
+
+def _cmd_energies(args) -> None:
+    import torch
+
+    from . import energies
+    from .sampling import Generator, load_frames
+
+    gen = Generator.from_checkpoint(args.ckpt, device=args.device)
+    frames, _ = load_frames(gen, args.topology, [args.frames])
+    for path in energies.write(gen.model, torch.cat(frames), args.out, force=args.force, progress=not args.quiet):
+        print(path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hemeplm", description="Generative surrogate of protein–ligand MD.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,6 +109,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="start over, deleting a previous run in --out")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_simulate)
+    lab = sub.add_parser("label", help="energy labels for existing all-atom MD (OpenMM rerun)",
+                         description="Rerun all-atom trajectories through OpenMM: per frame the potential energy, "
+                                     "all-atom forces and each protein residue's interaction energy with the ligand "
+                                     "(Coulomb + Lennard-Jones, all atoms, no cutoff, vacuum, kcal/mol). Writes "
+                                     "OUT/<trajectory name>/ with traj.dcd, topology.pdb, energies_forces.npz and "
+                                     "labels.json; train on OUT/<name>/traj.dcd.")
+    lab.add_argument("topology", help="all-atom topology of the MD: Amber prmtop, CHARMM PSF, GROMACS top or PDB")
+    lab.add_argument("trajectories", nargs="+")
+    lab.add_argument("--out", required=True, help="output folder (one subfolder per trajectory)")
+    lab.add_argument("--forcefield", nargs="*", default=None,
+                     help="PSF: CHARMM parameter files; PDB: OpenMM XML files (default charmm36.xml); "
+                          "GROMACS top: the .gro with the box")
+    lab.add_argument("--solvent", choices=["implicit", "vacuum", "explicit"], default=None,
+                     help="the MD's solvent for energies and forces (default: explicit when frames have a box, "
+                          "implicit OBC2 for a prmtop, else vacuum)")
+    lab.add_argument("--cutoff-nm", type=float, default=1.2, help="non-bonded cutoff of implicit/explicit solvent")
+    lab.add_argument("--ligand", default=None, help="mdtraj selection; unset = detect (as training does)")
+    lab.add_argument("--force", action="store_true", help="overwrite existing labels")
+    lab.add_argument("--quiet", action="store_true")
+    lab.set_defaults(func=_cmd_label)
+
+    en = sub.add_parser("energies", help="predicted energies, forces and per-residue interaction energies",
+                        description="Predict with a checkpoint's energy model for any trajectory of its system "
+                                    "(MD or generated). Writes OUT/energies.npz, residue_interaction.csv "
+                                    "(per-residue mean and std), residue_interaction.png and "
+                                    "residue_interaction.pdb (mean in the B-factor column).")
+    en.add_argument("--ckpt", required=True)
+    en.add_argument("--topology", required=True, help="topology of --frames (a generated file's PDB, or the MD's)")
+    en.add_argument("--frames", required=True, help="trajectory to predict for")
+    en.add_argument("--out", required=True, help="output folder")
+    en.add_argument("--device", default="cpu")
+    en.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    en.add_argument("--quiet", action="store_true")
+    en.set_defaults(func=_cmd_energies)
     from .evaluate import add_evaluate_parser
     add_evaluate_parser(sub)
     from .bench import add_bench_parser

@@ -75,13 +75,20 @@ class TaskConfig:
 
 @dataclass
 class EnergyConfig:
-    """Energy/force head and its loss weights."""
+    """The energy model (:mod:`hemeplm.models.energy`): its size, smooth cutoff (Å), loss weights
+    (total energy, forces, per-residue interaction energies, each on a normalised scale), labelled
+    frames per training step and learning rate (its own; per-atom parameters learn faster)."""
 
     enabled: bool = True
-    hidden: int = 64
-    energy_weight: float = 0.1
-    force_weight: float = 0.1
-    frames_per_step: int = 1
+    hidden: int = 32
+    layers: int = 2
+    n_rbf: int = 16
+    cutoff: float = 5.0
+    energy_weight: float = 1.0
+    force_weight: float = 1.0
+    interaction_weight: float = 1.0
+    frames_per_step: int = 4
+    lr: float = 3e-3
 
 
 @dataclass

@@ -50,18 +50,20 @@ def parity_plot(pred: np.ndarray, true: np.ndarray, path: str | Path, quantity: 
     return _save(fig, path)
 
 
-def residue_error_heatmap(error: np.ndarray, path: str | Path, residue_labels: list[str] | None = None) -> Path:
-    """Per-residue energy error over frames, diverging colours centred at 0.
+def residue_heatmap(values: np.ndarray, path: str | Path, residue_labels: list[str] | None = None,
+                    label: str = "predicted − true residue energy (kcal/mol)") -> Path:
+    """Per-residue values over frames (an energy, or its error), diverging colours centred at 0.
 
     Args:
-        error: (F, R) predicted minus true residue energy in kcal/mol.
+        values: (F, R) in the units of ``label``.
         residue_labels: (R,) names for the x ticks (thinned to ~20).
+        label: the colour bar's label.
     """
-    bound = max(float(np.abs(error).max()), 1e-9)
+    bound = max(float(np.abs(values).max()), 1e-9)
     fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
-    im = ax.imshow(error, aspect="auto", cmap="RdBu_r", interpolation="nearest",
+    im = ax.imshow(values, aspect="auto", cmap="RdBu_r", interpolation="nearest",
                    norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound))
-    fig.colorbar(im, ax=ax, label="predicted − true residue energy (kcal/mol)")
+    fig.colorbar(im, ax=ax, label=label)
     ax.set_xlabel("residue")
     ax.set_ylabel("frame")
     if residue_labels is not None:

@@ -35,7 +35,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, load_state, save_checkpoint
 from .config import Config, save_config, to_dict
-from .data.dataset import WindowDataset, featurize
+from .data.dataset import LabelledFrames, WindowDataset, featurize
 from .diffusion import GaussianDiffusion
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM, system_static
@@ -46,30 +46,32 @@ log = logging.getLogger(__name__)
 
 
 class Objective(nn.Module):
-    """Loss of one batch: diffusion ε loss with the structure terms on its clean-data estimate, plus,
-    when the data has them, energy and force losses.
+    """Loss of one step: diffusion ε loss with the structure terms on its clean-data estimate, plus,
+    when the data has labels, the energy model's losses on labelled frames.
 
-    ``forward(coords (B, T, A, 3), energy (B, T), forces (B, T, A, 3), has_energy (B,),
-    mask (B, T, N), t (B,), generator)`` returns a dict of scalar losses; ``loss`` is the total.
-    The structure terms (:mod:`hemeplm.structure`: inter-token bonds and angles, clashes) are
-    computed on the decoded x̂0 of each window and weighted by ᾱ_t, toward low noise.
-    Energies and forces are fitted on the key frames (frame 0, all atoms known) of the first
-    ``energy_frames`` windows: a second, small encoder pass whose forces need a double backward.
+    ``forward(coords (B, T, A, 3), mask (B, T, N), t (B,), generator, labelled)`` returns a dict of
+    scalar losses; ``loss`` is the total. The structure terms (:mod:`hemeplm.structure`: inter-token
+    bonds and angles, clashes) are computed on the decoded x̂0 of each window and weighted by ᾱ_t,
+    toward low noise. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
+    (``coords`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R),
+    ``has_interaction`` (F,)) or None; its losses are mean squared errors on normalised scales
+    (energy standard deviation, force RMS, interaction fluctuation scale of the training frames).
     """
 
-    def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float, force_weight: float,
-                 energy_frames: int = 1, bond_weight: float = 0.0, clash_weight: float = 0.0):
+    def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float = 1.0,
+                 force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
+                 clash_weight: float = 0.0):
         super().__init__()
         self.model, self.diffusion = model, diffusion
-        self.energy_weight, self.force_weight, self.energy_frames = energy_weight, force_weight, energy_frames
+        self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
         self.bond_weight, self.clash_weight = bond_weight, clash_weight
         self.structure: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_config(cls, model: HemePLM, diffusion: GaussianDiffusion, cfg: Config) -> "Objective":
-        """Build from a run's Config (energy loss weights and frames per step, structure weights)."""
+        """Build from a run's Config (energy and structure loss weights)."""
         e, s = cfg.energy, cfg.structure
-        return cls(model, diffusion, e.energy_weight, e.force_weight, e.frames_per_step, s.bond_weight,
+        return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
                    s.clash_weight)
 
     def diffusion_loss(self, coords, mask, t, generator=None) -> torch.Tensor:
@@ -89,21 +91,31 @@ class Objective(nn.Module):
         return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.value_mask, t=t,
                                    generator=generator, x0_loss=structure if use else None)
 
-    def forward(self, coords, energy, forces, has_energy, mask, t, generator=None):
+    def energy_losses(self, labelled: dict) -> dict[str, torch.Tensor]:
+        """Normalised ``energy``, ``force`` and (with labels) ``interaction`` losses of labelled frames."""
         m = self.model
-        key = coords[:, 0]
+        pred = m.predict_energy(labelled["coords"], create_graph=True)
+        out = {"energy": ((pred["total"] - labelled["energy"]) ** 2).mean() / m.energy_std ** 2,
+               "force": ((pred["forces"] - labelled["forces"]) ** 2).mean() / m.force_rms ** 2}
+        has = labelled["has_interaction"]
+        if bool(has.any()) and bool(m.has_interaction_stats):
+            err = (pred["interaction"] - labelled["interaction"])[has]
+            out["interaction"] = (err ** 2).mean() / m.interaction_scale ** 2
+        return out
+
+    def forward(self, coords, mask, t, generator=None, labelled: dict | None = None):
+        m = self.model
         out = {"diffusion": self.diffusion_loss(coords, mask, t, generator)}
         out.update({f"structure_{k}": v for k, v in self.structure.items()})
         total = out["diffusion"]
-        if m.energy_head is not None and bool(has_energy.all()) and bool(m.has_energy_stats):
-            k = self.energy_frames
-            pred = m.predict_energy(key[:k], create_graph=True)
-            out["energy"] = ((pred["total"] - energy[:k, 0]) ** 2).mean() / m.energy_std ** 2
-            out["force"] = ((pred["forces"] - forces[:k, 0]) ** 2).mean() / m.force_rms ** 2
-            total = total + self.energy_weight * out["energy"] + self.force_weight * out["force"]
-        elif m.energy_head is not None:
+        if m.energy_model is not None and labelled is not None and bool(m.has_energy_stats):
+            found = self.energy_losses(labelled)
+            out.update(found)
+            weights = {"energy": self.energy_weight, "force": self.force_weight, "interaction": self.interaction_weight}
+            total = total + sum(weights[k] * v for k, v in found.items())
+        elif m.energy_model is not None:
             # keep every parameter in the graph (DDP) without changing the loss
-            total = total + 0.0 * sum(p.sum() for p in m.energy_head.parameters())
+            total = total + 0.0 * sum(p.sum() for p in m.energy_model.parameters())
         out["loss"] = total
         return out
 
@@ -137,6 +149,25 @@ def _batch(ds: WindowDataset, cfg: Config, rng: random.Random, rank: int, world:
     return collate([ds[i] for i in mine])
 
 
+def _param_groups(model: HemePLM, cfg: Config) -> list[dict]:
+    """The generative model's parameters, and the energy model's with their own learning rate
+    (``lr_scale`` multiplies the schedule of :func:`_lr`)."""
+    energy = list(model.energy_model.parameters()) if model.energy_model is not None else []
+    ids = {id(p) for p in energy}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in ids], "lr_scale": 1.0}]
+    if energy:
+        groups.append({"params": energy, "lr_scale": cfg.energy.lr / cfg.optim.lr})
+    return groups
+
+
+def _labelled_batch(frames: LabelledFrames, cfg: Config, rng: random.Random, device) -> dict | None:
+    """``energy.frames_per_step`` labelled training frames drawn with ``rng``, or None without labels."""
+    if not len(frames) or not cfg.energy.enabled:
+        return None
+    items = [frames[rng.randrange(len(frames))] for _ in range(cfg.energy.frames_per_step)]
+    return {k: v.to(device) for k, v in collate(items).items()}
+
+
 def _lr(cfg: Config, step: int) -> float:
     warm = min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
     progress = min(1.0, step / max(1, cfg.max_steps))
@@ -152,14 +183,15 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch.device,
-             figures_dir: Path | None = None) -> tuple[dict, list[Path]]:
-    """Validation losses on a fixed set of windows, tasks, noise levels and noise (comparable across steps).
+             figures_dir: Path | None = None, labelled: LabelledFrames | None = None) -> tuple[dict, list[Path]]:
+    """Validation losses on a fixed set of windows, tasks, noise levels and noise (comparable across steps),
+    and the energy model on every labelled validation frame.
 
     Returns the metrics, ``val_loss`` (diffusion with the weighted structure terms), ``val_loss_<task>``,
-    ``val_structure_bond`` and ``val_structure_clash`` (Å², ᾱ-weighted means) and, when energies exist,
-    ``val_energy_*`` (kcal/mol) and ``val_force_*`` (kcal/mol/Å) from
-    :func:`hemeplm.evaluate.energy_force_metrics`, and the figures written to ``figures_dir``
-    (energy and force parity plots, energy histograms, B-factor PDBs).
+    ``val_structure_bond`` and ``val_structure_clash`` (Å², ᾱ-weighted means) and, when ``labelled``
+    frames exist, ``val_energy_*``, ``val_force_*`` and ``val_interaction_*`` (with their
+    ``val_mean_baseline_*`` twins) from :func:`hemeplm.evaluate.evaluate_energies`, and the figures
+    written to ``figures_dir`` (parity plots, histograms, heatmap, B-factor PDBs).
     """
     model = objective.model
     if len(ds) == 0:
@@ -168,7 +200,6 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
     gen = torch.Generator().manual_seed(12345)
     out: dict[str, list[float]] = {}
     tasks = active_tasks(vars(cfg.tasks), model.token_is_ligand)
-    keys, energies, forces = [], [], []
     for i in range(cfg.eval_batches):
         idx = [rng.randrange(len(ds)) for _ in range(cfg.optim.batch_size)]
         b = {k: v.to(device) for k, v in collate([ds[j] for j in idx]).items()}
@@ -183,21 +214,22 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
         out.setdefault(f"val_loss_{task}", []).append(float(loss))
         for k, v in objective.structure.items():
             out.setdefault(f"val_structure_{k}", []).append(float(v))
-        if bool(b["has_energy"].all()) and model.energy_head is not None:
-            keys.append(b["coords"][:, 0])
-            energies.append(b["energy"][:, 0])
-            forces.append(b["forces"][:, 0])
     metrics = {k: float(np.mean(v)) for k, v in out.items()}
     files: list[Path] = []
-    if keys and bool(model.has_energy_stats) and figures_dir is not None:
+    if labelled is not None and len(labelled) and bool(model.has_energy_stats) and figures_dir is not None:
         from .evaluate import evaluate_energies
+
+        frames = collate([labelled[i] for i in range(len(labelled))])
+        has = bool(frames["has_interaction"].all()) and bool(model.has_interaction_stats)
 
         def predict(x: np.ndarray) -> dict:
             p = model.predict_energy(torch.as_tensor(x, device=device))
-            return {"energy": p["total"], "forces": p["forces"], "residue_energy": p["residue"]}
+            return {"energy": p["total"], "forces": p["forces"], "interaction": p["interaction"]}
 
-        found, files = evaluate_energies(predict, torch.cat(keys).cpu().numpy(), torch.cat(energies).cpu().numpy(),
-                                         torch.cat(forces).cpu().numpy(), model.topology(), figures_dir)
+        found, files = evaluate_energies(
+            predict, frames["coords"].numpy(), frames["energy"].numpy(), frames["forces"].numpy(), model.topology(),
+            figures_dir, frames["interaction"].numpy() if has else None,
+            model.interaction_mean.cpu().numpy() if has else None)
         metrics.update({f"val_{k}": v for k, v in found.items()})
     return metrics, files
 
@@ -240,10 +272,13 @@ def _diverged(what: str, step: int, batch: dict, feats: dict, cfg: Config, last_
 
 
 def build(cfg: Config, device: torch.device):
-    """Featurise the data and build model + diffusion (normalisation fitted on training windows)."""
+    """Featurise the data and build model + diffusion (normalisation fitted on training windows, energy
+    statistics on labelled training frames). Returns features, train and val windows, labelled frames
+    per split, the static system, model and diffusion."""
     feats = featurize(cfg.data)
     train_ds = WindowDataset(feats, cfg.data, "train")
     val_ds = WindowDataset(feats, cfg.data, "val")
+    labelled = {split: LabelledFrames(feats, cfg.data, split) for split in ("train", "val")}
     if len(train_ds) == 0:
         raise HemeplmError(f"no training window: {len(feats['segments'])} segment(s) too short for "
                            f"window={cfg.data.window}, lag={cfg.data.lag}", cfg.data.topology)
@@ -252,11 +287,16 @@ def build(cfg: Config, device: torch.device):
     rng = random.Random(cfg.seed)
     sample = [train_ds[i] for i in sorted(rng.sample(range(len(train_ds)), min(256, len(train_ds))))]
     model.fit_normalisation(sample)
+    frames = labelled["train"]
+    model.fit_energy([frames[i] for i in sorted(rng.sample(range(len(frames)), min(256, len(frames))))])
     if cfg.energy.enabled and not bool(model.has_energy_stats):
         log.warning("the training data has no energies/forces (no %s beside the trajectories): "
-                    "the energy head is not trained", "energies_forces.npz")
+                    "the energy model is not trained", "energies_forces.npz")
+    elif cfg.energy.enabled and not bool(model.has_interaction_stats):
+        log.warning("the training labels have no per-residue interaction energies (label the trajectories "
+                    "with `hemeplm label`): only total energies and forces are learnt")
     diffusion = GaussianDiffusion.from_config(cfg.diffusion)
-    return feats, train_ds, val_ds, static, model.to(device), diffusion.to(device)
+    return feats, train_ds, val_ds, labelled, static, model.to(device), diffusion.to(device)
 
 
 def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | None:
@@ -288,14 +328,14 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
     if not dry_run and not resume and ckpt_path.exists():
         raise HemeplmError("a run with this name exists; pass --resume to continue it or choose another name=",
                            run_dir)
-    feats, train_ds, val_ds, static, model, diffusion = build(cfg, device)
+    feats, train_ds, val_ds, labelled, static, model, diffusion = build(cfg, device)
     n_params = sum(p.numel() for p in model.parameters())
     if rank == 0:
         print(f"parameters: {n_params}")
     if dry_run:
         return None
     ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     step, history = 0, None
     if resume:
         ckpt = load_checkpoint(ckpt_path)  # on the CPU; load_state_dict moves tensors to the model's device
@@ -329,7 +369,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         if step == 0:
-            logger.log(0, *evaluate(objective, val_ds, cfg, device, run_dir / "figures" / "step_0"))
+            logger.log(0, *evaluate(objective, val_ds, cfg, device, run_dir / "figures" / "step_0", labelled["val"]))
             save()
     from tqdm import tqdm
 
@@ -344,9 +384,9 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
             _, noise_gen = _step_rng(cfg, step, rank)
             t = torch.randint(0, diffusion.timesteps, (len(b["coords"]),), generator=noise_gen).to(device)
             for group in optimizer.param_groups:
-                group["lr"] = _lr(cfg, step)
-            losses = runner(b["coords"], b["energy"], b["forces"], b["has_energy"],
-                            mask.expand(len(b["coords"]), -1, -1), t, noise_gen)
+                group["lr"] = _lr(cfg, step) * group["lr_scale"]
+            frames = _labelled_batch(labelled["train"], cfg, rng, device)
+            losses = runner(b["coords"], mask.expand(len(b["coords"]), -1, -1), t, noise_gen, frames)
             loss = losses["loss"]
             # every rank learns whether any rank diverged or was signalled, so that all act at the same step
             flags = torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)], device=device)
@@ -358,7 +398,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
                 raise _diverged(f"loss {loss.item()}{where} (task {task})", step, b, feats, cfg, last_good, ckpt_path)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            grad_norm = sum(nn.utils.clip_grad_norm_(g["params"], cfg.optim.grad_clip) for g in optimizer.param_groups)
             if not torch.isfinite(grad_norm):  # gradients are already reduced: every rank raises
                 raise _diverged(f"gradient norm {float(grad_norm)} (task {task})", step, b, feats, cfg, last_good,
                                 ckpt_path)
@@ -372,7 +412,8 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 ema_obj = Objective.from_config(ema, diffusion, cfg)
-                logger.log(step, *evaluate(ema_obj, val_ds, cfg, device, run_dir / "figures" / f"step_{step}"))
+                logger.log(step, *evaluate(ema_obj, val_ds, cfg, device, run_dir / "figures" / f"step_{step}",
+                                           labelled["val"]))
             if step % cfg.ckpt_every == 0 or step == cfg.max_steps or stopping:
                 save()
                 last_good = step

@@ -128,9 +128,12 @@ def tiny_system(tmp_path_factory) -> dict:
 
     Returns the paths ``topology`` (PDB) and ``trajectory`` (DCD). Beside the DCD, ``energies_forces.npz``
     holds a harmonic restraint to the PDB coordinates (E = k |x - x0|^2, F = -dE/dx, hydrogens included),
-    so that the energy head has consistent energies and forces to learn.
+    so that the energy model has consistent energies and forces to learn, and each residue's real
+    interaction energy with the xylene (the demo prmtop's charges and Lennard-Jones parameters).
     """
     import mdtraj
+
+    from hemeplm import labels
 
     out = tmp_path_factory.mktemp("tiny")
     full = mdtraj.load(str(PDB))
@@ -143,8 +146,13 @@ def tiny_system(tmp_path_factory) -> dict:
     write_dcd(out / "tiny.dcd", xyz)
     k = 2.0  # kcal/mol/Å^2
     disp = (xyz - ref[None]) * 10.0
+    keep = full.topology.select(TINY_SELECTION)
+    p = labels.pair_parameters(labels.openmm_system(PRMTOP)[1])
+    params = labels.PairParameters(p.charge[keep], p.sigma[keep], p.epsilon[keep], None, None, None, {}, set())
+    residue, names = labels.residue_labels(sub.topology)
+    inter = labels.residue_interactions(params, xyz * 10.0, residue, sub.topology.select("resname TMP"), len(names))
     np.savez(out / "energies_forces.npz", energy_kcal_mol=k * (disp ** 2).sum(axis=(1, 2)),
-             forces_kcal_mol_A=-2 * k * disp)
+             forces_kcal_mol_A=-2 * k * disp, residue_interaction_kcal_mol=inter, residues=np.asarray(names))
     return {"topology": out / "tiny.pdb", "trajectory": out / "tiny.dcd"}
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import PRMTOP, write_dcd
 
-from hemeplm.data.dataset import SPLITS, DataConfig, WindowDataset, build_features, split_bounds, window_starts
+from hemeplm.data.dataset import (SPLITS, DataConfig, LabelledFrames, WindowDataset, build_features, split_bounds,
+                                  window_starts)
 from hemeplm.errors import HemeplmError
 
 
@@ -60,7 +61,7 @@ def test_two_files_are_two_segments(tmp_path, t4l_frames):
         assert start + cfg.window <= len(feats["segments"][seg])
         assert torch.equal(item["coords"], torch.from_numpy(feats["segments"][seg][start:start + cfg.window]))
         assert item["coords"].shape == (cfg.window, feats["n_atoms"], 3)
-        assert not item["has_energy"] and item["forces"].shape == item["coords"].shape
+    assert len(LabelledFrames(feats, cfg, "train")) == 0  # no energies_forces.npz beside these files
     # both segments are superposed on the same reference: frame 0 of b is close to frame 0 of a
     ca = np.array([i for i, n in enumerate(feats["atom_names"]) if n == "CA"])
     rmsd = np.sqrt(((feats["segments"][1][0, ca] - feats["segments"][0][0, ca]) ** 2).sum(-1).mean())

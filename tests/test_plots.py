@@ -34,7 +34,7 @@ def test_energy_figures(tmp_path):
     assert_png(plots.parity_plot(forces + 0.1, forces, tmp_path / "f.png", "force component", "kcal/mol/Å"))
     assert_png(plots.energy_histograms(pred, true, tmp_path / "h.png"))
     error = rng.normal(size=(50, 12))
-    assert_png(plots.residue_error_heatmap(error, tmp_path / "r.png", [f"ALA{i}" for i in range(12)]))
+    assert_png(plots.residue_heatmap(error, tmp_path / "r.png", [f"ALA{i}" for i in range(12)]))
 
 
 def test_trajectory_figures(tmp_path):

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import HemeplmError, require_file
+from ..labels import residue_labels
 from .ligand import ELEMENTS, element_index, ligand_features, N_LIGAND_FEATURES
 from .load import ENERGY_FILE, load_system
 from .residues import N_RES_TYPES
@@ -31,7 +32,7 @@ from .internal import build_internal
 from .tokens import build_layout
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = 4
+FEATURE_VERSION = 5
 #: training frames (evenly spaced) over which the fold pairs' distance spread is measured
 FOLD_FRAMES = 200
 SPLITS = ("train", "val", "test")
@@ -118,6 +119,7 @@ def build_features(cfg: DataConfig) -> dict:
     bonds = np.asarray(sorted(bonds), np.int64).reshape(-1, 2).T
     n_res = len(layout.frame_atoms)
     residue = np.array([a.residue.index for a in top.atoms], np.int64)
+    protein_residue, interaction_residues = residue_labels(top)
     symbols = [ELEMENTS[e] if e < len(ELEMENTS) else "C" for e in element]
     train = np.concatenate([seg[slice(*split_bounds(len(seg), cfg.split)[0])] for seg in system.segments])
     train = train[np.linspace(0, len(train) - 1, min(len(train), FOLD_FRAMES)).round().astype(int)]
@@ -142,6 +144,9 @@ def build_features(cfg: DataConfig) -> dict:
         "segments": system.segments,  # float32 already
         "energies": system.energies,
         "forces": system.forces,
+        "interactions": system.interactions,
+        "protein_residue": protein_residue,
+        "interaction_residues": interaction_residues,
         "files": system.files,
         "timestep_ps": system.timestep_ps,
         "topology_pdb": _topology_pdb(top, first),
@@ -179,7 +184,9 @@ def featurize(cfg: DataConfig, use_cache: bool = True) -> dict:
     per atom (A,): ``element``, ``atom_type``, ``is_ligand``, ``polar``, ``residue``,
     ``charge``, ``ligand_features`` (A, F); ``bonds`` (2, B); ``plm`` (R, D) or None;
     ``segments`` list of (F_s, A, 3) Å; ``energies`` list of (F_s,) kcal/mol or None;
-    ``forces`` list of (F_s, A, 3) kcal/mol/Å or None; ``timestep_ps``; ``files``;
+    ``forces`` list of (F_s, A, 3) kcal/mol/Å or None; ``interactions`` list of (F_s, R)
+    kcal/mol or None; ``protein_residue`` (A,) protein residue index (-1 elsewhere) and
+    ``interaction_residues`` (R,) their names (``ALA99``); ``timestep_ps``; ``files``;
     ``topology_pdb`` (PDB text of the kept atoms).
     A failed load writes nothing; two processes building the same key wait on a lock (the
     second one reads what the first wrote); a cache that cannot be written (full disk) is
@@ -235,8 +242,7 @@ def window_starts(cfg: DataConfig, segment_lengths: list[int], files: list[str],
 class WindowDataset(torch.utils.data.Dataset):
     """Windows of one split.
 
-    Item: ``coords`` (T, A, 3) Å, ``energy`` (T,) kcal/mol, ``forces`` (T, A, 3)
-    kcal/mol/Å, ``has_energy`` () bool, ``segment`` () and ``start`` () int64.
+    Item: ``coords`` (T, A, 3) Å, ``segment`` () and ``start`` () int64.
     """
 
     def __init__(self, feats: dict, cfg: DataConfig, split: str):
@@ -249,14 +255,31 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         s, start = self.index[i]
         frames = np.arange(self.cfg.window) * self.cfg.lag + start
-        coords = torch.from_numpy(self.feats["segments"][s][frames])
-        energy, forces = self.feats["energies"][s], self.feats["forces"][s]
-        has = energy is not None
-        return {
-            "coords": coords,
-            "energy": torch.from_numpy(energy[frames]).float() if has else torch.zeros(len(frames)),
-            "forces": torch.from_numpy(forces[frames]) if has else torch.zeros_like(coords),
-            "has_energy": torch.tensor(has),
-            "segment": torch.tensor(s),
-            "start": torch.tensor(start),
-        }
+        return {"coords": torch.from_numpy(self.feats["segments"][s][frames]), "segment": torch.tensor(s),
+                "start": torch.tensor(start)}
+
+
+class LabelledFrames(torch.utils.data.Dataset):
+    """Single frames of one split that carry energy labels (segments without labels are skipped).
+
+    Item: ``coords`` (A, 3) Å, ``energy`` () kcal/mol, ``forces`` (A, 3) kcal/mol/Å,
+    ``interaction`` (R,) kcal/mol (zeros without interaction labels) and ``has_interaction`` () bool.
+    """
+
+    def __init__(self, feats: dict, cfg: DataConfig, split: str):
+        self.feats = feats
+        self.index = [(s, f) for s, seg in enumerate(feats["segments"]) if feats["energies"][s] is not None
+                      for f in range(*split_bounds(len(seg), cfg.split)[SPLITS.index(split)])]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        s, f = self.index[i]
+        inter = self.feats["interactions"][s]
+        n_res = len(self.feats["interaction_residues"])
+        return {"coords": torch.from_numpy(self.feats["segments"][s][f]),
+                "energy": torch.tensor(float(self.feats["energies"][s][f])),
+                "forces": torch.from_numpy(self.feats["forces"][s][f]),
+                "interaction": torch.zeros(n_res) if inter is None else torch.from_numpy(inter[f]).float(),
+                "has_interaction": torch.tensor(inter is not None)}

@@ -58,6 +58,8 @@ class MDSystem:
         source_index: (A,) index of each kept atom in the original topology.
         energies: per segment, (F_s,) potential energy in kcal/mol, or None.
         forces: per segment, (F_s, A, 3) forces in kcal/mol/Å, or None.
+        interactions: per segment, (F_s, R) protein–ligand interaction energy of each protein
+            residue in kcal/mol (:mod:`hemeplm.labels`), or None.
         charges: (A,) partial charges (e) from the topology, hydrogens folded onto
             their heavy atom, or None when the topology has none.
         files: the trajectory files, one per segment.
@@ -74,6 +76,7 @@ class MDSystem:
     source_index: np.ndarray
     energies: list
     forces: list
+    interactions: list
     charges: np.ndarray | None
     files: list[str]
     full_topology: object = None
@@ -285,9 +288,15 @@ def _read_charges(path: Path) -> np.ndarray | None:
     return np.asarray(values) / 18.2223 if values else None
 
 
-def _read_energies(traj_path: Path, n_frames: int, n_atoms: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(F,) energies and (F, A, 3) forces from ``energies_forces.npz`` beside a trajectory, when its frames
-    and atoms match; None when there is no such file."""
+def _read_energies(traj_path: Path, n_frames: int, topology) -> dict | None:
+    """Labels from ``energies_forces.npz`` beside a trajectory, when its frames and atoms match;
+    None when there is no such file.
+
+    Returns ``energy`` (F,), ``forces`` (F, A, 3) and ``interaction`` (F, R) or None (absent, or
+    its residue names differ from the topology's protein residues).
+    """
+    from ..labels import residue_labels
+
     p = traj_path.parent / ENERGY_FILE
     if not p.exists():
         return None
@@ -295,15 +304,23 @@ def _read_energies(traj_path: Path, n_frames: int, n_atoms: int) -> tuple[np.nda
         with np.load(p) as z:
             energy = np.asarray(z["energy_kcal_mol"], dtype=np.float64)
             forces = np.asarray(z["forces_kcal_mol_A"], dtype=np.float64)
+            inter = np.asarray(z["residue_interaction_kcal_mol"], dtype=np.float64) \
+                if "residue_interaction_kcal_mol" in z.files else None
+            names = [str(r) for r in z["residues"]] if "residues" in z.files else None
     except Exception as exc:  # a damaged archive fails anywhere in zip or npy parsing
         raise HemeplmError(f"cannot read energies and forces: {' '.join(str(exc).split()) or type(exc).__name__}",
                            p) from exc
-    if energy.shape != (n_frames,) or forces.shape != (n_frames, n_atoms, 3):
+    if energy.shape != (n_frames,) or forces.shape != (n_frames, topology.n_atoms, 3):
         log.warning("%s: frames or atoms do not match %s; energies not used", p, traj_path)
         return None
-    if not (np.isfinite(energy).all() and np.isfinite(forces).all()):
-        raise HemeplmError("energies or forces contain NaN or infinite values", p)
-    return energy, forces
+    arrays = [energy, forces] + ([] if inter is None else [inter])
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise HemeplmError("energies, forces or interaction energies contain NaN or infinite values", p)
+    if inter is not None and (names != residue_labels(topology)[1] or inter.shape[0] != n_frames):
+        log.warning("%s: its residues do not match the topology's protein residues; interaction energies "
+                    "not used", p)
+        inter = None
+    return {"energy": energy, "forces": forces, "interaction": inter}
 
 
 def load_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
@@ -360,7 +377,7 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
         charges = np.zeros(len(keep))
         np.add.at(charges, fold[fold >= 0], charges_full[fold >= 0])
 
-    segments, energies, forces = [], [], []
+    segments, energies, forces, interactions = [], [], [], []
     reference = None
     for f, traj in zip(files, trajs):
         xyz = traj.xyz[:, keep].astype(np.float64) * 10.0
@@ -368,13 +385,15 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
             reference = xyz[0, ca]
         rot, trans = kabsch(xyz[:, ca], reference)
         segments.append((np.einsum("fij,faj->fai", rot, xyz) + trans[:, None]).astype(np.float32))
-        found = _read_energies(f, traj.n_frames, top.n_atoms)
+        found = _read_energies(f, traj.n_frames, top)
         if found is None:
             energies.append(None)
             forces.append(None)
+            interactions.append(None)
             continue
-        energy, raw = found
+        energy, raw = found["energy"], found["forces"]
         energies.append(energy)
+        interactions.append(found["interaction"])
         folded = np.zeros((raw.shape[0], len(keep), 3))
         np.add.at(folded, (slice(None), fold[fold >= 0]), raw[:, fold >= 0])
         forces.append(np.einsum("fij,faj->fai", rot, folded).astype(np.float32))
@@ -382,7 +401,7 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
     timestep = float(trajs[0].timestep) if trajs[0].n_frames > 1 else 1.0
     return MDSystem(topology=sub_top, segments=segments, timestep_ps=timestep,
                     ligand=new_index[lig_full[new_index[lig_full] >= 0]], source_index=keep,
-                    energies=energies, forces=forces, charges=charges, files=[str(f) for f in files],
+                    energies=energies, forces=forces, interactions=interactions, charges=charges, files=[str(f) for f in files],
                     full_topology=top, full_ligand=lig_full, full_first_frame=trajs[0].xyz[0] * 10.0,
                     full_charges=charges_full)
 

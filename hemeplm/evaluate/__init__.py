@@ -17,7 +17,7 @@ The names other modules use are re-exported here.
 
 from .checks import CLASH_CLASSES, bond_lengths, bond_ok_fractions, clashes_by_kind, clashes_per_frame, validity
 from .cli import add_evaluate_parser, evaluate_trajectories
-from .energy import energy_force_metrics, evaluate_energies
+from .energy import energy_force_metrics, evaluate_energies, interaction_metrics
 from .geometry import BOND_CLASSES, TORSION_TYPES, Geometry, build_geometry
 from .report import json_ready, log_to_wandb, print_table
 from .stats import binned, decorrelation_time, jensen_shannon
@@ -26,6 +26,6 @@ from .trajectory import TICA_PAIRS_PER_FEATURE, fit_reference, fit_tica, transit
 __all__ = [
     "BOND_CLASSES", "CLASH_CLASSES", "TICA_PAIRS_PER_FEATURE", "TORSION_TYPES", "Geometry", "add_evaluate_parser",
     "binned", "bond_lengths", "bond_ok_fractions", "build_geometry", "clashes_by_kind", "clashes_per_frame",
-    "decorrelation_time", "energy_force_metrics", "evaluate_energies", "evaluate_trajectories", "fit_reference",
+    "decorrelation_time", "energy_force_metrics", "evaluate_energies", "interaction_metrics", "evaluate_trajectories", "fit_reference",
     "fit_tica", "jensen_shannon", "json_ready", "log_to_wandb", "print_table", "transition_paths", "validity",
 ]

@@ -20,9 +20,9 @@ from ..data import internal as ic
 from ..data import tokens as tok
 from ..data.ligand import ELEMENTS, N_LIGAND_FEATURES
 from ..data.residues import N_RES_TYPES
-from ..heads import EnergyHead
 from .denoiser import Conditioning, VideoDenoiser
 from .encoder import AtomEncoder
+from .energy import EnergyModel
 
 #: rotation-vector, translation and sin/cos values: the smallest standard deviation normalisation divides by
 #: (so that a value that hardly moves in training is not blown up into a large normalised value)
@@ -31,13 +31,14 @@ VALUE_STD_FLOOR = (0.02, 0.05, 0.02)
 VECTOR_CHANNELS = 4
 
 #: per-atom arrays of the featurised system the model keeps
-STATIC_KEYS = ("element", "atom_type", "ligand_features", "charge", "is_ligand", "polar", "residue", "bonds")
+STATIC_KEYS = ("element", "atom_type", "ligand_features", "charge", "is_ligand", "polar", "residue", "bonds",
+               "protein_residue")
 
 
 def system_static(feats: dict, pocket_radius: float, domain_size: int) -> dict:
     """The parts of a featurised system the model needs, as numpy arrays and plain values.
 
-    Adds ``pocket`` (P,) protein tokens within ``pocket_radius`` Å of the ligand in the
+    Adds ``reference`` (A, 3), the first frame, ``pocket`` (P,) protein tokens within ``pocket_radius`` Å of the ligand in the
     first frame, ``domain`` (N,) contiguous residue chunks of ``domain_size``, the
     atom/residue names used to check that a topology matches the checkpoint, and the
     training data's ``timestep_ps`` (time between saved frames).
@@ -50,7 +51,8 @@ def system_static(feats: dict, pocket_radius: float, domain_size: int) -> dict:
                internal={k: np.asarray(v) for k, v in feats["internal"].items()}, pocket=pocket, domain=domain,
                plm=feats.get("plm"), n_atoms=int(feats["n_atoms"]), atom_names=list(feats["atom_names"]),
                residue_names=list(feats["residue_names"]), topology_pdb=feats["topology_pdb"],
-               timestep_ps=float(feats["timestep_ps"]))
+               timestep_ps=float(feats["timestep_ps"]), reference=np.asarray(feats["segments"][0][0]),
+               interaction_residues=list(feats["interaction_residues"]))
     return out
 
 
@@ -80,7 +82,7 @@ class HemePLM(nn.Module):
     def __init__(self, cfg: Config, static: dict):
         super().__init__()
         self.static_info = {k: static[k] for k in ("n_atoms", "atom_names", "residue_names", "topology_pdb",
-                                                   "timestep_ps")}
+                                                   "timestep_ps", "interaction_residues")}
         for k in STATIC_KEYS:
             self.register_buffer(f"s_{k}", torch.as_tensor(static[k]), persistent=False)
         for k, v in static["layout"].items():
@@ -99,10 +101,15 @@ class HemePLM(nn.Module):
         self.register_buffer("norm_mean", torch.zeros(n_tok, ic.N_VALUES))
         self.register_buffer("norm_std", torch.ones(n_tok, ic.N_VALUES))
         self.register_buffer("value_limit", torch.tensor(float("inf")))
+        # energy label statistics (training frames): the energy model predicts around these
+        n_res = len(static["interaction_residues"])
         self.register_buffer("energy_mean", torch.zeros(()))
         self.register_buffer("energy_std", torch.ones(()))
         self.register_buffer("force_rms", torch.ones(()))
+        self.register_buffer("interaction_mean", torch.zeros(n_res))
+        self.register_buffer("interaction_scale", torch.ones(()))
         self.register_buffer("has_energy_stats", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("has_interaction_stats", torch.zeros((), dtype=torch.bool))
 
         e, d = cfg.encoder, cfg.denoiser
         self.spatial, self.local_neighbors = d.spatial, d.local_neighbors
@@ -120,7 +127,13 @@ class HemePLM(nn.Module):
         self.denoiser = VideoDenoiser(ic.N_VALUES, e.hidden, dim=d.dim, depth=d.depth, heads=d.heads,
                                       mlp_ratio=d.mlp_ratio, max_tau=d.max_tau, cross_window=d.cross_window,
                                       max_tokens=d.max_tokens, fragment_halo=d.fragment_halo)
-        self.energy_head = EnergyHead(e.hidden, cfg.energy.hidden) if cfg.energy.enabled else None
+        en = cfg.energy
+        self.energy_model = EnergyModel(
+            {"charge": static["charge"], "element": static["element"], "atom_type": static["atom_type"],
+             "is_ligand": static["is_ligand"], "protein_residue": static["protein_residue"],
+             "bonds": static["bonds"], "reference": static["reference"]},
+            n_res, (N_RES_TYPES + 1) * width + 1, len(ELEMENTS) + 1, hidden=en.hidden, layers=en.layers,
+            n_rbf=en.n_rbf, cutoff=en.cutoff) if en.enabled else None
 
     # ------------------------------------------------------------------ system views
     def topology(self):
@@ -173,19 +186,16 @@ class HemePLM(nn.Module):
 
     @torch.no_grad()
     def fit_normalisation(self, windows) -> None:
-        """Fit per-token value statistics and energy statistics on training windows (dataset items).
+        """Fit per-token value statistics on training windows (dataset items).
 
         Each token's values get their own mean and standard deviation over the windows' frames,
         so the prior (what sampling gives with nothing learnt) already carries each residue's
         mobility; the standard deviation is floored by :data:`VALUE_STD_FLOOR`.
         """
-        vals, energies, forces = [], [], []
+        vals = []
         for item in windows:
             c = item["coords"].to(self.norm_mean)
             vals.append(ic.encode(c, c[0], self.layout, self.internal))
-            if bool(item["has_energy"]):
-                energies.append(item["energy"].double())
-                forces.append(item["forces"].double())
         v = torch.cat(vals).flatten(0, -3)  # (M·T, N, D)
         keep = self.value_mask
         floor = torch.tensor([VALUE_STD_FLOOR[0]] * 3 + [VALUE_STD_FLOOR[1]] * 3
@@ -194,12 +204,32 @@ class HemePLM(nn.Module):
         self.norm_std.copy_(torch.where(keep > 0, v.std(0).clamp(min=floor), torch.ones_like(keep)))
         z = (v - self.norm_mean) / self.norm_std * keep
         self.value_limit.fill_(float(z.abs().max()) * 1.5)
-        if energies:
-            e = torch.cat(energies)
-            self.energy_mean.fill_(float(e.mean()))
-            self.energy_std.fill_(float(e.std().clamp(min=1e-3)))
-            self.force_rms.fill_(float(torch.cat(forces).pow(2).mean().sqrt().clamp(min=1e-3)))
-            self.has_energy_stats.fill_(True)
+
+    @torch.no_grad()
+    def fit_energy(self, frames, calibrate: int = 16) -> None:
+        """Energy label statistics from labelled training frames (:class:`~hemeplm.data.dataset.LabelledFrames`
+        items), and the energy model's offsets calibrated on the first ``calibrate`` of them so that
+        it starts at the training means (the per-residue means are what it must beat)."""
+        if not frames or self.energy_model is None:
+            return
+        e = torch.stack([f["energy"] for f in frames]).double()
+        forces = torch.stack([f["forces"] for f in frames]).double()
+        self.energy_mean.fill_(float(e.mean()))
+        self.energy_std.fill_(float(e.std().clamp(min=1e-3)) if len(e) > 1 else 1.0)
+        self.force_rms.fill_(float(forces.pow(2).mean().sqrt().clamp(min=1e-3)))
+        self.has_energy_stats.fill_(True)
+        labelled = [f for f in frames if bool(f["has_interaction"])]
+        pos = torch.stack([f["coords"] for f in frames[:calibrate]]).to(self.energy_mean.device)
+        pred = self.energy_model(pos)
+        self.energy_model.atom_out[-1].bias.fill_(-float(pred["total"].mean()) / self.n_atoms)
+        if labelled and self.interaction_mean.numel():
+            inter = torch.stack([f["interaction"] for f in labelled]).double()
+            self.interaction_mean.copy_(inter.mean(0))
+            var = inter.var(0) if len(inter) > 1 else torch.ones_like(inter[0])
+            self.interaction_scale.fill_(float(var.mean().sqrt().clamp(min=0.05)))
+            self.energy_model.residue_offset.copy_(self.interaction_mean - pred["interaction"].mean(0)
+                                                   + self.energy_model.residue_offset)
+            self.has_interaction_stats.fill_(True)
 
     # ------------------------------------------------------------------ conditioning
     def condition(self, key: torch.Tensor, node_mask: torch.Tensor | None = None) -> tuple[Conditioning, torch.Tensor]:
@@ -294,28 +324,25 @@ class HemePLM(nn.Module):
         return self.denoiser(x_t, t, cond, mask)
 
     # ------------------------------------------------------------------ energies and forces
-    def energy_from_features(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Atom features (B, A, C) -> energies in kcal/mol: ``total`` (B,), ``residue`` (B, R), ``atom`` (B, A)."""
-        out = self.energy_head(h, self.s_residue, self.n_residues)
-        share = self.energy_mean / self.n_atoms
-        atom = out["atom"] * self.energy_std + share
-        res = out["residue"] * self.energy_std + share * torch.bincount(self.s_residue, minlength=self.n_residues)
-        return {"atom": atom, "residue": res, "total": out["total"] * self.energy_std + self.energy_mean,
-                "total_normalised": out["total"]}
-
     def predict_energy(self, pos: torch.Tensor, create_graph: bool = False) -> dict[str, torch.Tensor]:
         """Energies and forces of frames.
 
         Args:
-            pos: (F, A, 3) Å.
+            pos: (F, A, 3) Å, the model's atoms.
+            create_graph: keep the graph of the forces (training: force loss needs a double backward).
         Returns:
-            ``total`` (F,), ``residue`` (F, R), ``atom`` (F, A) kcal/mol and ``forces`` (F, A, 3) kcal/mol/Å.
+            ``total`` (F,) kcal/mol, ``forces`` (F, A, 3) kcal/mol/Å and ``interaction`` (F, R)
+            kcal/mol, the protein–ligand interaction energy of each protein residue.
         """
-        if self.energy_head is None:
-            raise RuntimeError("this model was trained without the energy head (energy.enabled=false)")
+        if self.energy_model is None:
+            raise RuntimeError("this model was trained without the energy model (energy.enabled=false)")
         with torch.enable_grad():
             pos = pos.detach().requires_grad_(True)
-            h, _ = self.encoder(pos, self.static)
-            out = self.energy_from_features(h)
+            out = self.energy_model(pos)
             forces = -torch.autograd.grad(out["total"].sum(), pos, create_graph=create_graph)[0]
-        return {**out, "forces": forces}
+        total = out["total"] + self.energy_mean
+        if not create_graph:
+            total, inter = total.detach(), out["interaction"].detach()
+        else:
+            inter = out["interaction"]
+        return {"total": total, "forces": forces, "interaction": inter}

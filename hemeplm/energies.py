@@ -1,0 +1,80 @@
+"""Predicted energies of any trajectory (MD or generated): ``hemeplm energies``.
+
+``hemeplm energies --ckpt CK --topology T --frames TRAJ --out DIR`` writes
+
+* ``DIR/energies.npz``: ``residue_interaction_kcal_mol`` (F, R), the protein–ligand interaction
+  energy of each protein residue (:mod:`hemeplm.labels` defines it); ``residues`` (R,) names such
+  as ``ALA99`` in the topology's order; ``energy_kcal_mol`` (F,) total potential energy and
+  ``forces_kcal_mol_A`` (F, A, 3) on the model's atoms;
+* ``DIR/residue_interaction.csv``: per residue, the mean and standard deviation over frames;
+* ``DIR/residue_interaction.png``: the (frame, residue) heatmap;
+* ``DIR/residue_interaction.pdb``: the first frame with each residue's mean in the B-factor column.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import HemeplmError
+from .models.hemeplm import HemePLM
+
+FILES = ("energies.npz", "residue_interaction.csv", "residue_interaction.png", "residue_interaction.pdb")
+
+
+def predict(model: HemePLM, frames: torch.Tensor, batch: int = 8, progress: bool = False) -> dict[str, np.ndarray]:
+    """Energy model predictions of frames (F, A, 3) Å on the model's atoms, in batches.
+
+    Returns ``energy_kcal_mol`` (F,), ``forces_kcal_mol_A`` (F, A, 3) and
+    ``residue_interaction_kcal_mol`` (F, R) as numpy arrays.
+    """
+    from tqdm import tqdm
+
+    if model.energy_model is None or not bool(model.has_energy_stats):
+        raise HemeplmError("this checkpoint has no trained energy model (its training data had no energy labels)")
+    device = model.energy_mean.device
+    parts = []
+    for i in tqdm(range(0, len(frames), batch), desc="energies", unit="batch", disable=not progress):
+        p = model.predict_energy(frames[i:i + batch].to(device))
+        parts.append({k: v.detach().cpu().numpy() for k, v in p.items()})
+    return {"energy_kcal_mol": np.concatenate([p["total"] for p in parts]).astype(np.float64),
+            "forces_kcal_mol_A": np.concatenate([p["forces"] for p in parts]).astype(np.float32),
+            "residue_interaction_kcal_mol": np.concatenate([p["interaction"] for p in parts]).astype(np.float64)}
+
+
+def write(model: HemePLM, frames: torch.Tensor, out: str | Path, force: bool = False,
+          progress: bool = True) -> list[Path]:
+    """Predict for ``frames`` (F, A, 3) Å and write :data:`FILES` into ``out``; returns their paths.
+
+    Refuses to overwrite existing files unless ``force``.
+    """
+    from . import plots
+    from .simulate import atomic_write_bytes
+
+    out = Path(out)
+    paths = [out / f for f in FILES]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise HemeplmError(f"would overwrite {', '.join(existing)}; pass --force", out)
+    out.mkdir(parents=True, exist_ok=True)
+    pred = predict(model, frames, progress=progress)
+    names = list(model.static_info["interaction_residues"])
+    inter = pred["residue_interaction_kcal_mol"]
+    buf = io.BytesIO()
+    np.savez_compressed(buf, residues=np.asarray(names), **pred)
+    atomic_write_bytes(paths[0], buf.getvalue())
+    mean, std = inter.mean(0), inter.std(0)
+    rows = ["residue,mean_kcal_mol,std_kcal_mol"] + [f"{n},{m:.4f},{s:.4f}" for n, m, s in zip(names, mean, std)]
+    atomic_write_bytes(paths[1], ("\n".join(rows) + "\n").encode())
+    plots.residue_heatmap(inter, paths[2], names, "interaction energy with the ligand (kcal/mol)")
+    top = model.topology()
+    per_residue = np.zeros(top.n_residues)
+    protein = model.s_protein_residue.cpu().numpy()
+    atoms = np.nonzero(protein >= 0)[0]
+    residue_of_atom = np.array([a.residue.index for a in top.atoms])
+    per_residue[residue_of_atom[atoms]] = mean[protein[atoms]]
+    plots.write_bfactor_pdb(top, frames[0].cpu().numpy(), per_residue, paths[3])
+    return paths
