@@ -18,7 +18,7 @@ def _cmd_inspect(args) -> None:
     from .data.load import inspect_system
 
     report = inspect_system(args.topology, args.trajectories, ligand=args.ligand,
-                            hydrogens=args.hydrogens)
+                            hydrogens=args.hydrogens, timestep_ps=args.timestep_ps, forcefield=args.forcefield)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("trajectories", nargs="*")
     q.add_argument("--ligand", default=None, help="mdtraj selection; 'none' for protein only; unset = detect")
     q.add_argument("--hydrogens", action="store_true", help="keep hydrogens (default: heavy atoms)")
+    q.add_argument("--timestep-ps", type=float, default=None,
+                   help="time between frames (default: from the files; a DCD carries none)")
+    q.add_argument("--forcefield", nargs="*", default=[],
+                   help="files giving partial charges: a GROMACS .top for a .gro, OpenMM XML for a PDB")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_cmd_inspect)
 

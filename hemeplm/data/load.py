@@ -269,25 +269,42 @@ def kabsch(mobile: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return rot, trans
 
 
-def _read_charges(path: Path) -> np.ndarray | None:
-    """Partial charges (e) from an Amber prmtop, or None for other formats."""
-    if not path.name.lower().endswith((".prmtop", ".parm7")):
+def read_charges(path: Path, forcefield: list[str] | None = None) -> np.ndarray | None:
+    """(A,) partial charges (e) of every atom of a topology, read by OpenMM; None when it has none.
+
+    Amber prmtop/parm7: its charges. CHARMM PSF: its charge column (CHARMM parameter files
+    hold none, so none are needed). GRO: the charges of the GROMACS ``.top`` given in
+    ``forcefield`` (its folder is the include directory). PDB: only when ``forcefield``
+    names OpenMM XML files, which then parameterise it. Anything else has none.
+    """
+    from ..labels import openmm_system, pair_parameters
+
+    name = path.name.lower()
+    forcefield = list(forcefield or [])
+    tops = [f for f in forcefield if f.lower().endswith(".top")]
+    if name.endswith(".psf"):
+        from openmm import app
+
+        try:
+            return np.array([a.charge for a in app.CharmmPsfFile(str(path)).atom_list], dtype=np.float64)
+        except Exception as exc:
+            raise HemeplmError(f"cannot read charges: {' '.join(str(exc).split())}", path) from exc
+    if name.endswith((".prmtop", ".parm7")):
+        system = openmm_system(path)[1]
+    elif name.endswith(".gro") and tops:
+        system = openmm_system(tops[0], [str(path)])[1]
+    elif name.endswith((".pdb", ".pdb.gz", ".ent")) and forcefield:
+        system = openmm_system(path, forcefield)[1]
+    else:
         return None
-    values, on = [], False
-    with open(path) as fh:
-        for line in fh:
-            if line.startswith("%FLAG"):
-                if on:
-                    break
-                on = line.split()[1] == "CHARGE"
-            elif on and not line.startswith("%FORMAT"):
-                values += [float(v) for v in line.split()]
-    return np.asarray(values) / 18.2223 if values else None
+    return pair_parameters(system).charge
 
 
-def _read_energies(traj_path: Path, n_frames: int, n_atoms: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(F,) energies and (F, A, 3) forces from ``energies_forces.npz`` beside a trajectory, when its frames
-    and atoms match; None when there is no such file."""
+def _read_energies(traj_path: Path, n_frames: int,
+                   n_atoms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """(F,) energies, (F, A, 3) forces and (F,) frame times in ps (None if not stored) from
+    ``energies_forces.npz`` beside a trajectory, when its frames and atoms match; None when there is
+    no such file."""
     p = traj_path.parent / ENERGY_FILE
     if not p.exists():
         return None
@@ -295,6 +312,7 @@ def _read_energies(traj_path: Path, n_frames: int, n_atoms: int) -> tuple[np.nda
         with np.load(p) as z:
             energy = np.asarray(z["energy_kcal_mol"], dtype=np.float64)
             forces = np.asarray(z["forces_kcal_mol_A"], dtype=np.float64)
+            times = np.asarray(z["time_ps"], dtype=np.float64) if "time_ps" in z.files else None
     except Exception as exc:  # a damaged archive fails anywhere in zip or npy parsing
         raise HemeplmError(f"cannot read energies and forces: {' '.join(str(exc).split()) or type(exc).__name__}",
                            p) from exc
@@ -303,11 +321,51 @@ def _read_energies(traj_path: Path, n_frames: int, n_atoms: int) -> tuple[np.nda
         return None
     if not (np.isfinite(energy).all() and np.isfinite(forces).all()):
         raise HemeplmError("energies or forces contain NaN or infinite values", p)
-    return energy, forces
+    return energy, forces, times if times is not None and times.shape == (n_frames,) else None
+
+
+def frame_spacing(files: list[Path], times: list[np.ndarray], label_times: list[np.ndarray | None],
+                  timestep_ps: float | None = None) -> float:
+    """Time between saved frames (ps) of trajectory segments.
+
+    Args:
+        files: the segments' files.
+        times: per segment, (F_s,) frame times as mdtraj reads them (ps).
+        label_times: per segment, (F_s,) ``time_ps`` of its ``energies_forces.npz``, or None.
+        timestep_ps: the spacing given by the user (``data.timestep_ps``); wins when set.
+    Returns:
+        The spacing; 1.0 when no segment has two frames. A file that carries no real time (a DCD,
+        whose frames mdtraj numbers 0, 1, 2, ...; or times equal to the frame indices) is taken at
+        1 ps per frame with a warning. Segments whose spacings differ are an error naming them.
+    """
+    if timestep_ps is not None:
+        if not timestep_ps > 0:
+            raise HemeplmError(f"data.timestep_ps must be positive, got {timestep_ps}")
+        return float(timestep_ps)
+    spacing = {}
+    for path, t, labelled in zip(files, times, label_times):
+        if len(t) < 2:
+            continue
+        real = [x for x in (labelled, None if path.name.lower().endswith(".dcd") else t)
+                if x is not None and not np.array_equal(x, np.arange(len(x)))]
+        if not real:
+            log.warning("%s: holds no frame times (%s); frames taken as 1 ps apart: set data.timestep_ps "
+                        "(--timestep-ps) to the real spacing", path,
+                        "a DCD" if path.name.lower().endswith(".dcd") else "its times are the frame indices")
+        spacing[path] = float(real[0][1] - real[0][0]) if real else 1.0
+    if not spacing:
+        return 1.0
+    values = list(spacing.values())
+    if not np.allclose(values, values[0], rtol=1e-3):
+        listed = ", ".join(f"{p}: {v:g} ps" for p, v in spacing.items())
+        raise HemeplmError(f"trajectory segments have different frame spacings ({listed}); give segments "
+                           f"saved at one spacing, or set data.timestep_ps (--timestep-ps) if a file's times are wrong")
+    return values[0]
 
 
 def load_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
-                hydrogens: bool = False, truncated: str = "error") -> MDSystem:
+                hydrogens: bool = False, truncated: str = "error", timestep_ps: float | None = None,
+                forcefield: list[str] | None = None) -> MDSystem:
     """Load, clean and superpose trajectories of one system.
 
     Args:
@@ -317,6 +375,8 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
         ligand: see :func:`select_ligand`.
         hydrogens: keep hydrogen atoms.
         truncated: ``"error"`` or ``"warn"``: what a DCD/XTC file cut mid-frame gives.
+        timestep_ps: time between frames; None reads it from the files (:func:`frame_spacing`).
+        forcefield: files that give the topology its partial charges (:func:`read_charges`).
     """
     if truncated not in ("error", "warn"):
         raise HemeplmError(f"data.truncated must be 'error' or 'warn', got {truncated!r}")
@@ -352,15 +412,17 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
     if len(ca) < 3:
         raise HemeplmError(f"needs at least 3 protein CA atoms outside the ligand to superpose, found {len(ca)}",
                            top_path)
-    charges_full = _read_charges(top_path)
-    charges = None
+    charges_full = read_charges(top_path, forcefield)
     if charges_full is not None and len(charges_full) != top.n_atoms:
+        log.warning("%s: the force field gives %d charges for %d atoms; not used",
+                    top_path, len(charges_full), top.n_atoms)
         charges_full = None
+    charges = None
     if charges_full is not None:
         charges = np.zeros(len(keep))
         np.add.at(charges, fold[fold >= 0], charges_full[fold >= 0])
 
-    segments, energies, forces = [], [], []
+    segments, energies, forces, label_times = [], [], [], []
     reference = None
     for f, traj in zip(files, trajs):
         xyz = traj.xyz[:, keep].astype(np.float64) * 10.0
@@ -372,14 +434,16 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
         if found is None:
             energies.append(None)
             forces.append(None)
+            label_times.append(None)
             continue
-        energy, raw = found
+        energy, raw, times = found
         energies.append(energy)
+        label_times.append(times)
         folded = np.zeros((raw.shape[0], len(keep), 3))
         np.add.at(folded, (slice(None), fold[fold >= 0]), raw[:, fold >= 0])
         forces.append(np.einsum("fij,faj->fai", rot, folded).astype(np.float32))
         log.info("%s: energies and forces from %s", f, f.parent / ENERGY_FILE)
-    timestep = float(trajs[0].timestep) if trajs[0].n_frames > 1 else 1.0
+    timestep = frame_spacing(files, [t.time for t in trajs], label_times, timestep_ps)
     return MDSystem(topology=sub_top, segments=segments, timestep_ps=timestep,
                     ligand=new_index[lig_full[new_index[lig_full] >= 0]], source_index=keep,
                     energies=energies, forces=forces, charges=charges, files=[str(f) for f in files],
@@ -388,9 +452,11 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
 
 
 def inspect_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
-                   hydrogens: bool = False) -> dict:
+                   hydrogens: bool = False, timestep_ps: float | None = None,
+                   forcefield: list[str] | None = None) -> dict:
     """A JSON-ready summary of a system (what ``hemeplm inspect`` prints)."""
-    system = load_system(topology, trajectories, ligand=ligand, hydrogens=hydrogens)
+    system = load_system(topology, trajectories, ligand=ligand, hydrogens=hydrogens, timestep_ps=timestep_ps,
+                         forcefield=forcefield)
     top = system.topology
     lig_atoms = [top.atom(int(i)) for i in system.ligand]
     elements: dict[str, int] = {}
@@ -413,6 +479,7 @@ def inspect_system(topology: str | Path, trajectories: list[str | Path], ligand:
         "timestep_ps": round(system.timestep_ps, 6),
         "hydrogens": hydrogens,
         "has_energies": all(e is not None for e in system.energies),
+        "has_charges": system.charges is not None,
         "ligand": {"n_atoms": len(lig_atoms), "residues": [name for _, name in residues],
                    "elements": dict(sorted(elements.items()))},
     }
