@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     from .bench import add_bench_parser
     add_bench_parser(sub)
+    from .viewer import add_view_parser
+    add_view_parser(sub)
     return p
 
 
