@@ -117,9 +117,8 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _dcd_frames(p: Path) -> tuple[int, int] | None:
-    """(complete frames, bytes left over) of a DCD file from its header and size; None if the header is unusual."""
-    size = p.stat().st_size
+def dcd_layout(p: Path) -> tuple[int, int] | None:
+    """(header bytes, bytes per frame) of a DCD file from its header; None if the header is unusual."""
     with open(p, "rb") as fh:
         head = fh.read(96)  # record marker, "CORD", 20 control ints, marker, title record length
         endian = next((e for e in "<>" if len(head) == 96 and head[4:8] == b"CORD"
@@ -138,8 +137,16 @@ def _dcd_frames(p: Path) -> tuple[int, int] | None:
         return None
     charmm = icntrl[19] != 0
     cell = 56 if charmm and icntrl[10] != 0 else 0  # 6 doubles in their record
-    frame = (4 if charmm and icntrl[11] != 0 else 3) * (4 * n_atoms + 8) + cell
-    return divmod(size - header, frame)
+    return header, (4 if charmm and icntrl[11] != 0 else 3) * (4 * n_atoms + 8) + cell
+
+
+def _dcd_frames(p: Path) -> tuple[int, int] | None:
+    """(complete frames, bytes left over) of a DCD file from its header and size; None if the header is unusual."""
+    layout = dcd_layout(p)
+    if layout is None:
+        return None
+    header, frame = layout
+    return divmod(p.stat().st_size - header, frame)
 
 
 def _xtc_frames(p: Path) -> tuple[int, int] | None:
