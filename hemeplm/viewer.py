@@ -147,7 +147,7 @@ def _is_number(text: str) -> bool:
 def residue_values(panels: list[Panel], values: str | None) -> tuple[list[np.ndarray | None], str]:
     """Per panel (R,) values and their legend label: Cα RMSF (``"rmsf"``, each panel its own),
     nothing (``"none"``) or a file (:func:`read_values`, the same for every panel)."""
-    from .evaluate import rmsf
+    from .evaluate.trajectory import rmsf
 
     values = values or "rmsf"
     if values == "none":
