@@ -1,4 +1,5 @@
-# Two commands: `make demo` (install + train/sample/evaluate on the bundled data) and `make test`.
+# Two commands: `make demo` (install + train/sample/evaluate on the bundled data) and `make test`
+# (install, plus Chromium for the viewer tests).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,9 @@ PIP := $(VENV)/bin/pip
 # CPU build of PyTorch; a GPU user sets TORCH_SPEC (see README) or installs torch into the venv first.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test
+.PHONY: install browser demo test
+# apt-get needs root: sudo when not root
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,7 +21,12 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+# The viewer tests open pages in a headless Chromium: installed from Debian's archive when missing.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+test: install browser
 	WANDB_MODE=offline $(PY) -m pytest -q
 
 # Trains runs/demo once (a second `make demo` reuses it; `rm -r runs/demo` to retrain), then

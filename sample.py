@@ -10,17 +10,20 @@ upsample (frames I..J become every k-th frame of a finer trajectory). Inpainting
 reads frames I..J at the model's frame spacing (data.lag x the training data's),
 upsampling at k times it; a file whose spacing does not divide that is refused.
 Writes OUT.xtc (OUT_000.xtc... for several samples), OUT.pdb (topology) and
-OUT.json (summary); never overwrites without --force.
+OUT.json (summary), and with --view OUT.html (samples beside the given MD in a
+browser); never overwrites without --force.
 """
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from hemeplm.diffusion import SAMPLERS
 from hemeplm.errors import HemeplmError
 from hemeplm.sampling import Generator, run_task
 from hemeplm.tasks import TASKS
+from hemeplm.viewer import view_sample
 
 
 def main() -> None:
@@ -48,6 +51,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="OUT.xtc or OUT.dcd")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--view", action="store_true",
+                   help="also write OUT.html: the samples beside the given MD in a browser viewer (hemeplm view)")
     args = p.parse_args()
     try:
         gen = Generator.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
@@ -55,6 +60,8 @@ def main() -> None:
         summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                            end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
                            seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force)
+        if args.view:
+            summary["view"] = str(view_sample(summary, Path(args.out).with_suffix(".html")))
     except HemeplmError as exc:
         print(f"sample.py: error: {exc}", file=sys.stderr)
         sys.exit(2)

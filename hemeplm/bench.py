@@ -308,7 +308,7 @@ def md_rate(seconds: float, threads: int | None = None) -> dict:
     """OpenMM on the T4L system for ``seconds`` of wall time: simulated ns per wall-clock hour."""
     from . import simulate as sim
 
-    cfg = sim.SimulateConfig(threads=threads)
+    cfg = sim.SimulateConfig(threads=threads, platform="CPU")
     parts = sim.prepare_amber(T4L / "complex.prmtop", T4L / "complex-minimized.crd", cfg)
     with tempfile.TemporaryDirectory() as tmp:
         run = sim.MDRun(*parts, cfg=cfg, out=tmp, inputs={"bench": "t4l"})  # minimised, velocities set

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ def _cmd_inspect(args) -> None:
     from .data.load import inspect_system
 
     report = inspect_system(args.topology, args.trajectories, ligand=args.ligand,
-                            hydrogens=args.hydrogens)
+                            hydrogens=args.hydrogens, timestep_ps=args.timestep_ps, forcefield=args.forcefield)
     if args.json:
         print(json.dumps(report, indent=2))
         return
@@ -35,13 +36,19 @@ def _cmd_simulate(args) -> None:
     cfg = sim.SimulateConfig(steps=args.steps, equilibrate_steps=args.equilibrate_steps, report_every=args.report_every, timestep_fs=args.timestep_fs,
                              temperature_k=args.temperature, hydrogen_mass_amu=None if args.no_hmr else args.hmr_mass,
                              seed=args.seed, solvent=args.solvent or ("implicit" if args.prmtop else "explicit"),
-                             save_every_frames=args.save_every, threads=args.threads)
+                             save_every_frames=args.save_every, threads=args.threads,
+                             platform=args.platform or sim.fastest_platform(), pressure_bar=args.pressure,
+                             ligand=args.ligand)
     if bool(args.prmtop) == bool(args.pdb):
         raise HemeplmError("give either --prmtop with --inpcrd, or --pdb")
     out = Path(args.out)
     if args.force and out.exists():
-        for name in ("settings.json", "energies_forces.npz", "traj.xtc", "topology.pdb"):
-            (out / name).unlink(missing_ok=True)
+        for name in sim.RUN_FILES:
+            path = out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     if args.prmtop:
         if not args.inpcrd:
             raise HemeplmError("--prmtop needs --inpcrd")
@@ -52,7 +59,8 @@ def _cmd_simulate(args) -> None:
         inputs = {"pdb": sim.file_id(args.pdb)}
     run = sim.MDRun(*parts, cfg=cfg, out=out, inputs=inputs)
     run.run(progress=not args.quiet)
-    print(f"{out}: {len(run.times)} frames, topology.pdb, traj.xtc, energies_forces.npz, settings.json")
+    print(f"{out}: {run.n_frames} frames on {cfg.platform}, topology.pdb, traj.dcd, energies_forces.npz, "
+          "settings.json")
 
 
 def _cmd_label(args) -> None:
@@ -86,10 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("trajectories", nargs="*")
     q.add_argument("--ligand", default=None, help="mdtraj selection; 'none' for protein only; unset = detect")
     q.add_argument("--hydrogens", action="store_true", help="keep hydrogens (default: heavy atoms)")
+    q.add_argument("--timestep-ps", type=float, default=None,
+                   help="time between frames (default: from the files; a DCD carries none)")
+    q.add_argument("--forcefield", nargs="*", default=[],
+                   help="files giving partial charges: a GROMACS .top for a .gro, OpenMM XML for a PDB")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_cmd_inspect)
 
-    s = sub.add_parser("simulate", help="run OpenMM MD to make training data (resumable)")
+    s = sub.add_parser("simulate", help="run OpenMM MD to make training data (resumable)",
+                       description="OpenMM MD to make training data. Frames stream to OUT/traj.dcd (full "
+                                   "precision); energies, forces and per-residue protein-ligand interaction "
+                                   "energies go to OUT/energies_forces.npz when the run completes. Running the "
+                                   "same command again after a kill continues from the last saved frame.")
     s.add_argument("--prmtop")
     s.add_argument("--inpcrd")
     s.add_argument("--pdb", help="PDB (e.g. 3CQV) prepared with PDBFixer + CHARMM36; HEM becomes HEME")
@@ -105,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: implicit (OBC2) for prmtop, explicit TIP3P for PDB")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--save-every", type=int, default=10, help="frames between checkpoints")
-    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--threads", type=int, default=None, help="CPU platform threads")
+    s.add_argument("--platform", choices=["CUDA", "OpenCL", "CPU", "Reference"], default=None,
+                   help="OpenMM platform (default: the fastest available)")
+    s.add_argument("--pressure", type=float, default=1.0,
+                   help="bar, Monte Carlo barostat in explicit solvent (NPT)")
+    s.add_argument("--ligand", default=None,
+                   help="mdtraj selection of the ligand for the interaction labels (default: detected)")
     s.add_argument("--force", action="store_true", help="start over, deleting a previous run in --out")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_cmd_simulate)
@@ -147,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(sub)
     from .bench import add_bench_parser
     add_bench_parser(sub)
+    from .viewer import add_view_parser
+    add_view_parser(sub)
     return p
 
 

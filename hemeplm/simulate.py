@@ -8,11 +8,14 @@ Two ways in:
   template's bonds and hydrogens, and simulated in explicit TIP3P water or in
   vacuum.
 
-A run directory holds ``topology.pdb`` (all atoms), ``traj.xtc``,
-``energies_forces.npz`` (``time_ps`` (F,), ``energy_kcal_mol`` (F,),
-``forces_kcal_mol_A`` (F, A, 3)) and ``settings.json``. Every file is written
-atomically; the OpenMM checkpoint lives inside the npz so that frames,
-energies and the integrator state always agree. Running the same command
+Explicit solvent runs at constant pressure (Monte Carlo barostat). A run directory
+holds ``topology.pdb`` (all atoms), ``traj.dcd`` (full float32 precision, streamed),
+``settings.json``, and, once the run is complete, ``energies_forces.npz``:
+``time_ps`` (F,), ``energy_kcal_mol`` (F,), ``forces_kcal_mol_A`` (F, A, 3),
+``residue_interaction_kcal_mol`` (F, R: each protein residue's vacuum Coulomb +
+Lennard-Jones energy with the ligand, :mod:`hemeplm.labels`), ``residues`` (R,)
+and ``ligand_atoms`` (L,). While it runs, labels go to ``labels/`` chunks and the
+OpenMM checkpoint to ``state.npz`` (see :class:`MDRun`). Running the same command
 again after a kill continues the run from its last saved frame.
 """
 
@@ -23,15 +26,25 @@ import functools
 import io
 import json
 import os
+import shutil
+import struct
+import sys
+import time
 import xml.etree.ElementTree as ET
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .data.load import ENERGY_FILE
 from .errors import HemeplmError, require_file
 
-KJ_PER_KCAL = 4.184
+TRAJ_FILE = "traj.dcd"
+STATE_FILE = "state.npz"
+LABEL_DIR = "labels"
+#: everything a run writes, what ``--force`` removes
+RUN_FILES = ("settings.json", ENERGY_FILE, TRAJ_FILE, "topology.pdb", STATE_FILE, LABEL_DIR)
 HEME_PDB_NAMES = ("HEM", "HEC", "HEME")
 PROTEIN_RESIDUES = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU", "LYS",
                     "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL", "HID", "HIE", "HIP", "HSD",
@@ -55,6 +68,9 @@ class SimulateConfig:
     seed: int = 0
     save_every_frames: int = 10
     threads: int | None = None
+    platform: str | None = None  # CUDA, OpenCL, CPU or Reference; None: the fastest available
+    pressure_bar: float | None = 1.0  # Monte Carlo barostat in explicit solvent (NPT); None: NVT
+    ligand: str | None = None  # mdtraj selection for the interaction labels; None: detected
 
 
 def file_id(path: str | Path) -> dict:
@@ -215,6 +231,15 @@ def prepare_amber(prmtop: str | Path, inpcrd: str | Path, cfg: SimulateConfig):
 class MDRun:
     """One resumable MD run writing into ``out``.
 
+    Frames are appended to ``traj.dcd`` (float32, the box per frame in explicit solvent) and
+    their labels to one ``labels/NNNNNNNN.npz`` per save (NNNNNNNN: the first frame it holds),
+    so memory and disk writes grow linearly with the run. Each save appends and fsyncs the
+    frames, writes the chunk, then writes ``state.npz`` (frames done, OpenMM checkpoint)
+    atomically; a resumed run cuts the DCD and the chunks back to the frames ``state.npz``
+    counts, so frames, labels and the integrator state always agree. When the run is complete
+    the chunks become ``energies_forces.npz`` (streamed, one chunk in memory at a time), where
+    the data loader finds them.
+
     Args:
         topology, system, positions: an OpenMM system, as from :func:`prepare_amber`.
         cfg: run settings.
@@ -227,9 +252,11 @@ class MDRun:
         import openmm
         from openmm import app, unit
 
+        if cfg.steps < cfg.report_every:
+            raise HemeplmError(f"steps ({cfg.steps}) must be at least report_every ({cfg.report_every})")
         self.cfg, self.out, self.topology = cfg, Path(out), topology
         self.settings = {"inputs": inputs, "config": dataclasses.asdict(cfg), "units": {
-            "time": "ps", "energy": "kcal/mol", "forces": "kcal/mol/A", "positions": "nm (xtc)"}}
+            "time": "ps", "energy": "kcal/mol", "forces": "kcal/mol/A", "positions": "A (dcd)"}}
         self.out.mkdir(parents=True, exist_ok=True)
         settings_path = self.out / "settings.json"
         if settings_path.exists():
@@ -241,21 +268,21 @@ class MDRun:
                                                      cfg.friction_per_ps / unit.picosecond,
                                                      cfg.timestep_fs * unit.femtosecond)
         integrator.setRandomNumberSeed(cfg.seed)
-        platform = openmm.Platform.getPlatformByName("CPU") if _has_platform("CPU") else None
-        props = {"Threads": str(cfg.threads)} if cfg.threads and platform is not None else {}
+        if system.usesPeriodicBoundaryConditions() and cfg.pressure_bar is not None:
+            system.addForce(openmm.MonteCarloBarostat(cfg.pressure_bar * unit.bar, cfg.temperature_k * unit.kelvin))
+        platform_name = cfg.platform or fastest_platform()
+        if not _has_platform(platform_name):
+            raise HemeplmError(f"OpenMM has no {platform_name} platform here; available: {', '.join(platforms())}")
+        platform = openmm.Platform.getPlatformByName(platform_name)
+        props = {"Threads": str(cfg.threads)} if cfg.threads and platform_name == "CPU" else {}
         self.sim = app.Simulation(topology, system, integrator, platform, props)
-        self.times: list[float] = []
-        self.energies: list[float] = []
-        self.forces: list[np.ndarray] = []
-        self.positions: list[np.ndarray] = []
+        self.labeller = InteractionLabeller(topology, system, cfg.ligand)
+        self.n_frames = 0
+        self._chunk: list[dict] = []
         if not self._resume():
-            self.sim.context.setPositions(positions)
-            self.sim.minimizeEnergy()
-            self.sim.context.setVelocitiesToTemperature(cfg.temperature_k * unit.kelvin, cfg.seed)
-            self.sim.step(cfg.equilibrate_steps)
-            self.sim.context.setTime(0.0)
-            state = self.sim.context.getState(getPositions=True)
+            self._prepare(positions, progress=True)
             with open(self.out / "topology.pdb", "w") as fh:
+                state = self.sim.context.getState(getPositions=True)
                 app.PDBFile.writeFile(topology, state.getPositions(), fh, keepIds=True)
             atomic_write_bytes(settings_path, json.dumps(self.settings, indent=2).encode())
 
@@ -263,65 +290,199 @@ class MDRun:
     def frames_total(self) -> int:
         return self.cfg.steps // self.cfg.report_every
 
-    def _resume(self) -> bool:
-        npz_path = self.out / "energies_forces.npz"
-        if not npz_path.exists():
-            return False
-        import mdtraj
+    def _prepare(self, positions, progress: bool) -> None:
+        """Minimise, draw velocities, equilibrate (unrecorded), reporting progress on stderr."""
+        from openmm import unit
+        from tqdm import tqdm
 
-        with np.load(npz_path) as z:
-            n = int(z["time_ps"].shape[0])
-            self.times = list(z["time_ps"])
-            self.energies = list(z["energy_kcal_mol"])
-            self.forces = list(z["forces_kcal_mol_A"])
+        cfg = self.cfg
+        self.sim.context.setPositions(positions)
+        energy = self._energy()
+        tqdm.write(f"{self.out}: minimising from {energy:.1f} kcal/mol", file=sys.stderr)
+        started = time.monotonic()
+        self.sim.minimizeEnergy()
+        tqdm.write(f"{self.out}: minimised to {self._energy():.1f} kcal/mol in {time.monotonic() - started:.0f} s",
+                   file=sys.stderr)
+        self.sim.context.setVelocitiesToTemperature(cfg.temperature_k * unit.kelvin, cfg.seed)
+        block = max(1, min(cfg.report_every, cfg.equilibrate_steps))
+        with tqdm(total=cfg.equilibrate_steps, unit="step", desc=f"equilibrating {self.out}", file=sys.stderr,
+                  disable=not progress or not cfg.equilibrate_steps) as bar:
+            for done in range(0, cfg.equilibrate_steps, block):
+                n = min(block, cfg.equilibrate_steps - done)
+                self.sim.step(n)
+                bar.update(n)
+        self.sim.context.setTime(0.0)
+
+    def _energy(self) -> float:
+        from openmm import unit
+
+        state = self.sim.context.getState(getEnergy=True)
+        return state.getPotentialEnergy().value_in_unit(unit.kilocalorie_per_mole)
+
+    def _resume(self) -> bool:
+        """Continue from ``state.npz``: cut the DCD and chunks back to its frame count."""
+        state_path = self.out / STATE_FILE
+        if not state_path.exists():
+            return False
+        with np.load(state_path) as z:
+            self.n_frames = int(z["frames"])
             self.sim.context.loadCheckpoint(z["checkpoint"].tobytes())
-        traj = mdtraj.load(str(self.out / "traj.xtc"), top=str(self.out / "topology.pdb"))
-        self.positions = list(traj.xyz[:n])
+        truncate_dcd(self.out / TRAJ_FILE, self.n_frames)
+        for chunk in sorted((self.out / LABEL_DIR).glob("*.npz")):
+            if int(chunk.stem) >= self.n_frames:
+                chunk.unlink()
         return True
 
-    def _save(self) -> None:
-        import mdtraj
+    def _dcd(self):
+        """OpenMM's DCD writer appending to ``traj.dcd`` (created on the first frame)."""
+        from openmm import app, unit
 
-        xtc = self.out / "traj.xtc"
-        tmp = xtc.with_name(f".traj.{os.getpid()}.tmp.xtc")
-        with mdtraj.formats.XTCTrajectoryFile(str(tmp), "w") as fh:
-            fh.write(np.stack(self.positions), time=np.asarray(self.times, dtype=np.float32))
-        os.replace(tmp, xtc)
+        path = self.out / TRAJ_FILE
+        append = path.exists()
+        fh = open(path, "r+b" if append else "wb")
+        return fh, app.DCDFile(fh, self.topology, self.cfg.timestep_fs * unit.femtosecond, firstStep=self.cfg.report_every,
+                               interval=self.cfg.report_every, append=append)
+
+    def _save(self, fh) -> None:
+        """Make the frames written so far durable: fsync the DCD, write the chunk, then the state."""
+        fh.flush()
+        os.fsync(fh.fileno())
+        first = self.n_frames - len(self._chunk)
+        (self.out / LABEL_DIR).mkdir(exist_ok=True)
         buf = io.BytesIO()
-        np.savez_compressed(buf, time_ps=np.asarray(self.times, dtype=np.float64),
-                            energy_kcal_mol=np.asarray(self.energies, dtype=np.float64),
-                            forces_kcal_mol_A=np.stack(self.forces).astype(np.float32),
-                            checkpoint=np.frombuffer(self.sim.context.createCheckpoint(), dtype=np.uint8))
-        atomic_write_bytes(self.out / "energies_forces.npz", buf.getvalue())
+        np.savez(buf, **{k: np.stack([row[k] for row in self._chunk]) for k in self._chunk[0]})
+        atomic_write_bytes(self.out / LABEL_DIR / f"{first:08d}.npz", buf.getvalue())
+        buf = io.BytesIO()
+        np.savez(buf, frames=np.int64(self.n_frames),
+                 checkpoint=np.frombuffer(self.sim.context.createCheckpoint(), dtype=np.uint8))
+        atomic_write_bytes(self.out / STATE_FILE, buf.getvalue())
+        self._chunk = []
 
     def run(self, progress: bool = True) -> Path:
         """Run to ``cfg.steps``, saving every ``save_every_frames`` frames; return ``out``."""
         from openmm import unit
         from tqdm import tqdm
 
-        done = len(self.times)
-        bar = tqdm(total=self.frames_total, initial=done, unit="frame", disable=not progress,
+        bar = tqdm(total=self.frames_total, initial=self.n_frames, unit="frame", disable=not progress,
                    desc=f"MD -> {self.out}")
-        for i in range(done, self.frames_total):
-            self.sim.step(self.cfg.report_every)
-            state = self.sim.context.getState(getPositions=True, getForces=True, getEnergy=True)
-            self.times.append(state.getTime().value_in_unit(unit.picosecond))
-            energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_KCAL
-            if not np.isfinite(energy):
-                raise HemeplmError(f"potential energy became {energy} at frame {i}; lower the time step", self.out)
-            self.energies.append(energy)
-            forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
-            self.forces.append((np.asarray(forces) / KJ_PER_KCAL / 10.0).astype(np.float32))
-            self.positions.append(np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer),
-                                             dtype=np.float32))
-            if (i + 1) % self.cfg.save_every_frames == 0 or i + 1 == self.frames_total:
-                self._save()
-            bar.update(1)
-        bar.close()
+        fh, dcd = self._dcd()
+        try:
+            for i in range(self.n_frames, self.frames_total):
+                self.sim.step(self.cfg.report_every)
+                state = self.sim.context.getState(getPositions=True, getForces=True, getEnergy=True)
+                energy = state.getPotentialEnergy().value_in_unit(unit.kilocalorie_per_mole)
+                if not np.isfinite(energy):
+                    raise HemeplmError(f"potential energy became {energy} at frame {i}; lower the time step",
+                                       self.out)
+                positions = state.getPositions(asNumpy=True)
+                dcd.writeModel(positions, periodicBoxVectors=state.getPeriodicBoxVectors())
+                xyz = np.asarray(positions.value_in_unit(unit.angstrom))
+                forces = state.getForces(asNumpy=True).value_in_unit(unit.kilocalorie_per_mole / unit.angstrom)
+                self._chunk.append({
+                    "time_ps": state.getTime().value_in_unit(unit.picosecond), "energy_kcal_mol": energy,
+                    "forces_kcal_mol_A": np.asarray(forces, dtype=np.float32),
+                    "residue_interaction_kcal_mol": self.labeller(xyz)})
+                self.n_frames = i + 1
+                if self.n_frames % self.cfg.save_every_frames == 0 or self.n_frames == self.frames_total:
+                    self._save(fh)
+                bar.update(1)
+        finally:
+            fh.close()
+            bar.close()
+        if not (self.out / ENERGY_FILE).exists():
+            self._assemble()
         return self.out
+
+    def _assemble(self) -> None:
+        """Stream the label chunks into ``energies_forces.npz`` (plus ``residues`` and ``ligand_atoms``)."""
+        chunks = sorted((self.out / LABEL_DIR).glob("*.npz"))
+        tmp = self.out / f".{ENERGY_FILE}.{os.getpid()}.tmp"
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with np.load(chunks[0]) as z:
+                keys = {k: (z[k].dtype, z[k].shape[1:]) for k in z.files}
+            for key, (dtype, shape) in keys.items():
+                with zf.open(f"{key}.npy", "w", force_zip64=True) as out:
+                    np.lib.format.write_array_header_1_0(out, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                               "fortran_order": False,
+                                                               "shape": (self.n_frames, *shape)})
+                    for chunk in chunks:
+                        with np.load(chunk) as z:
+                            out.write(np.ascontiguousarray(z[key], dtype=dtype).tobytes())
+            for key, value in (("residues", np.asarray(self.labeller.names)), ("ligand_atoms", self.labeller.ligand)):
+                with zf.open(f"{key}.npy", "w") as out:
+                    np.lib.format.write_array(out, value)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.out / ENERGY_FILE)
+        shutil.rmtree(self.out / LABEL_DIR)
+
+
+class InteractionLabeller:
+    """Per-residue protein–ligand interaction energies of frames of an OpenMM system.
+
+    Vacuum definition (:mod:`hemeplm.labels`: Coulomb + Lennard-Jones, all atoms, no cutoff)
+    computed from the positions, so the labels do not depend on the solvent model. The
+    ligand is an mdtraj selection (None: detected, as the data loader does).
+
+    Attributes:
+        names: (R,) protein residue names (``ALA99``).
+        ligand: (L,) ligand atom indices.
+    """
+
+    def __init__(self, topology, system, ligand: str | None = None):
+        import mdtraj
+
+        from .data.load import select_ligand
+        from .labels import pair_parameters, residue_labels
+
+        md_top = mdtraj.Topology.from_openmm(topology)
+        self.params = pair_parameters(system)
+        self.residue, self.names = residue_labels(md_top)
+        self.ligand = select_ligand(md_top, ligand)
+
+    def __call__(self, xyz: np.ndarray) -> np.ndarray:
+        """(A, 3) positions in Å -> (R,) interaction energies in kcal/mol."""
+        from .labels import residue_interactions
+
+        return residue_interactions(self.params, xyz[None], self.residue, self.ligand, len(self.names))[0]
+
+
+def truncate_dcd(path: Path, n_frames: int) -> None:
+    """Cut a DCD written by OpenMM back to its first ``n_frames`` frames (the header's counts too)."""
+    from .data.load import dcd_layout
+
+    if not path.exists():
+        return
+    layout = dcd_layout(path)
+    if layout is None:
+        raise HemeplmError("cannot resume: not a readable DCD header", path)
+    header, frame = layout
+    if path.stat().st_size < header + n_frames * frame:
+        raise HemeplmError(f"cannot resume: holds fewer than the {n_frames} frames the checkpoint counts", path)
+    with open(path, "r+b") as fh:
+        fh.truncate(header + n_frames * frame)
+        fh.seek(8)
+        fh.write(struct.pack("<i", n_frames))  # NSET: frames in the file
+        fh.seek(12)
+        first, interval = struct.unpack("<2i", fh.read(8))
+        fh.write(struct.pack("<i", first + (n_frames - 1) * interval))  # the last frame's step
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def platforms() -> list[str]:
+    """Names of the OpenMM platforms available here."""
+    import openmm
+
+    return [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+
+
+def fastest_platform() -> str:
+    """The available OpenMM platform with the highest speed rating (CUDA > OpenCL > CPU > Reference)."""
+    import openmm
+
+    return max(platforms(), key=lambda name: openmm.Platform.getPlatformByName(name).getSpeed())
 
 
 def _has_platform(name: str) -> bool:
-    import openmm
-
-    return any(openmm.Platform.getPlatform(i).getName() == name for i in range(openmm.Platform.getNumPlatforms()))
+    return name in platforms()

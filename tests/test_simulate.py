@@ -19,25 +19,40 @@ def test_simulate_t4l_cli(tmp_path, capsys):
     import mdtraj
 
     from hemeplm.data.load import load_system
+    from hemeplm.labels import openmm_system, pair_parameters, residue_interactions, residue_labels
 
     out = tmp_path / "md"
     argv = ["simulate", "--prmtop", str(PRMTOP), "--inpcrd", str(INPCRD), "--steps", "500", "--report-every", "100",
-            "--out", str(out), "--quiet"]
+            "--equilibrate-steps", "100", "--out", str(out), "--quiet"]
     main(argv)
-    assert "5 frames" in capsys.readouterr().out
-    traj = mdtraj.load(str(out / "traj.xtc"), top=str(out / "topology.pdb"))
+    captured = capsys.readouterr()
+    assert "5 frames on CPU" in captured.out  # the fastest platform here
+    assert "minimising from" in captured.err and "minimised to" in captured.err
+    traj = mdtraj.load(str(out / "traj.dcd"), top=str(out / "topology.pdb"))
     assert traj.n_frames == 5 and traj.n_atoms == N_ATOMS
-    np.testing.assert_allclose(traj.time, [0.4, 0.8, 1.2, 1.6, 2.0], atol=1e-4)  # 100 steps of 4 fs
+    md_top = traj.topology  # residues numbered as in topology.pdb (MET1, ...)
+    residue, names = residue_labels(md_top)
     with np.load(out / "energies_forces.npz") as z:
+        np.testing.assert_allclose(z["time_ps"], [0.4, 0.8, 1.2, 1.6, 2.0], atol=1e-9)  # 100 steps of 4 fs
         assert z["energy_kcal_mol"].shape == (5,) and np.isfinite(z["energy_kcal_mol"]).all()
         assert z["forces_kcal_mol_A"].shape == (5, N_ATOMS, 3) and np.isfinite(z["forces_kcal_mol_A"]).all()
-        np.testing.assert_allclose(z["time_ps"], traj.time, atol=1e-3)
+        assert list(z["residues"]) == names and len(names) == 162
+        inter = z["residue_interaction_kcal_mol"]
+        ligand = z["ligand_atoms"]
+    assert [md_top.atom(int(i)).residue.name for i in ligand] == ["TMP"] * 18
+    # vacuum interaction energies of the frames as written (float32 DCD): the pocket residues bind the xylene
+    expected = residue_interactions(pair_parameters(openmm_system(PRMTOP)[1]), traj.xyz * 10.0, residue, ligand,
+                                    len(names))
+    np.testing.assert_allclose(inter, expected, atol=1e-3)
+    assert inter.sum(axis=1).max() < -5.0 and (inter == 0).mean() < 0.01
     settings = json.loads((out / "settings.json").read_text())
     assert settings["config"]["steps"] == 500 and settings["inputs"]["prmtop"]["name"] == PRMTOP.name
+    assert settings["config"]["platform"] == "CPU" and not (out / "labels").exists()
 
-    # the run is training data: energies and forces come with the frames (hydrogen forces folded)
-    system = load_system(PRMTOP, [out / "traj.xtc"])
+    # the run is training data: energies and forces come with the frames, the time from the labels
+    system = load_system(PRMTOP, [out / "traj.dcd"])
     assert system.energies[0].shape == (5,) and system.forces[0].shape == (5, system.n_atoms, 3)
+    assert system.timestep_ps == pytest.approx(0.4)
 
     # the same command again finds the run complete; other settings in the same folder are refused
     main(argv)
@@ -115,28 +130,67 @@ def test_interrupted_run_resumes(heme, tmp_path, monkeypatch):
     monkeypatch.setattr(run.sim, "step", killed_after_two_frames)
     with pytest.raises(KeyboardInterrupt):
         run.run(progress=False)
-    with np.load(out / "energies_forces.npz") as z:
-        saved = z["energy_kcal_mol"].copy()
-    assert len(saved) == 2
+    assert not (out / "energies_forces.npz").exists()  # written when the run completes
+    chunks = sorted((out / "labels").glob("*.npz"))
+    assert [c.name for c in chunks] == ["00000000.npz", "00000001.npz"]
+    saved = np.concatenate([np.load(c)["energy_kcal_mol"] for c in chunks])
+    assert mdtraj.load(str(out / "traj.dcd"), top=str(out / "topology.pdb")).n_frames == 2
+    # a kill between writes leaves more than the checkpoint counts: half a frame and a chunk ahead of it
+    with open(out / "traj.dcd", "ab") as fh:
+        fh.write(b"\0" * 500)
+    (out / "labels" / "00000002.npz").write_bytes(chunks[1].read_bytes())
 
     resumed = _run(heme, out)
-    assert len(resumed.times) == 2
+    assert resumed.n_frames == 2
+    assert not (out / "labels" / "00000002.npz").exists()
+    assert mdtraj.load(str(out / "traj.dcd"), top=str(out / "topology.pdb")).n_frames == 2
     resumed.run(progress=False)
     with np.load(out / "energies_forces.npz") as z:
         times, energies = z["time_ps"], z["energy_kcal_mol"]
         assert z["forces_kcal_mol_A"].shape == (4, 73, 3)
+        assert z["residue_interaction_kcal_mol"].shape == (4, 0)  # a heme alone: no protein residues
     np.testing.assert_allclose(times, [0.1, 0.2, 0.3, 0.4], atol=1e-9)
-    assert (np.diff(times) > 0).all()
     np.testing.assert_array_equal(energies[:2], saved)
-    traj = mdtraj.load(str(out / "traj.xtc"), top=str(out / "topology.pdb"))
+    traj = mdtraj.load(str(out / "traj.dcd"), top=str(out / "topology.pdb"))
     assert traj.n_frames == 4
-    np.testing.assert_allclose(traj.time, times, atol=1e-4)
+    assert not (out / "labels").exists()
 
     # complete: a new run with the same settings does not step again
     done = _run(heme, out)
     monkeypatch.setattr(done.sim, "step", lambda n: pytest.fail("a complete run was stepped again"))
     done.run(progress=False)
-    assert len(done.times) == 4
+    assert done.n_frames == 4
+
+
+def test_platform_choice(heme, tmp_path):
+    run = _run(heme, tmp_path / "ref", steps=100, platform="Reference")
+    assert run.sim.context.getPlatform().getName() == "Reference"
+    with pytest.raises(HemeplmError, match="no Metal platform here; available: Reference"):
+        _run(heme, tmp_path / "none", platform="Metal")
+
+
+def test_explicit_solvent_runs_at_constant_pressure(tmp_path):
+    import mdtraj
+    from openmm import app, unit
+
+    ff = app.ForceField("charmm36.xml", "charmm36/water.xml")
+    modeller = app.Modeller(app.Topology(), [])
+    modeller.addSolvent(ff, model="tip3p", boxSize=openmm_vec(1.8))
+    system = ff.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.8 * unit.nanometer,
+                             constraints=app.HBonds)
+    cfg = SimulateConfig(solvent="explicit", steps=600, report_every=200, timestep_fs=2.0, hydrogen_mass_amu=None,
+                         pressure_bar=1.0, platform="CPU")
+    run = MDRun(modeller.topology, system, modeller.positions, cfg=cfg, out=tmp_path / "md", inputs={"test": 1})
+    assert any(type(f).__name__ == "MonteCarloBarostat" for f in system.getForces())
+    run.run(progress=False)
+    traj = mdtraj.load(str(tmp_path / "md" / "traj.dcd"), top=str(tmp_path / "md" / "topology.pdb"))
+    assert traj.n_frames == 3 and len(np.unique(traj.unitcell_volumes.round(6))) > 1  # the box breathes
+
+
+def openmm_vec(nm: float):
+    from openmm import Vec3, unit
+
+    return Vec3(nm, nm, nm) * unit.nanometer
 
 
 def test_other_settings_refused(heme, tmp_path):

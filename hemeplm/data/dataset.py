@@ -55,6 +55,9 @@ class DataConfig:
     split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     cache_dir: str = ".cache/hemeplm"
     truncated: str = "error"  # a DCD/XTC cut mid-frame: "error", or "warn" and use its complete frames
+    timestep_ps: float | None = None  # time between saved frames; None: from the files (a DCD carries none)
+    # files giving the topology its partial charges: a GROMACS .top for a .gro, OpenMM XML force fields for a PDB
+    forcefield: list[str] = field(default_factory=list)
 
 
 def _stamp(path: str | Path) -> list:
@@ -66,11 +69,13 @@ def _stamp(path: str | Path) -> list:
 def cache_key(cfg: DataConfig) -> str:
     """Hash of the inputs (paths, sizes, mtimes) and every option that changes the features."""
     files = [cfg.topology, *cfg.trajectories]
-    extra = [f for f in (cfg.ligand_file, cfg.plm_embeddings) if f]
+    # force-field files on disk are stamped; OpenMM's own XML files are named in the payload
+    extra = [f for f in (cfg.ligand_file, cfg.plm_embeddings) if f] + [f for f in cfg.forcefield if Path(f).is_file()]
     energy = [Path(t).parent / ENERGY_FILE for t in cfg.trajectories]
     payload = {"v": FEATURE_VERSION, "files": [_stamp(require_file(f)) for f in files + extra],
                "energy": [_stamp(e) for e in energy if e.exists()], "ligand": cfg.ligand,
-               "ligand_group": cfg.ligand_group, "hydrogens": cfg.hydrogens, "truncated": cfg.truncated}
+               "ligand_group": cfg.ligand_group, "hydrogens": cfg.hydrogens, "truncated": cfg.truncated,
+               "timestep_ps": cfg.timestep_ps, "forcefield": cfg.forcefield}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -94,7 +99,10 @@ def build_features(cfg: DataConfig) -> dict:
     if not 1 <= cfg.ligand_group <= width:
         raise HemeplmError(f"data.ligand_group={cfg.ligand_group}: must be between 1 and the token width, {width}")
     system = load_system(cfg.topology, cfg.trajectories, ligand=cfg.ligand, hydrogens=cfg.hydrogens,
-                         truncated=cfg.truncated)
+                         truncated=cfg.truncated, timestep_ps=cfg.timestep_ps, forcefield=cfg.forcefield)
+    if system.charges is None:
+        log.warning("%s: no partial charges: charge features are zero (ligand charges come from data.ligand_file "
+                    "or RDKit Gasteiger); data.forcefield can give them (see README, Data)", cfg.topology)
     top = system.topology
     first = system.segments[0][0]
     try:

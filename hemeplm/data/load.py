@@ -120,9 +120,8 @@ def _stdout_to_stderr():
         os.close(saved)
 
 
-def _dcd_frames(p: Path) -> tuple[int, int] | None:
-    """(complete frames, bytes left over) of a DCD file from its header and size; None if the header is unusual."""
-    size = p.stat().st_size
+def dcd_layout(p: Path) -> tuple[int, int] | None:
+    """(header bytes, bytes per frame) of a DCD file from its header; None if the header is unusual."""
     with open(p, "rb") as fh:
         head = fh.read(96)  # record marker, "CORD", 20 control ints, marker, title record length
         endian = next((e for e in "<>" if len(head) == 96 and head[4:8] == b"CORD"
@@ -141,8 +140,16 @@ def _dcd_frames(p: Path) -> tuple[int, int] | None:
         return None
     charmm = icntrl[19] != 0
     cell = 56 if charmm and icntrl[10] != 0 else 0  # 6 doubles in their record
-    frame = (4 if charmm and icntrl[11] != 0 else 3) * (4 * n_atoms + 8) + cell
-    return divmod(size - header, frame)
+    return header, (4 if charmm and icntrl[11] != 0 else 3) * (4 * n_atoms + 8) + cell
+
+
+def _dcd_frames(p: Path) -> tuple[int, int] | None:
+    """(complete frames, bytes left over) of a DCD file from its header and size; None if the header is unusual."""
+    layout = dcd_layout(p)
+    if layout is None:
+        return None
+    header, frame = layout
+    return divmod(p.stat().st_size - header, frame)
 
 
 def _xtc_frames(p: Path) -> tuple[int, int] | None:
@@ -272,28 +279,44 @@ def kabsch(mobile: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return rot, trans
 
 
-def _read_charges(path: Path) -> np.ndarray | None:
-    """Partial charges (e) from an Amber prmtop, or None for other formats."""
-    if not path.name.lower().endswith((".prmtop", ".parm7")):
+def read_charges(path: Path, forcefield: list[str] | None = None) -> np.ndarray | None:
+    """(A,) partial charges (e) of every atom of a topology, read by OpenMM; None when it has none.
+
+    Amber prmtop/parm7: its charges. CHARMM PSF: its charge column (CHARMM parameter files
+    hold none, so none are needed). GRO: the charges of the GROMACS ``.top`` given in
+    ``forcefield`` (its folder is the include directory). PDB: only when ``forcefield``
+    names OpenMM XML files, which then parameterise it. Anything else has none.
+    """
+    from ..labels import openmm_system, pair_parameters
+
+    name = path.name.lower()
+    forcefield = list(forcefield or [])
+    tops = [f for f in forcefield if f.lower().endswith(".top")]
+    if name.endswith(".psf"):
+        from openmm import app
+
+        try:
+            return np.array([a.charge for a in app.CharmmPsfFile(str(path)).atom_list], dtype=np.float64)
+        except Exception as exc:
+            raise HemeplmError(f"cannot read charges: {' '.join(str(exc).split())}", path) from exc
+    if name.endswith((".prmtop", ".parm7")):
+        system = openmm_system(path)[1]
+    elif name.endswith(".gro") and tops:
+        system = openmm_system(tops[0], [str(path)])[1]
+    elif name.endswith((".pdb", ".pdb.gz", ".ent")) and forcefield:
+        system = openmm_system(path, forcefield)[1]
+    else:
         return None
-    values, on = [], False
-    with open(path) as fh:
-        for line in fh:
-            if line.startswith("%FLAG"):
-                if on:
-                    break
-                on = line.split()[1] == "CHARGE"
-            elif on and not line.startswith("%FORMAT"):
-                values += [float(v) for v in line.split()]
-    return np.asarray(values) / 18.2223 if values else None
+    return pair_parameters(system).charge
 
 
 def _read_energies(traj_path: Path, n_frames: int, topology) -> dict | None:
     """Labels from ``energies_forces.npz`` beside a trajectory, when its frames and atoms match;
     None when there is no such file.
 
-    Returns ``energy`` (F,), ``forces`` (F, A, 3) and ``interaction`` (F, R) or None (absent, or
-    its residue names differ from the topology's protein residues).
+    Returns ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R) or None (absent, or
+    its residue names differ from the topology's protein residues) and ``times`` (F,) frame
+    times in ps or None (not stored).
     """
     from ..labels import residue_labels
 
@@ -307,6 +330,7 @@ def _read_energies(traj_path: Path, n_frames: int, topology) -> dict | None:
             inter = np.asarray(z["residue_interaction_kcal_mol"], dtype=np.float64) \
                 if "residue_interaction_kcal_mol" in z.files else None
             names = [str(r) for r in z["residues"]] if "residues" in z.files else None
+            times = np.asarray(z["time_ps"], dtype=np.float64) if "time_ps" in z.files else None
     except Exception as exc:  # a damaged archive fails anywhere in zip or npy parsing
         raise HemeplmError(f"cannot read energies and forces: {' '.join(str(exc).split()) or type(exc).__name__}",
                            p) from exc
@@ -320,11 +344,52 @@ def _read_energies(traj_path: Path, n_frames: int, topology) -> dict | None:
         log.warning("%s: its residues do not match the topology's protein residues; interaction energies "
                     "not used", p)
         inter = None
-    return {"energy": energy, "forces": forces, "interaction": inter}
+    return {"energy": energy, "forces": forces, "interaction": inter,
+            "times": times if times is not None and times.shape == (n_frames,) else None}
+
+
+def frame_spacing(files: list[Path], times: list[np.ndarray], label_times: list[np.ndarray | None],
+                  timestep_ps: float | None = None) -> float:
+    """Time between saved frames (ps) of trajectory segments.
+
+    Args:
+        files: the segments' files.
+        times: per segment, (F_s,) frame times as mdtraj reads them (ps).
+        label_times: per segment, (F_s,) ``time_ps`` of its ``energies_forces.npz``, or None.
+        timestep_ps: the spacing given by the user (``data.timestep_ps``); wins when set.
+    Returns:
+        The spacing; 1.0 when no segment has two frames. A file that carries no real time (a DCD,
+        whose frames mdtraj numbers 0, 1, 2, ...; or times equal to the frame indices) is taken at
+        1 ps per frame with a warning. Segments whose spacings differ are an error naming them.
+    """
+    if timestep_ps is not None:
+        if not timestep_ps > 0:
+            raise HemeplmError(f"data.timestep_ps must be positive, got {timestep_ps}")
+        return float(timestep_ps)
+    spacing = {}
+    for path, t, labelled in zip(files, times, label_times):
+        if len(t) < 2:
+            continue
+        real = [x for x in (labelled, None if path.name.lower().endswith(".dcd") else t)
+                if x is not None and not np.array_equal(x, np.arange(len(x)))]
+        if not real:
+            log.warning("%s: holds no frame times (%s); frames taken as 1 ps apart: set data.timestep_ps "
+                        "(--timestep-ps) to the real spacing", path,
+                        "a DCD" if path.name.lower().endswith(".dcd") else "its times are the frame indices")
+        spacing[path] = float(real[0][1] - real[0][0]) if real else 1.0
+    if not spacing:
+        return 1.0
+    values = list(spacing.values())
+    if not np.allclose(values, values[0], rtol=1e-3):
+        listed = ", ".join(f"{p}: {v:g} ps" for p, v in spacing.items())
+        raise HemeplmError(f"trajectory segments have different frame spacings ({listed}); give segments "
+                           f"saved at one spacing, or set data.timestep_ps (--timestep-ps) if a file's times are wrong")
+    return values[0]
 
 
 def load_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
-                hydrogens: bool = False, truncated: str = "error") -> MDSystem:
+                hydrogens: bool = False, truncated: str = "error", timestep_ps: float | None = None,
+                forcefield: list[str] | None = None) -> MDSystem:
     """Load, clean and superpose trajectories of one system.
 
     Args:
@@ -334,6 +399,8 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
         ligand: see :func:`select_ligand`.
         hydrogens: keep hydrogen atoms.
         truncated: ``"error"`` or ``"warn"``: what a DCD/XTC file cut mid-frame gives.
+        timestep_ps: time between frames; None reads it from the files (:func:`frame_spacing`).
+        forcefield: files that give the topology its partial charges (:func:`read_charges`).
     """
     if truncated not in ("error", "warn"):
         raise HemeplmError(f"data.truncated must be 'error' or 'warn', got {truncated!r}")
@@ -369,15 +436,17 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
     if len(ca) < 3:
         raise HemeplmError(f"needs at least 3 protein CA atoms outside the ligand to superpose, found {len(ca)}",
                            top_path)
-    charges_full = _read_charges(top_path)
-    charges = None
+    charges_full = read_charges(top_path, forcefield)
     if charges_full is not None and len(charges_full) != top.n_atoms:
+        log.warning("%s: the force field gives %d charges for %d atoms; not used",
+                    top_path, len(charges_full), top.n_atoms)
         charges_full = None
+    charges = None
     if charges_full is not None:
         charges = np.zeros(len(keep))
         np.add.at(charges, fold[fold >= 0], charges_full[fold >= 0])
 
-    segments, energies, forces, interactions = [], [], [], []
+    segments, energies, forces, interactions, label_times = [], [], [], [], []
     reference = None
     for f, traj in zip(files, trajs):
         xyz = traj.xyz[:, keep].astype(np.float64) * 10.0
@@ -390,15 +459,17 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
             energies.append(None)
             forces.append(None)
             interactions.append(None)
+            label_times.append(None)
             continue
         energy, raw = found["energy"], found["forces"]
         energies.append(energy)
         interactions.append(found["interaction"])
+        label_times.append(found["times"])
         folded = np.zeros((raw.shape[0], len(keep), 3))
         np.add.at(folded, (slice(None), fold[fold >= 0]), raw[:, fold >= 0])
         forces.append(np.einsum("fij,faj->fai", rot, folded).astype(np.float32))
         log.info("%s: energies and forces from %s", f, f.parent / ENERGY_FILE)
-    timestep = float(trajs[0].timestep) if trajs[0].n_frames > 1 else 1.0
+    timestep = frame_spacing(files, [t.time for t in trajs], label_times, timestep_ps)
     return MDSystem(topology=sub_top, segments=segments, timestep_ps=timestep,
                     ligand=new_index[lig_full[new_index[lig_full] >= 0]], source_index=keep,
                     energies=energies, forces=forces, interactions=interactions, charges=charges, files=[str(f) for f in files],
@@ -407,9 +478,11 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
 
 
 def inspect_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
-                   hydrogens: bool = False) -> dict:
+                   hydrogens: bool = False, timestep_ps: float | None = None,
+                   forcefield: list[str] | None = None) -> dict:
     """A JSON-ready summary of a system (what ``hemeplm inspect`` prints)."""
-    system = load_system(topology, trajectories, ligand=ligand, hydrogens=hydrogens)
+    system = load_system(topology, trajectories, ligand=ligand, hydrogens=hydrogens, timestep_ps=timestep_ps,
+                         forcefield=forcefield)
     top = system.topology
     lig_atoms = [top.atom(int(i)) for i in system.ligand]
     elements: dict[str, int] = {}
@@ -432,6 +505,7 @@ def inspect_system(topology: str | Path, trajectories: list[str | Path], ligand:
         "timestep_ps": round(system.timestep_ps, 6),
         "hydrogens": hydrogens,
         "has_energies": all(e is not None for e in system.energies),
+        "has_charges": system.charges is not None,
         "ligand": {"n_atoms": len(lig_atoms), "residues": [name for _, name in residues],
                    "elements": dict(sorted(elements.items()))},
     }
