@@ -51,6 +51,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="OUT.xtc or OUT.dcd")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--energies", action="store_true",
+                   help="add the energy model's predictions for every generated frame to the JSON summary "
+                        "(total energy, per-residue interaction energies with the ligand)")
     p.add_argument("--view", action="store_true",
                    help="also write OUT.html: the samples beside the given MD in a browser viewer (hemeplm view)")
     args = p.parse_args()
@@ -59,7 +62,8 @@ def main() -> None:
                                         progress=True, project_steps=args.project_steps)
         summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                            end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
-                           seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force)
+                           seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force,
+                           energies=args.energies)
         if args.view:
             summary["view"] = str(view_sample(summary, Path(args.out).with_suffix(".html")))
     except HemeplmError as exc:

@@ -80,8 +80,12 @@ def _cmd_energies(args) -> None:
     from .sampling import Generator, load_frames
 
     gen = Generator.from_checkpoint(args.ckpt, device=args.device)
-    frames, _ = load_frames(gen, args.topology, [args.frames])
-    for path in energies.write(gen.model, torch.cat(frames), args.out, force=args.force, progress=not args.quiet):
+    frames = torch.cat(load_frames(gen, args.topology, [args.frames])[0])
+    span = slice(args.start, args.stop)
+    paths = energies.write(gen.model, frames[span], args.out, force=args.force, progress=not args.quiet)
+    if args.compare:
+        paths += energies.compare(gen.model, gen.cfg.data, args.topology, args.frames, span, args.out)
+    for path in paths:
         print(path)
 
 
@@ -161,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--topology", required=True, help="topology of --frames (a generated file's PDB, or the MD's)")
     en.add_argument("--frames", required=True, help="trajectory to predict for")
     en.add_argument("--out", required=True, help="output folder")
+    en.add_argument("--start", type=int, default=None, help="first frame to predict for (default: 0)")
+    en.add_argument("--stop", type=int, default=None, help="frame to stop before (default: the end)")
+    en.add_argument("--compare", action="store_true",
+                    help="also compare with the labels in energies_forces.npz beside --frames: metrics.json "
+                         "(R², MAE, Pearson; interaction fluctuation R² over pocket residues beside the "
+                         "training-mean baseline) and figures in OUT/compare/")
     en.add_argument("--device", default="cpu")
     en.add_argument("--force", action="store_true", help="overwrite existing outputs")
     en.add_argument("--quiet", action="store_true")

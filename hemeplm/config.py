@@ -77,18 +77,19 @@ class TaskConfig:
 class EnergyConfig:
     """The energy model (:mod:`hemeplm.models.energy`): its size, smooth cutoff (Å), loss weights
     (total energy, forces, per-residue interaction energies, each on a normalised scale), labelled
-    frames per training step and learning rate (its own; per-atom parameters learn faster)."""
+    frames per training step and learning rate (its own; per-atom parameters learn faster). The total
+    energy's weight is low: heavy atoms cannot see most of its fluctuation (solvation, hydrogens)."""
 
     enabled: bool = True
     hidden: int = 32
-    layers: int = 2
+    layers: int = 1
     n_rbf: int = 16
-    cutoff: float = 5.0
-    energy_weight: float = 1.0
+    cutoff: float = 4.5
+    energy_weight: float = 0.1
     force_weight: float = 1.0
     interaction_weight: float = 1.0
-    frames_per_step: int = 4
-    lr: float = 3e-3
+    frames_per_step: int = 2
+    lr: float = 1e-2
 
 
 @dataclass

@@ -9,16 +9,22 @@
 * ``DIR/residue_interaction.csv``: per residue, the mean and standard deviation over frames;
 * ``DIR/residue_interaction.png``: the (frame, residue) heatmap;
 * ``DIR/residue_interaction.pdb``: the first frame with each residue's mean in the B-factor column.
+
+With ``--compare``, frames that carry labels (an ``energies_forces.npz`` beside them, as ``hemeplm
+label`` or ``hemeplm simulate`` write) are also scored: ``DIR/compare/metrics.json`` and figures
+(:func:`hemeplm.evaluate.evaluate_energies`).
 """
 
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .data.dataset import DataConfig
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM
 
@@ -78,3 +84,35 @@ def write(model: HemePLM, frames: torch.Tensor, out: str | Path, force: bool = F
     per_residue[residue_of_atom[atoms]] = mean[protein[atoms]]
     plots.write_bfactor_pdb(top, frames[0].cpu().numpy(), per_residue, paths[3])
     return paths
+
+
+def compare(model: HemePLM, data: DataConfig, topology: str | Path, trajectory: str | Path, span: slice,
+            out: str | Path) -> list[Path]:
+    """Score predictions for the labelled frames ``span`` of ``trajectory`` (read as the checkpoint's
+    ``data`` settings say) against their labels.
+
+    Writes ``out/compare/metrics.json`` (energy, force and interaction metrics with the
+    training-mean baseline) and the figures; returns their paths.
+    """
+    from .data.load import load_system
+    from .evaluate import evaluate_energies
+    from .simulate import atomic_write_bytes
+
+    system = load_system(topology, [trajectory], ligand=data.ligand, hydrogens=data.hydrogens,
+                         truncated=data.truncated)
+    if system.energies[0] is None:
+        raise HemeplmError("has no energies_forces.npz beside it to compare with", trajectory)
+    coords = torch.from_numpy(system.segments[0][span])
+    inter = system.interactions[0]
+
+    def run(x):
+        p = model.predict_energy(torch.as_tensor(x, device=model.energy_mean.device))
+        return {"energy": p["total"], "forces": p["forces"], "interaction": p["interaction"]}
+
+    folder = Path(out) / "compare"
+    metrics, files = evaluate_energies(run, coords.numpy(), system.energies[0][span], system.forces[0][span],
+                                       model.topology(), folder, None if inter is None else inter[span],
+                                       model.interaction_mean.cpu().numpy())
+    metrics["n_frames"] = int(len(coords))
+    atomic_write_bytes(folder / "metrics.json", json.dumps(metrics, indent=2).encode())
+    return [folder / "metrics.json", *files]

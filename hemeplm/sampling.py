@@ -309,8 +309,12 @@ def given_stride(gen: Generator, task: str, dt: float, path) -> int:
 
 def run_task(gen: Generator, task: str, topology, frames_file, out, start: int | None = None, end: int | None = None,
              end_file=None, num_frames: int | None = None, num_samples: int = 1, seed: int = 0,
-             inpaint_atoms: str | None = None, force: bool = False) -> dict:
+             inpaint_atoms: str | None = None, force: bool = False, energies: bool = False) -> dict:
     """Everything ``sample.py`` does; returns the JSON summary (also written beside the output).
+
+    With ``energies``, the summary's ``energies`` holds the energy model's predictions for every
+    generated frame (:func:`hemeplm.energies.predict`): ``residues`` (R,), ``energy_kcal_mol``
+    (S, F) and ``residue_interaction_kcal_mol`` (S, F, R).
 
     Inpainting and upsampling read frames ``start..end`` of ``frames_file`` every ``stride``-th
     frame (:func:`given_stride`); the summary records ``stride`` and the first and last frame used
@@ -371,6 +375,14 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
                "timestep_ps": timestep,
                "trajectories": [str(p) for p in trajs], "topology_pdb": str(pdb_path),
                "wall_seconds": round(elapsed, 3), "inpaint_atoms": inpaint_atoms, "inpainted_atoms": inpainted}
+    if energies:
+        from .energies import predict
+
+        preds = [predict(gen.model, sample) for sample in result]
+        summary["energies"] = {
+            "residues": list(gen.model.static_info["interaction_residues"]),
+            "energy_kcal_mol": [np.round(p["energy_kcal_mol"], 3).tolist() for p in preds],
+            "residue_interaction_kcal_mol": [np.round(p["residue_interaction_kcal_mol"], 3).tolist() for p in preds]}
     json_path.write_text(json.dumps(summary, indent=2))
     return summary
 

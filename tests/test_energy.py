@@ -230,3 +230,12 @@ def test_training_learns_interactions_and_energies_cli_writes_them(tiny_run, tin
         main(["energies", "--ckpt", str(tiny_run["ckpt"]), "--topology", str(tiny_system["topology"]),
               "--frames", str(tiny_system["trajectory"]), "--out", str(out), "--quiet"])
     assert "pass --force" in capsys.readouterr().err
+    # held-out frames scored against their labels, beside the training-mean baseline
+    main(["energies", "--ckpt", str(tiny_run["ckpt"]), "--topology", str(tiny_system["topology"]),
+          "--frames", str(tiny_system["trajectory"]), "--out", str(out), "--start", "34", "--compare", "--force",
+          "--quiet"])
+    found = json.loads((out / "compare" / "metrics.json").read_text())
+    assert found["n_frames"] == 6 and found["mean_baseline_interaction_fluctuation_r2"] == 0.0
+    assert np.isfinite([found["interaction_fluctuation_r2"], found["force_r2"], found["energy_mae_kcal_mol"]]).all()
+    with np.load(out / "energies.npz") as z:
+        assert z["residue_interaction_kcal_mol"].shape == (6, 12)

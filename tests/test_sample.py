@@ -65,8 +65,12 @@ def test_sample_py_forecast_past_one_window(tiny_run, tiny_system, frames, tmp_p
     assert again.stderr.strip().splitlines() == [
         f"sample.py: error: {out}: would overwrite {out}, {out.with_suffix('.pdb')}, {out.with_suffix('.json')}; "
         "pass --force to replace them"]
-    assert sample_py(*argv, "--force", "--seed", "1").returncode == 0
+    again = sample_py(*argv, "--force", "--seed", "1", "--energies")
+    assert again.returncode == 0, again.stderr
     assert not np.allclose(read(out), xyz, atol=1e-3)  # another seed, another trajectory
+    energies = json.loads(again.stdout)["energies"]  # the energy model's predictions for every generated frame
+    assert np.asarray(energies["residue_interaction_kcal_mol"]).shape == (1, 11, len(energies["residues"]))
+    assert np.isfinite(energies["energy_kcal_mol"]).all()
 
 
 def test_tps_coarse_to_fine(gen, tiny_system, frames, tmp_path):

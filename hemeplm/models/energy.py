@@ -4,7 +4,8 @@ message-passing correction, and per-residue protein–ligand interaction energie
 Total potential energy of a frame (kcal/mol, relative to the training mean)::
 
     E(x) = Σ_bonds k_b (d − d0)² + Σ_angles k_a (cos θ − cos θ0)²
-         + Σ_{pairs, d < cutoff, not 1-2/1-3} S(d) [Coulomb + LJ](d)      learnt q, σ, ε per atom
+         + Σ_{pairs, d < cutoff, not 1-2/1-3/1-4} S(d) [s·Coulomb + LJ](d)  learnt q, σ, ε per atom
+                                                                         and solvent screening s
          + Σ_atoms u_i(h)                                               message passing on a radius graph
 
 Interaction energy of protein residue r with the ligand (kcal/mol)::
@@ -31,8 +32,16 @@ from torch import nn
 from ..labels import COULOMB_KCAL_A
 
 SOFTEN_A = 0.25  # δ in sqrt(d² + δ²) of the 1/r terms, Å
-#: starting values of the learnt force constants (kcal/mol/Å², kcal/mol per unit cos²) and LJ well depth (kcal/mol)
-BOND_K, ANGLE_K, EPSILON = 300.0, 100.0, 0.1
+#: starting values of the learnt force constants (kcal/mol/Å², kcal/mol per unit cos²) and of the
+#: Lennard-Jones σ (Å) and ε (kcal/mol) of hydrogens and heavier atoms (typical force-field values)
+BOND_K, ANGLE_K = 300.0, 100.0
+SIGMA_H, EPSILON_H, SIGMA_HEAVY, EPSILON_HEAVY = 2.0, 0.02, 3.4, 0.1
+#: starting Coulomb scale inside the total energy: solvent screens charges (1/ε_r of water); learnt.
+#: The interaction energies keep the vacuum Coulomb of their definition.
+SCREENING = 1.0 / 80.0
+#: units of the learnt offsets: bond lengths (Å), angle cosines and charges (e) move by about the
+#: learning rate times these per step (bond lengths must settle to a few thousandths of an Å)
+OFFSET_UNITS = {"length": 0.01, "cosine": 0.01, "charge": 0.1}
 MAX_NEIGHBORS = 1024  # radius-graph buffer per atom; reaching it is an error, never a silent cut
 
 
@@ -122,20 +131,26 @@ class EnergyModel(nn.Module):
         angles = _angles(bonds, n)
         self.register_buffer("bonds", bonds, persistent=False)
         self.register_buffer("angles", angles, persistent=False)
-        excl = torch.cat([bonds, angles[[0, 2]]], 1)
+        excl = torch.cat([bonds, angles[[0, 2]], _torsion_ends(bonds, n)], 1)
         self.register_buffer("excluded", torch.unique(torch.cat([excl[0] * n + excl[1], excl[1] * n + excl[0]])),
                              persistent=False)
         ref = torch.as_tensor(static["reference"], dtype=torch.float32)
-        # positive parameters are stored as logarithms around typical values, so that one
-        # optimiser step changes each by a similar fraction whatever its size
-        self.bond_d0 = nn.Parameter((ref[bonds[0]] - ref[bonds[1]]).norm(dim=-1))
+        # every parameter is stored so that one optimiser step (of about the learning rate) is a sensible
+        # change: positive ones as logarithms around typical values, equilibrium lengths and cosines
+        # and charges as offsets in units of OFFSET_UNITS from the reference frame and topology
+        self.register_buffer("bond_ref", (ref[bonds[0]] - ref[bonds[1]]).norm(dim=-1), persistent=False)
+        self.register_buffer("angle_ref", _cos_angle(ref, angles), persistent=False)
+        self.register_buffer("charge_ref", charge, persistent=False)
+        self.bond_shift = nn.Parameter(torch.zeros(bonds.shape[1]))
+        self.angle_shift = nn.Parameter(torch.zeros(angles.shape[1]))
+        self.charge_shift = nn.Parameter(torch.zeros(n))
         self.log_bond_k = nn.Parameter(torch.zeros(bonds.shape[1]))
-        self.angle_c0 = nn.Parameter(_cos_angle(ref, angles))
         self.log_angle_k = nn.Parameter(torch.zeros(angles.shape[1]))
-        self.charge0 = nn.Parameter(charge)
-        self.register_buffer("sigma0", torch.where(is_h, 2.5, 3.5).float(), persistent=False)
+        self.register_buffer("sigma0", torch.where(is_h, SIGMA_H, SIGMA_HEAVY).float(), persistent=False)
+        self.register_buffer("epsilon0", torch.where(is_h, EPSILON_H, EPSILON_HEAVY).float(), persistent=False)
         self.log_sigma = nn.Parameter(torch.zeros(n))
         self.log_eps = nn.Parameter(torch.zeros(n))
+        self.log_screening = nn.Parameter(torch.zeros(()))
         self.embed_type = nn.Embedding(n_atom_types, hidden)
         self.embed_element = nn.Embedding(n_elements, hidden)
         self.embed_ligand = nn.Embedding(2, hidden)
@@ -166,19 +181,24 @@ class EnergyModel(nn.Module):
         """(F, A, 3) -> (F,) bond and angle energies."""
         b = self.bonds
         d = (pos[:, b[0]] - pos[:, b[1]]).norm(dim=-1)
-        e = (BOND_K * self.log_bond_k.exp() * (d - self.bond_d0) ** 2).sum(-1)
+        d0 = self.bond_ref + OFFSET_UNITS["length"] * self.bond_shift
+        e = (BOND_K * self.log_bond_k.exp() * (d - d0) ** 2).sum(-1)
         if self.angles.shape[1]:
             c = _cos_angle(pos, self.angles)
-            e = e + (ANGLE_K * self.log_angle_k.exp() * (c - self.angle_c0) ** 2).sum(-1)
+            c0 = self.angle_ref + OFFSET_UNITS["cosine"] * self.angle_shift
+            e = e + (ANGLE_K * self.log_angle_k.exp() * (c - c0) ** 2).sum(-1)
         return e
 
     def parameters_lj(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(A,) charges (e), σ (Å), ε (kcal/mol)."""
-        return self.charge0, self.sigma0 * self.log_sigma.exp(), EPSILON * self.log_eps.exp()
+        q = self.charge_ref + OFFSET_UNITS["charge"] * self.charge_shift
+        return q, self.sigma0 * self.log_sigma.exp(), self.epsilon0 * self.log_eps.exp()
 
-    def _combined(self, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def _combined(self, i: torch.Tensor, j: torch.Tensor, d: torch.Tensor, coulomb: torch.Tensor | float = 1.0
+                  ) -> torch.Tensor:
+        """Pair energies with the combined parameters; ``coulomb`` scales the charge products."""
         q, sig, eps = self.parameters_lj()
-        return pair_energy(d, q[i] * q[j], 0.5 * (sig[i] + sig[j]), torch.sqrt(eps[i] * eps[j] + 1e-12))
+        return pair_energy(d, coulomb * q[i] * q[j], 0.5 * (sig[i] + sig[j]), torch.sqrt(eps[i] * eps[j] + 1e-12))
 
     # --------------------------------------------------------------- forward
     def forward(self, pos: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -191,7 +211,8 @@ class EnergyModel(nn.Module):
         # total: bonded + switched non-bonded (each unordered pair once) + per-atom corrections
         local_i, local_j = ei[0] % n, ei[1] % n
         once = (ei[0] < ei[1]) & ~torch.isin(local_i * n + local_j, self.excluded)
-        nb = self._combined(local_i[once], local_j[once], d[once]) * _switch(d[once], self.cutoff)
+        screen = SCREENING * self.log_screening.exp()
+        nb = self._combined(local_i[once], local_j[once], d[once], screen) * _switch(d[once], self.cutoff)
         total = self._bonded(pos) + torch.zeros(f, device=pos.device, dtype=pos.dtype).index_add_(
             0, batch[ei[0][once]], nb)
         total = total + self.atom_out(h).view(f, n).sum(-1)
@@ -236,6 +257,17 @@ def _angles(bonds: torch.Tensor, n: int) -> torch.Tensor:
         nbr[b].add(a)
     out = [(i, j, k) for j in range(n) for i in nbr[j] for k in nbr[j] if i < k]
     return torch.tensor(out, dtype=torch.long).reshape(-1, 3).t().contiguous()
+
+
+def _torsion_ends(bonds: torch.Tensor, n: int) -> torch.Tensor:
+    """(2, B) bonds -> (2, M) the end atoms of every path i-j-k-l (1-4 pairs)."""
+    nbr: list[set] = [set() for _ in range(n)]
+    for a, b in bonds.t().tolist():
+        nbr[a].add(b)
+        nbr[b].add(a)
+    out = {(min(i, m), max(i, m)) for j, k in bonds.t().tolist() for i in nbr[j] - {k} for m in nbr[k] - {j}
+           if i != m}
+    return torch.tensor(sorted(out), dtype=torch.long).reshape(-1, 2).t().contiguous()
 
 
 def _cos_angle(pos: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
