@@ -260,9 +260,14 @@ def measure(spec: dict) -> dict:
     b, t = cfg.optim.batch_size, cfg.data.window
     coords = frames[torch.arange(t) % len(frames)][None].repeat(b, 1, 1, 1)
     coords = coords + 0.1 * torch.randn(coords.shape, generator=gen).to(device)
-    energy, forces = torch.zeros(b, t, device=device), torch.zeros_like(coords)
-    has_energy = torch.ones(b, dtype=torch.bool, device=device)
-    model.has_energy_stats.fill_(True)  # synthetic targets: the energy and force losses run as in a real step
+    k = cfg.energy.frames_per_step
+    labelled = {"coords": coords[:, 0][torch.arange(k) % b], "energy": torch.zeros(k, device=device),
+                "forces": torch.zeros_like(coords[0, :k]),
+                "interaction": torch.zeros(k, model.interaction_mean.numel(), device=device),
+                "has_interaction": torch.ones(k, dtype=torch.bool, device=device)}
+    # synthetic targets: the energy, force and interaction losses run as in a real step
+    model.has_energy_stats.fill_(True)
+    model.has_interaction_stats.fill_(True)
     mask = task_mask("forecast", t, model.token_is_ligand).expand(b, -1, -1)
     objective = Objective.from_config(model.train(), diffusion, cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
@@ -270,8 +275,8 @@ def measure(spec: dict) -> dict:
     for _ in range(2):  # the first step also allocates the optimiser state; the second is timed
         t0 = time.perf_counter()
         with autocast:
-            loss = objective(coords, energy, forces, has_energy, mask,
-                             torch.randint(0, diffusion.timesteps, (b,), generator=gen).to(device), gen)["loss"]
+            loss = objective(coords, mask, torch.randint(0, diffusion.timesteps, (b,), generator=gen).to(device), gen,
+                             labelled if cfg.energy.enabled else None)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)

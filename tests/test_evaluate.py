@@ -343,17 +343,21 @@ def test_transition_paths():
 # ----------------------------------------------------------------------------- energies and forces
 
 class HarmonicSystem:
-    """E(x) = k/2 Σ |x_i - x0_i|², forces -k (x - x0), residue energies summed per residue (kcal/mol, Å)."""
+    """E(x) = k/2 Σ |x_i - x0_i|², forces -k (x - x0); "interaction" energies: the energy summed per protein
+    residue (kcal/mol, Å)."""
 
     def __init__(self, topology, x0: np.ndarray, k: float = 2.0):
         self.x0, self.k = x0, k
-        self.atom_res = np.array([a.residue.index for a in topology.atoms])
-        self.n_res = topology.n_residues
+        protein = [r for r in topology.residues if r.is_protein]
+        self.atom_res = np.full(topology.n_atoms, len(protein))
+        for i, r in enumerate(protein):
+            self.atom_res[[a.index for a in r.atoms]] = i
+        self.n_res = len(protein)
 
     def __call__(self, coords: np.ndarray) -> dict:
         atom_e = 0.5 * self.k * ((coords - self.x0) ** 2).sum(-1)
-        res_e = np.stack([np.bincount(self.atom_res, e, self.n_res) for e in atom_e])
-        return {"energy": atom_e.sum(-1), "residue_energy": res_e, "forces": -self.k * (coords - self.x0)}
+        res_e = np.stack([np.bincount(self.atom_res, e, self.n_res + 1)[:-1] for e in atom_e])
+        return {"energy": atom_e.sum(-1), "interaction": res_e, "forces": -self.k * (coords - self.x0)}
 
 
 def _noisy_predictor(true: HarmonicSystem, sigma: float, seed: int):
@@ -381,18 +385,18 @@ def test_energy_metrics_get_worse_with_noise(harmonic):
     results = []
     for sigma in (0.0, 0.05, 0.5):
         pred = _noisy_predictor(true, sigma, seed=1)(coords)
-        results.append(ev.energy_force_metrics(pred["energy"], ref["energy"], pred["forces"], ref["forces"],
-                                               pred["residue_energy"], ref["residue_energy"]))
+        found = ev.energy_force_metrics(pred["energy"], ref["energy"], pred["forces"], ref["forces"])
+        found.update(ev.interaction_metrics(pred["interaction"], ref["interaction"], ref["interaction"].mean(0)))
+        results.append(found)
     perfect, small, large = results
-    for q, unit in (("energy", "kcal_mol"), ("residue_energy", "kcal_mol"), ("force", "kcal_mol_A")):
+    for q, unit in (("energy", "kcal_mol"), ("interaction", "kcal_mol"), ("force", "kcal_mol_A")):
         assert perfect[f"{q}_mse_{unit}_sq"] == 0.0 and perfect[f"{q}_r2"] == 1.0
         assert 0 < small[f"{q}_mse_{unit}_sq"] < large[f"{q}_mse_{unit}_sq"]
         assert small[f"{q}_mae_{unit}"] < large[f"{q}_mae_{unit}"]
         assert small[f"{q}_rmse_{unit}"] == pytest.approx(math.sqrt(small[f"{q}_mse_{unit}_sq"]))
         assert large[f"{q}_r2"] < small[f"{q}_r2"] < 1.0
         assert large[f"{q}_pearson"] < small[f"{q}_pearson"] < 1.0
-    no_res = ev.energy_force_metrics(ref["energy"], ref["energy"], ref["forces"], ref["forces"])
-    assert not any(k.startswith("residue_energy") for k in no_res)
+    assert large["interaction_fluctuation_r2"] < small["interaction_fluctuation_r2"] < 1.0
 
 
 def test_evaluate_energies_writes_figures_and_pdbs(harmonic, tmp_path):
@@ -400,11 +404,12 @@ def test_evaluate_energies_writes_figures_and_pdbs(harmonic, tmp_path):
 
     topology, coords, true, ref = harmonic
     metrics, files = ev.evaluate_energies(_noisy_predictor(true, 0.1, seed=2), coords, ref["energy"], ref["forces"],
-                                          topology, tmp_path, true_res_energy=ref["residue_energy"], batch_frames=10)
-    assert 0.0 < metrics["energy_r2"] < 1.0 and "residue_energy_pearson" in metrics
+                                          topology, tmp_path, true_interaction=ref["interaction"], batch_frames=10)
+    assert 0.0 < metrics["energy_r2"] < 1.0 and "interaction_fluctuation_r2" in metrics
+    assert metrics["mean_baseline_interaction_fluctuation_r2"] == 0.0
     names = sorted(f.name for f in files)
     assert names == ["energy_histogram.png", "energy_parity.png", "force_error.pdb", "force_parity.png",
-                     "residue_energy_error.pdb", "residue_energy_error.png"]
+                     "interaction_error.pdb", "interaction_error.png", "interaction_parity.png"]
     for f in files:
         if f.suffix == ".png":
             assert_png(f)

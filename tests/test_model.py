@@ -46,7 +46,7 @@ def built(system, out, *overrides) -> Tiny:
     """An untrained model with every weight perturbed (none of its layers is zero), on the tiny system."""
     cfg = tiny_config(system, out, *overrides)
     torch.manual_seed(0)
-    _, train_ds, _, _, model, diffusion = build(cfg, torch.device("cpu"))
+    _, train_ds, _, _, _, model, diffusion = build(cfg, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -186,7 +186,7 @@ def test_tiny_model_overfits_one_window(tiny_system, tmp_path):
     network then regenerates that window with its bond lengths."""
     torch.manual_seed(0)
     cfg = tiny_config(tiny_system, tmp_path, "denoiser.dim=64", "energy.enabled=false")
-    _, train_ds, _, _, model, diffusion = build(cfg, torch.device("cpu"))
+    _, train_ds, _, _, _, model, diffusion = build(cfg, torch.device("cpu"))
     coords = train_ds[0]["coords"][None]
     key = coords[:, 0]
     x0 = model.values(coords, key)

@@ -167,7 +167,7 @@ def split_gen(tiny_system, tmp_path_factory) -> Generator:
 
     cfg = tiny_config(tiny_system, tmp_path_factory.mktemp("split"), "data.ligand_group=4")
     torch.manual_seed(0)
-    _, _, _, _, model, diffusion = build(cfg, torch.device("cpu"))
+    _, _, _, _, _, model, diffusion = build(cfg, torch.device("cpu"))
     return Generator(model.eval(), diffusion, cfg, steps=3)
 
 

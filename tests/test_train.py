@@ -162,7 +162,7 @@ build, ema_update = training.build, training._ema_update
 
 def capture_build(cfg, device):
     out = build(cfg, device)
-    seen["built"] = {k: p.detach().clone() for k, p in out[4].named_parameters()}
+    seen["built"] = {k: p.detach().clone() for k, p in out[5].named_parameters()}
     return out
 
 def capture_model(ema, model, decay):

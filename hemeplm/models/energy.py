@@ -36,6 +36,7 @@ SOFTEN_A = 0.25  # δ in sqrt(d² + δ²) of the 1/r terms, Å
 #: Lennard-Jones σ (Å) and ε (kcal/mol) of hydrogens and heavier atoms (typical force-field values)
 BOND_K, ANGLE_K = 300.0, 100.0
 SIGMA_H, EPSILON_H, SIGMA_HEAVY, EPSILON_HEAVY = 2.0, 0.02, 3.4, 0.1
+SOFT_H_BONDS = 0.01  # bonds to hydrogen start at this fraction of BOND_K
 #: starting Coulomb scale inside the total energy: solvent screens charges (1/ε_r of water); learnt.
 #: The interaction energies keep the vacuum Coulomb of their definition.
 SCREENING = 1.0 / 80.0
@@ -144,7 +145,9 @@ class EnergyModel(nn.Module):
         self.bond_shift = nn.Parameter(torch.zeros(bonds.shape[1]))
         self.angle_shift = nn.Parameter(torch.zeros(angles.shape[1]))
         self.charge_shift = nn.Parameter(torch.zeros(n))
-        self.log_bond_k = nn.Parameter(torch.zeros(bonds.shape[1]))
+        # bonds to hydrogen are usually constrained in MD (no force in the labels): they start soft
+        to_h = is_h[bonds[0]] | is_h[bonds[1]]
+        self.log_bond_k = nn.Parameter(torch.where(to_h, math.log(SOFT_H_BONDS), 0.0))
         self.log_angle_k = nn.Parameter(torch.zeros(angles.shape[1]))
         self.register_buffer("sigma0", torch.where(is_h, SIGMA_H, SIGMA_HEAVY).float(), persistent=False)
         self.register_buffer("epsilon0", torch.where(is_h, EPSILON_H, EPSILON_HEAVY).float(), persistent=False)
