@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         out = generate(name, **kwargs)
         metrics = evaluate_trajectories(topology, [reference], out["model"]["trajectories"], ev / name,
                                         task=kwargs["task"], generated_timestep_ps=out["model"]["timestep_ps"],
-                                        prior=out["prior"]["trajectories"], force=True)
+                                        prior=out["prior"]["trajectories"], force=True,
+                                        ligand_file=gen.cfg.data.ligand_file)
         tables[name] = print_table(metrics)
         print(f"\n== {name}: model vs baselines on the held-out {what} ==")
         print(tables[name])

@@ -33,6 +33,7 @@ import copy
 import dataclasses
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 
 from .checkpoint import build_model, load_checkpoint
+from .confidence import frame_uncertainty
 from .config import Config
 from .data.load import load_system
 from .diffusion import SAMPLERS, GaussianDiffusion
@@ -286,6 +288,18 @@ def output_paths(out: str | Path, n_samples: int) -> tuple[list[Path], Path, Pat
     return trajs, Path(f"{stem}.pdb"), Path(f"{stem}.json")
 
 
+def sample_output(trajectory: str | Path, suffix: str) -> Path | None:
+    """The file :func:`output_paths` writes beside a trajectory: for ``X.xtc`` or ``X_000.xtc`` (one of several
+    samples), ``X.<suffix>`` (``X_000.<suffix>`` first when it exists); None when neither exists.
+
+    Args:
+        suffix: ``".pdb"`` (the topology) or ``".json"`` (the summary).
+    """
+    stem = Path(trajectory).with_suffix("")
+    candidates = [stem] + ([stem.with_name(stem.name[:-4])] if re.fullmatch(r".+_\d{3}", stem.name) else [])
+    return next((p for p in (Path(f"{c}{suffix}") for c in candidates) if p.exists()), None)
+
+
 def given_stride(gen: Generator, task: str, dt: float, path) -> int:
     """File frames between consecutive given frames of ``inpaint`` or ``upsample``.
 
@@ -318,7 +332,9 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
 
     Inpainting and upsampling read frames ``start..end`` of ``frames_file`` every ``stride``-th
     frame (:func:`given_stride`); the summary records ``stride`` and the first and last frame used
-    (``given_frames``), and for inpainting the indices of the atoms generated (``inpainted_atoms``).
+    (``given_frames``), for inpainting the indices of the atoms generated (``inpainted_atoms``), and per
+    sample and frame the uncertainty of :func:`hemeplm.confidence.frame_uncertainty` (``uncertainty_A``, Å;
+    higher = less confident; accumulated along the chained windows of a forecast).
     """
     import mdtraj
 
@@ -360,6 +376,9 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     else:
         raise HemeplmError(f"unknown task {task!r}")
     elapsed = time.time() - t0
+    t0 = time.time()
+    uncertainty = frame_uncertainty(gen, result, accumulate=task == "forecast", seed=seed)
+    confidence_seconds = time.time() - t0
     timestep = gen.frame_ps
     top = gen.model.topology()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -374,7 +393,9 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
                "sampler": gen.sampler, "steps": gen.denoiser_steps, "project_steps": gen.projection_steps,
                "timestep_ps": timestep,
                "trajectories": [str(p) for p in trajs], "topology_pdb": str(pdb_path),
-               "wall_seconds": round(elapsed, 3), "inpaint_atoms": inpaint_atoms, "inpainted_atoms": inpainted}
+               "wall_seconds": round(elapsed, 3), "inpaint_atoms": inpaint_atoms, "inpainted_atoms": inpainted,
+               "uncertainty_A": uncertainty.cpu().numpy().round(4).tolist(),
+               "confidence_seconds": round(confidence_seconds, 3)}
     if energies:
         from .energies import predict
 

@@ -77,7 +77,7 @@ def md(tmp_path_factory):
 def identity(md):
     """The reference evaluated against itself (task tps, through the Python API)."""
     return ev.evaluate_trajectories(md["top"], [md["ref"]], [md["ref"]], md["root"] / "identity", lag_ps=2.0,
-                                    task="tps")
+                                    task="tps", posebusters_frames=3)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def noisy(md):
     """The noisy ensemble evaluated through the command line."""
     out = md["root"] / "noisy"
     main(["evaluate", "--topology", str(md["top"]), "--reference", str(md["ref"]), "--generated", str(md["noisy"]),
-          "--lag-ps", "2", "--out", str(out)])
+          "--lag-ps", "2", "--posebusters-frames", "3", "--out", str(out)])
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -139,6 +139,8 @@ def test_noise_is_worse(identity, noisy, pocket):
     assert bad["clashes_per_frame"] > good["clashes_per_frame"]
     assert bad["clashes_per_frame_protein_protein"] > good["clashes_per_frame_protein_protein"]
     assert bad["ligand_valid_fraction"] < good["ligand_valid_fraction"]
+    assert good["posebusters_pass_fraction"] == 1.0 and bad["posebusters_pass_fraction"] == 0.0
+    assert good["posebusters_bond_lengths"] == 1.0 and bad["posebusters_bond_lengths"] == 0.0
     assert pocket["metrics"]["prior"]["tica_jsd"] > pocket["metrics"]["model"]["tica_jsd"] + 0.01
 
 
@@ -170,6 +172,9 @@ def test_tica_skipped_on_a_short_reference(identity, noisy):
             for key in TICA_KEYS:
                 assert metrics[method][key] is None, (method, key)
     assert "tica_jsd" not in ev.print_table(identity) and "tps_success_fraction" not in ev.print_table(identity)
+    assert identity["info"]["kinetics"] == f"skipped: needs TICA, which was {reason}"
+    for method in ("model", "static", "random_walk"):
+        assert all(identity[method][key] is None for key in ev.kinetics.KEYS), method
 
 
 def test_tica_threshold():
@@ -206,6 +211,14 @@ def test_tica_tps_and_prior_on_a_long_reference(pocket):
     for key in ("bond_ok_fraction", "clashes_per_frame", "torsion_jsd", "ligand_rmsd_mean_A"):
         assert prior[key] is not None and prior[key] != model[key], key
     assert prior["bond_ok_fraction_ligand"] < model["bond_ok_fraction_ligand"]
+    assert info["kinetics"].startswith("10 k-means microstates on TIC1/TIC2, reversible MSM at a lag of 1 ps")
+    reference = info["reference"]
+    assert model["kinetics_population_jsd"] == pytest.approx(0, abs=1e-9)
+    assert model["kinetics_timescales_ps"] == pytest.approx(reference["kinetics_timescales_ps"])
+    np.testing.assert_allclose(model["kinetics_mfpt_ps"], reference["kinetics_mfpt_ps"])
+    assert prior["kinetics_population_jsd"] > 0 and prior["kinetics_timescale_1_ps"] is not None
+    assert static["kinetics_timescale_1_ps"] is None              # frame 0 repeated: no transitions to count
+    assert info["posebusters"].startswith("skipped: the topology has neither")  # a heavy-atom PDB without orders
 
 
 def test_print_table(noisy, pocket):
@@ -294,14 +307,15 @@ def test_bad_input_names_the_file(md, tmp_path):
     with pytest.raises(HemeplmError, match="missing.xtc"):
         ev.evaluate_trajectories(md["top"], [md["ref"]], [missing], tmp_path / "a")
     with pytest.raises(HemeplmError, match="heavy_only.xtc"):
-        ev.evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path / "b")
+        ev.evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path / "b",
+                                 generated_topology=md["top"])
     assert not (tmp_path / "a" / "metrics.json").exists()
 
 
 def test_generated_topology_without_hydrogens(md, tmp_path):
     """Generated files usually hold heavy atoms only, with their own topology."""
-    metrics = ev.evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path,
-                                       generated_topology=md["root"] / "heavy_only.pdb")
+    metrics = ev.evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path, posebusters_frames=0)
+    assert metrics["info"]["generated_topology"] == str(md["root"] / "heavy_only.pdb")  # found beside the file
     assert metrics["model"]["torsion_jsd"] < 1e-6 and metrics["model"]["ligand_rmsd_mean_A"] < 1e-4
 
 

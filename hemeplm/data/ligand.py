@@ -98,10 +98,25 @@ def _read_mol2(path: Path):
     return Chem.MolFromMol2Block("\n".join(lines), removeHs=False, sanitize=True)
 
 
+def _without_hydrogens(mol):
+    """``mol`` without its hydrogens (bond orders kept), each hydrogen's mol2 partial charge folded onto its
+    heavy atom."""
+    from rdkit import Chem
+
+    charge = "_TriposPartialCharge"
+    for atom in mol.GetAtoms():
+        if atom.GetSymbol() == "H" and atom.GetDegree() == 1 and atom.HasProp(charge):
+            heavy = atom.GetNeighbors()[0]
+            if heavy.HasProp(charge):
+                heavy.SetDoubleProp(charge, heavy.GetDoubleProp(charge) + atom.GetDoubleProp(charge))
+    return Chem.RemoveHs(mol)
+
+
 def _mol_from_file(path: str | Path, names: list[str], symbols: list[str]):
     """The ligand of a mol2/SDF file as an RDKit molecule in the topology's atom order.
 
-    The file holds all the ligand's atoms or its heavy atoms only. Atoms are
+    The file holds all the ligand's atoms or its heavy atoms only; for a selection
+    without hydrogens, the file's hydrogens are removed (:func:`_without_hydrogens`). Atoms are
     matched by name when the file names them as the topology does (mol2),
     else taken in file order; their elements must agree either way.
 
@@ -122,6 +137,8 @@ def _mol_from_file(path: str | Path, names: list[str], symbols: list[str]):
         raise HemeplmError("unknown ligand file format; use .mol2 or .sdf", p)
     if mol is None:
         raise HemeplmError("RDKit cannot read this ligand file", p)
+    if mol.GetNumAtoms() > len(symbols) and "H" not in symbols:
+        mol = _without_hydrogens(mol)
     heavy = [k for k, s in enumerate(symbols) if s != "H"]
     target = list(range(len(symbols))) if mol.GetNumAtoms() == len(symbols) else heavy
     if mol.GetNumAtoms() != len(target):

@@ -55,8 +55,8 @@ def bond_ok_fractions(x: np.ndarray, geom: Geometry, ref_lengths: np.ndarray) ->
     return out
 
 
-def clashes_by_kind(x: np.ndarray, geom: Geometry) -> dict:
-    """Mean number per frame of non-bonded heavy-atom pairs closer than 0.75 × (r_i + r_j), in total and by kind.
+def clash_counts(x: np.ndarray, geom: Geometry) -> np.ndarray:
+    """Per frame, the non-bonded heavy-atom pairs closer than 0.75 × (r_i + r_j), by kind.
 
     1-2 and 1-3 neighbours and metal atoms are left out; pairs come from a
     k-d tree search, so the cost is linear in atoms.
@@ -64,8 +64,7 @@ def clashes_by_kind(x: np.ndarray, geom: Geometry) -> dict:
     Args:
         x: (F, A, 3) Å.
     Returns:
-        ``clashes_per_frame`` and ``clashes_per_frame_<kind>`` for each of :data:`CLASH_CLASSES`
-        (pairs with 0, 1 or 2 ligand atoms; they sum to the total; the two with ligand NaN without ligand).
+        (F, 3) int64 counts of pairs with 0, 1 or 2 ligand atoms (:data:`CLASH_CLASSES`).
     """
     from scipy.spatial import cKDTree
     from tqdm import tqdm
@@ -73,18 +72,41 @@ def clashes_by_kind(x: np.ndarray, geom: Geometry) -> dict:
     n = x.shape[1]
     idx = np.flatnonzero(geom.radii > 0)
     radius = CLASH_SCALE * 2 * geom.radii.max()
-    counts = np.zeros(len(CLASH_CLASSES), dtype=np.int64)
-    for frame in tqdm(x, desc="clashes", leave=False, disable=None):
+    counts = np.zeros((len(x), len(CLASH_CLASSES)), dtype=np.int64)
+    for f, frame in enumerate(tqdm(x, desc="clashes", leave=False, disable=None)):
         pairs = cKDTree(frame[idx]).query_pairs(radius, output_type="ndarray")
         i, j = idx[pairs[:, 0]], idx[pairs[:, 1]]
         close = np.linalg.norm(frame[i] - frame[j], axis=-1) < CLASH_SCALE * (geom.radii[i] + geom.radii[j])
         close &= ~np.isin(i * n + j, geom.excluded)
         kind = geom.is_ligand[i[close]].astype(np.int64) + geom.is_ligand[j[close]]
-        counts += np.bincount(kind, minlength=len(CLASH_CLASSES))
+        counts[f] = np.bincount(kind, minlength=len(CLASH_CLASSES))
+    return counts
+
+
+def clashes_by_kind(x: np.ndarray, geom: Geometry) -> dict:
+    """Mean number per frame of clashes (:func:`clash_counts`), in total and by kind.
+
+    Args:
+        x: (F, A, 3) Å.
+    Returns:
+        ``clashes_per_frame`` and ``clashes_per_frame_<kind>`` for each of :data:`CLASH_CLASSES`
+        (pairs with 0, 1 or 2 ligand atoms; they sum to the total; the two with ligand NaN without ligand).
+    """
+    counts = clash_counts(x, geom).sum(0)
     out = {"clashes_per_frame": float(counts.sum()) / len(x)}
     for k, name in enumerate(CLASH_CLASSES):
         out[f"clashes_per_frame_{name}"] = float(counts[k]) / len(x) if k == 0 or len(geom.ligand) else math.nan
     return out
+
+
+def violations_per_frame(x: np.ndarray, geom: Geometry, ref_lengths: np.ndarray) -> np.ndarray:
+    """(F,) per frame, clashes (:func:`clash_counts`) plus bonds more than 0.1 Å from the reference mean length.
+
+    Args:
+        x: (F, A, 3) Å; ref_lengths: (B,) reference mean bond lengths in Å.
+    """
+    bad_bonds = (np.abs(bond_lengths(x, geom) - ref_lengths) > BOND_TOLERANCE_A).sum(1)
+    return clash_counts(x, geom).sum(1) + bad_bonds
 
 
 def clashes_per_frame(x: np.ndarray, geom: Geometry) -> float:

@@ -8,8 +8,18 @@ on the same frames (metrics: :mod:`hemeplm.evaluate.trajectory` and
 :mod:`hemeplm.evaluate.checks`). ``metrics.json`` holds
 ``{"model": {...}, "static": {...}, "random_walk": {...}, "prior": {...}, "info": {...}}``
 (``prior`` only when given); ``info.reference`` holds the reference's own
-decorrelation time and validity. Generated frames are taken to be spaced like
-the reference's unless ``--generated-timestep-ps`` says otherwise.
+decorrelation time, validity and kinetics. Generated frames are taken to be
+spaced like the reference's unless ``--generated-timestep-ps`` says otherwise.
+
+The topology of the generated (and ``--prior``) files is ``--generated-topology``
+when given, else the PDB ``sample.py`` writes beside them (``X.pdb`` for
+``X.xtc`` or ``X_000.xtc``), else the reference's; when that does not fit either,
+the error names the generated file. Beside the metrics of
+:mod:`~hemeplm.evaluate.trajectory` and :mod:`~hemeplm.evaluate.checks`, every
+column gets PoseBusters pass fractions (:mod:`~hemeplm.evaluate.posebusters`)
+and kinetics (:mod:`~hemeplm.evaluate.kinetics`); the model and prior columns
+get the calibration of the sampler's per-frame confidence score
+(:mod:`~hemeplm.evaluate.confidence`).
 
 Transition-path metrics, added with ``--task tps``:
 
@@ -29,7 +39,11 @@ import numpy as np
 from ..errors import HemeplmError
 from .baselines import baselines
 from .checks import validity
+from .confidence import confidence_metrics, read_uncertainty
 from .geometry import BOND_CLASSES, build_geometry, superpose
+from .kinetics import fit_kinetics, kinetics_metrics
+from .posebusters import MAX_FRAMES as POSEBUSTERS_FRAMES
+from .posebusters import ligand_template, posebusters_checks, write_poses
 from .report import json_ready, print_table
 from .trajectory import (CONTACT_CUTOFF_A, TICA_BINS, TORSION_BINS, Comparison, Reference, compare, fit_reference,
                          rmsd_pairing, tic1_decorrelation, transition_paths)
@@ -59,15 +73,16 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
                           out_dir: str | Path, ligand: str | None = None, lag_ps: float | None = None,
                           task: str = "forecast", generated_topology: str | Path | None = None,
                           generated_timestep_ps: float | None = None, seed: int = 0, force: bool = False,
-                          prior: list[str | Path] | None = None) -> dict:
+                          prior: list[str | Path] | None = None, ligand_file: str | Path | None = None,
+                          posebusters_frames: int = POSEBUSTERS_FRAMES) -> dict:
     """Compare generated trajectories with reference MD; write metrics.json and figures.
 
     Args:
-        topology: topology of the reference trajectories (and of the generated ones
-            unless ``generated_topology`` is given).
+        topology: topology of the reference trajectories (and of the generated ones when
+            ``generated_topology`` is not given and no PDB lies beside them, see the module docstring).
         reference, generated: trajectory files, one per trajectory.
         out_dir: gets ``metrics.json``, ``rmsf.png``, (when TICA is fitted) ``tica_fes.png`` and
-            (with a ligand) ``contacts.png``.
+            (with a ligand) ``contacts.png`` and the ligand poses as SDF.
         ligand: mdtraj selection (see :func:`~hemeplm.data.load.select_ligand`).
         lag_ps: TICA lag time; default one reference frame.
         task: one of :data:`TASKS`; ``tps`` adds the transition-path metrics.
@@ -76,11 +91,15 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         force: overwrite an existing ``metrics.json``.
         prior: trajectory files of the ``prior`` baseline (the same checkpoint sampled with its
             network output zeroed), read like ``generated``; None or empty leaves the column out.
+        ligand_file: mol2/SDF of the ligand, for the bond orders of the PoseBusters checks
+            (default: the reference topology's, see :func:`~hemeplm.evaluate.posebusters.ligand_template`).
+        posebusters_frames: PoseBusters checks at most this many evenly spaced frames per ensemble; 0 skips them.
     Returns:
         the metrics (as written, NaN as None).
     """
     from .. import plots
     from ..data.load import load_system
+    from ..sampling import sample_output
 
     out = Path(out_dir)
     if (out / "metrics.json").exists() and not force:
@@ -90,15 +109,24 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
     if not generated:
         raise HemeplmError("no generated trajectory given")
     ref_sys = load_system(topology, reference, ligand=ligand)
-    gen_top = generated_topology or topology
 
     def load_like_generated(files: list[str | Path]):
-        system = load_system(gen_top, files, ligand=ligand)
-        _check_same_atoms(ref_sys, system, gen_top)
-        return system
+        """The files' system (with the reference's atoms) and the topology it was read with."""
+        beside = sample_output(files[0], ".pdb")
+        top = generated_topology or beside or topology
+        try:
+            system = load_system(top, files, ligand=ligand)
+            _check_same_atoms(ref_sys, system, top)
+        except HemeplmError as exc:
+            if generated_topology or beside:
+                raise
+            raise HemeplmError(f"no topology beside it ({Path(files[0]).with_suffix('.pdb').name}, as sample.py "
+                               f"writes) and the reference topology does not fit it ({exc}); pass "
+                               "--generated-topology", files[0]) from exc
+        return system, top
 
-    gen_sys = load_like_generated(generated)
-    prior_sys = load_like_generated(prior) if prior else None
+    gen_sys, gen_top = load_like_generated(generated)
+    prior_sys, prior_top = load_like_generated(prior) if prior else (None, None)
     dt_ref = ref_sys.timestep_ps
     dt_gen = generated_timestep_ps or dt_ref
     lag = max(1, round((lag_ps or dt_ref) / dt_ref))
@@ -110,6 +138,18 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
     if prior_sys is not None:
         ensembles["prior"] = [superpose(s, geom.ca, target) for s in prior_sys.segments]
     results = {name: compare(ref, segs, dt_gen) for name, segs in ensembles.items()}
+    kinetics, kinetics_note = fit_kinetics(ref.projections, lag, dt_ref, seed, ref.tica_note)
+    template, posebusters_note = ligand_template(ref_sys, geom, ligand_file)
+    if template is not None:
+        posebusters_note += (f"; at most {posebusters_frames} evenly spaced frames per column" if posebusters_frames
+                             else "; skipped: --posebusters-frames 0")
+    files = {"model": gen_sys.files, "prior": prior_sys.files if prior_sys is not None else []}
+    uncertainty = {name: read_uncertainty(f, [len(s) for s in ensembles[name]]) for name, f in files.items() if f}
+    for name, r in results.items():
+        r.metrics.update(kinetics_metrics(r.projections, kinetics, dt_gen))
+        r.metrics.update(posebusters_checks(ensembles[name], geom, template, posebusters_frames))
+        r.metrics.update(confidence_metrics(ensembles[name], uncertainty.get(name, (None,))[0], ref,
+                                            ref_sys.segments, dt_gen))
     info = {
         "topology": str(topology), "generated_topology": str(gen_top),
         "reference_files": ref_sys.files, "generated_files": gen_sys.files, "task": task, "seed": seed,
@@ -123,10 +163,12 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         "tica_histogram": f"2-D, {TICA_BINS}x{TICA_BINS} bins over the reference's TIC1/TIC2 range",
         "torsion_bins": TORSION_BINS, "contact_cutoff_A": CONTACT_CUTOFF_A,
         "ligand_rmsd_pairing": rmsd_pairing(sum(map(len, model)), len(ref.frames)),
-        "reference": _reference_info(ref),
+        "reference": {**_reference_info(ref), **kinetics_metrics(ref.projections, kinetics, dt_ref)},
+        "kinetics": kinetics_note, "posebusters": posebusters_note, "confidence": uncertainty["model"][1],
     }
     if prior_sys is not None:
-        info.update(prior_files=prior_sys.files, prior_frames=[len(s) for s in ensembles["prior"]],
+        info.update(prior_files=prior_sys.files, prior_topology=str(prior_top), prior_confidence=uncertainty["prior"][1],
+                    prior_frames=[len(s) for s in ensembles["prior"]],
                     prior_ligand_rmsd_pairing=rmsd_pairing(sum(map(len, ensembles["prior"])), len(ref.frames)))
     if task == "tps":
         info.update(_add_tps(ref, results, len(ref_sys.segments), seed))
@@ -141,6 +183,10 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         figures.append(plots.contact_plot({"reference": ref.contacts, **{k: r.contacts for k, r in results.items()}},
                                           geom.residue_labels, out / "contacts.png"))
     info["figures"] = [f.name for f in figures]
+    if template is not None:
+        info["ligand_poses"] = [write_poses(out / f"ligand_poses{'' if name == 'model' else '_' + name}.sdf",
+                                            ensembles[name], [Path(f).name for f in f_list], geom, template).name
+                                for name, f_list in files.items() if f_list]
     metrics = json_ready({**{k: r.metrics for k, r in results.items()}, "info": info})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
@@ -184,7 +230,8 @@ def _cmd_evaluate(args) -> None:
     metrics = evaluate_trajectories(args.topology, args.reference, args.generated, args.out, ligand=args.ligand,
                                     lag_ps=args.lag_ps, task=args.task, generated_topology=args.generated_topology,
                                     generated_timestep_ps=args.generated_timestep_ps, seed=args.seed,
-                                    force=args.force, prior=args.prior)
+                                    force=args.force, prior=args.prior, ligand_file=args.ligand_file,
+                                    posebusters_frames=args.posebusters_frames)
     print(print_table(metrics))
     print(f"{Path(args.out) / 'metrics.json'}; figures: {', '.join(metrics['info']['figures'])}")
     if metrics["info"]["tica"].startswith("skipped"):
@@ -201,7 +248,13 @@ def add_evaluate_parser(sub) -> None:
                    help="trajectory file(s) sampled from the same checkpoint with the network output zeroed, "
                         "like --generated: evaluated as the 'prior' baseline column")
     e.add_argument("--generated-topology", default=None,
-                   help="topology of the generated (and --prior) files (default: --topology)")
+                   help="topology of the generated (and --prior) files (default: the PDB sample.py wrote beside "
+                        "them, else --topology)")
+    e.add_argument("--ligand-file", default=None,
+                   help="mol2/SDF of the ligand: bond orders for the PoseBusters checks (default: the topology's)")
+    e.add_argument("--posebusters-frames", type=int, default=POSEBUSTERS_FRAMES,
+                   help=f"PoseBusters checks at most this many evenly spaced frames per column; 0: none "
+                        f"(default {POSEBUSTERS_FRAMES})")
     e.add_argument("--ligand", default=None, help="mdtraj selection; 'none' for protein only; unset = detect")
     e.add_argument("--lag-ps", type=float, default=None, help="TICA lag time (default: one reference frame)")
     e.add_argument("--generated-timestep-ps", type=float, default=None,

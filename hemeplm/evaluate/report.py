@@ -21,7 +21,11 @@ TABLE_ROWS = (
     ("tic1_decorrelation_ps", "~ref"), ("bond_ok_fraction", "higher"),
     *((f"bond_ok_fraction_{c}", "higher") for c in BOND_CLASSES), ("clashes_per_frame", "lower"),
     *((f"clashes_per_frame_{c}", "lower") for c in CLASH_CLASSES),
-    ("ligand_valid_fraction", "higher"), ("tps_success_fraction", "higher"), ("tps_path_frames_mean", ""),
+    ("ligand_valid_fraction", "higher"), ("posebusters_pass_fraction", "higher"),
+    ("tps_success_fraction", "higher"), ("tps_path_frames_mean", ""),
+    ("kinetics_population_jsd", "lower"), ("kinetics_timescale_1_ps", "~ref"),
+    ("confidence_spearman_ligand_rmsd", "higher"), ("confidence_spearman_violations", "higher"),
+    ("lead_time_spearman_ligand_rmsd", ""),
 )
 
 

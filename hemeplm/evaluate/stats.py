@@ -55,6 +55,14 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / den) if den > 0 else math.nan
 
 
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman ρ of two arrays (flattened): Pearson r of their ranks (ties share the mean rank); NaN when
+    either is constant."""
+    from scipy.stats import rankdata
+
+    return pearson(rankdata(np.ravel(a)), rankdata(np.ravel(b)))
+
+
 def decorrelation_time(series: list[np.ndarray], dt_ps: float) -> float:
     """1/e time of the autocorrelation of a scalar observable.
 
