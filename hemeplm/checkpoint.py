@@ -2,8 +2,10 @@
 
 A checkpoint holds ``format_version``, the resolved ``config``, the system's
 static description (``static``), ``model`` and ``ema`` state dicts, the
-``optimizer`` state, ``step``, ``rng`` states and the ``metrics`` history. It
-is written to a temporary file in the same folder, fsynced and renamed over
+``optimizer`` state, ``step``, ``rng`` states and the ``metrics`` history, all
+plain data (tensors, numbers, strings, lists, dicts; :mod:`hemeplm.plain`), and
+is read with ``torch.load(..., weights_only=True)``: a file holding any other
+Python object is refused, so loading a checkpoint cannot run code. It is written to a temporary file in the same folder, fsynced and renamed over
 the old one, so a kill (or a full disk) during saving leaves the previous
 checkpoint intact.
 """
@@ -17,10 +19,14 @@ import torch
 
 from .config import Config, from_dict
 from .errors import HemeplmError
+from .plain import load_plain, to_plain
 
-#: 2: internal coordinates (rigid bodies + torsions); 1 generated per-atom displacements
-FORMAT_VERSION = 2
+#: 3: plain data only (read with weights_only=True); 2: internal coordinates (rigid bodies + torsions),
+#: numpy arrays inside; 1: generated per-atom displacements
+FORMAT_VERSION = 3
 REQUIRED_KEYS = ("format_version", "config", "static", "model", "ema", "step")
+#: state dicts, stored as torch gives them (tensors and plain values already)
+STATE_KEYS = ("model", "ema", "optimizer")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -30,15 +36,18 @@ def _one_line(exc: BaseException) -> str:
 def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Atomically write ``payload`` (plus ``format_version``) to ``path``.
 
-    A write that fails (e.g. a full disk) removes its temporary file, leaves the
+    ``payload`` holds plain data; numpy arrays and scalars in it are stored as tensors and
+    Python numbers (:func:`~hemeplm.plain.to_plain`), anything else is a TypeError. A write that fails (e.g. a full disk) removes its temporary file, leaves the
     previous checkpoint as it was and raises :class:`HemeplmError`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    payload = {"format_version": FORMAT_VERSION, **{k: v if isinstance(v, dict) and k in STATE_KEYS else to_plain(v)
+                                                    for k, v in payload.items()}}
     try:
         with open(tmp, "wb") as fh:
-            torch.save({"format_version": FORMAT_VERSION, **payload}, fh)
+            torch.save(payload, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -62,7 +71,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not p.is_file():
         raise HemeplmError("checkpoint not found", p)
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=False)
+        ckpt = load_plain(p, "checkpoint", "a checkpoint from an older HemePLM cannot be read: retrain it",
+                          map_location)
+    except HemeplmError:
+        raise
     except Exception as exc:  # a truncated or garbage file fails anywhere inside unpickling
         raise HemeplmError(f"not a readable checkpoint (truncated or corrupted?): {_one_line(exc)}", p) from exc
     if not isinstance(ckpt, dict):

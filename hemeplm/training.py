@@ -39,6 +39,7 @@ from .data.dataset import LabelledFrames, WindowDataset, featurize
 from .diffusion import GaussianDiffusion
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM, system_static
+from .plain import to_numpy
 from .structure import structure_terms
 from .tasks import active_tasks, draw_training_mask, task_mask
 
@@ -131,6 +132,21 @@ def _device(cfg: Config, local_rank: int) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
+
+
+def _rng_states() -> dict:
+    """The global Python, numpy and torch random states as plain data (tensors and numbers)."""
+    version, state, gauss = random.getstate()
+    return {"python": {"version": version, "state": torch.tensor(state, dtype=torch.int64), "gauss": gauss},
+            "numpy": np.random.get_state(legacy=False), "torch": torch.get_rng_state()}
+
+
+def _set_rng_states(rng: dict) -> None:
+    """Restore what :func:`_rng_states` returned (read back from a checkpoint)."""
+    py = rng["python"]
+    random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
+    np.random.set_state(to_numpy(rng["numpy"]))
+    torch.set_rng_state(rng["torch"])
 
 
 def collate(items: list[dict]) -> dict:
@@ -345,9 +361,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
         for key, target in (("model", model), ("ema", ema), ("optimizer", optimizer)):
             load_state(target, ckpt[key], key, ckpt_path)
         step, history = int(ckpt["step"]), ckpt.get("metrics", [])
-        random.setstate(ckpt["rng"]["python"])
-        np.random.set_state(ckpt["rng"]["numpy"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        _set_rng_states(ckpt["rng"])
         if rank == 0:
             print(f"resumed {ckpt_path} at step {step}")
     objective = Objective.from_config(model, diffusion, cfg)
@@ -362,7 +376,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
         save_checkpoint(ckpt_path, {
             "config": to_dict(cfg), "static": static, "model": model.state_dict(), "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "step": step,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "rng": _rng_states(),
             "metrics": logger.history})
 
     if rank == 0:

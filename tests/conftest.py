@@ -40,6 +40,16 @@ def write_dcd(path: Path, xyz_nm: np.ndarray) -> Path:
     return path
 
 
+class WritesMarker:
+    """An object whose unpickling creates the file ``marker``: what a crafted checkpoint could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
 def random_rotations(n: int, rng: np.random.Generator) -> np.ndarray:
     """(n, 3, 3) uniformly random proper rotations."""
     q, r = np.linalg.qr(rng.normal(size=(n, 3, 3)))

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PRMTOP, write_dcd
+import torch
+from conftest import PRMTOP, WritesMarker, write_dcd
 
 from hemeplm.data import dataset
 from hemeplm.data.dataset import DataConfig, cache_key, featurize
+from hemeplm.errors import HemeplmError
 
 
 @pytest.fixture
@@ -29,6 +31,7 @@ def test_second_call_reads_cache(cfg, monkeypatch):
     monkeypatch.setattr(dataset, "build_features", no_build)
     second = featurize(cfg)
     assert second.keys() == first.keys()
+    assert isinstance(second["segments"][0], np.ndarray) and isinstance(second["layout"]["atom_index"], np.ndarray)
     np.testing.assert_array_equal(second["segments"][0], first["segments"][0])
     np.testing.assert_array_equal(second["layout"]["atom_index"], first["layout"]["atom_index"])
     np.testing.assert_array_equal(second["ligand_features"], first["ligand_features"])
@@ -56,3 +59,14 @@ def test_touched_input_rebuilds(cfg, t4l_frames):
     second = featurize(cfg)
     assert len(list(Path(cfg.cache_dir).glob("*.pt"))) == 2
     assert not np.allclose(second["segments"][0][1:], first["segments"][0][1:])
+
+
+def test_cache_with_code_in_it_is_refused_unrun(cfg, tmp_path):
+    featurize(cfg)
+    [path] = Path(cfg.cache_dir).glob("*.pt")
+    marker = tmp_path / "marker"
+    torch.save({**torch.load(path, weights_only=True), "files": [WritesMarker(marker)]}, path)
+    with pytest.raises(HemeplmError, match=rf"{path}: refused: this feature cache holds Python objects .*"
+                                           "delete it and it is rebuilt"):
+        featurize(cfg)
+    assert not marker.exists()

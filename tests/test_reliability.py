@@ -296,7 +296,7 @@ def test_full_disk_keeps_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(path, {"step": 2})
     assert str(path) in str(info.value)
     monkeypatch.undo()
-    assert torch.load(path, weights_only=False)["step"] == 1
+    assert torch.load(path, weights_only=True)["step"] == 1
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
@@ -368,7 +368,7 @@ def test_two_processes_building_the_feature_cache_at_once(system, tmp_path):
     assert logs.count("features cached in") == 1  # one built it, the other waited and read it
     [built] = cache.glob("*.pt")
     assert not list(cache.glob(".*.tmp"))
-    feats = torch.load(built, weights_only=False)
+    feats = torch.load(built, weights_only=True)
     assert feats["segments"][0].shape[0] == 40
 
 

@@ -229,7 +229,7 @@ def test_given_frames_at_the_models_spacing(gen, tiny_system, frames, tmp_path):
 def test_sampler_and_steps_default_to_the_checkpoint(tiny_run, tmp_path):
     gen = Generator.from_checkpoint(tiny_run["ckpt"])
     assert (gen.sampler, gen.steps, gen.denoiser_steps) == ("ddim", 5, 5)
-    ckpt = torch.load(tiny_run["ckpt"], weights_only=False)
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
     ckpt["config"]["diffusion"]["sampler"] = "ancestral"
     torch.save(ckpt, tmp_path / "ancestral.pt")
     ancestral = Generator.from_checkpoint(tmp_path / "ancestral.pt")

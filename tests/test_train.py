@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import PRMTOP, ROOT, tiny_config, tiny_overrides, write_dcd
+from conftest import PRMTOP, ROOT, WritesMarker, tiny_config, tiny_overrides, write_dcd
 
 from hemeplm import training
 from hemeplm.checkpoint import build_model, load_checkpoint
@@ -72,9 +72,9 @@ def test_resume_continues_from_the_saved_step(tiny_system, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- bad input
 def test_checkpoint_from_another_version_or_incomplete(tiny_run, tmp_path):
-    ckpt = torch.load(tiny_run["ckpt"], weights_only=False)
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
     torch.save({**ckpt, "format_version": 99}, tmp_path / "future.pt")
-    with pytest.raises(HemeplmError, match=r"future\.pt: checkpoint format version 99; this HemePLM reads version 2$"):
+    with pytest.raises(HemeplmError, match=r"future\.pt: checkpoint format version 99; this HemePLM reads version 3$"):
         load_checkpoint(tmp_path / "future.pt")
     torch.save({**ckpt, "format_version": 1}, tmp_path / "old.pt")
     with pytest.raises(HemeplmError, match=r"old\.pt: checkpoint format version 1; .* older HemePLM .* retrain it"):
@@ -85,6 +85,20 @@ def test_checkpoint_from_another_version_or_incomplete(tiny_run, tmp_path):
     torch.save([1, 2, 3], tmp_path / "list.pt")
     with pytest.raises(HemeplmError, match="not a HemePLM checkpoint"):
         load_checkpoint(tmp_path / "list.pt")
+
+
+def test_checkpoint_with_code_in_it_is_refused_unrun(tiny_run, tmp_path):
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
+    live = tmp_path / "live"
+    torch.save(WritesMarker(live), tmp_path / "probe.pt")
+    torch.load(tmp_path / "probe.pt", weights_only=False)
+    assert live.exists()  # the payload does run when unpickled in full
+    marker = tmp_path / "marker"
+    torch.save({**ckpt, "metrics": [WritesMarker(marker)]}, tmp_path / "evil.pt")
+    with pytest.raises(HemeplmError, match=r"evil\.pt: refused: this checkpoint holds Python objects other than "
+                                           r"tensors, numbers, strings, lists and dicts.*retrain it"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
 
 
 def test_unknown_or_mistyped_config_keys(tmp_path):

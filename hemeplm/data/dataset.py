@@ -25,6 +25,7 @@ import torch
 
 from ..errors import HemeplmError, require_file
 from ..labels import residue_labels
+from ..plain import load_plain, to_numpy, to_plain
 from .ligand import ELEMENTS, element_index, ligand_features, N_LIGAND_FEATURES
 from .load import ENERGY_FILE, load_system
 from .residues import N_RES_TYPES
@@ -32,7 +33,7 @@ from .internal import build_internal
 from .tokens import build_layout
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = 5
+FEATURE_VERSION = 6
 #: training frames (evenly spaced) over which the fold pairs' distance spread is measured
 FOLD_FRAMES = 200
 SPLITS = ("train", "val", "test")
@@ -196,6 +197,8 @@ def featurize(cfg: DataConfig, use_cache: bool = True) -> dict:
     kcal/mol or None; ``protein_residue`` (A,) protein residue index (-1 elsewhere) and
     ``interaction_residues`` (R,) their names (``ALA99``); ``timestep_ps``; ``files``;
     ``topology_pdb`` (PDB text of the kept atoms).
+    The cache holds plain data only (arrays as tensors, :mod:`hemeplm.plain`) and is read with
+    ``weights_only=True``: a cache file holding other Python objects is a :class:`HemeplmError`.
     A failed load writes nothing; two processes building the same key wait on a lock (the
     second one reads what the first wrote); a cache that cannot be written (full disk) is
     skipped with a warning.
@@ -207,13 +210,15 @@ def featurize(cfg: DataConfig, use_cache: bool = True) -> dict:
     with _locked(path.with_suffix(".lock")):
         if path.exists():
             try:
-                return torch.load(path, map_location="cpu", weights_only=False)
+                return to_numpy(load_plain(path, "feature cache", "delete it and it is rebuilt"))
+            except HemeplmError:
+                raise
             except Exception as exc:
                 log.warning("%s: unreadable cache (%s); rebuilding", path, exc)
         feats = build_features(cfg)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            torch.save(feats, tmp)
+            torch.save(to_plain(feats), tmp)
             os.replace(tmp, path)
             log.info("features cached in %s", path)
         except (OSError, RuntimeError) as exc:
