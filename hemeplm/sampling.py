@@ -45,6 +45,7 @@ from .checkpoint import build_model, load_checkpoint
 from .confidence import frame_uncertainty
 from .config import Config
 from .data.load import load_system
+from .data.numbering import write_pdb
 from .diffusion import SAMPLERS, GaussianDiffusion
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM
@@ -386,7 +387,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     for path, xyz in zip(trajs, arr):
         traj = mdtraj.Trajectory(xyz, top, time=np.arange(len(xyz)) * timestep)
         traj.save(str(path), force_overwrite=True)
-    mdtraj.Trajectory(arr[0][:1], top).save_pdb(str(pdb_path), force_overwrite=True)
+    write_pdb(pdb_path, gen.model.static_info["topology_pdb"], result[0, 0].cpu().numpy())
     summary = {"task": task, "topology": str(topology), "frames": str(frames_file), "start": start, "end": end,
                "stride": stride, "given_frames": given,
                "num_frames": int(result.shape[1]), "num_samples": num_samples, "seed": seed,

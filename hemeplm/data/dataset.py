@@ -28,6 +28,7 @@ from ..labels import residue_labels
 from ..plain import load_plain, to_numpy, to_plain
 from .ligand import ELEMENTS, element_index, ligand_features, N_LIGAND_FEATURES
 from .load import ENERGY_FILE, load_system
+from .numbering import insertion_codes, topology_pdb
 from .residues import N_RES_TYPES
 from .internal import build_internal
 from .tokens import build_layout
@@ -158,20 +159,16 @@ def build_features(cfg: DataConfig) -> dict:
         "interaction_residues": interaction_residues,
         "files": system.files,
         "timestep_ps": system.timestep_ps,
-        "topology_pdb": _topology_pdb(top, first),
+        "topology_pdb": topology_pdb(top, first, _kept_insertion_codes(cfg.topology, system)),
     }
 
 
-def _topology_pdb(top, xyz_a: np.ndarray) -> str:
-    """The kept atoms as PDB text (coordinates of ``xyz_a`` in Å), for writing outputs."""
-    import tempfile
-
-    import mdtraj
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "top.pdb"
-        mdtraj.Trajectory(xyz_a[None] / 10.0, top).save_pdb(str(path))
-        return path.read_text()
+def _kept_insertion_codes(topology: str | Path, system) -> list[str]:
+    """Insertion code of each kept residue of ``system`` (read from the ``topology`` file)."""
+    full = system.full_topology
+    codes = insertion_codes(topology, full.n_residues)
+    return [codes[full.atom(int(system.source_index[r.atom(0).index])).residue.index]
+            for r in system.topology.residues]
 
 
 @contextlib.contextmanager

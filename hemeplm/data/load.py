@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import HemeplmError, require_file
+from .numbering import number_amber_residues
 from .residues import ION_NAMES
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ class MDSystem:
 
 
 def load_topology(path: str | Path):
-    """Read a topology file with mdtraj; errors name the file."""
+    """Read a topology file with mdtraj (an Amber prmtop keeps its residue numbers); errors name the file."""
     import mdtraj
 
     p = require_file(path)
@@ -100,7 +101,10 @@ def load_topology(path: str | Path):
             return mdtraj.load(str(p)).topology
         if ext == ".h5":
             return mdtraj.load_frame(str(p), 0).topology
-        return mdtraj.load_topology(str(p))
+        top = mdtraj.load_topology(str(p))
+        if ext in (".prmtop", ".parm7"):
+            number_amber_residues(top, p)
+        return top
     except HemeplmError:
         raise
     except Exception as exc:
