@@ -222,6 +222,7 @@ def measure(spec: dict) -> dict:
 
     from .config import load_config
     from .data.dataset import featurize
+    from .device import resolve_device
     from .diffusion import GaussianDiffusion
     from .models.hemeplm import HemePLM, system_static
     from .sampling import Generator
@@ -236,7 +237,7 @@ def measure(spec: dict) -> dict:
     cfg = load_config(spec["config"], spec["overrides"])
     cfg.data.topology, cfg.data.trajectories, cfg.data.ligand = system.topology, system.trajectories, system.ligand
     cfg.data.cache_dir = spec["cache"]
-    device = torch.device(spec["device"])
+    device = resolve_device(spec["device"])
     torch.manual_seed(0)
     feats = featurize(cfg.data)
     model = HemePLM(cfg, system_static(feats, cfg.denoiser.pocket_radius, cfg.denoiser.domain_size)).to(device)

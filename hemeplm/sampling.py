@@ -46,6 +46,7 @@ from .confidence import frame_uncertainty
 from .config import Config
 from .data.load import load_system
 from .data.numbering import write_pdb
+from .device import resolve_device
 from .diffusion import SAMPLERS, GaussianDiffusion
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM
@@ -85,9 +86,11 @@ class Generator:
     project_steps: int | None = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", steps: int | None = None,
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
                         sampler: str | None = None, **kw) -> "Generator":
-        """Load ``path``; ``sampler`` and ``steps`` as :func:`sampler_settings` (None: the checkpoint's)."""
+        """Load ``path`` onto ``device`` (:func:`~hemeplm.device.resolve_device`: ``"auto"`` is the GPU when
+        there is one); ``sampler`` and ``steps`` as :func:`sampler_settings` (None: the checkpoint's)."""
+        device = resolve_device(device)
         ckpt = load_checkpoint(path, map_location=device)
         model, cfg = build_model(ckpt)
         diffusion = GaussianDiffusion.from_config(cfg.diffusion)

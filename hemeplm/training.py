@@ -36,6 +36,7 @@ from torch import nn
 from .checkpoint import load_checkpoint, load_state, save_checkpoint
 from .config import Config, save_config, to_dict
 from .data.dataset import LabelledFrames, WindowDataset, featurize
+from .device import resolve_device
 from .diffusion import GaussianDiffusion
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM, system_static
@@ -126,12 +127,6 @@ def _distributed() -> tuple[int, int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
     return 0, 1, 0
-
-
-def _device(cfg: Config, local_rank: int) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
 
 
 def _rng_states() -> dict:
@@ -331,7 +326,7 @@ def train(cfg: Config, resume: bool = False, dry_run: bool = False) -> Path | No
 
 def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
     rank, world, local_rank = _distributed()
-    device = _device(cfg, local_rank)
+    device = resolve_device(cfg.device, local_rank)
     if world > 1:
         # finite, so that a dead rank ends the job instead of leaving the others waiting forever
         timeout = datetime.timedelta(seconds=cfg.dist_timeout_s)

@@ -1,0 +1,56 @@
+"""Which device a run uses, and whether its neighbour search works there.
+
+The atom graph (:mod:`hemeplm.graph`), the structure terms (:mod:`hemeplm.structure`) and local
+attention search neighbours with ``torch_cluster``, whose wheels and source builds often lack
+CUDA kernels; a model on a GPU would then fail deep inside its first forward pass. A tiny
+search on each device, once per process, finds that out first and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .errors import HemeplmError
+
+REBUILD = "FORCE_CUDA=1 pip install --no-build-isolation --no-cache-dir --force-reinstall torch-cluster"
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """``"auto"``: ``cuda:<local_rank>`` when a GPU is visible, else the CPU; any other name as given.
+
+    Raises:
+        HemeplmError: when the name is not a device, a GPU is asked for that this torch cannot use,
+            or the neighbour search does not run on it (:func:`check_neighbour_search`).
+    """
+    if name == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise HemeplmError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N): {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HemeplmError(f"device {name!r}: this torch ({torch.__version__}) sees no GPU; install a CUDA build of "
+                           "torch (README, Set up) or use the CPU")
+    check_neighbour_search(str(device))
+    return device
+
+
+@functools.lru_cache(maxsize=None)
+def check_neighbour_search(device: str) -> None:
+    """Run a radius search over three points on ``device``; a failure is a :class:`HemeplmError`
+    that says how to install or rebuild torch-cluster for it."""
+    try:
+        from torch_cluster import radius_graph
+    except ImportError as exc:
+        raise HemeplmError(f"torch-cluster is not installed ({exc}); install it into this environment with "
+                           f"`pip install --no-build-isolation torch-cluster` ({REBUILD} for a GPU)") from None
+    try:
+        radius_graph(torch.zeros(3, 3, device=device), r=1.0)
+    except (RuntimeError, AssertionError) as exc:
+        how = (f"rebuild it with CUDA against the installed torch: {REBUILD}" if device.startswith("cuda")
+               else "reinstall it against the installed torch: pip install --no-build-isolation torch-cluster")
+        raise HemeplmError(f"torch-cluster cannot search neighbours on {device} "
+                           f"({' '.join(str(exc).split())[:200]}); {how}") from None
