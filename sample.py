@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from hemeplm.cli import HelpFormatter
 from hemeplm.diffusion import SAMPLERS
 from hemeplm.errors import HemeplmError
 from hemeplm.sampling import Generator, run_task
@@ -27,29 +28,34 @@ from hemeplm.viewer import view_sample
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--task", required=True, choices=TASKS)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (runs/NAME/ckpt.pt)")
+    p.add_argument("--task", required=True, choices=TASKS, help="what to generate (see above)")
     p.add_argument("--topology", required=True, help="topology of the system the checkpoint was trained on")
     p.add_argument("--frames", required=True, help="trajectory or PDB holding the given frames")
-    p.add_argument("--start", type=int, default=None, help="index of the start frame (default 0)")
-    p.add_argument("--end", type=int, default=None, help="index of the end frame (tps; last frame for inpaint/upsample)")
-    p.add_argument("--end-frames", default=None, help="file holding the tps end frame (default: --frames)")
-    p.add_argument("--num-frames", type=int, default=None, help="frames to generate (forecast, tps)")
+    p.add_argument("--start", type=int, default=None, help="index of the start frame (unset: 0)")
+    p.add_argument("--end", type=int, default=None,
+                   help="index of the end frame (tps; unset: the last frame; inpaint/upsample: the last frame used)")
+    p.add_argument("--end-frames", default=None, help="file holding the tps end frame (unset: --frames)")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="frames to generate (forecast, tps; unset: one window of the model)")
     p.add_argument("--num-samples", type=int, default=1, help="independent samples, generated as one batch")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
-                   help="default: the checkpoint's diffusion.sampler")
+                   help="diffusion sampler (unset: the checkpoint's diffusion.sampler)")
     p.add_argument("--steps", type=int, default=None,
-                   help="DDIM steps per window (default: the checkpoint's diffusion.sample_steps; "
+                   help="DDIM steps per window (unset: the checkpoint's diffusion.sample_steps; "
                         "ancestral sampling takes every diffusion step)")
     p.add_argument("--project-steps", type=int, default=None,
                    help="steps of the structure projection of each generated window (inter-token bonds, clashes; "
-                        "0: off; default: the checkpoint's structure.project_steps)")
+                        "0: off; unset: the checkpoint's structure.project_steps)")
     p.add_argument("--inpaint-atoms", default=None,
-                   help="mdtraj selection of ligand atoms: the ligand tokens holding them are inpainted whole")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True, help="OUT.xtc or OUT.dcd")
+                   help="mdtraj selection of ligand atoms: the ligand tokens holding them are inpainted whole "
+                        "(unset: the whole ligand)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise; the same seed, the same output")
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--out", required=True,
+                   help="OUT.xtc or OUT.dcd (several samples: OUT_000.xtc, ...), beside it OUT.pdb and OUT.json")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
     p.add_argument("--energies", action="store_true",
                    help="add the energy model's predictions for every generated frame to the JSON summary "

@@ -10,17 +10,21 @@ import argparse
 import logging
 import sys
 
+from hemeplm.cli import HelpFormatter
 from hemeplm.config import load_config
 from hemeplm.errors import HemeplmError
 from hemeplm.training import train
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="configs/demo.yaml", help="YAML layered over the defaults")
-    p.add_argument("--resume", action="store_true", help="continue runs/NAME/ckpt.pt")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--config", default="configs/demo.yaml",
+                   help="YAML file layered over the values in hemeplm/config.py")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs/NAME/ckpt.pt (same config); without it an existing run is an error")
     p.add_argument("--dry-run", action="store_true", help="build everything, print the parameter count, exit")
-    p.add_argument("overrides", nargs="*", help="key=value, e.g. name=test max_steps=100 data.ligand=none")
+    p.add_argument("overrides", nargs="*",
+                   help="config key=value (dotted keys, YAML values), e.g. name=test max_steps=100 data.ligand=none")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,3 +1,23 @@
-"""HemePLM-Diffuse: a generative surrogate of protein–ligand molecular dynamics."""
+"""HemePLM-Diffuse: a generative surrogate of protein–ligand molecular dynamics.
 
-__version__ = "0.1.0"
+``hemeplm.load(ckpt)`` returns a :class:`hemeplm.api.Model` that forecasts, samples transition
+paths and inpaints ``mdtraj.Trajectory`` objects (:mod:`hemeplm.api`); it is imported on first
+use, so that ``import hemeplm`` stays light.
+"""
+
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("hemeplm")
+except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "unknown"
+
+__all__ = ["Model", "load", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("Model", "load"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'hemeplm' has no attribute {name!r}")

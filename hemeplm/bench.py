@@ -455,10 +455,13 @@ def _cmd_bench(args) -> None:
 
 def add_bench_parser(sub) -> None:
     """Add the ``bench`` subcommand to the ``hemeplm`` argument parser's subparsers."""
-    b = sub.add_parser("bench", help="time and peak memory of training and sampling vs system size")
+    from .cli import HelpFormatter
+
+    b = sub.add_parser("bench", help="time and peak memory of training and sampling vs system size",
+                       formatter_class=HelpFormatter)
     b.add_argument("--out", required=True, help="output folder (bench.json, bench.png, cache/)")
     b.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="model config (YAML)")
-    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
     b.add_argument("--frames", type=int, default=100, help="frames of the forecast that is timed")
     b.add_argument("--sampler", default=None,
@@ -471,7 +474,7 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--no-train", action="store_true", help="time sampling only")
     b.add_argument("--vs-md", action="store_true", help="also run OpenMM on t4l and compare ns per hour")
     b.add_argument("--md-seconds", type=float, default=60.0, help="wall time of the OpenMM run")
-    b.add_argument("overrides", nargs="*", default=[], help="config key=value, applied after denoiser.spatial=local")
+    b.add_argument("overrides", nargs="*", help="config key=value, applied after denoiser.spatial=local")
     b.set_defaults(func=_cmd_bench)
 
 

@@ -1,7 +1,8 @@
-"""The ``hemeplm`` command: ``inspect``, ``simulate`` and friends.
+"""The ``hemeplm`` command: ``inspect``, ``simulate``, ``evaluate``, ``bench``.
 
 Each subcommand is a small function over the package's API; errors of type
 :class:`~hemeplm.errors.HemeplmError` are printed as one line and exit 2.
+Training and sampling are the scripts ``train.py`` and ``sample.py`` beside the package.
 """
 
 from __future__ import annotations
@@ -12,7 +13,26 @@ import shutil
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import HemeplmError
+
+EPILOG = """training and sampling are scripts in the repository root:
+  python train.py [--config configs/demo.yaml] [key=value ...]   learn from trajectories
+  python sample.py --ckpt runs/NAME/ckpt.pt --task forecast ...   generate
+(see python train.py --help and python sample.py --help)"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and appends "(default: X)" to every option's help,
+    unless the default is None or False (the help then says what unset means) or the help names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default is argparse.SUPPRESS
+        shown = not unset and "default" not in text
+        if shown and (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)):
+            return f"{text} (default: %(default)s)"
+        return text
 
 
 def _cmd_inspect(args) -> None:
@@ -90,59 +110,64 @@ def _cmd_energies(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hemeplm", description="Generative surrogate of protein–ligand MD.")
+    p = argparse.ArgumentParser(prog="hemeplm", description="Generative surrogate of protein–ligand MD.",
+                                epilog=EPILOG, formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    q = sub.add_parser("inspect", help="summarise a topology and its trajectories")
-    q.add_argument("topology")
-    q.add_argument("trajectories", nargs="*")
+    q = sub.add_parser("inspect", help="summarise a topology and its trajectories", formatter_class=HelpFormatter)
+    q.add_argument("topology", help="topology file (PDB, PDB.gz, PSF, prmtop, GRO, HDF5)")
+    q.add_argument("trajectories", nargs="*", help="trajectory files, one segment each (none: the topology's frame)")
     q.add_argument("--ligand", default=None, help="mdtraj selection; 'none' for protein only; unset = detect")
-    q.add_argument("--hydrogens", action="store_true", help="keep hydrogens (default: heavy atoms)")
+    q.add_argument("--hydrogens", action="store_true", help="keep hydrogens (unset: heavy atoms only)")
     q.add_argument("--timestep-ps", type=float, default=None,
-                   help="time between frames (default: from the files; a DCD carries none)")
+                   help="time between frames (unset: from the files; a DCD carries none)")
     q.add_argument("--forcefield", nargs="*", default=[],
                    help="files giving partial charges: a GROMACS .top for a .gro, OpenMM XML for a PDB")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the report as JSON")
     q.set_defaults(func=_cmd_inspect)
 
     s = sub.add_parser("simulate", help="run OpenMM MD to make training data (resumable)",
+                       formatter_class=HelpFormatter,
                        description="OpenMM MD to make training data. Frames stream to OUT/traj.dcd (full "
                                    "precision); energies, forces and per-residue protein-ligand interaction "
                                    "energies go to OUT/energies_forces.npz when the run completes. Running the "
                                    "same command again after a kill continues from the last saved frame.")
-    s.add_argument("--prmtop")
-    s.add_argument("--inpcrd")
+    s.add_argument("--prmtop", help="Amber topology (with --inpcrd); parameterised as it is")
+    s.add_argument("--inpcrd", help="Amber coordinates for --prmtop")
     s.add_argument("--pdb", help="PDB (e.g. 3CQV) prepared with PDBFixer + CHARMM36; HEM becomes HEME")
-    s.add_argument("--out", required=True)
-    s.add_argument("--steps", type=int, default=50_000)
+    s.add_argument("--out", required=True, help="output folder (topology.pdb, traj.dcd, energies_forces.npz, "
+                                                "settings.json); a run there is continued")
+    s.add_argument("--steps", type=int, default=50_000, help="recorded MD steps")
     s.add_argument("--equilibrate-steps", type=int, default=0, help="unrecorded steps after minimisation")
     s.add_argument("--report-every", type=int, default=250, help="steps between saved frames")
-    s.add_argument("--timestep-fs", type=float, default=4.0)
+    s.add_argument("--timestep-fs", type=float, default=4.0, help="integration time step (fs)")
     s.add_argument("--temperature", type=float, default=300.0, help="kelvin")
     s.add_argument("--hmr-mass", type=float, default=3.0, help="hydrogen mass (amu) for repartitioning")
     s.add_argument("--no-hmr", action="store_true", help="no hydrogen mass repartitioning (use <= 2 fs)")
     s.add_argument("--solvent", choices=["implicit", "vacuum", "explicit"],
                    help="default: implicit (OBC2) for prmtop, explicit TIP3P for PDB")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the initial velocities and the Langevin noise")
     s.add_argument("--save-every", type=int, default=10, help="frames between checkpoints")
-    s.add_argument("--threads", type=int, default=None, help="CPU platform threads")
+    s.add_argument("--threads", type=int, default=None, help="CPU platform threads (unset: OpenMM's choice)")
     s.add_argument("--platform", choices=["CUDA", "OpenCL", "CPU", "Reference"], default=None,
-                   help="OpenMM platform (default: the fastest available)")
+                   help="OpenMM platform (unset: the fastest available)")
     s.add_argument("--pressure", type=float, default=1.0,
                    help="bar, Monte Carlo barostat in explicit solvent (NPT)")
     s.add_argument("--ligand", default=None,
-                   help="mdtraj selection of the ligand for the interaction labels (default: detected)")
+                   help="mdtraj selection of the ligand for the interaction labels (unset: detected)")
     s.add_argument("--force", action="store_true", help="start over, deleting a previous run in --out")
-    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_simulate)
     lab = sub.add_parser("label", help="energy labels for existing all-atom MD (OpenMM rerun)",
+                         formatter_class=HelpFormatter,
                          description="Rerun all-atom trajectories through OpenMM: per frame the potential energy, "
                                      "all-atom forces and each protein residue's interaction energy with the ligand "
                                      "(Coulomb + Lennard-Jones, all atoms, no cutoff, vacuum, kcal/mol). Writes "
                                      "OUT/<trajectory name>/ with traj.dcd, topology.pdb, energies_forces.npz and "
                                      "labels.json; train on OUT/<name>/traj.dcd.")
     lab.add_argument("topology", help="all-atom topology of the MD: Amber prmtop, CHARMM PSF, GROMACS top or PDB")
-    lab.add_argument("trajectories", nargs="+")
+    lab.add_argument("trajectories", nargs="+", help="trajectory files of the MD, each labelled on its own")
     lab.add_argument("--out", required=True, help="output folder (one subfolder per trajectory)")
     lab.add_argument("--forcefield", nargs="*", default=None,
                      help="PSF: CHARMM parameter files; PDB: OpenMM XML files (default charmm36.xml); "
@@ -153,27 +178,29 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--cutoff-nm", type=float, default=1.2, help="non-bonded cutoff of implicit/explicit solvent")
     lab.add_argument("--ligand", default=None, help="mdtraj selection; unset = detect (as training does)")
     lab.add_argument("--force", action="store_true", help="overwrite existing labels")
-    lab.add_argument("--quiet", action="store_true")
+    lab.add_argument("--quiet", action="store_true", help="no progress bar")
     lab.set_defaults(func=_cmd_label)
 
     en = sub.add_parser("energies", help="predicted energies, forces and per-residue interaction energies",
+                        formatter_class=HelpFormatter,
                         description="Predict with a checkpoint's energy model for any trajectory of its system "
                                     "(MD or generated). Writes OUT/energies.npz, residue_interaction.csv "
                                     "(per-residue mean and std), residue_interaction.png and "
                                     "residue_interaction.pdb (mean in the B-factor column).")
-    en.add_argument("--ckpt", required=True)
+    en.add_argument("--ckpt", required=True, help="checkpoint written by train.py (runs/NAME/ckpt.pt)")
     en.add_argument("--topology", required=True, help="topology of --frames (a generated file's PDB, or the MD's)")
     en.add_argument("--frames", required=True, help="trajectory to predict for")
     en.add_argument("--out", required=True, help="output folder")
-    en.add_argument("--start", type=int, default=None, help="first frame to predict for (default: 0)")
-    en.add_argument("--stop", type=int, default=None, help="frame to stop before (default: the end)")
+    en.add_argument("--start", type=int, default=None, help="first frame to predict for (unset: 0)")
+    en.add_argument("--stop", type=int, default=None, help="frame to stop before (unset: the end)")
     en.add_argument("--compare", action="store_true",
                     help="also compare with the labels in energies_forces.npz beside --frames: metrics.json "
                          "(R², MAE, Pearson; interaction fluctuation R² over pocket residues beside the "
                          "training-mean baseline) and figures in OUT/compare/")
-    en.add_argument("--device", default="cpu")
+    en.add_argument("--device", default="auto",
+                    help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N")
     en.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    en.add_argument("--quiet", action="store_true")
+    en.add_argument("--quiet", action="store_true", help="no progress bar")
     en.set_defaults(func=_cmd_energies)
     from .evaluate import add_evaluate_parser
     add_evaluate_parser(sub)

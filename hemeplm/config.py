@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,6 +151,14 @@ class Config:
         return Path(self.out_dir) / self.name
 
 
+def _field_types(obj: Any, name: str) -> tuple[type, ...]:
+    """The types field ``name`` of dataclass ``obj`` admits, from its annotation: ``float | None`` gives
+    (float, NoneType), ``list[str]`` gives (list,)."""
+    hint = typing.get_type_hints(type(obj))[name]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    return tuple(typing.get_origin(t) or t for t in (typing.get_args(hint) if union else (hint,)))
+
+
 def _set(obj: Any, dotted: str, value: Any, source: str, prefix: str = "") -> None:
     """Set ``prefix + dotted`` (relative to ``obj``); errors name the full key."""
     full = prefix + dotted
@@ -169,13 +179,15 @@ def _set(obj: Any, dotted: str, value: Any, source: str, prefix: str = "") -> No
         return
     if isinstance(value, str) and value.strip().lower() in ("null", "~"):
         value = None
-    if isinstance(current, float) and isinstance(value, (int, str)) and not isinstance(value, bool):
+    expected = _field_types(obj, last)
+    if float in expected and isinstance(value, (int, str)) and not isinstance(value, bool):
         with contextlib.suppress(ValueError):
             value = float(value)  # YAML reads 1e-3 (no dot) as a string
-    if isinstance(current, list) and isinstance(value, str):
+    if list in expected and isinstance(value, str):
         value = [value]
-    if current is not None and value is not None and not isinstance(value, type(current)):
-        raise HemeplmError(f"config key {full!r} expects {type(current).__name__}, got {value!r}", source)
+    if not isinstance(value, expected):
+        names = " or ".join("None" if t is type(None) else t.__name__ for t in expected)
+        raise HemeplmError(f"config key {full!r} expects {names}, got {value!r}", source)
     setattr(obj, last, value)
 
 

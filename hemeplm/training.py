@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -347,7 +348,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
         return None
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    step, history = 0, None
+    step, history, wandb_id = 0, None, None
     if resume:
         ckpt = load_checkpoint(ckpt_path)  # on the CPU; load_state_dict moves tensors to the model's device
         missing = [k for k in ("optimizer", "rng") if k not in ckpt]
@@ -355,7 +356,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
             raise HemeplmError(f"holds no {' or '.join(missing)} state to resume from", ckpt_path)
         for key, target in (("model", model), ("ema", ema), ("optimizer", optimizer)):
             load_state(target, ckpt[key], key, ckpt_path)
-        step, history = int(ckpt["step"]), ckpt.get("metrics", [])
+        step, history, wandb_id = int(ckpt["step"]), ckpt.get("metrics", []), ckpt.get("wandb_id")
         _set_rng_states(ckpt["rng"])
         if rank == 0:
             print(f"resumed {ckpt_path} at step {step}")
@@ -363,7 +364,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
     runner = objective
     if world > 1:
         runner = nn.parallel.DistributedDataParallel(objective, find_unused_parameters=True)
-    logger = _Logger(cfg, run_dir, rank == 0, history)
+    logger = _Logger(cfg, run_dir, rank == 0, history, wandb_id)
 
     def save() -> None:
         if rank != 0:
@@ -372,7 +373,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
             "config": to_dict(cfg), "static": static, "model": model.state_dict(), "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(), "step": step,
             "rng": _rng_states(),
-            "metrics": logger.history})
+            "metrics": logger.history, "wandb_id": logger.run_id})
 
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -441,11 +442,15 @@ class _Logger:
 
     ``history`` is the checkpoint's metrics when resuming (None for a new run): metrics.jsonl is
     rewritten to hold exactly those, so steps logged after the checkpoint, which are trained
-    again, appear once.
+    again, appear once. ``run_id`` is the wandb run id the checkpoint recorded; a new run gets a
+    new one (name plus random hex), so a run trained again under an old name never appends to the
+    old run's wandb history.
     """
 
-    def __init__(self, cfg: Config, run_dir: Path, active: bool, history: list[dict] | None):
+    def __init__(self, cfg: Config, run_dir: Path, active: bool, history: list[dict] | None,
+                 run_id: str | None = None):
         self.active, self.run_dir = active, run_dir
+        self.run_id = run_id or f"{cfg.name}-{secrets.token_hex(4)}"
         self.history: list[dict] = list(history or [])
         self.wandb = None
         if not active:
@@ -460,7 +465,7 @@ class _Logger:
 
             self.wandb = wandb.init(project=cfg.wandb.project, name=cfg.name, dir=str(run_dir), mode=cfg.wandb.mode,
                                     config=to_dict(cfg), resume=None if history is None else "allow",
-                                    id=f"{cfg.name}-{cfg.seed}")
+                                    id=self.run_id)
 
     def log(self, step: int, metrics: dict, figures: list[Path] = ()) -> None:
         """Append ``metrics`` to metrics.jsonl and send them, with the PNG ``figures``, to wandb."""

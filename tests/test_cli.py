@@ -64,3 +64,23 @@ def test_inspect_mismatch_subprocess(tmp_path, t4l_xyz):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("hemeplm")]
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert str(short) in lines[0] and "different number of atoms" in lines[0]
+
+
+def test_version_and_help_name_defaults_and_the_scripts(capsys):
+    from hemeplm import __version__
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"hemeplm {__version__}" != "hemeplm unknown"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "python train.py" in top and "python sample.py" in top
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    assert "recorded MD steps (default: 50000)" in " ".join(capsys.readouterr().out.split())
+    for script in ("sample.py", "train.py"):
+        proc = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        text = " ".join(proc.stdout.split())
+        assert proc.returncode == 0 and "(default: None)" not in text
+        assert ("cuda or cuda:N (default: auto)" if script == "sample.py" else "(default: configs/demo.yaml)") in text

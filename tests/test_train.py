@@ -55,19 +55,41 @@ def test_checkpoint_alone_rebuilds_the_model(tiny_run, monkeypatch):
                        live.window_sample(coords, mask, torch.Generator().manual_seed(3)))
 
 
-def test_resume_continues_from_the_saved_step(tiny_system, tmp_path, capsys):
-    cfg = tiny_config(tiny_system, tmp_path, "max_steps=4", "ckpt_every=2")
+def test_resume_continues_from_the_saved_step(tiny_system, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    import wandb
+
+    runs = []
+
+    class Run:
+        def __init__(self, **kwargs):
+            runs.append(kwargs)
+
+        def log(self, *args, **kwargs):
+            pass
+
+        def finish(self):
+            pass
+
+    monkeypatch.setattr(wandb, "init", Run)
+    cfg = tiny_config(tiny_system, tmp_path, "max_steps=4", "ckpt_every=2", "wandb.mode=offline")
     run_dir = training.train(cfg)
     assert load_checkpoint(run_dir / "ckpt.pt")["step"] == 4
     with pytest.raises(HemeplmError, match="--resume"):  # never silently over a previous run
         training.train(cfg)
     capsys.readouterr()
-    longer = tiny_config(tiny_system, tmp_path, "max_steps=7", "ckpt_every=2")
+    longer = tiny_config(tiny_system, tmp_path, "max_steps=7", "ckpt_every=2", "wandb.mode=offline")
     training.train(longer, resume=True)
     assert f"resumed {run_dir / 'ckpt.pt'} at step 4" in capsys.readouterr().out
     assert load_checkpoint(run_dir / "ckpt.pt")["step"] == 7
     steps = [r["step"] for r in metrics(run_dir) if "train_loss" in r]
     assert steps == list(range(1, 8))  # one line per step, before and after the resume
+    # the resumed run continues its wandb run; the same name trained again afresh starts a new one
+    shutil.rmtree(run_dir)
+    training.train(cfg)
+    assert [(r["id"], r["resume"]) for r in runs[:2]] == [(runs[0]["id"], None), (runs[0]["id"], "allow")]
+    assert runs[2]["id"] != runs[0]["id"] and runs[2]["id"].startswith("tiny-")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -116,6 +138,15 @@ def test_unknown_or_mistyped_config_keys(tmp_path):
     with pytest.raises(HemeplmError, match=r"config key 'data' is a section"):
         load_config(None, ["data=3"])
     assert load_config(None, ["optim.lr=1e-3", "optim.weight_decay=0"]).optim.lr == 1e-3  # YAML's "1e-3" string
+    # keys whose default is None are still checked against their declared type
+    with pytest.raises(HemeplmError, match=r"config key 'denoiser.max_tokens' expects int or None, got 'abc'"):
+        load_config(None, ["denoiser.max_tokens=abc"])
+    with pytest.raises(HemeplmError, match=r"config key 'data.ligand_file' expects str or None, got 3"):
+        load_config(None, ["data.ligand_file=3"])
+    with pytest.raises(HemeplmError, match=r"config key 'max_steps' expects int, got None"):
+        load_config(None, ["max_steps=null"])
+    cfg = load_config(None, ["denoiser.max_tokens=500", "data.ligand=null", "data.trajectories=a.xtc"])
+    assert (cfg.denoiser.max_tokens, cfg.data.ligand, cfg.data.trajectories) == (500, None, ["a.xtc"])
     proc = subprocess.run([sys.executable, "train.py", "--config", str(bad)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2
