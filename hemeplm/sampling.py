@@ -373,7 +373,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
         stride = 1 if hi - lo == 1 else given_stride(gen, task, dt, frames_file)
         given = [lo, lo + (hi - 1 - lo) // stride * stride]
         if task == "inpaint":
-            tokens, inpainted = _inpaint_tokens(gen, topology, inpaint_atoms)
+            tokens, inpainted = inpaint_tokens(gen, topology, inpaint_atoms)
             result = gen.inpaint(frames[lo:hi:stride], num_samples, generator, tokens)
         else:
             result = gen.upsample(frames[lo:hi:stride], num_samples, generator)
@@ -412,7 +412,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     return summary
 
 
-def _inpaint_tokens(gen: Generator, topology, selection: str | None) -> tuple[torch.Tensor | None, list[int]]:
+def inpaint_tokens(gen: Generator, topology, selection: str | None) -> tuple[torch.Tensor | None, list[int]]:
     """The ligand tokens to inpaint for ``selection`` (mdtraj syntax; None: the whole ligand) and the atoms
     they generate.
 
