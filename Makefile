@@ -4,19 +4,24 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-# CPU build of PyTorch; a GPU user sets TORCH_SPEC (see README) or installs torch into the venv first.
+# PyTorch from the CPU wheel index (a small wheel, no CUDA libraries); a GPU user sets TORCH_INDEX to the
+# CUDA index for their driver that pytorch.org lists for this torch (see README), or installs torch first.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install browser demo test
 # apt-get needs root: sudo when not root
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# torch-cluster is built with CUDA kernels (FORCE_CUDA=1) when the installed torch has CUDA.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip setuptools wheel
-	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)" --index-url "$(TORCH_INDEX)"
 	$(PIP) install -e ".[test]"
-	$(PY) -c "import torch_cluster" 2>/dev/null || $(PIP) install --no-build-isolation torch-cluster
+	$(PY) -c "import torch_cluster" 2>/dev/null || \
+		FORCE_CUDA=$$($(PY) -c "import torch; print(int(torch.version.cuda is not None))") \
+		$(PIP) install --no-build-isolation torch-cluster
 	touch $@
 
 install: $(VENV)/.installed
