@@ -9,6 +9,7 @@ saving; :func:`to_numpy` turns tensors back into numpy arrays for code that work
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 from .errors import HemeplmError
 
 PLAIN = "tensors, numbers, strings, lists and dicts"
+#: how torch's safe unpickler names a class or function it will not build
+_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 def to_plain(obj):
@@ -61,7 +64,8 @@ def load_plain(path: str | Path, what: str, advice: str, map_location: str | tor
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
+        found = _GLOBAL.search(str(exc))
+        if found is None:  # not a pickle the safe loader understands: unreadable, nothing was run
             raise
-        raise HemeplmError(f"refused: this {what} holds Python objects other than {PLAIN}, and loading them "
-                           f"could run code; {advice}", path) from None
+        raise HemeplmError(f"refused: this {what} holds Python objects other than {PLAIN} ({found.group(1)}), "
+                           f"and loading them could run code; {advice}", path) from None
