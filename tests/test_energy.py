@@ -78,7 +78,7 @@ def test_label_cli_writes_labels_the_loader_reads(t4l_dcd, tmp_path, capsys):
     with np.load(folder / "energies_forces.npz") as z:
         inter, names, energy = z["residue_interaction_kcal_mol"], list(z["residues"]), z["energy_kcal_mol"]
         assert z["forces_kcal_mol_A"].shape == (len(energy), 2621, 3)
-    assert inter.shape == (len(energy), 162) and names[98] == "ALA98"  # mdtraj numbers prmtop residues from 0
+    assert inter.shape == (len(energy), 162) and names[98] == "ALA99"  # the prmtop's own numbering (mdtraj alone says ALA98)
     assert json.loads((folder / "labels.json").read_text())["solvent"] == "implicit"
     system = load_system(PRMTOP, [folder / "traj.dcd"], ligand="resname TMP")
     np.testing.assert_allclose(system.interactions[0], inter)
