@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HemeplmError
+from .errors import HemeplmError, require_file
 from .simulate import HEME_PDB_NAMES, KJ_PER_KCAL, atomic_write_bytes
 
 BOLTZMANN_KCAL_MOL_K = 0.0019872043
@@ -403,18 +403,15 @@ def load_weights(path: str | Path) -> np.ndarray:
         HemeplmError: naming ``path``, when it is not such a file or its weights are not finite,
         negative, or do not sum to 1.
     """
-    from .errors import require_file
-
     p = require_file(path)
     try:
-        with np.load(p) as z:
-            if "weights" not in z.files:
-                raise HemeplmError("holds no weights; relax with --reweight", p)
-            w = np.asarray(z["weights"], dtype=np.float64)
+        z = np.load(p)
     except (OSError, ValueError) as exc:
-        if isinstance(exc, HemeplmError):
-            raise
-        raise HemeplmError(f"cannot read as the npz of 'hemeplm relax': {exc}", p) from exc
+        raise HemeplmError(f"cannot read as an npz file: {exc}", p) from exc
+    if not isinstance(z, np.lib.npyio.NpzFile) or "weights" not in z.files:
+        raise HemeplmError("holds no weights; relax with --reweight", p)
+    with z:
+        w = np.asarray(z["weights"], dtype=np.float64)
     if w.ndim != 1 or not np.isfinite(w).all() or (w < 0).any() or abs(w.sum() - 1.0) > 1e-6:
         raise HemeplmError("its weights are not a finite, non-negative vector summing to 1", p)
     return w
@@ -476,7 +473,7 @@ def relax_trajectories(topology: str | Path, frames: list[str | Path], out: str 
     relax = Relaxer(system, index, index[heavy], cfg)
     setup = time.perf_counter() - t_start
 
-    rows, failed, relaxed = [], [], [[] for _ in raw]
+    rows, failed, relaxed, done = [], [], [[] for _ in raw], 0
     bar = tqdm(total=sum(t.n_frames for t in raw), unit="frame", desc="relax", disable=not progress)
     for f, traj in enumerate(raw):
         full = np.zeros((traj.n_frames, ff_top.getNumAtoms(), 3))
@@ -490,7 +487,7 @@ def relax_trajectories(topology: str | Path, frames: list[str | Path], out: str 
                 reason = f"non-finite coordinates ({int((~np.isfinite(x).all(1)).sum())} atoms)"
             else:
                 try:
-                    pos, before, after = relax(full[i], seed=cfg.seed + bar.n)
+                    pos, before, after = relax(full[i], seed=cfg.seed + done)
                 except openmm.OpenMMException as exc:
                     reason = f"OpenMM failed: {' '.join(str(exc).split())}"
                 else:
@@ -503,6 +500,7 @@ def relax_trajectories(topology: str | Path, frames: list[str | Path], out: str 
                              time.perf_counter() - t0))
             else:
                 failed.append({"file": str(frames[f]), "file_index": f, "frame": i, "reason": reason})
+            done += 1
             bar.update(1)
     bar.close()
     for f, traj in enumerate(raw):

@@ -140,8 +140,9 @@ def test_heme_charmm36_route(heme, tmp_path, capsys):
     relaxed = mdtraj.load(s["trajectories"][1], top=str(tmp_path / "r.pdb"))
     assert relaxed.n_frames == 2 and [a.name for a in relaxed.topology.atoms] == \
         [a.name for a in mdtraj.load_topology(str(pdb)).atoms]
-    main([*argv, "--force", "--restraint", "50"])  # --force replaces the outputs
-    assert json.loads((tmp_path / "r.json").read_text())["config"]["restraint_kcal_mol_A2"] == 50.0
+    main([*argv, "--force", "--restraint", "50", "--md-steps", "20"])  # --force replaces the outputs
+    s = json.loads((tmp_path / "r.json").read_text())
+    assert (s["config"]["restraint_kcal_mol_A2"], s["config"]["md_steps"], s["frames_relaxed"]) == (50.0, 20, 4)
 
 
 def test_unmatched_atoms_are_an_error(heme, tmp_path):
