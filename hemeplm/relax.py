@@ -18,15 +18,20 @@ For every frame:
 1. every force-field atom the frame lacks (hydrogens; a terminal oxygen
    PDBFixer adds) is put near its bonded neighbour at an idealised angle,
    then those atoms alone are minimised with the generated atoms held still.
-   The potential energy there is the frame's energy *before* relaxation;
+   The force field's potential energy there is the frame's energy *before*;
 2. the whole system is minimised with every generated heavy atom held by a
-   harmonic restraint ``½ k |x − x₀|²`` to its generated position, optionally
-   followed by a short restrained Langevin MD and a second minimisation. The
-   potential energy there, restraint excluded, is the energy *after*.
+   harmonic restraint ``½ k |x − x₀|²`` to its generated position: first in
+   a softened copy of the force field (:func:`_softened`: no implicit
+   solvent, a small repulsive core on hydrogens that have none; step 1
+   minimises in it too), which settles badly clashing frames, then in the
+   force field itself, optionally followed by a short restrained Langevin MD
+   and a second minimisation. The potential energy there, restraint
+   excluded, is the energy *after*.
 
 A frame that cannot be relaxed (non-finite coordinates, an OpenMM failure, a
-non-finite result) is listed with its index and the reason, and left out of
-the relaxed trajectory; nothing fails silently.
+non-finite result, two atoms left on top of each other) is listed with its
+index and the reason, and left out of the relaxed trajectory; nothing fails
+silently.
 
 Outputs for ``out = OUT.xtc`` (or ``.dcd``), named like ``sample.py``'s
 (:func:`hemeplm.sampling.output_paths`; ``OUT_000.xtc``... for several input
@@ -70,12 +75,15 @@ from pathlib import Path
 import numpy as np
 
 from .errors import HemeplmError, require_file
-from .simulate import HEME_PDB_NAMES, KJ_PER_KCAL, atomic_write_bytes
+from .labels import KJ_PER_KCAL
+from .simulate import HEME_PDB_NAMES, atomic_write_bytes
 
 BOLTZMANN_KCAL_MOL_K = 0.0019872043
 AMBER_SUFFIXES = (".prmtop", ".parm7")
 RESTRAINT_GROUP = 31  # OpenMM force group of the restraint; the force field's forces stay in the others
 TOLERANCE_KJ_MOL_NM = 10.0  # minimiser convergence: largest force component (OpenMM's default)
+POLAR_H_LJ = (0.04, 0.19)  # sigma nm, epsilon kJ/mol: CHARMM's polar hydrogen (Rmin/2 0.2245 Å, 0.046 kcal/mol)
+OVERLAP_NM = 0.05  # two atoms this close after relaxation (bonded atoms are 0.1 nm apart or more) fail the frame
 
 
 @dataclass
@@ -90,7 +98,7 @@ class RelaxConfig:
         solvent: ``implicit`` (OBC2; prmtop only) or ``vacuum``; None: implicit for a prmtop, vacuum for a PDB.
         temperature_k: of the MD and of kT in the weights.
         reweight: compute Boltzmann weights.
-        platform: OpenMM platform (``CPU``, ``CUDA``, ...).
+        platform: OpenMM platform (``CUDA``, ``OpenCL``, ``CPU``); None: the fastest available.
         seed: MD velocities and thermostat noise.
     """
 
@@ -101,7 +109,7 @@ class RelaxConfig:
     solvent: str | None = None
     temperature_k: float = 300.0
     reweight: bool = False
-    platform: str = "CPU"
+    platform: str | None = None
     seed: int = 0
 
     @classmethod
@@ -137,8 +145,8 @@ def add_relax_options(parser, prefix: str = "") -> None:
                         help="default: implicit (OBC2) for a prmtop, vacuum for a PDB")
     parser.add_argument(f"{p}temperature", dest="relax_temperature", type=float, default=d.temperature_k, metavar="T",
                         help=f"kelvin, for the MD and the weights (default {d.temperature_k:g})")
-    parser.add_argument(f"{p}platform", dest="relax_platform", default=d.platform, metavar="NAME",
-                        help=f"OpenMM platform (default {d.platform})")
+    parser.add_argument(f"{p}platform", dest="relax_platform", default=None, metavar="NAME",
+                        help="OpenMM platform (default: the fastest available)")
     parser.add_argument(f"{p}seed", dest="relax_seed", type=int, default=d.seed, metavar="N",
                         help="MD velocities and noise")
     parser.add_argument("--reweight", action="store_true",
@@ -303,53 +311,94 @@ def place_atoms(xyz: np.ndarray, plan: list, hydrogen: np.ndarray) -> None:
                 xyz[:, c] = p + (0.10 if hydrogen[c] else 0.14) * d
 
 
+def _restraint(system, restrained: np.ndarray, k_kcal_mol_A2: float):
+    """Add ``½ k |x − x₀|²`` on the ``restrained`` atoms to ``system`` in :data:`RESTRAINT_GROUP`; return it."""
+    import openmm
+
+    force = openmm.CustomExternalForce("0.5*k_restraint*((x-x0)^2+(y-y0)^2+(z-z0)^2)")
+    force.addGlobalParameter("k_restraint", k_kcal_mol_A2 * KJ_PER_KCAL * 100.0)
+    for name in ("x0", "y0", "z0"):
+        force.addPerParticleParameter(name)
+    for i in restrained:
+        force.addParticle(int(i), [0.0, 0.0, 0.0])
+    force.setForceGroup(RESTRAINT_GROUP)
+    system.addForce(force)
+    return force
+
+
+def _softened(system, hydrogen: np.ndarray):
+    """A copy of ``system`` without implicit solvent and with :data:`POLAR_H_LJ` on hydrogens that have no
+    Lennard-Jones term (Amber's polar hydrogens).
+
+    Generalised-Born radii of overlapping atoms stall or break the minimiser, and a hydrogen without
+    Lennard-Jones repulsion can fall onto the charged atom a clashing frame puts next to it; this copy
+    settles such frames before the real force field takes over.
+    """
+    import openmm
+
+    soft = copy.deepcopy(system)
+    for k in reversed(range(soft.getNumForces())):
+        force = soft.getForce(k)
+        if isinstance(force, (openmm.GBSAOBCForce, openmm.CustomGBForce)):
+            soft.removeForce(k)
+        elif isinstance(force, openmm.NonbondedForce):
+            for i in np.flatnonzero(hydrogen):
+                charge, sigma, epsilon = force.getParticleParameters(int(i))
+                if epsilon._value == 0.0:
+                    force.setParticleParameters(int(i), charge, *POLAR_H_LJ)
+    return soft
+
+
 class Relaxer:
-    """Two OpenMM contexts over one force field: one with the generated atoms massless (the minimiser
-    leaves them where they are) to settle the placed atoms, one with the restraint to relax.
+    """OpenMM contexts over one force field: ``placer`` settles the placed atoms with the generated atoms
+    massless (the minimiser leaves them where they are), then the restrained minimisation runs in two
+    ``stages``: in the :func:`_softened` force field, then in the force field itself.
 
     Args:
         system: OpenMM System without constraints (taken over: the restraint is added to it).
         generated: (A,) force-field indices of the generated atoms; restrained: (H,) those of its heavy atoms.
+        hydrogen: (N,) bool, the force field's hydrogens.
         cfg: settings.
     """
 
-    def __init__(self, system, generated: np.ndarray, restrained: np.ndarray, cfg: RelaxConfig):
+    def __init__(self, system, generated: np.ndarray, restrained: np.ndarray, hydrogen: np.ndarray,
+                 cfg: RelaxConfig):
         import openmm
         from openmm import unit
 
+        from .simulate import fastest_platform, platforms
+
         self.cfg, self.restrained = cfg, restrained
-        fixed = copy.deepcopy(system)
+        soft = _softened(system, hydrogen)
+        fixed = copy.deepcopy(soft)
         for i in generated:
             fixed.setParticleMass(int(i), 0.0)
-        self.restraint = openmm.CustomExternalForce("0.5*k_restraint*((x-x0)^2+(y-y0)^2+(z-z0)^2)")
-        self.restraint.addGlobalParameter("k_restraint", cfg.restraint_kcal_mol_A2 * KJ_PER_KCAL * 100.0)
-        for name in ("x0", "y0", "z0"):
-            self.restraint.addPerParticleParameter(name)
-        for i in restrained:
-            self.restraint.addParticle(int(i), [0.0, 0.0, 0.0])
-        self.restraint.setForceGroup(RESTRAINT_GROUP)
-        system.addForce(self.restraint)
-        try:
-            platform = openmm.Platform.getPlatformByName(cfg.platform)
-        except Exception as exc:
-            raise HemeplmError(f"OpenMM platform {cfg.platform!r} is not available: {exc}") from exc
+        restraints = [_restraint(s, restrained, cfg.restraint_kcal_mol_A2) for s in (soft, system)]
+        name = cfg.platform or fastest_platform()
+        if name not in platforms():
+            raise HemeplmError(f"OpenMM has no {name} platform here; available: {', '.join(platforms())}")
+        platform = openmm.Platform.getPlatformByName(name)
         self.integrator = openmm.LangevinMiddleIntegrator(cfg.temperature_k * unit.kelvin, 1.0 / unit.picosecond,
                                                           cfg.md_timestep_fs * unit.femtosecond)
         self.integrator.setRandomNumberSeed(cfg.seed)
         self.placer = openmm.Context(fixed, openmm.VerletIntegrator(0.001), platform)
-        self.relaxer = openmm.Context(system, self.integrator, platform)
+        self.stages = [(openmm.Context(soft, openmm.VerletIntegrator(0.001), platform), restraints[0]),
+                       (openmm.Context(system, self.integrator, platform), restraints[1])]
 
     @staticmethod
-    def _minimise_and_read(context, max_iterations: int) -> tuple[np.ndarray, float]:
-        """Minimise; return positions (N, 3) nm and potential energy (kcal/mol) without the restraint."""
-        import openmm
+    def _read(context) -> tuple[np.ndarray, float]:
+        """Positions (N, 3) nm and potential energy (kcal/mol) without the restraint."""
         from openmm import unit
 
-        openmm.LocalEnergyMinimizer.minimize(context, TOLERANCE_KJ_MOL_NM, max_iterations)
-        groups = set(range(32)) - {RESTRAINT_GROUP}
-        state = context.getState(getPositions=True, getEnergy=True, groups=groups)
+        state = context.getState(getPositions=True, getEnergy=True, groups=set(range(32)) - {RESTRAINT_GROUP})
         energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_KCAL
         return np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)), energy
+
+    def _minimise(self, context) -> tuple[np.ndarray, float]:
+        import openmm
+
+        openmm.LocalEnergyMinimizer.minimize(context, TOLERANCE_KJ_MOL_NM, self.cfg.max_iterations)
+        return self._read(context)
 
     def __call__(self, xyz: np.ndarray, seed: int) -> tuple[np.ndarray, float, float]:
         """Relax one frame.
@@ -358,22 +407,27 @@ class Relaxer:
             xyz: (N, 3) nm, every force-field atom (placed ones from :func:`place_atoms`).
             seed: MD velocities.
         Returns:
-            relaxed (N, 3) nm, energy before and after (kcal/mol, restraint excluded).
+            relaxed (N, 3) nm, energy before and after (kcal/mol, the force field without the restraint).
         """
         from openmm import unit
 
         cfg = self.cfg
         self.placer.setPositions(xyz)
-        placed, before = self._minimise_and_read(self.placer, cfg.max_iterations)
-        for k, i in enumerate(self.restrained):
-            self.restraint.setParticleParameters(k, int(i), placed[i].tolist())
-        self.restraint.updateParametersInContext(self.relaxer)
-        self.relaxer.setPositions(placed)
-        relaxed, after = self._minimise_and_read(self.relaxer, cfg.max_iterations)
+        relaxed, _ = self._minimise(self.placer)
+        context = self.stages[-1][0]
+        context.setPositions(relaxed)
+        _, before = self._read(context)
+        anchors = relaxed[self.restrained].tolist()
+        for context, restraint in self.stages:
+            for k, i in enumerate(self.restrained):
+                restraint.setParticleParameters(k, int(i), anchors[k])
+            restraint.updateParametersInContext(context)
+            context.setPositions(relaxed)
+            relaxed, after = self._minimise(context)
         if cfg.md_steps:
-            self.relaxer.setVelocitiesToTemperature(cfg.temperature_k * unit.kelvin, seed)
+            context.setVelocitiesToTemperature(cfg.temperature_k * unit.kelvin, seed)
             self.integrator.step(cfg.md_steps)
-            relaxed, after = self._minimise_and_read(self.relaxer, cfg.max_iterations)
+            relaxed, after = self._minimise(context)
         return relaxed, before, after
 
 
@@ -415,6 +469,21 @@ def load_weights(path: str | Path) -> np.ndarray:
     if w.ndim != 1 or not np.isfinite(w).all() or (w < 0).any() or abs(w.sum() - 1.0) > 1e-6:
         raise HemeplmError("its weights are not a finite, non-negative vector summing to 1", p)
     return w
+
+
+def _fault(xyz: np.ndarray, energy: float, atoms: list) -> str | None:
+    """Why a relaxed frame ((N, 3) nm, energy kcal/mol; ``atoms`` the OpenMM atoms) is unusable, or None."""
+    from scipy.spatial import cKDTree
+
+    if not (np.isfinite(energy) and np.isfinite(xyz).all()):
+        return f"relaxation gave a non-finite result (energy {energy} kcal/mol)"
+    pairs = cKDTree(xyz).query_pairs(OVERLAP_NM, output_type="ndarray")
+    if len(pairs):
+        a, b = (atoms[int(i)] for i in pairs[0])
+        return (f"{len(pairs)} atom pair(s) still overlap after relaxation, e.g. {a.residue.name}{a.residue.id} "
+                f"{a.name} and {b.residue.name}{b.residue.id} {b.name} "
+                f"({np.linalg.norm(xyz[a.index] - xyz[b.index]) * 10:.2f} A apart)")
+    return None
 
 
 def _save_atomic(traj, path: Path) -> None:
@@ -468,9 +537,10 @@ def relax_trajectories(topology: str | Path, frames: list[str | Path], out: str 
     known = np.zeros(ff_top.getNumAtoms(), dtype=bool)
     known[index] = True
     plan = placement_plan(ff_top, known, ff_path)
-    hydrogen = np.array([a.element is not None and a.element.symbol == "H" for a in ff_top.atoms()])
+    ff_atoms = list(ff_top.atoms())
+    hydrogen = np.array([a.element is not None and a.element.symbol == "H" for a in ff_atoms])
     heavy = np.array([a.element is None or a.element.symbol != "H" for a in gen_top.atoms])
-    relax = Relaxer(system, index, index[heavy], cfg)
+    relax = Relaxer(system, index, index[heavy], hydrogen, cfg)
     setup = time.perf_counter() - t_start
 
     rows, failed, relaxed, done = [], [], [[] for _ in raw], 0
@@ -491,8 +561,7 @@ def relax_trajectories(topology: str | Path, frames: list[str | Path], out: str 
                 except openmm.OpenMMException as exc:
                     reason = f"OpenMM failed: {' '.join(str(exc).split())}"
                 else:
-                    if not (np.isfinite(after) and np.isfinite(pos).all()):
-                        reason = f"relaxation gave a non-finite result (energy {after} kcal/mol)"
+                    reason = _fault(pos, after, ff_atoms)
             if reason is None:
                 moved = np.linalg.norm(pos[index[heavy]] - x[heavy], axis=-1) * 10.0
                 relaxed[f].append(pos[index])
