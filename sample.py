@@ -11,7 +11,11 @@ reads frames I..J at the model's frame spacing (data.lag x the training data's),
 upsampling at k times it; a file whose spacing does not divide that is refused.
 Writes OUT.xtc (OUT_000.xtc... for several samples), OUT.pdb (topology) and
 OUT.json (summary), and with --view OUT.html (samples beside the given MD in a
-browser); never overwrites without --force.
+browser); never overwrites without --force. With --relax the generated
+frames are then relaxed by a restrained OpenMM minimisation in the training force
+field (hemeplm relax; --relax-forcefield-topology, default --topology when it is an
+Amber prmtop or a PDB): OUT.relaxed.xtc (OUT.relaxed_000.xtc...), OUT.relaxed.pdb,
+OUT.relaxed.json and OUT.relaxed.npz; --reweight adds Boltzmann weights.
 """
 
 import argparse
@@ -22,6 +26,7 @@ from pathlib import Path
 from hemeplm.cli import HelpFormatter
 from hemeplm.diffusion import SAMPLERS
 from hemeplm.errors import HemeplmError
+from hemeplm.relax import AMBER_SUFFIXES, RelaxConfig, add_relax_options, output_files, relax_trajectories, relaxed_path
 from hemeplm.sampling import Generator, run_task
 from hemeplm.tasks import TASKS
 from hemeplm.viewer import view_sample
@@ -62,8 +67,13 @@ def main() -> None:
                         "(total energy, per-residue interaction energies with the ligand)")
     p.add_argument("--view", action="store_true",
                    help="also write OUT.html: the samples beside the given MD in a browser viewer (hemeplm view)")
+    p.add_argument("--relax", action="store_true",
+                   help="relax the generated frames in the training force field (see hemeplm relax)")
+    add_relax_options(p, prefix="relax-")
     args = p.parse_args()
     try:
+        if args.relax:  # refuse before sampling, not after
+            output_files(relaxed_path(args.out), args.num_samples, args.force)
         gen = Generator.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
                                         progress=True, project_steps=args.project_steps)
         summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
@@ -72,6 +82,13 @@ def main() -> None:
                            energies=args.energies)
         if args.view:
             summary["view"] = str(view_sample(summary, Path(args.out).with_suffix(".html")))
+        if args.relax:
+            forcefield = args.relax_forcefield_topology
+            if forcefield is None and args.topology.lower().endswith((*AMBER_SUFFIXES, ".pdb", ".pdb.gz")):
+                forcefield = args.topology
+            summary["relax"] = relax_trajectories(summary["topology_pdb"], summary["trajectories"],
+                                                  relaxed_path(args.out), forcefield_topology=forcefield,
+                                                  cfg=RelaxConfig.from_args(args), force=args.force)
     except HemeplmError as exc:
         print(f"sample.py: error: {exc}", file=sys.stderr)
         sys.exit(2)

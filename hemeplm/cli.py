@@ -109,6 +109,22 @@ def _cmd_energies(args) -> None:
         print(path)
 
 
+def _cmd_relax(args) -> None:
+    from .relax import RelaxConfig, relax_trajectories
+
+    summary = relax_trajectories(args.topology, args.frames, args.out,
+                                 forcefield_topology=args.relax_forcefield_topology, cfg=RelaxConfig.from_args(args),
+                                 force=args.force, progress=not args.quiet)
+    rw = summary["reweight"]
+    print(f"{args.out}: relaxed {summary['frames_relaxed']} of {summary['frames_total']} frames "
+          f"({summary['seconds_per_frame']:.2f} s per frame), {len(summary['failed'])} failed; "
+          f"heavy-atom RMSD {summary['rmsd_A']['mean']:.3f} A; energy {summary['energy_before_kcal_mol']['mean']:.1f}"
+          f" -> {summary['energy_after_kcal_mol']['mean']:.1f} kcal/mol (mean)"
+          + (f"; weights ESS {rw['ess']:.2f}" if rw else ""))
+    for f in summary["failed"]:
+        print(f"  failed: {f['file']} frame {f['frame']}: {f['reason']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hemeplm", description="Generative surrogate of protein–ligand MD.",
                                 epilog=EPILOG, formatter_class=HelpFormatter)
@@ -202,6 +218,18 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--force", action="store_true", help="overwrite existing outputs")
     en.add_argument("--quiet", action="store_true", help="no progress bar")
     en.set_defaults(func=_cmd_energies)
+
+    r = sub.add_parser("relax", help="restrained OpenMM minimisation of generated frames (hydrogens rebuilt), "
+                                     "energies, optional Boltzmann weights")
+    r.add_argument("--topology", required=True, help="topology of the generated frames (the PDB sample.py writes)")
+    r.add_argument("--frames", required=True, nargs="+", help="generated trajectories")
+    r.add_argument("--out", required=True, help="OUT.xtc or OUT.dcd (OUT_000.xtc... for several trajectories), "
+                                                "with OUT.pdb, OUT.json and OUT.npz")
+    from .relax import add_relax_options
+    add_relax_options(r)
+    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_cmd_relax)
     from .evaluate import add_evaluate_parser
     add_evaluate_parser(sub)
     from .bench import add_bench_parser

@@ -298,7 +298,7 @@ def label_trajectories(topology: str | Path, trajectories: list[str | Path], out
     """
     import mdtraj
 
-    from .data.load import _load_traj, load_topology, select_ligand
+    from .data.load import load_topology, load_trajectory, select_ligand
     from .simulate import atomic_write_bytes
 
     top_path = require_file(topology)
@@ -318,7 +318,7 @@ def label_trajectories(topology: str | Path, trajectories: list[str | Path], out
         log.warning("%s: no ligand: only energies and forces are labelled", top_path)
     residue, names = residue_labels(md_top)
     for traj_path, d in zip(trajectories, dirs):
-        traj = _load_traj(traj_path, md_top, top_path)
+        traj = load_trajectory(traj_path, md_top, top_path)
         periodic = traj.unitcell_vectors is not None and solvent != "vacuum"
         solv = solvent or ("explicit" if periodic else "implicit" if top_path.name.lower().endswith(
             (".prmtop", ".parm7")) else "vacuum")

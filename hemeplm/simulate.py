@@ -141,12 +141,13 @@ def _prepare_heme(modeller) -> int:
     return n
 
 
-def prepare_pdb(pdb: str | Path, cfg: SimulateConfig):
+def prepare_pdb(pdb: str | Path, cfg: SimulateConfig, constraints: bool = True):
     """PDB -> (topology, system, positions) with PDBFixer and CHARMM36.
 
     Protein residues are completed (missing heavy atoms, hydrogens at pH 7),
     heme groups kept with CHARMM36 ``HEME`` parameters, every other
-    heterogen (waters, ions, buffer molecules) removed.
+    heterogen (waters, ions, buffer molecules) removed. Bonds to hydrogen are
+    constrained unless ``constraints`` is False (then every bond is flexible).
     """
     from openmm import app, unit
     from pdbfixer import PDBFixer
@@ -189,7 +190,7 @@ def prepare_pdb(pdb: str | Path, cfg: SimulateConfig):
     kwargs = {"nonbondedCutoff": cfg.cutoff_nm * unit.nanometer} if method is app.PME else {}
     try:
         system = forcefield.createSystem(modeller.topology, nonbondedMethod=method,
-                                         constraints=app.HBonds, **_hmr(cfg), **kwargs)
+                                         constraints=app.HBonds if constraints else None, **_hmr(cfg), **kwargs)
     except ValueError as exc:
         raise HemeplmError(f"CHARMM36 cannot parameterise this structure: {exc}", path) from exc
     return modeller.topology, system, modeller.positions
@@ -203,29 +204,42 @@ def _hmr(cfg: SimulateConfig) -> dict:
     return {"hydrogenMass": cfg.hydrogen_mass_amu * unit.amu}
 
 
-def prepare_amber(prmtop: str | Path, inpcrd: str | Path, cfg: SimulateConfig):
-    """Amber prmtop + inpcrd -> (topology, system, positions) in OBC2 implicit solvent."""
+def amber_system(prmtop: str | Path, cfg: SimulateConfig, constraints: bool = True):
+    """Amber prmtop -> (topology, system) in OBC2 implicit solvent (``cfg.solvent="implicit"``) or vacuum.
+
+    Bonds to hydrogen are constrained unless ``constraints`` is False (then every bond is flexible).
+    """
     from openmm import app, unit
 
-    top_path, crd_path = require_file(prmtop), require_file(inpcrd)
+    top_path = require_file(prmtop)
     try:
         top = app.AmberPrmtopFile(str(top_path))
     except Exception as exc:
         raise HemeplmError(f"cannot read as Amber prmtop: {exc}", top_path) from exc
-    try:
-        crd = app.AmberInpcrdFile(str(crd_path))
-    except Exception as exc:
-        raise HemeplmError(f"cannot read as Amber inpcrd: {exc}", crd_path) from exc
-    if len(crd.positions) != top.topology.getNumAtoms():
-        raise HemeplmError(f"has {len(crd.positions)} atoms but {top_path} has "
-                           f"{top.topology.getNumAtoms()}", crd_path)
     implicit = {"implicit": app.OBC2, "vacuum": None}
     if cfg.solvent not in implicit:
         raise HemeplmError(f"solvent {cfg.solvent!r} is not available for a prmtop input; "
                            "use 'implicit' or 'vacuum'", top_path)
     system = top.createSystem(nonbondedMethod=app.CutoffNonPeriodic, nonbondedCutoff=cfg.cutoff_nm * unit.nanometer,
-                              constraints=app.HBonds, implicitSolvent=implicit[cfg.solvent], **_hmr(cfg))
-    return top.topology, system, crd.positions
+                              constraints=app.HBonds if constraints else None,
+                              implicitSolvent=implicit[cfg.solvent], **_hmr(cfg))
+    return top.topology, system
+
+
+def prepare_amber(prmtop: str | Path, inpcrd: str | Path, cfg: SimulateConfig):
+    """Amber prmtop + inpcrd -> (topology, system, positions) in OBC2 implicit solvent."""
+    from openmm import app
+
+    topology, system = amber_system(prmtop, cfg)
+    crd_path = require_file(inpcrd)
+    try:
+        crd = app.AmberInpcrdFile(str(crd_path))
+    except Exception as exc:
+        raise HemeplmError(f"cannot read as Amber inpcrd: {exc}", crd_path) from exc
+    if len(crd.positions) != topology.getNumAtoms():
+        raise HemeplmError(f"has {len(crd.positions)} atoms but {prmtop} has "
+                           f"{topology.getNumAtoms()}", crd_path)
+    return topology, system, crd.positions
 
 
 class MDRun:

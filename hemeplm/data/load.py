@@ -182,7 +182,13 @@ def _xtc_frames(p: Path) -> tuple[int, int] | None:
     return n, size - pos
 
 
-def _load_traj(path: str | Path, topology, top_path: Path, truncated: str = "error"):
+def load_trajectory(path: str | Path, topology, top_path: Path, truncated: str = "error", check_frames: bool = True):
+    """Read one trajectory file with mdtraj against ``topology`` (read from ``top_path``); errors name the file.
+
+    A truncated DCD/XTC is an error or (``truncated="warn"``) gives its complete frames. With
+    ``check_frames`` a frame with NaN, infinite or absurdly large coordinates is an error; without,
+    such frames are returned as they are, for the caller to judge one by one.
+    """
     import mdtraj
 
     p = require_file(path)
@@ -219,6 +225,8 @@ def _load_traj(path: str | Path, topology, top_path: Path, truncated: str = "err
         raise HemeplmError(f"has {traj.n_atoms} atoms but topology {top_path} has {topology.n_atoms}", p)
     if traj.n_frames == 0:
         raise HemeplmError("holds no frames", p)
+    if not check_frames:
+        return traj
     bad = ~np.isfinite(traj.xyz).all(axis=(1, 2))
     if bad.any():
         raise HemeplmError(f"frame {int(np.argmax(bad))} has NaN or infinite coordinates "
@@ -415,7 +423,7 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
     if not trajectories and not top_path.name.lower().endswith(TRAJECTORY_FORMATS):
         raise HemeplmError("holds no coordinates; give trajectory files", top_path)
     files = [Path(t) for t in trajectories] or [top_path]
-    trajs = [_load_traj(f, top, top_path, truncated) for f in files]
+    trajs = [load_trajectory(f, top, top_path, truncated) for f in files]
     lig_full = select_ligand(top, ligand, top_path)
     lig_set = set(lig_full.tolist())
     keep = [a.index for a in top.atoms
