@@ -449,3 +449,77 @@ def test_log_to_wandb_offline(tmp_path, monkeypatch, pocket):
         assert key.encode() in record, key
     images = list((run_dir / "files" / "media" / "images").rglob("*.png"))
     assert len(images) == 1 and images[0].stat().st_size > 1000
+
+
+def _weights_file(path: Path, w: np.ndarray) -> Path:
+    np.savez(path, weights=w)
+    return path
+
+
+def test_weights_uniform_reproduce_the_unweighted_metrics(md, noisy, tmp_path):
+    out = tmp_path / "uniform"
+    w = _weights_file(tmp_path / "uniform.npz", np.full(N_FRAMES, 1.0 / N_FRAMES))
+    main(["evaluate", "--topology", str(md["top"]), "--reference", str(md["ref"]), "--generated", str(md["noisy"]),
+          "--lag-ps", "2", "--posebusters-frames", "3", "--weights", str(w), "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    for column in ("model", "static", "random_walk"):
+        assert metrics[column] == noisy[column], column          # exactly today's numbers
+    assert noisy["info"]["weights"] is None
+    info = metrics["info"]["weights"]
+    assert info["file"] == str(w) and info["n_frames"] == N_FRAMES
+    assert info["effective_sample_size"] == pytest.approx(N_FRAMES)
+
+
+def test_weighted_functions(md):
+    """The weighted paths themselves: uniform weights agree with no weights, one-hot weights with that frame alone."""
+    from hemeplm.data.load import load_system
+    from hemeplm.evaluate.stats import weighted_median
+    from hemeplm.evaluate.trajectory import contact_frequency, rmsf
+
+    system = load_system(md["top"], [md["noisy"]])
+    x = system.segments[0][:20].astype(np.float64)
+    geom = ev.build_geometry(system.topology, system.ligand, x[0])
+    uniform, one = np.full(len(x), 1.0 / len(x)), np.zeros(len(x))
+    one[7] = 1.0
+    np.testing.assert_allclose(rmsf(x, uniform), rmsf(x), rtol=1e-12)
+    np.testing.assert_allclose(contact_frequency(x, geom, weights=uniform), contact_frequency(x, geom), rtol=1e-12)
+    assert (rmsf(x, one) == 0).all() and rmsf(x).max() > 0
+    np.testing.assert_array_equal(contact_frequency(x, geom, weights=one), contact_frequency(x[7:8], geom))
+    values = np.random.default_rng(0).uniform(-4, 4, size=(len(x), 3, 2))
+    edges = [np.linspace(-1, 1, 5), np.linspace(-2, 2, 3)]
+    np.testing.assert_allclose(ev.binned(values, edges, uniform) * len(x), ev.binned(values, edges), rtol=1e-12)
+    np.testing.assert_array_equal(ev.binned(values, edges, one), ev.binned(values[7:8], edges))
+    assert weighted_median(values[:, 0, 0], one) == values[7, 0, 0]
+    assert weighted_median(np.array([3.0, 1.0, 2.0]), np.ones(3)) == 2.0
+
+
+def test_weights_on_one_frame_give_that_frame_alone(md, tmp_path):
+    import mdtraj
+
+    j = 7
+    one = np.zeros(N_FRAMES)
+    one[j] = 1.0
+    w = _weights_file(tmp_path / "one.npz", one)
+    weighted = ev.evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "one", lag_ps=2.0,
+                                        posebusters_frames=0, weights=w)["model"]
+    frame = mdtraj.load(str(md["noisy"]), top=str(md["top"]))[j]
+    alone = ev.evaluate_trajectories(md["top"], [md["ref"]], [_save(frame.topology, frame.xyz * 10.0,
+                                                                       tmp_path / "frame.xtc")],
+                                     tmp_path / "alone", lag_ps=2.0, posebusters_frames=0)["model"]
+    for key in ("torsion_jsd", "contact_jsd", "contact_pearson") + tuple(f"torsion_jsd_{t}" for t in ev.TORSION_TYPES):
+        assert weighted[key] == pytest.approx(alone[key], abs=1e-9), key
+    assert weighted["rmsf_pearson"] is None and alone["rmsf_pearson"] is None     # RMSF of one frame: all 0
+    assert weighted["ligand_rmsd_median_A"] == weighted["ligand_rmsd_mean_A"] > 0.5  # frame j against reference j
+    # validity stays an unweighted per-frame fraction over all 40 frames
+    unweighted = ev.evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "all", lag_ps=2.0,
+                                          posebusters_frames=0)["model"]
+    for key in ("bond_ok_fraction", "clashes_per_frame", "ligand_valid_fraction"):
+        assert weighted[key] == unweighted[key], key
+
+
+def test_weights_count_mismatch_names_the_file(md, tmp_path):
+    w = _weights_file(tmp_path / "short.npz", np.full(N_FRAMES - 1, 1.0 / (N_FRAMES - 1)))
+    with pytest.raises(HemeplmError, match=rf"short\.npz: holds {N_FRAMES - 1} weights but the generated "
+                                           rf"trajectories have {N_FRAMES} frames"):
+        ev.evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "x", weights=w)
+    assert not (tmp_path / "x" / "metrics.json").exists()

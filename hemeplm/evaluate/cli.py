@@ -21,6 +21,14 @@ and kinetics (:mod:`~hemeplm.evaluate.kinetics`); the model and prior columns
 get the calibration of the sampler's per-frame confidence score
 (:mod:`~hemeplm.evaluate.confidence`).
 
+``--weights OUT.npz`` (the Boltzmann weights of ``hemeplm relax --reweight``, one per generated
+frame, the ``--generated`` files concatenated in the order given) weights the model column's
+distributional metrics: torsion and TICA histograms, RMSF, contact frequencies, ligand RMSD mean and
+(lower weighted) median (see :func:`~hemeplm.evaluate.trajectory.compare`). The validity checks
+(bond lengths, clashes, ligand validity), PoseBusters, kinetics, confidence and decorrelation time
+stay unweighted per-frame values, and so do the baseline columns. ``info.weights`` holds the file,
+the frame count and the effective sample size 1/Σw².
+
 Transition-path metrics, added with ``--task tps``:
 
 | key | definition | better |
@@ -74,7 +82,7 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
                           task: str = "forecast", generated_topology: str | Path | None = None,
                           generated_timestep_ps: float | None = None, seed: int = 0, force: bool = False,
                           prior: list[str | Path] | None = None, ligand_file: str | Path | None = None,
-                          posebusters_frames: int = POSEBUSTERS_FRAMES) -> dict:
+                          posebusters_frames: int = POSEBUSTERS_FRAMES, weights: str | Path | None = None) -> dict:
     """Compare generated trajectories with reference MD; write metrics.json and figures.
 
     Args:
@@ -94,8 +102,12 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         ligand_file: mol2/SDF of the ligand, for the bond orders of the PoseBusters checks
             (default: the reference topology's, see :func:`~hemeplm.evaluate.posebusters.ligand_template`).
         posebusters_frames: PoseBusters checks at most this many evenly spaced frames per ensemble; 0 skips them.
+        weights: ``OUT.npz`` of ``hemeplm relax --reweight`` (:func:`hemeplm.relax.load_weights`): (K,)
+            weights, one per frame of ``generated`` concatenated, for the model column (module docstring).
     Returns:
         the metrics (as written, NaN as None).
+    Raises:
+        HemeplmError: naming the weights file when its count differs from the generated frames' count.
     """
     from .. import plots
     from ..data.load import load_system
@@ -108,6 +120,11 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         raise HemeplmError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     if not generated:
         raise HemeplmError("no generated trajectory given")
+    frame_weights = None
+    if weights is not None:
+        from ..relax import load_weights
+
+        frame_weights = load_weights(weights)
     ref_sys = load_system(topology, reference, ligand=ligand)
 
     def load_like_generated(files: list[str | Path]):
@@ -126,6 +143,10 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         return system, top
 
     gen_sys, gen_top = load_like_generated(generated)
+    n_generated = sum(len(s) for s in gen_sys.segments)
+    if frame_weights is not None and len(frame_weights) != n_generated:
+        raise HemeplmError(f"holds {len(frame_weights)} weights but the generated trajectories have {n_generated} "
+                           "frames", weights)
     prior_sys, prior_top = load_like_generated(prior) if prior else (None, None)
     dt_ref = ref_sys.timestep_ps
     dt_gen = generated_timestep_ps or dt_ref
@@ -137,7 +158,8 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
     ensembles = {"model": model, **baselines(model, ref, seed)}
     if prior_sys is not None:
         ensembles["prior"] = [superpose(s, geom.ca, target) for s in prior_sys.segments]
-    results = {name: compare(ref, segs, dt_gen) for name, segs in ensembles.items()}
+    results = {name: compare(ref, segs, dt_gen, frame_weights if name == "model" else None)
+               for name, segs in ensembles.items()}
     kinetics, kinetics_note = fit_kinetics(ref.projections, lag, dt_ref, seed, ref.tica_note)
     template, posebusters_note = ligand_template(ref_sys, geom, ligand_file)
     if template is not None:
@@ -165,6 +187,12 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         "ligand_rmsd_pairing": rmsd_pairing(sum(map(len, model)), len(ref.frames)),
         "reference": {**_reference_info(ref), **kinetics_metrics(ref.projections, kinetics, dt_ref)},
         "kinetics": kinetics_note, "posebusters": posebusters_note, "confidence": uncertainty["model"][1],
+        "weights": None if frame_weights is None else {
+            "file": str(weights), "n_frames": len(frame_weights),
+            "effective_sample_size": float(1.0 / np.square(frame_weights).sum()),
+            "weighted": "model column only: torsion and TICA histograms, RMSF, contact frequencies, ligand RMSD "
+                        "mean and (lower weighted) median; validity, PoseBusters, kinetics, confidence and "
+                        "decorrelation time unweighted"},
     }
     if prior_sys is not None:
         info.update(prior_files=prior_sys.files, prior_topology=str(prior_top), prior_confidence=uncertainty["prior"][1],
@@ -231,7 +259,7 @@ def _cmd_evaluate(args) -> None:
                                     lag_ps=args.lag_ps, task=args.task, generated_topology=args.generated_topology,
                                     generated_timestep_ps=args.generated_timestep_ps, seed=args.seed,
                                     force=args.force, prior=args.prior, ligand_file=args.ligand_file,
-                                    posebusters_frames=args.posebusters_frames)
+                                    posebusters_frames=args.posebusters_frames, weights=args.weights)
     print(print_table(metrics))
     print(f"{Path(args.out) / 'metrics.json'}; figures: {', '.join(metrics['info']['figures'])}")
     if metrics["info"]["tica"].startswith("skipped"):
@@ -255,6 +283,9 @@ def add_evaluate_parser(sub) -> None:
     e.add_argument("--posebusters-frames", type=int, default=POSEBUSTERS_FRAMES,
                    help=f"PoseBusters checks at most this many evenly spaced frames per column; 0: none "
                         f"(default {POSEBUSTERS_FRAMES})")
+    e.add_argument("--weights", default=None, metavar="OUT.npz",
+                   help="Boltzmann weights from 'hemeplm relax --reweight', one per generated frame (the --generated "
+                        "files concatenated in order): weight the model column's distributional metrics")
     e.add_argument("--ligand", default=None, help="mdtraj selection; 'none' for protein only; unset = detect")
     e.add_argument("--lag-ps", type=float, default=None, help="TICA lag time (default: one reference frame)")
     e.add_argument("--generated-timestep-ps", type=float, default=None,

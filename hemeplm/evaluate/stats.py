@@ -26,15 +26,17 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.where(bad, np.nan, np.clip(0.5 * (kl_p + kl_q), 0.0, 1.0))
 
 
-def binned(values: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
+def binned(values: np.ndarray, edges: list[np.ndarray], weights: np.ndarray | None = None) -> np.ndarray:
     """Histogram counts of K variables on a regular D-dimensional grid.
 
     Args:
         values: (F, K, D) F samples of K variables with D coordinates each
             (D = 1 for torsions, 2 for TICA projections).
         edges: D increasing arrays of bin edges; values outside fall in the edge bins.
+        weights: optional (F,) non-negative per-sample weights; None counts every sample once.
     Returns:
-        (K, B_1 * ... * B_D) int64 counts, the last dimension varying fastest.
+        (K, B_1 * ... * B_D) int64 counts, the last dimension varying fastest; with ``weights``,
+        float64 sums of the weights of the samples in each bin.
     """
     n_frames, n_vars, _ = values.shape
     flat = np.zeros((n_frames, n_vars), dtype=np.int64)
@@ -44,7 +46,20 @@ def binned(values: np.ndarray, edges: list[np.ndarray]) -> np.ndarray:
         flat = flat * nb + np.clip(np.searchsorted(e, values[..., d], side="right") - 1, 0, nb - 1)
         size *= nb
     flat += np.arange(n_vars) * size
-    return np.bincount(flat.ravel(), minlength=n_vars * size).reshape(n_vars, size)
+    per_value = None if weights is None else np.repeat(np.asarray(weights, dtype=np.float64), n_vars)
+    return np.bincount(flat.ravel(), weights=per_value, minlength=n_vars * size).reshape(n_vars, size)
+
+
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """Lower weighted median of (F,) values with (F,) non-negative weights (not all 0).
+
+    The smallest value whose cumulative weight (values sorted ascending) reaches half the total;
+    all weight on one sample gives that sample's value. For an even number of equal weights this
+    is the lower of the two middle values, not their mean as :func:`numpy.median` gives.
+    """
+    order = np.argsort(values, kind="stable")
+    cum = np.cumsum(np.asarray(weights, dtype=np.float64)[order])
+    return float(np.asarray(values)[order][np.searchsorted(cum, 0.5 * cum[-1])])
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -16,7 +16,10 @@ a minimum, not a guarantee. When TICA is skipped, ``tica_jsd``,
 there is no ``tica_fes.png``, and ``info.tica`` (and, for ``--task tps``,
 ``info.tps``) says why; otherwise ``info.tica`` says what TICA was fitted on.
 
-Trajectory metrics (JSD = Jensen–Shannon divergence, base 2, in 0..1):
+Trajectory metrics (JSD = Jensen–Shannon divergence, base 2, in 0..1); with frame weights
+(:func:`compare`'s ``weights``, ``hemeplm evaluate --weights``) the histograms, RMSF, contact
+frequencies and ligand RMSD mean and median are weighted, the validity checks and the
+decorrelation time are not:
 
 | key | definition | better |
 |---|---|---|
@@ -41,7 +44,7 @@ import numpy as np
 from ..errors import HemeplmError
 from .checks import bond_lengths, validity
 from .geometry import TORSION_TYPES, Geometry
-from .stats import binned, decorrelation_time, jensen_shannon, pearson
+from .stats import binned, decorrelation_time, jensen_shannon, pearson, weighted_median
 
 TORSION_BINS = 36
 TICA_BINS = 30
@@ -61,33 +64,41 @@ def torsion_angles(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
     return dihedrals(torch.from_numpy(np.asarray(x, dtype=np.float64)), torch.from_numpy(quads)).numpy()
 
 
-def rmsf(x: np.ndarray) -> np.ndarray:
+def rmsf(x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Root-mean-square fluctuation (Å) about the mean of (F, K, 3) superposed coordinates -> (K,).
 
     Displacements from frame 0 are averaged (float64), so identical frames give exactly 0.
+    ``weights``: optional (F,) non-negative frame weights (not all 0): the mean position and the
+    mean square displacement about it are then weighted means, so all weight on one frame gives 0.
     """
     d = x.astype(np.float64) - x[0]
-    return np.sqrt(((d - d.mean(0)) ** 2).sum(-1).mean(0))
+    if weights is None:
+        return np.sqrt(((d - d.mean(0)) ** 2).sum(-1).mean(0))
+    w = np.asarray(weights, dtype=np.float64)
+    return np.sqrt(np.average(((d - np.average(d, axis=0, weights=w)) ** 2).sum(-1), axis=0, weights=w))
 
 
-def contact_frequency(x: np.ndarray, geom: Geometry, cutoff: float = CONTACT_CUTOFF_A) -> np.ndarray:
+def contact_frequency(x: np.ndarray, geom: Geometry, cutoff: float = CONTACT_CUTOFF_A,
+                      weights: np.ndarray | None = None) -> np.ndarray:
     """Per-residue protein–ligand contact frequency.
 
     Args:
         x: (F, A, 3) Å.
+        weights: optional (F,) non-negative frame weights (not all 0); None weighs every frame equally.
     Returns:
-        (R,) fraction of frames in which any heavy atom of the residue lies within
-        ``cutoff`` Å of any ligand heavy atom.
+        (R,) fraction of frames (with ``weights``, weighted fraction) in which any heavy atom of the
+        residue lies within ``cutoff`` Å of any ligand heavy atom.
     """
     from scipy.spatial import cKDTree
 
     keep = geom.residue_of >= 0
     atoms, res = geom.protein[keep], geom.residue_of[keep]
     counts = np.zeros(len(geom.ca))
-    for frame in x:
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    for frame, wf in zip(x, w):
         dist, _ = cKDTree(frame[geom.ligand]).query(frame[atoms], distance_upper_bound=cutoff)
-        counts[np.unique(res[np.isfinite(dist)])] += 1
-    return counts / len(x)
+        counts[np.unique(res[np.isfinite(dist)])] += wf
+    return counts / (len(x) if weights is None else w.sum())
 
 
 def rmsd_pairing(n_generated: int, n_reference: int) -> str:
@@ -153,9 +164,10 @@ def _sin_cos(angles: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
-def _tica_histogram(projections: list[np.ndarray], edges: list[np.ndarray]) -> np.ndarray:
-    """Per trajectory (F_s, 2) TIC1/TIC2 -> (B1, B2) counts of all frames."""
-    return binned(np.concatenate(projections)[:, None], edges)[0].reshape(len(edges[0]) - 1, -1)
+def _tica_histogram(projections: list[np.ndarray], edges: list[np.ndarray],
+                    weights: np.ndarray | None = None) -> np.ndarray:
+    """Per trajectory (F_s, 2) TIC1/TIC2 -> (B1, B2) counts of all frames (with (ΣF_s,) ``weights``, their sums)."""
+    return binned(np.concatenate(projections)[:, None], edges, weights)[0].reshape(len(edges[0]) - 1, -1)
 
 
 @dataclass
@@ -284,17 +296,34 @@ class Comparison:
     projections: list | None
 
 
-def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float) -> Comparison:
+def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float, weights: np.ndarray | None = None) -> Comparison:
     """Measure generated trajectories against the reference.
 
     Args:
         segments: per generated trajectory, (F_s, A, 3) Å in the common Cα frame.
         dt_ps: time between generated frames.
+        weights: optional (ΣF_s,) non-negative frame weights (not all 0), one per frame of ``segments``
+            concatenated (e.g. the Boltzmann weights of ``hemeplm relax --reweight``). They weight the
+            distributional metrics: the torsion and TICA histograms (``torsion_jsd*``, ``tica_jsd``), the
+            RMSF (weighted mean position and mean square displacement; ``rmsf_pearson``), the contact
+            frequencies (``contact_jsd``, ``contact_pearson``) and the ligand RMSD's mean and median
+            (:func:`~hemeplm.evaluate.stats.weighted_median`). The validity checks (``bond_ok_fraction*``,
+            ``clashes_per_frame*``, ``ligand_valid_fraction``) stay unweighted per-frame fractions, and
+            ``tic1_decorrelation_ps`` stays a property of the unweighted time series. Equal weights are
+            the unweighted ensemble and give exactly the numbers of ``weights=None``.
+    Raises:
+        HemeplmError: when ``weights`` does not hold one weight per frame.
     """
     geom = ref.geom
     frames = np.concatenate(segments)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(frames),):
+            raise HemeplmError(f"{weights.size} weights for {len(frames)} generated frames")
+        if np.all(weights == weights[0]):
+            weights = None          # the unweighted ensemble: take the unweighted path, bit for bit
     angles = [torsion_angles(s, geom.torsions) for s in segments]
-    jsd = jensen_shannon(ref.torsion_hist, binned(np.concatenate(angles)[..., None], [ref.torsion_edges]))
+    jsd = jensen_shannon(ref.torsion_hist, binned(np.concatenate(angles)[..., None], [ref.torsion_edges], weights))
     metrics = {"torsion_jsd": float(jsd.mean())}
     for t in TORSION_TYPES:
         sel = geom.torsion_type == t
@@ -303,17 +332,19 @@ def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float) -> Compari
     metrics["tica_jsd"] = math.nan
     if ref.tica is not None:
         projections = [ref.tica.transform(_sin_cos(a)[:, ref.tica_features])[:, :2] for a in angles]
-        tica_hist = _tica_histogram(projections, ref.tica_edges)
+        tica_hist = _tica_histogram(projections, ref.tica_edges, weights)
         metrics["tica_jsd"] = float(jensen_shannon(ref.tica_hist.ravel(), tica_hist.ravel()))
-    fluct = rmsf(frames[:, geom.ca])
+    fluct = rmsf(frames[:, geom.ca], weights)
     metrics["rmsf_pearson"] = pearson(fluct, ref.rmsf)
     contacts = None
     if len(geom.ligand):
-        contacts = contact_frequency(frames, geom)
+        contacts = contact_frequency(frames, geom, weights=weights)
         rmsd = ligand_rmsd(frames, ref.frames, geom)
         metrics.update(contact_jsd=float(jensen_shannon(contacts, ref.contacts)),
                        contact_pearson=pearson(contacts, ref.contacts),
-                       ligand_rmsd_mean_A=float(rmsd.mean()), ligand_rmsd_median_A=float(np.median(rmsd)))
+                       ligand_rmsd_mean_A=float(rmsd.mean() if weights is None else np.average(rmsd, weights=weights)),
+                       ligand_rmsd_median_A=float(np.median(rmsd)) if weights is None
+                       else weighted_median(rmsd, weights))
     else:
         metrics.update(contact_jsd=math.nan, contact_pearson=math.nan,
                        ligand_rmsd_mean_A=math.nan, ligand_rmsd_median_A=math.nan)
