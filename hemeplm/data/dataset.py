@@ -45,7 +45,7 @@ class DataConfig:
     """Where the MD is and how it is cut."""
 
     topology: str = "data/t4l_l99a_xylene/complex.prmtop"
-    trajectories: list[str] = field(default_factory=lambda: ["data/t4l_l99a_xylene/md/traj.xtc"])
+    trajectories: list[str] = field(default_factory=lambda: ["data/t4l_l99a_xylene/labelled/traj/traj.dcd"])
     ligand: str | None = None
     ligand_file: str | None = None
     ligand_group: int = 14  # ligand atoms pooled per token (1: one token per atom; at most the token width)
