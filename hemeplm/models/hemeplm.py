@@ -340,9 +340,5 @@ class HemePLM(nn.Module):
             pos = pos.detach().requires_grad_(True)
             out = self.energy_model(pos)
             forces = -torch.autograd.grad(out["total"].sum(), pos, create_graph=create_graph)[0]
-        total = out["total"] + self.energy_mean
-        if not create_graph:
-            total, inter = total.detach(), out["interaction"].detach()
-        else:
-            inter = out["interaction"]
-        return {"total": total, "forces": forces, "interaction": inter}
+        found = {"total": out["total"] + self.energy_mean, "forces": forces, "interaction": out["interaction"]}
+        return found if create_graph else {k: v.detach() for k, v in found.items()}
