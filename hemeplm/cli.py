@@ -97,14 +97,15 @@ def _cmd_energies(args) -> None:
     import torch
 
     from . import energies
-    from .sampling import Generator, load_frames
+    from .sampling import Generator, load_checked
 
     gen = Generator.from_checkpoint(args.ckpt, device=args.device)
-    frames = torch.cat(load_frames(gen, args.topology, [args.frames])[0])
+    system = load_checked(gen, args.topology, [args.frames])
     span = slice(args.start, args.stop)
-    paths = energies.write(gen.model, frames[span], args.out, force=args.force, progress=not args.quiet)
+    frames = torch.from_numpy(system.segments[0][span])
+    paths = energies.write(gen.model, frames, args.out, force=args.force, progress=not args.quiet)
     if args.compare:
-        paths += energies.compare(gen.model, gen.cfg.data, args.topology, args.frames, span, args.out)
+        paths += energies.compare(gen.model, system, span, args.out, args.frames)
     for path in paths:
         print(path)
 

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.dataset import DataConfig
 from .errors import HemeplmError
 from .models.hemeplm import HemePLM
 
@@ -86,23 +85,19 @@ def write(model: HemePLM, frames: torch.Tensor, out: str | Path, force: bool = F
     return paths
 
 
-def compare(model: HemePLM, data: DataConfig, topology: str | Path, trajectory: str | Path, span: slice,
-            out: str | Path) -> list[Path]:
-    """Score predictions for the labelled frames ``span`` of ``trajectory`` (read as the checkpoint's
-    ``data`` settings say) against their labels.
+def compare(model: HemePLM, system, span: slice, out: str | Path, path: str | Path) -> list[Path]:
+    """Score predictions for the labelled frames ``span`` of a loaded one-segment system
+    (:class:`~hemeplm.data.load.MDSystem` read from ``path``) against its labels.
 
     Writes ``out/compare/metrics.json`` (energy, force and interaction metrics with the
     training-mean baseline) and the figures; returns their paths.
     """
-    from .data.load import load_system
     from .evaluate import evaluate_energies
     from .simulate import atomic_write_bytes
 
-    system = load_system(topology, [trajectory], ligand=data.ligand, hydrogens=data.hydrogens,
-                         truncated=data.truncated)
     if system.energies[0] is None:
-        raise HemeplmError("has no energies_forces.npz beside it to compare with", trajectory)
-    coords = torch.from_numpy(system.segments[0][span])
+        raise HemeplmError("has no energies_forces.npz beside it to compare with", path)
+    coords = system.segments[0][span]
     inter = system.interactions[0]
 
     def run(x):
@@ -110,7 +105,7 @@ def compare(model: HemePLM, data: DataConfig, topology: str | Path, trajectory: 
         return {"energy": p["total"], "forces": p["forces"], "interaction": p["interaction"]}
 
     folder = Path(out) / "compare"
-    metrics, files = evaluate_energies(run, coords.numpy(), system.energies[0][span], system.forces[0][span],
+    metrics, files = evaluate_energies(run, coords, system.energies[0][span], system.forces[0][span],
                                        model.topology(), folder, None if inter is None else inter[span],
                                        model.interaction_mean.cpu().numpy())
     metrics["n_frames"] = int(len(coords))

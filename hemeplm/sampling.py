@@ -258,12 +258,9 @@ class Generator:
         return path[:, idx]
 
 
-def load_frames(gen: Generator, topology: str | Path, files: list[str | Path]) -> tuple[list[torch.Tensor], float]:
-    """Frames of ``files`` (superposed together), checked against the checkpoint's system.
-
-    Returns:
-        one (F_i, A, 3) tensor in Å per file, and the time between frames (ps).
-    """
+def load_checked(gen: Generator, topology: str | Path, files: list[str | Path]):
+    """The :class:`~hemeplm.data.load.MDSystem` of ``files`` (superposed together, with any labels beside
+    them), read with the checkpoint's data settings and checked against the checkpoint's system."""
     cfg = gen.cfg.data
     system = load_system(topology, files, ligand=cfg.ligand, hydrogens=cfg.hydrogens, truncated=cfg.truncated)
     info = gen.model.static_info
@@ -272,6 +269,16 @@ def load_frames(gen: Generator, topology: str | Path, files: list[str | Path]) -
     if system.n_atoms != info["n_atoms"] or names != info["atom_names"] or resnames != info["residue_names"]:
         raise HemeplmError(f"its kept atoms ({system.n_atoms}) do not match the checkpoint's system "
                            f"({info['n_atoms']} atoms, same names and order expected)", topology)
+    return system
+
+
+def load_frames(gen: Generator, topology: str | Path, files: list[str | Path]) -> tuple[list[torch.Tensor], float]:
+    """Frames of ``files`` (superposed together), checked against the checkpoint's system.
+
+    Returns:
+        one (F_i, A, 3) tensor in Å per file, and the time between frames (ps).
+    """
+    system = load_checked(gen, topology, files)
     return [torch.from_numpy(s) for s in system.segments], system.timestep_ps
 
 

@@ -126,6 +126,8 @@ class EnergyModel(nn.Module):
         n = len(charge)
         self.register_buffer("is_ligand", torch.as_tensor(static["is_ligand"], dtype=torch.bool), persistent=False)
         self.register_buffer("protein_residue", torch.as_tensor(static["protein_residue"]), persistent=False)
+        self.register_buffer("protein_atoms", torch.nonzero(self.protein_residue >= 0).flatten(), persistent=False)
+        self.register_buffer("ligand_atoms", torch.nonzero(self.is_ligand).flatten(), persistent=False)
         self.register_buffer("atom_type", torch.as_tensor(static["atom_type"]), persistent=False)
         self.register_buffer("element", torch.as_tensor(static["element"]), persistent=False)
         bonds = torch.as_tensor(static["bonds"], dtype=torch.long).reshape(2, -1)
@@ -226,8 +228,7 @@ class EnergyModel(nn.Module):
         plus the learnt correction on the radius graph's protein -> ligand edges."""
         f, n = pos.shape[:2]
         out = pos.new_zeros(f, self.n_residues)
-        prot = torch.nonzero(self.protein_residue >= 0).flatten()
-        lig = torch.nonzero(self.is_ligand).flatten()
+        prot, lig = self.protein_atoms, self.ligand_atoms
         if not len(lig) or not len(prot):
             return out
         pi, lj = prot[:, None].expand(-1, len(lig)), lig[None, :].expand(len(prot), -1)
