@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -431,6 +432,20 @@ def test_evaluate_energies_writes_figures_and_pdbs(harmonic, tmp_path):
             assert mdtraj.load(str(f)).n_atoms == topology.n_atoms
 
 
+def _wandb_record(run_dir: Path, keys: list[bytes], timeout_s: float = 60.0) -> bytes:
+    """The offline run's history file, once it holds every key or the timeout passes.
+
+    wandb's writer is a separate process and may still be flushing after ``run.finish()`` returns on a busy machine.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = list(run_dir.glob("*.wandb"))
+        record = files[0].read_bytes() if files else b""
+        if all(key in record for key in keys) or time.monotonic() > deadline:
+            return record
+        time.sleep(0.5)
+
+
 def test_log_to_wandb_offline(tmp_path, monkeypatch, pocket):
     import wandb
 
@@ -444,9 +459,10 @@ def test_log_to_wandb_offline(tmp_path, monkeypatch, pocket):
     assert logged["model/torsion_jsd"] == metrics["model"]["torsion_jsd"]
     assert "info/reference/bond_ok_fraction" in logged and "model/tps_success_fraction" in logged
     assert not any(k.startswith("info/figures") or k == "static/rmsf_pearson" for k in logged)  # strings, None
-    record = next(run_dir.glob("*.wandb")).read_bytes()    # offline runs keep their history in this file
-    for key in ("model/torsion_jsd", "random_walk/clashes_per_frame", "figures/rmsf"):
-        assert key.encode() in record, key
+    keys = [key.encode() for key in ("model/torsion_jsd", "random_walk/clashes_per_frame", "figures/rmsf")]
+    record = _wandb_record(run_dir, keys)
+    for key in keys:
+        assert key in record, key
     images = list((run_dir / "files" / "media" / "images").rglob("*.png"))
     assert len(images) == 1 and images[0].stat().st_size > 1000
 
