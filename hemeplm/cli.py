@@ -126,6 +126,12 @@ def _cmd_relax(args) -> None:
         print(f"  failed: {f['file']} frame {f['frame']}: {f['reason']}")
 
 
+def _add_output_flags(parser: argparse.ArgumentParser, force: str) -> None:
+    """``--force`` (``force`` says what it overwrites) and ``--quiet``, for subcommands that write outputs."""
+    parser.add_argument("--force", action="store_true", help=force)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hemeplm", description="Generative surrogate of protein–ligand MD.",
                                 epilog=EPILOG, formatter_class=HelpFormatter)
@@ -173,8 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bar, Monte Carlo barostat in explicit solvent (NPT)")
     s.add_argument("--ligand", default=None,
                    help="mdtraj selection of the ligand for the interaction labels (unset: detected)")
-    s.add_argument("--force", action="store_true", help="start over, deleting a previous run in --out")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_flags(s, "start over, deleting a previous run in --out")
     s.set_defaults(func=_cmd_simulate)
     lab = sub.add_parser("label", help="energy labels for existing all-atom MD (OpenMM rerun)",
                          formatter_class=HelpFormatter,
@@ -194,8 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "implicit OBC2 for a prmtop, else vacuum)")
     lab.add_argument("--cutoff-nm", type=float, default=1.2, help="non-bonded cutoff of implicit/explicit solvent")
     lab.add_argument("--ligand", default=None, help="mdtraj selection; unset = detect (as training does)")
-    lab.add_argument("--force", action="store_true", help="overwrite existing labels")
-    lab.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_flags(lab, "overwrite existing labels")
     lab.set_defaults(func=_cmd_label)
 
     en = sub.add_parser("energies", help="predicted energies, forces and per-residue interaction energies",
@@ -216,20 +220,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "training-mean baseline) and figures in OUT/compare/")
     en.add_argument("--device", default="auto",
                     help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N")
-    en.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    en.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_flags(en, "overwrite existing outputs")
     en.set_defaults(func=_cmd_energies)
 
     r = sub.add_parser("relax", help="restrained OpenMM minimisation of generated frames (hydrogens rebuilt), "
-                                     "energies, optional Boltzmann weights")
+                                     "energies, optional Boltzmann weights", formatter_class=HelpFormatter)
     r.add_argument("--topology", required=True, help="topology of the generated frames (the PDB sample.py writes)")
     r.add_argument("--frames", required=True, nargs="+", help="generated trajectories")
     r.add_argument("--out", required=True, help="OUT.xtc or OUT.dcd (OUT_000.xtc... for several trajectories), "
                                                 "with OUT.pdb, OUT.json and OUT.npz")
     from .relax import add_relax_options
     add_relax_options(r)
-    r.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    r.add_argument("--quiet", action="store_true")
+    _add_output_flags(r, "overwrite existing outputs")
     r.set_defaults(func=_cmd_relax)
     from .evaluate import add_evaluate_parser
     add_evaluate_parser(sub)

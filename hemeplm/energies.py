@@ -77,12 +77,20 @@ def write(model: HemePLM, frames: torch.Tensor, out: str | Path, force: bool = F
     plots.residue_heatmap(inter, paths[2], names, "interaction energy with the ligand (kcal/mol)")
     top = model.topology()
     per_residue = np.zeros(top.n_residues)
-    protein = model.s_protein_residue.cpu().numpy()
-    atoms = np.nonzero(protein >= 0)[0]
-    residue_of_atom = np.array([a.residue.index for a in top.atoms])
-    per_residue[residue_of_atom[atoms]] = mean[protein[atoms]]
+    per_residue[[r.index for r in top.residues if r.is_protein]] = mean
     plots.write_bfactor_pdb(top, frames[0].cpu().numpy(), per_residue, paths[3])
     return paths
+
+
+def label_predictor(model: HemePLM):
+    """``predict(coords (F, A, 3) Å) -> {"energy" (F,), "forces" (F, A, 3), "interaction" (F, R)}``,
+    the model's predictions under the labels' names, as :func:`~hemeplm.evaluate.evaluate_energies` calls it."""
+
+    def predict(coords: np.ndarray) -> dict:
+        p = model.predict_energy(torch.as_tensor(coords, device=model.energy_mean.device))
+        return {"energy": p["total"], "forces": p["forces"], "interaction": p["interaction"]}
+
+    return predict
 
 
 def compare(model: HemePLM, system, span: slice, out: str | Path, path: str | Path) -> list[Path]:
@@ -99,13 +107,8 @@ def compare(model: HemePLM, system, span: slice, out: str | Path, path: str | Pa
         raise HemeplmError("has no energies_forces.npz beside it to compare with", path)
     coords = system.segments[0][span]
     inter = system.interactions[0]
-
-    def run(x):
-        p = model.predict_energy(torch.as_tensor(x, device=model.energy_mean.device))
-        return {"energy": p["total"], "forces": p["forces"], "interaction": p["interaction"]}
-
     folder = Path(out) / "compare"
-    metrics, files = evaluate_energies(run, coords, system.energies[0][span], system.forces[0][span],
+    metrics, files = evaluate_energies(label_predictor(model), coords, system.energies[0][span], system.forces[0][span],
                                        model.topology(), folder, None if inter is None else inter[span],
                                        model.interaction_mean.cpu().numpy())
     metrics["n_frames"] = int(len(coords))

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.load import ENERGY_FILE
 from .errors import HemeplmError, require_file
 
 log = logging.getLogger(__name__)
 
 COULOMB_KCAL_A = 332.0637  # kcal/mol Å e⁻²: OpenMM's 138.935456 kJ/mol nm e⁻² in these units
 KJ_PER_KCAL = 4.184
-ENERGY_FILE = "energies_forces.npz"
 
 
 @dataclass

@@ -229,17 +229,13 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
     metrics = {k: float(np.mean(v)) for k, v in out.items()}
     files: list[Path] = []
     if labelled is not None and len(labelled) and bool(model.has_energy_stats) and figures_dir is not None:
+        from .energies import label_predictor
         from .evaluate import evaluate_energies
 
         frames = collate([labelled[i] for i in range(len(labelled))])
         has = bool(frames["has_interaction"].all()) and bool(model.has_interaction_stats)
-
-        def predict(x: np.ndarray) -> dict:
-            p = model.predict_energy(torch.as_tensor(x, device=device))
-            return {"energy": p["total"], "forces": p["forces"], "interaction": p["interaction"]}
-
         found, files = evaluate_energies(
-            predict, frames["coords"].numpy(), frames["energy"].numpy(), frames["forces"].numpy(), model.topology(),
+            label_predictor(model), frames["coords"].numpy(), frames["energy"].numpy(), frames["forces"].numpy(), model.topology(),
             figures_dir, frames["interaction"].numpy() if has else None,
             model.interaction_mean.cpu().numpy() if has else None)
         metrics.update({f"val_{k}": v for k, v in found.items()})

@@ -8,6 +8,7 @@ from conftest import PDB, PRMTOP
 
 from hemeplm.data.dataset import DataConfig, build_features
 from hemeplm.data.load import load_topology
+from hemeplm.data.numbering import topology_pdb
 from hemeplm.sampling import Generator, run_task
 
 
@@ -51,3 +52,20 @@ def test_insertion_codes_reach_the_checkpoint_topology(tiny_system, tmp_path):
     feats = build_features(DataConfig(topology=str(path), trajectories=[], ligand="resname TMP"))
     kept = residues(feats["topology_pdb"])
     assert kept == [(c, n, "A" if n == "86" else " ", name) for c, n, _, name in residues(path.read_text())]
+
+
+def test_topology_pdb_keeps_every_record_of_several_chains(tmp_path):
+    full = mdtraj.load(str(PDB))
+    part = [full.atom_slice(full.topology.select(f"resid {a} to {a + 9}")) for a in (0, 20)]
+    two = part[0].stack(part[1])  # two chains, two TER records
+    codes = [" "] * 10 + ["B"] * 10
+    text = topology_pdb(two.topology, two.xyz[0] * 10.0, codes)
+    assert all(line[:6].strip() in {"ATOM", "HETATM", "TER", "CONECT", "END", "REMARK", "CRYST1", "MODEL", "ENDMDL"}
+               for line in text.splitlines()), "a record was glued onto another"
+    assert sum(line.startswith("TER") for line in text.splitlines()) == 2
+    path = tmp_path / "two.pdb"
+    path.write_text(text)
+    back = mdtraj.load(str(path))
+    assert back.n_atoms == two.n_atoms and back.topology.n_chains == 2
+    np.testing.assert_allclose(back.xyz[0] * 10.0, two.xyz[0] * 10.0, atol=1e-3)
+    assert [r[2] for r in residues(text)] == codes

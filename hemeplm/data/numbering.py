@@ -85,7 +85,8 @@ def topology_pdb(topology, xyz_a: np.ndarray, codes: list[str]) -> str:
         if _is_atom(line):
             code = next(residue)
         if _is_atom(line) or line.startswith("TER"):
-            lines[i] = line[:26] + code + line[27:]
+            body = line.rstrip("\n").ljust(27)  # mdtraj's TER records end before column 27
+            lines[i] = body[:26] + code + body[27:] + "\n"
     return "".join(lines)
 
 

@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..labels import residue_labels
 from .stats import pearson
 
 
@@ -139,11 +140,9 @@ def evaluate_energies(predict: Callable[[np.ndarray], dict], coords: np.ndarray,
         pi = np.concatenate([_as_numpy(p["interaction"]) for p in preds])
         metrics.update(interaction_metrics(pi, true_interaction, true_interaction.mean(0) if train_mean is None
                                            else train_mean))
-        protein = [r for r in topology.residues if r.is_protein]
-        names = [f"{r.name}{r.resSeq}" for r in protein]
-        error = np.abs(pi - true_interaction).mean(0)
+        names = residue_labels(topology)[1]
         values = np.zeros(topology.n_residues)
-        values[[r.index for r in protein]] = error
+        values[[r.index for r in topology.residues if r.is_protein]] = np.abs(pi - true_interaction).mean(0)
         files += [plots.parity_plot(pi - pi.mean(0), true_interaction - true_interaction.mean(0),
                                     out / "interaction_parity.png", "interaction fluctuation", "kcal/mol"),
                   plots.residue_heatmap(pi - true_interaction, out / "interaction_error.png", names,

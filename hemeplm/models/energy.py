@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..labels import COULOMB_KCAL_A
+from .encoder import cosine_cutoff
 
 SOFTEN_A = 0.25  # δ in sqrt(d² + δ²) of the 1/r terms, Å
 #: starting values of the learnt force constants (kcal/mol/Å², kcal/mol per unit cos²) and of the
@@ -44,12 +45,6 @@ SCREENING = 1.0 / 80.0
 #: learning rate times these per step (bond lengths must settle to a few thousandths of an Å)
 OFFSET_UNITS = {"length": 0.01, "cosine": 0.01, "charge": 0.1}
 MAX_NEIGHBORS = 1024  # radius-graph buffer per atom; reaching it is an error, never a silent cut
-
-
-def envelope(d: torch.Tensor, cutoff: float) -> torch.Tensor:
-    """Smooth cutoff: 1 at d = 0, 0 with zero slope at ``cutoff`` and beyond, (E,) -> (E,)."""
-    x = (d / cutoff).clamp(max=1.0)
-    return 0.5 * (torch.cos(math.pi * x) + 1.0)
 
 
 def radius_pairs(pos: torch.Tensor, cutoff: float, batch: torch.Tensor | None = None) -> torch.Tensor:
@@ -170,14 +165,11 @@ class EnergyModel(nn.Module):
         self.residue_offset = nn.Parameter(torch.zeros(n_residues))
 
     # --------------------------------------------------------------- parts
-    def _features(self, pos: torch.Tensor, edge_index: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """(F·A, 3) flat positions and their radius graph -> atom features (F·A, C)."""
-        n = len(self.atom_type)
-        f = len(pos) // n
+    def _features(self, f: int, edge_index: torch.Tensor, rbf: torch.Tensor, env: torch.Tensor) -> torch.Tensor:
+        """Atom features (F·A, C) of F frames from their flat radius graph (2, E), its distances'
+        Gaussians (E, n_rbf) and envelope (E,)."""
         h = (self.embed_type(self.atom_type) + self.embed_element(self.element)
              + self.embed_ligand(self.is_ligand.long())).repeat(f, 1)
-        rbf = gaussian_rbf(d, self.cutoff, self.n_rbf)
-        env = envelope(d, self.cutoff)
         for layer in self.layers:
             h = layer(h, edge_index, rbf, env)
         return h
@@ -212,7 +204,8 @@ class EnergyModel(nn.Module):
         batch = torch.arange(f, device=pos.device).repeat_interleave(n)
         ei = radius_pairs(flat, self.cutoff, batch)
         d = (flat[ei[0]] - flat[ei[1]]).norm(dim=-1)
-        h = self._features(flat, ei, d)
+        rbf, env = gaussian_rbf(d, self.cutoff, self.n_rbf), cosine_cutoff(d, self.cutoff)
+        h = self._features(f, ei, rbf, env)
         # total: bonded + switched non-bonded (each unordered pair once) + per-atom corrections
         local_i, local_j = ei[0] % n, ei[1] % n
         once = (ei[0] < ei[1]) & ~torch.isin(local_i * n + local_j, self.excluded)
@@ -221,12 +214,17 @@ class EnergyModel(nn.Module):
         total = self._bonded(pos) + torch.zeros(f, device=pos.device, dtype=pos.dtype).index_add_(
             0, batch[ei[0][once]], nb)
         total = total + self.atom_out(h).view(f, n).sum(-1)
-        return {"total": total, "interaction": self._interaction(pos, h.view(f, n, -1), ei, d, batch)}
+        edges = (local_i, local_j, batch[ei[0]], rbf, env)
+        return {"total": total, "interaction": self._interaction(pos, h.view(f, n, -1), edges)}
 
-    def _interaction(self, pos, h, ei, d, batch) -> torch.Tensor:
+    def _interaction(self, pos: torch.Tensor, h: torch.Tensor, edges: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Per-residue interaction energies (F, R): exact-form pairs over all protein × ligand atoms
-        plus the learnt correction on the radius graph's protein -> ligand edges."""
-        f, n = pos.shape[:2]
+        plus the learnt correction on the radius graph's protein -> ligand edges.
+
+        ``edges``: per edge (E,) its source and target atoms within their frame, its frame, its
+        Gaussians (E, n_rbf) and its envelope (E,), as ``forward`` computed them.
+        """
+        f = pos.shape[0]
         out = pos.new_zeros(f, self.n_residues)
         prot, lig = self.protein_atoms, self.ligand_atoms
         if not len(lig) or not len(prot):
@@ -235,13 +233,12 @@ class EnergyModel(nn.Module):
         dist = (pos[:, pi] - pos[:, lj]).norm(dim=-1)  # (F, P, L)
         e = self._combined(pi, lj, dist).sum(-1)  # (F, P)
         out = out.index_add(1, self.protein_residue[prot], e)
-        src, dst = ei[0] % n, ei[1] % n
+        src, dst, frame, rbf, env = edges
         cross = (self.protein_residue[src] >= 0) & self.is_ligand[dst]
         if bool(cross.any()):
-            s, t, b, dd = src[cross], dst[cross], batch[ei[0][cross]], d[cross]
+            s, t, b = src[cross], dst[cross], frame[cross]
             hs, ht = h[b, s], h[b, t]
-            corr = (self.pair_a(hs) * self.pair_b(ht) * self.pair_rbf(gaussian_rbf(dd, self.cutoff, self.n_rbf))
-                    ).sum(-1) * envelope(dd, self.cutoff)
+            corr = (self.pair_a(hs) * self.pair_b(ht) * self.pair_rbf(rbf[cross])).sum(-1) * env[cross]
             flat = out.view(-1).index_add(0, b * self.n_residues + self.protein_residue[s], corr)
             out = flat.view(f, self.n_residues)
         return out + self.residue_offset
@@ -253,22 +250,25 @@ def _switch(d: torch.Tensor, cutoff: float, start: float = 0.8) -> torch.Tensor:
     return 1.0 - x ** 3 * (10.0 - 15.0 * x + 6.0 * x * x)
 
 
-def _angles(bonds: torch.Tensor, n: int) -> torch.Tensor:
-    """(2, B) bonds -> (3, M) angles i-j-k (i < k), each once."""
-    nbr: list[set] = [set() for _ in range(n)]
+def _neighbours(bonds: torch.Tensor, n: int) -> list[set[int]]:
+    """(2, B) bonds of n atoms -> each atom's bonded neighbours."""
+    nbr: list[set[int]] = [set() for _ in range(n)]
     for a, b in bonds.t().tolist():
         nbr[a].add(b)
         nbr[b].add(a)
+    return nbr
+
+
+def _angles(bonds: torch.Tensor, n: int) -> torch.Tensor:
+    """(2, B) bonds -> (3, M) angles i-j-k (i < k), each once."""
+    nbr = _neighbours(bonds, n)
     out = [(i, j, k) for j in range(n) for i in nbr[j] for k in nbr[j] if i < k]
     return torch.tensor(out, dtype=torch.long).reshape(-1, 3).t().contiguous()
 
 
 def _torsion_ends(bonds: torch.Tensor, n: int) -> torch.Tensor:
     """(2, B) bonds -> (2, M) the end atoms of every path i-j-k-l (1-4 pairs)."""
-    nbr: list[set] = [set() for _ in range(n)]
-    for a, b in bonds.t().tolist():
-        nbr[a].add(b)
-        nbr[b].add(a)
+    nbr = _neighbours(bonds, n)
     out = {(min(i, m), max(i, m)) for j, k in bonds.t().tolist() for i in nbr[j] - {k} for m in nbr[k] - {j}
            if i != m}
     return torch.tensor(sorted(out), dtype=torch.long).reshape(-1, 2).t().contiguous()

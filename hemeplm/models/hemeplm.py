@@ -96,7 +96,6 @@ class HemePLM(nn.Module):
                              persistent=False)
         n_tok, width = static["layout"]["atom_index"].shape
         self.n_atoms, self.width = static["n_atoms"], width
-        self.n_residues = int(static["residue"].max()) + 1
         # per-token normalisation statistics (fitted on the training windows, saved in the state dict)
         self.register_buffer("norm_mean", torch.zeros(n_tok, ic.N_VALUES))
         self.register_buffer("norm_std", torch.ones(n_tok, ic.N_VALUES))
@@ -113,7 +112,8 @@ class HemePLM(nn.Module):
 
         e, d = cfg.encoder, cfg.denoiser
         self.spatial, self.local_neighbors = d.spatial, d.local_neighbors
-        self.encoder = AtomEncoder(len(ELEMENTS) + 1, (N_RES_TYPES + 1) * width + 1, N_LIGAND_FEATURES,
+        n_atom_types, n_elements = (N_RES_TYPES + 1) * width + 1, len(ELEMENTS) + 1
+        self.encoder = AtomEncoder(n_elements, n_atom_types, N_LIGAND_FEATURES,
                                    hidden=e.hidden, layers=e.layers, lmax=e.lmax, num_rbf=e.num_rbf,
                                    cutoff=e.cutoff, max_neighbors=e.max_neighbors)
         slot_features = e.hidden + 3 + 3 * VECTOR_CHANNELS
@@ -128,12 +128,8 @@ class HemePLM(nn.Module):
                                       mlp_ratio=d.mlp_ratio, max_tau=d.max_tau, cross_window=d.cross_window,
                                       max_tokens=d.max_tokens, fragment_halo=d.fragment_halo)
         en = cfg.energy
-        self.energy_model = EnergyModel(
-            {"charge": static["charge"], "element": static["element"], "atom_type": static["atom_type"],
-             "is_ligand": static["is_ligand"], "protein_residue": static["protein_residue"],
-             "bonds": static["bonds"], "reference": static["reference"]},
-            n_res, (N_RES_TYPES + 1) * width + 1, len(ELEMENTS) + 1, hidden=en.hidden, layers=en.layers,
-            n_rbf=en.n_rbf, cutoff=en.cutoff) if en.enabled else None
+        self.energy_model = EnergyModel(static, n_res, n_atom_types, n_elements, hidden=en.hidden, layers=en.layers,
+                                        n_rbf=en.n_rbf, cutoff=en.cutoff) if en.enabled else None
 
     # ------------------------------------------------------------------ system views
     def topology(self):
