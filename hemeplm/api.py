@@ -56,9 +56,7 @@ class Model:
             files = [Path(tmp) / f"given_{i}.h5" for i in range(len(trajs))]
             for traj, path in zip(trajs, files):
                 traj.save_hdf5(str(path))
-            segments, dt = load_frames(self.generator, files[0], files)
-        device = self.generator.model.norm_mean.device
-        return [s.to(device) for s in segments], dt
+            return load_frames(self.generator, files[0], files)
 
     def _out(self, coords: torch.Tensor, t0: float, n_samples: int | None):
         """(S, F, A, 3) Å -> mdtraj Trajectories in nm, times ``t0`` + i · :attr:`timestep_ps`."""
@@ -86,7 +84,7 @@ class Model:
         """The ligand (or the ligand tokens holding the mdtraj selection ``atoms``) generated into the
         frames of ``traj``, read at the model's frame spacing; the protein is the given one."""
         [frames], dt = self._frames(traj)
-        stride = 1 if len(frames) == 1 else given_stride(self.generator, "inpaint", dt, "the given trajectory")
+        stride = given_stride(self.generator, "inpaint", dt, "the given trajectory", len(frames))
         tokens, _ = inpaint_tokens(self.generator, "the given trajectory", atoms)
         out = self.generator.inpaint(frames[::stride], n_samples or 1, torch.Generator().manual_seed(seed), tokens)
         return self._out(out, float(traj.time[0]), n_samples)
@@ -95,6 +93,6 @@ class Model:
         """A trajectory ``tasks.upsample_factor`` times finer whose every k-th frame is one of ``traj``'s,
         read at k times the model's frame spacing."""
         [frames], dt = self._frames(traj)
-        stride = given_stride(self.generator, "upsample", dt, "the given trajectory")
+        stride = given_stride(self.generator, "upsample", dt, "the given trajectory", len(frames))
         out = self.generator.upsample(frames[::stride], n_samples or 1, torch.Generator().manual_seed(seed))
         return self._out(out, float(traj.time[0]), n_samples)

@@ -77,7 +77,7 @@ def _cmd_simulate(args) -> None:
     else:
         parts = sim.prepare_pdb(args.pdb, cfg)
         inputs = {"pdb": sim.file_id(args.pdb)}
-    run = sim.MDRun(*parts, cfg=cfg, out=out, inputs=inputs)
+    run = sim.MDRun(*parts, cfg=cfg, out=out, inputs=inputs, progress=not args.quiet)
     run.run(progress=not args.quiet)
     print(f"{out}: {run.n_frames} frames on {cfg.platform}, topology.pdb, traj.dcd, energies_forces.npz, "
           "settings.json")

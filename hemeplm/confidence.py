@@ -102,7 +102,7 @@ def frame_uncertainty(gen: "Generator", frames: torch.Tensor, accumulate: bool, 
     """
     s, f = frames.shape[:2]
     t = gen.window
-    starts = list(range(0, max(1, f - 1), t - 1))
+    starts = gen.window_starts(f)
     pad = starts[-1] + t - f
     padded = torch.cat([frames, frames[:, -1:].expand(-1, pad, -1, -1)], 1) if pad > 0 else frames
     windows = torch.stack([padded[:, k:k + t] for k in starts], 1).flatten(0, 1)   # (S*W, T, A, 3)

@@ -55,7 +55,7 @@ def held_out(gen: Generator, ev: Path) -> tuple[Path, Path, Path, int, float]:
     topology.write_text(gen.model.static_info["topology_pdb"])
     paths = []
     for name, stride in (("heldout", 1), ("heldout_model_dt", data.lag)):
-        xyz = segs[0][lo:hi:stride].numpy() / 10.0
+        xyz = segs[0][lo:hi:stride].cpu().numpy() / 10.0
         paths.append(ev / f"{name}.xtc")
         mdtraj.Trajectory(xyz, gen.model.topology(), time=np.arange(len(xyz)) * stride * dt).save(
             str(paths[-1]), force_overwrite=True)

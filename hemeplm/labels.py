@@ -63,16 +63,27 @@ class PairParameters:
 
     def pair_energy(self, i: np.ndarray, j: np.ndarray, r: np.ndarray) -> np.ndarray:
         """Coulomb + Lennard-Jones energy (kcal/mol) of atom pairs ``i``, ``j`` (broadcastable) at distance ``r`` Å."""
-        e = COULOMB_KCAL_A * self.charge[i] * self.charge[j] / r
-        sig = 0.5 * (self.sigma[i] + self.sigma[j])
-        eps = np.sqrt(self.epsilon[i] * self.epsilon[j])
-        s6 = (sig / r) ** 6
-        e = e + 4.0 * eps * (s6 * s6 - s6)
-        if self.acoef is not None:
-            r6 = r ** -6
-            ti, tj = self.lj_type[i], self.lj_type[j]
-            e = e + self.acoef[ti, tj] * r6 * r6 - self.bcoef[ti, tj] * r6
-        return e
+        return self.lb_energy(i, j, r) + self.table_energy(i, j, r)
+
+    def lb_energy(self, i: np.ndarray, j: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """The Coulomb + Lorentz–Berthelot Lennard-Jones part of :meth:`pair_energy` (what an exception replaces)."""
+        return coulomb_lj(self.charge[i] * self.charge[j], 0.5 * (self.sigma[i] + self.sigma[j]),
+                          np.sqrt(self.epsilon[i] * self.epsilon[j]), r)
+
+    def table_energy(self, i: np.ndarray, j: np.ndarray, r: np.ndarray) -> np.ndarray:
+        """The ``acoef/bcoef`` table part of :meth:`pair_energy` (NBFIX; 0 without tables)."""
+        if self.acoef is None:
+            return np.zeros(np.shape(r))
+        r6 = r ** -6
+        ti, tj = self.lj_type[i], self.lj_type[j]
+        return self.acoef[ti, tj] * r6 * r6 - self.bcoef[ti, tj] * r6
+
+
+def coulomb_lj(qq, sigma, epsilon, r):
+    """Vacuum Coulomb + 4ε((σ/r)¹² − (σ/r)⁶) in kcal/mol: charge products (e²), σ and r (Å), ε (kcal/mol);
+    numpy arrays, torch tensors or floats of one shape (broadcastable)."""
+    s6 = (sigma / r) ** 6
+    return COULOMB_KCAL_A * qq / r + 4.0 * epsilon * (s6 * s6 - s6)
 
 
 def pair_parameters(system) -> PairParameters:
@@ -155,23 +166,11 @@ def residue_interactions(params: PairParameters, positions: np.ndarray, residue:
         for a, b, (qq, s, e) in special:
             p = a if residue[a] >= 0 else b
             d = float(np.linalg.norm(x[a] - x[b]))
-            s6 = (s / d) ** 6
-            out[f, residue[p]] += (COULOMB_KCAL_A * qq / d + 4 * e * (s6 * s6 - s6)
-                                   - _lb_part(params, a, b, d))
+            out[f, residue[p]] += coulomb_lj(qq, s, e, d) - params.lb_energy(a, b, d)
         for a, b in special_excl:
             p = a if residue[a] >= 0 else b
-            d = float(np.linalg.norm(x[a] - x[b]))
-            out[f, residue[p]] -= params.acoef[params.lj_type[a], params.lj_type[b]] * d ** -12 \
-                - params.bcoef[params.lj_type[a], params.lj_type[b]] * d ** -6
+            out[f, residue[p]] -= params.table_energy(a, b, float(np.linalg.norm(x[a] - x[b])))
     return out
-
-
-def _lb_part(params: PairParameters, a: int, b: int, d: float) -> float:
-    """The Coulomb + Lorentz–Berthelot part of a pair's energy (what an exception replaces)."""
-    sig = 0.5 * (params.sigma[a] + params.sigma[b])
-    s6 = (sig / d) ** 6
-    return COULOMB_KCAL_A * params.charge[a] * params.charge[b] / d \
-        + 4 * np.sqrt(params.epsilon[a] * params.epsilon[b]) * (s6 * s6 - s6)
 
 
 def residue_labels(topology) -> tuple[np.ndarray, list[str]]:

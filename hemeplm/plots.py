@@ -51,7 +51,7 @@ def parity_plot(pred: np.ndarray, true: np.ndarray, path: str | Path, quantity: 
 
 
 def residue_heatmap(values: np.ndarray, path: str | Path, residue_labels: list[str] | None = None,
-                    label: str = "predicted − true residue energy (kcal/mol)") -> Path:
+                    label: str = "value per residue") -> Path:
     """Per-residue values over frames (an energy, or its error), diverging colours centred at 0.
 
     Args:

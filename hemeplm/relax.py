@@ -75,6 +75,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import HemeplmError, require_file
+from .evaluate.stats import effective_sample_size
 from .labels import KJ_PER_KCAL
 from .simulate import HEME_PDB_NAMES, atomic_write_bytes
 
@@ -366,7 +367,7 @@ class Relaxer:
         import openmm
         from openmm import unit
 
-        from .simulate import fastest_platform, platforms
+        from .simulate import get_platform
 
         self.cfg, self.restrained = cfg, restrained
         soft = _softened(system, hydrogen)
@@ -374,10 +375,7 @@ class Relaxer:
         for i in generated:
             fixed.setParticleMass(int(i), 0.0)
         restraints = [_restraint(s, restrained, cfg.restraint_kcal_mol_A2) for s in (soft, system)]
-        name = cfg.platform or fastest_platform()
-        if name not in platforms():
-            raise HemeplmError(f"OpenMM has no {name} platform here; available: {', '.join(platforms())}")
-        platform = openmm.Platform.getPlatformByName(name)
+        platform = get_platform(cfg.platform)
         self.integrator = openmm.LangevinMiddleIntegrator(cfg.temperature_k * unit.kelvin, 1.0 / unit.picosecond,
                                                           cfg.md_timestep_fs * unit.femtosecond)
         self.integrator.setRandomNumberSeed(cfg.seed)
@@ -443,7 +441,7 @@ def boltzmann_weights(energy_kcal_mol: np.ndarray, temperature_k: float) -> tupl
     log_w = -energy / (BOLTZMANN_KCAL_MOL_K * temperature_k)
     w = np.exp(log_w - log_w.max())
     w /= w.sum()
-    return w, float(1.0 / np.square(w).sum())
+    return w, effective_sample_size(w)
 
 
 def load_weights(path: str | Path) -> np.ndarray:

@@ -179,12 +179,16 @@ class Generator:
             known[s:s + t] = True
         return coords
 
+    def window_starts(self, n_frames: int) -> list[int]:
+        """Start frames of the windows of :attr:`window` frames, overlapping by one frame, that cover
+        ``n_frames`` frames (the last window may reach past them)."""
+        return list(range(0, max(1, n_frames - 1), self.window - 1))
+
     def _timeline(self, n_samples: int, n_frames: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Empty (S, F', A, 3) coordinates and (F', N) known mask covering ``n_frames`` frames with
         windows that overlap by one frame, and the windows' start frames (F' >= n_frames)."""
-        t = self.window
-        starts = list(range(0, max(1, n_frames - 1), t - 1))
-        total = starts[-1] + t
+        starts = self.window_starts(n_frames)
+        total = starts[-1] + self.window
         coords = torch.zeros(n_samples, total, self.model.n_atoms, 3, device=device)
         known = torch.zeros(total, self.model.l_kind.numel(), dtype=torch.bool, device=device)
         return coords, known, starts
@@ -276,10 +280,11 @@ def load_frames(gen: Generator, topology: str | Path, files: list[str | Path]) -
     """Frames of ``files`` (superposed together), checked against the checkpoint's system.
 
     Returns:
-        one (F_i, A, 3) tensor in Å per file, and the time between frames (ps).
+        one (F_i, A, 3) tensor in Å per file, on the model's device, and the time between frames (ps).
     """
     system = load_checked(gen, topology, files)
-    return [torch.from_numpy(s) for s in system.segments], system.timestep_ps
+    device = gen.model.norm_mean.device
+    return [torch.from_numpy(s).to(device) for s in system.segments], system.timestep_ps
 
 
 def _pick(frames: torch.Tensor, index: int | None, path, what: str) -> torch.Tensor:
@@ -311,16 +316,18 @@ def sample_output(trajectory: str | Path, suffix: str) -> Path | None:
     return next((p for p in (Path(f"{c}{suffix}") for c in candidates) if p.exists()), None)
 
 
-def given_stride(gen: Generator, task: str, dt: float, path) -> int:
+def given_stride(gen: Generator, task: str, dt: float, path, n_frames: int) -> int:
     """File frames between consecutive given frames of ``inpaint`` or ``upsample``.
 
     Inpainting gives the model frames at its own spacing (:attr:`Generator.frame_ps`), upsampling
     coarse frames ``tasks.upsample_factor`` times that apart; a file whose frames are ``dt`` ps
-    apart is read every ``stride``-th frame.
+    apart is read every ``stride``-th frame. ``n_frames`` given frames: one frame has no spacing (stride 1).
 
     Raises:
         HemeplmError: naming ``path``, when that spacing is not a whole multiple of ``dt``.
     """
+    if n_frames == 1:
+        return 1
     factor = gen.cfg.tasks.upsample_factor if task == "upsample" else 1
     need = factor * gen.frame_ps
     stride = round(need / dt)
@@ -377,7 +384,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
         if not (0 <= lo < hi <= frames.shape[0]):
             raise HemeplmError(f"frame range {lo}..{hi - 1} is out of range (the file has {frames.shape[0]} frames)",
                                frames_file)
-        stride = 1 if hi - lo == 1 else given_stride(gen, task, dt, frames_file)
+        stride = given_stride(gen, task, dt, frames_file, hi - lo)
         given = [lo, lo + (hi - 1 - lo) // stride * stride]
         if task == "inpaint":
             tokens, inpainted = inpaint_tokens(gen, topology, inpaint_atoms)

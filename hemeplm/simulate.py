@@ -260,9 +260,11 @@ class MDRun:
         out: run directory.
         inputs: the input files, recorded in ``settings.json``; a run directory
             holding another run's settings is refused.
+        progress: show the equilibration's progress bar.
     """
 
-    def __init__(self, topology, system, positions, cfg: SimulateConfig, out: str | Path, inputs: dict):
+    def __init__(self, topology, system, positions, cfg: SimulateConfig, out: str | Path, inputs: dict,
+                 progress: bool = True):
         import openmm
         from openmm import app, unit
 
@@ -284,17 +286,14 @@ class MDRun:
         integrator.setRandomNumberSeed(cfg.seed)
         if system.usesPeriodicBoundaryConditions() and cfg.pressure_bar is not None:
             system.addForce(openmm.MonteCarloBarostat(cfg.pressure_bar * unit.bar, cfg.temperature_k * unit.kelvin))
-        platform_name = cfg.platform or fastest_platform()
-        if not _has_platform(platform_name):
-            raise HemeplmError(f"OpenMM has no {platform_name} platform here; available: {', '.join(platforms())}")
-        platform = openmm.Platform.getPlatformByName(platform_name)
-        props = {"Threads": str(cfg.threads)} if cfg.threads and platform_name == "CPU" else {}
+        platform = get_platform(cfg.platform)
+        props = {"Threads": str(cfg.threads)} if cfg.threads and platform.getName() == "CPU" else {}
         self.sim = app.Simulation(topology, system, integrator, platform, props)
         self.labeller = InteractionLabeller(topology, system, cfg.ligand)
         self.n_frames = 0
         self._chunk: list[dict] = []
         if not self._resume():
-            self._prepare(positions, progress=True)
+            self._prepare(positions, progress)
             with open(self.out / "topology.pdb", "w") as fh:
                 state = self.sim.context.getState(getPositions=True)
                 app.PDBFile.writeFile(topology, state.getPositions(), fh, keepIds=True)
@@ -498,5 +497,11 @@ def fastest_platform() -> str:
     return max(platforms(), key=lambda name: openmm.Platform.getPlatformByName(name).getSpeed())
 
 
-def _has_platform(name: str) -> bool:
-    return name in platforms()
+def get_platform(name: str | None):
+    """The OpenMM Platform called ``name`` (None: :func:`fastest_platform`); an error names the available ones."""
+    import openmm
+
+    name = name or fastest_platform()
+    if name not in platforms():
+        raise HemeplmError(f"OpenMM has no {name} platform here; available: {', '.join(platforms())}")
+    return openmm.Platform.getPlatformByName(name)

@@ -20,15 +20,17 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from .data.load import kabsch, load_system
+from .data.load import load_system
+from .data.numbering import topology_pdb
 from .errors import HemeplmError, require_file
+from .evaluate.geometry import superpose
+from .labels import residue_labels
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +95,7 @@ def superpose_panels(panels: list[Panel]) -> list[Panel]:
                         p.label, len(ca), len(target), panels[0].label)
             out.append(p)
             continue
-        x = p.xyz.astype(np.float64)
-        rot, trans = kabsch(x[:, ca], target)
-        moved = np.einsum("fij,faj->fai", rot, x) + trans[:, None]
-        out.append(Panel(p.label, p.topology, moved.astype(np.float32), p.time_ps, p.ligand))
+        out.append(Panel(p.label, p.topology, superpose(p.xyz.astype(np.float64), ca, target), p.time_ps, p.ligand))
     return out
 
 
@@ -163,18 +162,11 @@ def residue_values(panels: list[Panel], values: str | None) -> tuple[list[np.nda
 
 def _pdb_text(panel: Panel) -> str:
     """The panel's first frame as PDB text (with the ligand's bonds as CONECT records)."""
-    import mdtraj
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "frame.pdb"
-        mdtraj.Trajectory(panel.xyz[:1] / 10.0, panel.topology).save_pdb(str(path))
-        return path.read_text()
+    return topology_pdb(panel.topology, panel.xyz[0], [" "] * panel.topology.n_residues)
 
 
 def _panel_data(panel: Panel, values: np.ndarray | None) -> dict:
-    residue = -np.ones(panel.topology.n_atoms, dtype=np.int64)
-    for k, res in enumerate(r for r in panel.topology.residues if r.is_protein):
-        residue[[a.index for a in res.atoms]] = k
+    residue = residue_labels(panel.topology)[0]
     residue[panel.ligand] = -1
     return {
         "label": panel.label,

@@ -27,6 +27,8 @@ def test_two_state_kinetics():
     assert kin is not None and note.startswith("10 k-means microstates on TIC1/TIC2")
     same = ev.kinetics_metrics([x], kin, dt_ps=2.0)
     assert same["kinetics_population_jsd"] < 1e-12
+    np.testing.assert_allclose(kin.reference["kinetics_populations"], same["kinetics_populations"])  # one MSM fit
+    assert kin.reference["kinetics_timescale_1_ps"] == same["kinetics_timescale_1_ps"]
     pops = np.asarray(same["kinetics_populations"])
     np.testing.assert_allclose(sorted(pops), sorted([np.mean(well == 0), np.mean(well == 1)]), atol=0.03)
     # a symmetric two-state chain relaxes with timescale -lag / ln(1 - 2p); first passage takes about 1 / p frames

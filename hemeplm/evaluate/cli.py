@@ -53,6 +53,7 @@ from .kinetics import fit_kinetics, kinetics_metrics
 from .posebusters import MAX_FRAMES as POSEBUSTERS_FRAMES
 from .posebusters import ligand_template, posebusters_checks, write_poses
 from .report import json_ready, print_table
+from .stats import effective_sample_size, evenly_spaced
 from .trajectory import (CONTACT_CUTOFF_A, TICA_BINS, TORSION_BINS, Comparison, Reference, compare, fit_reference,
                          rmsd_pairing, tic1_decorrelation, transition_paths)
 
@@ -185,11 +186,12 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         "tica_histogram": f"2-D, {TICA_BINS}x{TICA_BINS} bins over the reference's TIC1/TIC2 range",
         "torsion_bins": TORSION_BINS, "contact_cutoff_A": CONTACT_CUTOFF_A,
         "ligand_rmsd_pairing": rmsd_pairing(sum(map(len, model)), len(ref.frames)),
-        "reference": {**_reference_info(ref), **kinetics_metrics(ref.projections, kinetics, dt_ref)},
+        "reference": {**_reference_info(ref),
+                      **(kinetics.reference if kinetics else kinetics_metrics(None, None, dt_ref))},
         "kinetics": kinetics_note, "posebusters": posebusters_note, "confidence": uncertainty["model"][1],
         "weights": None if frame_weights is None else {
             "file": str(weights), "n_frames": len(frame_weights),
-            "effective_sample_size": float(1.0 / np.square(frame_weights).sum()),
+            "effective_sample_size": effective_sample_size(frame_weights),
             "weighted": "model column only: torsion and TICA histograms, RMSF, contact frequencies, ligand RMSD "
                         "mean and (lower weighted) median; validity, PoseBusters, kinetics, confidence and "
                         "decorrelation time unweighted"},
@@ -222,7 +224,7 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
 
 def _reference_info(ref: Reference) -> dict:
     """The reference's own decorrelation time and validity (on at most 200 evenly spaced frames)."""
-    take = np.unique(np.linspace(0, len(ref.frames) - 1, min(len(ref.frames), REFERENCE_VALIDITY_FRAMES)).astype(int))
+    take = evenly_spaced(len(ref.frames), REFERENCE_VALIDITY_FRAMES)
     return {"tic1_decorrelation_ps": tic1_decorrelation(ref.projections, ref.dt_ps), **validity(ref.frames[take], ref)}
 
 

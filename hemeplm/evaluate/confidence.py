@@ -46,15 +46,17 @@ def read_uncertainty(files: list[str | Path], frames: list[int]) -> tuple[list[n
     """
     from ..sampling import sample_output
 
-    found, summaries = [], set()
+    found, summaries = [], {}
     for f, n in zip(files, frames):
         path = sample_output(f, ".json")
         if path is None:
             return None, f"none: no sample summary (JSON) beside {f}"
-        try:
-            summary = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise HemeplmError(f"not a readable sample summary: {exc}", path) from exc
+        if str(path) not in summaries:  # the samples of one sample.py run share their summary
+            try:
+                summaries[str(path)] = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise HemeplmError(f"not a readable sample summary: {exc}", path) from exc
+        summary = summaries[str(path)]
         names = [Path(p).name for p in summary.get("trajectories", [])]
         if "uncertainty_A" not in summary or Path(f).name not in names:
             return None, f"none: {path} has no uncertainty_A for {Path(f).name}"
@@ -62,7 +64,6 @@ def read_uncertainty(files: list[str | Path], frames: list[int]) -> tuple[list[n
         if len(values) != n:
             return None, f"none: {path} has {len(values)} uncertainties for the {n} frames of {f}"
         found.append(values)
-        summaries.add(str(path))
     return found, f"uncertainty_A from {', '.join(sorted(summaries))}"
 
 

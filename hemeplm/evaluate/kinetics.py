@@ -54,13 +54,13 @@ class Kinetics:
         metastable: (N_MICROSTATES,) metastable state of each microstate, -1 outside the reference's
             connected set.
         lag_ps: MSM lag time.
-        populations: (M,) the reference's metastable populations.
+        reference: the reference's own :func:`kinetics_metrics` (its population JSD is 0).
     """
 
     kmeans: object
     metastable: np.ndarray
     lag_ps: float
-    populations: np.ndarray
+    reference: dict
 
 
 def _msm(dtrajs: list[np.ndarray], lag_frames: int):
@@ -107,8 +107,9 @@ def fit_kinetics(projections: list[np.ndarray] | None, lag_frames: int, dt_ps: f
                       f"{0 if msm is None else msm.n_states} of {N_MICROSTATES} microstates; {N_METASTABLE} metastable states need more")
     metastable = np.full(N_MICROSTATES, -1, dtype=np.int64)
     metastable[msm.count_model.state_symbols] = msm.pcca(N_METASTABLE).assignments
-    kin = Kinetics(kmeans=kmeans, metastable=metastable, lag_ps=lag_frames * dt_ps, populations=np.zeros(0))
-    kin.populations = np.asarray(kinetics_metrics(projections, kin, dt_ps)["kinetics_populations"])
+    reference = _msm_metrics(msm, metastable, dt_ps)
+    reference["kinetics_population_jsd"] = 0.0
+    kin = Kinetics(kmeans=kmeans, metastable=metastable, lag_ps=lag_frames * dt_ps, reference=reference)
     return kin, (f"{N_MICROSTATES} k-means microstates on TIC1/TIC2, reversible MSM at a lag of {kin.lag_ps:g} ps "
                  f"on {msm.n_states} connected microstates, {N_METASTABLE} PCCA+ metastable states")
 
@@ -120,14 +121,24 @@ def kinetics_metrics(projections: list[np.ndarray] | None, kin: Kinetics | None,
         projections: per trajectory, (F_s, 2) TIC1/TIC2 (None when TICA was skipped);
         kin: from :func:`fit_kinetics` (None: everything NaN); dt_ps: time between the ensemble's frames.
     """
-    out = dict.fromkeys(KEYS, math.nan)
     if kin is None or projections is None:
-        return out
+        return dict.fromkeys(KEYS, math.nan)
     lag = max(1, round(kin.lag_ps / dt_ps))
     msm = _msm([kin.kmeans.transform(p) for p in projections], lag)
+    out = _msm_metrics(msm, kin.metastable, dt_ps)
+    if msm is not None:
+        out["kinetics_population_jsd"] = float(jensen_shannon(out["kinetics_populations"],
+                                                              kin.reference["kinetics_populations"]))
+    return out
+
+
+def _msm_metrics(msm, metastable: np.ndarray, dt_ps: float) -> dict:
+    """Populations, first-passage times and timescales of a fitted MSM (None: everything NaN) whose
+    microstates belong to the ``metastable`` states; the population JSD is left NaN."""
+    out = dict.fromkeys(KEYS, math.nan)
     if msm is None:
         return out
-    states = kin.metastable[msm.count_model.state_symbols]          # metastable state of each active microstate
+    states = metastable[msm.count_model.state_symbols]              # metastable state of each active microstate
     pops = np.array([msm.stationary_distribution[states == m].sum() for m in range(N_METASTABLE)])
     pops = pops / pops.sum() if pops.sum() > 0 else np.full(N_METASTABLE, math.nan)
     mfpt = np.full((N_METASTABLE, N_METASTABLE), math.nan)
@@ -142,6 +153,4 @@ def kinetics_metrics(projections: list[np.ndarray] | None, kin: Kinetics | None,
         timescales[:k] = msm.timescales(k) * dt_ps
     out.update(kinetics_populations=pops, kinetics_mfpt_ps=mfpt, kinetics_timescales_ps=timescales,
                kinetics_timescale_1_ps=float(timescales[0]))
-    if len(kin.populations):
-        out["kinetics_population_jsd"] = float(jensen_shannon(pops, kin.populations))
     return out

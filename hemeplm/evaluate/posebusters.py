@@ -42,6 +42,7 @@ import numpy as np
 
 from ..errors import HemeplmError
 from .geometry import Geometry
+from .stats import evenly_spaced
 
 #: prefix of the metric keys
 KEY_PREFIX = "posebusters_"
@@ -145,7 +146,7 @@ def posebusters_checks(segments: list[np.ndarray], geom: Geometry, template, max
     from posebusters import PoseBusters
 
     frames = np.concatenate(segments)
-    frames = frames[np.unique(np.linspace(0, len(frames) - 1, min(len(frames), max_frames)).astype(int))]
+    frames = frames[evenly_spaced(len(frames), max_frames)]
     protein = protein_template(geom, frames[0])
     rows = [(_with_coordinates(template, x[geom.ligand]), None, _with_coordinates(protein, x[geom.protein]))
             for x in frames]

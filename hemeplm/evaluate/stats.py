@@ -107,3 +107,13 @@ def decorrelation_time(series: list[np.ndarray], dt_ps: float) -> float:
         return math.nan
     t = int(below[0])
     return (t - 1 + (acf[t - 1] - 1.0 / math.e) / (acf[t - 1] - acf[t])) * dt_ps
+
+
+def effective_sample_size(weights: np.ndarray) -> float:
+    """Kish's effective sample size 1 / Σ w_i² of (K,) weights that sum to 1: between 1 and K."""
+    return float(1.0 / np.square(weights).sum())
+
+
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Indices of at most ``k`` evenly spaced items of ``n``, first and last included, ascending."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).astype(int))

@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from ..labels import COULOMB_KCAL_A
+from ..labels import coulomb_lj
 from .encoder import cosine_cutoff
 
 SOFTEN_A = 0.25  # δ in sqrt(d² + δ²) of the 1/r terms, Å
@@ -71,9 +71,7 @@ def gaussian_rbf(d: torch.Tensor, cutoff: float, n: int) -> torch.Tensor:
 def pair_energy(d: torch.Tensor, qq: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """Coulomb (vacuum) + Lennard-Jones of pairs at distance d (Å), charge products qq (e²),
     combined σ (Å) and ε (kcal/mol); all (E,) -> (E,) kcal/mol."""
-    r = torch.sqrt(d * d + SOFTEN_A ** 2)
-    s6 = (sigma / r) ** 6
-    return COULOMB_KCAL_A * qq / r + 4.0 * eps * (s6 * s6 - s6)
+    return coulomb_lj(qq, sigma, eps, torch.sqrt(d * d + SOFTEN_A ** 2))
 
 
 class Interaction(nn.Module):
