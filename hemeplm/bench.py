@@ -370,14 +370,14 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
     import torch
 
     from .config import load_config
+    from .device import resolve_device
     from .diffusion import GaussianDiffusion
     from .sampling import sampler_settings
 
     out = Path(out)
     cache = (out / "cache").resolve()
     overrides = [LOCAL, *overrides]
-    if device == "cuda" and not torch.cuda.is_available():
-        raise HemeplmError("--device cuda: no CUDA device is available")
+    resolve_device(device)  # fails here, once, when the GPU or its neighbour search is unusable
     cfg = load_config(config, overrides)
     sampler, steps = sampler_settings(cfg, sampler, steps, config)
     load_start = os.getloadavg()

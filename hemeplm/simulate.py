@@ -284,7 +284,8 @@ class MDRun:
                                                      cfg.friction_per_ps / unit.picosecond,
                                                      cfg.timestep_fs * unit.femtosecond)
         integrator.setRandomNumberSeed(cfg.seed)
-        if system.usesPeriodicBoundaryConditions() and cfg.pressure_bar is not None:
+        barostat = any(isinstance(f, openmm.MonteCarloBarostat) for f in system.getForces())
+        if system.usesPeriodicBoundaryConditions() and cfg.pressure_bar is not None and not barostat:
             system.addForce(openmm.MonteCarloBarostat(cfg.pressure_bar * unit.bar, cfg.temperature_k * unit.kelvin))
         platform = get_platform(cfg.platform)
         props = {"Threads": str(cfg.threads)} if cfg.threads and platform.getName() == "CPU" else {}
