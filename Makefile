@@ -38,4 +38,4 @@ test: install browser
 # forecasts and inpaints the held-out 15% and prints model vs baselines.
 demo: install
 	test -f runs/demo/ckpt.pt || WANDB_MODE=offline $(PY) train.py --config configs/demo.yaml name=demo
-	WANDB_MODE=offline $(PY) -m hemeplm.demo runs/demo
+	WANDB_MODE=offline $(PY) tools/demo.py runs/demo

@@ -26,8 +26,8 @@ from pathlib import Path
 from hemeplm.cli import HelpFormatter
 from hemeplm.diffusion import SAMPLERS
 from hemeplm.errors import HemeplmError
-from hemeplm.relax import AMBER_SUFFIXES, RelaxConfig, add_relax_options, output_files, relax_trajectories, relaxed_path
-from hemeplm.sampling import Generator, run_task
+from hemeplm.forcefield.relax import AMBER_SUFFIXES, RelaxConfig, add_relax_options, output_files, relax_trajectories, relaxed_path
+from hemeplm.generate.sampler import Generator, run_task
 from hemeplm.tasks import TASKS
 from hemeplm.viewer import view_sample
 

@@ -13,7 +13,7 @@ import sys
 from hemeplm.cli import HelpFormatter
 from hemeplm.config import load_config
 from hemeplm.errors import HemeplmError
-from hemeplm.training import train
+from hemeplm.train.loop import train
 
 
 def main() -> None:

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from .data.dataset import DataConfig
-from .errors import HemeplmError
+from hemeplm.data.dataset import DataConfig
+from hemeplm.errors import HemeplmError
 
 
 @dataclass
@@ -96,7 +96,7 @@ class EnergyConfig:
 
 @dataclass
 class StructureConfig:
-    """Structure terms (:mod:`hemeplm.structure`): their weights in training, on the decoded clean-data
+    """Structure terms (:mod:`hemeplm.geometry.structure`): their weights in training, on the decoded clean-data
     estimate, and the projection of sampled windows onto them (Adam steps; 0 turns it off); a forecast's
     projection also keeps Cα-Cα distances of its start frame within ``fold_sigmas`` training-MD standard
     deviations (0 turns that off)."""

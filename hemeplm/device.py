@@ -1,6 +1,6 @@
 """Which device a run uses, and whether its neighbour search works there.
 
-The atom graph (:mod:`hemeplm.graph`), the structure terms (:mod:`hemeplm.structure`) and local
+The atom graph (:mod:`hemeplm.models.graph`), the structure terms (:mod:`hemeplm.geometry.structure`) and local
 attention search neighbours with ``torch_cluster``, whose wheels and source builds often lack
 CUDA kernels; a model on a GPU would then fail deep inside its first forward pass. A tiny
 search on each device, once per process, finds that out first and says how to fix it.
@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from .errors import HemeplmError
+from hemeplm.errors import HemeplmError
 
 REBUILD = "FORCE_CUDA=1 pip install --no-build-isolation --no-cache-dir --force-reinstall torch-cluster"
 

@@ -18,7 +18,7 @@ import random
 
 import torch
 
-from .errors import HemeplmError
+from hemeplm.errors import HemeplmError
 
 TASKS = ("forecast", "tps", "inpaint", "upsample")
 

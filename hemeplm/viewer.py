@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.load import load_system
-from .data.numbering import topology_pdb
-from .errors import HemeplmError, require_file
-from .evaluate.geometry import superpose
-from .labels import residue_labels
+from hemeplm.data.load import load_system
+from hemeplm.data.numbering import topology_pdb
+from hemeplm.errors import HemeplmError, require_file
+from hemeplm.evaluate.geometry import superpose
+from hemeplm.data.parameters import residue_labels
+from hemeplm.evaluate.trajectory import rmsf
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,6 @@ def _is_number(text: str) -> bool:
 def residue_values(panels: list[Panel], values: str | None) -> tuple[list[np.ndarray | None], str]:
     """Per panel (R,) values and their legend label: Cα RMSF (``"rmsf"``, each panel its own),
     nothing (``"none"``) or a file (:func:`read_values`, the same for every panel)."""
-    from .evaluate.trajectory import rmsf
 
     values = values or "rmsf"
     if values == "none":
@@ -235,7 +235,7 @@ def view_files(topology: str | Path, trajectories: list[str | Path], out: str | 
 
 
 def view_sample(summary: dict, out: str | Path, max_frames: int = MAX_FRAMES) -> Path:
-    """``sample.py --view``: the generated trajectories of a :func:`~hemeplm.sampling.run_task` summary
+    """``sample.py --view``: the generated trajectories of a :func:`~hemeplm.generate.sampler.run_task` summary
     beside the given MD (its ``frames`` file from the first frame used, when it holds more than one frame)."""
     panels = [load_panel(Path(t).name, summary["topology_pdb"], t) for t in summary["trajectories"]]
     first = (summary.get("given_frames") or [summary.get("start") or 0])[0]

@@ -143,7 +143,7 @@ def tiny_system(tmp_path_factory) -> dict:
     """
     import mdtraj
 
-    from hemeplm import labels
+    from hemeplm.forcefield import labels
 
     out = tmp_path_factory.mktemp("tiny")
     full = mdtraj.load(str(PDB))
@@ -191,11 +191,11 @@ def tiny_config(system: dict, out: Path, *overrides: str):
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_system, tmp_path_factory) -> dict:
-    """:func:`tiny_config` trained 4 steps by ``hemeplm.training.train``.
+    """:func:`tiny_config` trained 4 steps by ``hemeplm.train.loop.train``.
 
     Returns ``cfg``, ``run_dir``, ``ckpt`` (its ckpt.pt) and the in-memory ``model`` and ``ema`` at the end.
     """
-    from hemeplm import training
+    from hemeplm.train import loop as training
 
     cfg = tiny_config(tiny_system, tmp_path_factory.mktemp("tiny_run"))
     seen = {}

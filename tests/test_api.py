@@ -8,7 +8,7 @@ import pytest
 
 import hemeplm
 from hemeplm.errors import HemeplmError
-from hemeplm.sampling import Generator, run_task
+from hemeplm.generate.sampler import Generator, run_task
 
 
 @pytest.fixture(scope="module")

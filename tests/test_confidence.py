@@ -11,10 +11,10 @@ import torch
 from conftest import PDB
 from test_evaluate import _fake_md, _save
 
-from hemeplm import evaluate as ev
-from hemeplm.confidence import frame_uncertainty
+from hemeplm.evaluate.run import evaluate_trajectories
+from hemeplm.generate.confidence import frame_uncertainty
 from hemeplm.errors import HemeplmError
-from hemeplm.sampling import Generator, run_task
+from hemeplm.generate.sampler import Generator, run_task
 
 
 def test_forecast_summary_holds_accumulated_uncertainty(tiny_run, tiny_system, tmp_path):
@@ -64,7 +64,7 @@ def sampled(tmp_path_factory):
 
 
 def test_evaluate_finds_topology_and_calibrates_confidence(sampled):
-    metrics = ev.evaluate_trajectories(PDB, [sampled["ref"]], sampled["files"], sampled["root"] / "eval",
+    metrics = evaluate_trajectories(PDB, [sampled["ref"]], sampled["files"], sampled["root"] / "eval",
                                        posebusters_frames=0)
     info, model = metrics["info"], metrics["model"]
     assert info["generated_topology"] == str(sampled["root"] / "gen.pdb")
@@ -80,11 +80,11 @@ def test_evaluate_without_scores_or_a_fitting_topology(sampled, tmp_path):
 
     lone = shutil.copy(sampled["files"][0], tmp_path / "lone.xtc")
     with pytest.raises(HemeplmError, match=r"lone\.xtc: no topology beside it \(lone\.pdb.*--generated-topology"):
-        ev.evaluate_trajectories(PDB, [sampled["ref"]], [lone], tmp_path / "a", posebusters_frames=0)
+        evaluate_trajectories(PDB, [sampled["ref"]], [lone], tmp_path / "a", posebusters_frames=0)
     shutil.copy(sampled["root"] / "gen.pdb", tmp_path / "lone.pdb")
-    metrics = ev.evaluate_trajectories(PDB, [sampled["ref"]], [lone], tmp_path / "b", posebusters_frames=0)
+    metrics = evaluate_trajectories(PDB, [sampled["ref"]], [lone], tmp_path / "b", posebusters_frames=0)
     assert metrics["info"]["confidence"] == f"none: no sample summary (JSON) beside {lone}"
     assert metrics["model"]["confidence_spearman_ligand_rmsd"] is None
     (tmp_path / "lone.json").write_text("{not json")
     with pytest.raises(HemeplmError, match=r"lone\.json: not a readable sample summary"):
-        ev.evaluate_trajectories(PDB, [sampled["ref"]], [lone], tmp_path / "c", posebusters_frames=0)
+        evaluate_trajectories(PDB, [sampled["ref"]], [lone], tmp_path / "c", posebusters_frames=0)

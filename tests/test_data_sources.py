@@ -13,7 +13,8 @@ from conftest import PRMTOP, write_dcd
 
 from hemeplm.cli import main as cli_main
 from hemeplm.data.dataset import DataConfig, build_features
-from hemeplm.data.load import load_system, read_charges
+from hemeplm.data.load import load_system
+from hemeplm.data.parameters import read_charges
 from hemeplm.errors import HemeplmError
 
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 from conftest import PRMTOP, write_dcd
 
-from hemeplm.data.dataset import (SPLITS, DataConfig, LabelledFrames, WindowDataset, build_features, split_bounds,
-                                  window_starts)
+from hemeplm.data.dataset import SPLITS, DataConfig, LabelledFrames, WindowDataset, build_features, split_bounds, window_starts
 from hemeplm.errors import HemeplmError
 
 

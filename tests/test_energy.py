@@ -11,9 +11,9 @@ import pytest
 import torch
 from conftest import PRMTOP, T4L
 
-from hemeplm import labels
+from hemeplm.forcefield import labels
 from hemeplm.errors import HemeplmError
-from hemeplm.evaluate import interaction_metrics
+from hemeplm.evaluate.energy import interaction_metrics
 from hemeplm.models.energy import EnergyModel
 
 

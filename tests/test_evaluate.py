@@ -20,7 +20,14 @@ import pytest
 from conftest import TINY_SELECTION
 from test_plots import PDB, assert_png
 
-from hemeplm import evaluate as ev
+from hemeplm.evaluate import kinetics
+from hemeplm.evaluate.checks import CLASH_CLASSES, bond_lengths, bond_ok_fractions, clashes_by_kind, clashes_per_frame
+from hemeplm.evaluate.energy import energy_force_metrics, evaluate_energies, interaction_metrics
+from hemeplm.evaluate.geometry import BOND_CLASSES, Geometry, TORSION_TYPES, build_geometry
+from hemeplm.evaluate.report import log_to_wandb, print_table
+from hemeplm.evaluate.run import evaluate_trajectories
+from hemeplm.evaluate.stats import binned, decorrelation_time, jensen_shannon
+from hemeplm.evaluate.trajectory import TICA_PAIRS_PER_FEATURE, fit_tica, transition_paths
 from hemeplm.cli import main
 from hemeplm.errors import HemeplmError
 
@@ -30,8 +37,8 @@ JSD_KEYS = ("torsion_jsd", "contact_jsd")
 #: metrics that need TICA: null in every column when the reference is too short for it
 TICA_KEYS = ("tica_jsd", "tic1_decorrelation_ps", "tps_success_fraction", "tps_path_frames_mean")
 #: the split validity metrics beside their totals
-SPLIT_KEYS = tuple(f"bond_ok_fraction_{c}" for c in ev.BOND_CLASSES) + tuple(
-    f"clashes_per_frame_{c}" for c in ev.CLASH_CLASSES)
+SPLIT_KEYS = tuple(f"bond_ok_fraction_{c}" for c in BOND_CLASSES) + tuple(
+    f"clashes_per_frame_{c}" for c in CLASH_CLASSES)
 
 
 def _save(topology, xyz_a: np.ndarray, path: Path) -> Path:
@@ -77,7 +84,7 @@ def md(tmp_path_factory):
 @pytest.fixture(scope="module")
 def identity(md):
     """The reference evaluated against itself (task tps, through the Python API)."""
-    return ev.evaluate_trajectories(md["top"], [md["ref"]], [md["ref"]], md["root"] / "identity", lag_ps=2.0,
+    return evaluate_trajectories(md["top"], [md["ref"]], [md["ref"]], md["root"] / "identity", lag_ps=2.0,
                                     task="tps", posebusters_frames=3)
 
 
@@ -113,7 +120,7 @@ def pocket(tmp_path_factory):
 
 def test_identity_is_perfect(identity, pocket):
     model = identity["model"]
-    for key in JSD_KEYS + tuple(f"torsion_jsd_{t}" for t in ev.TORSION_TYPES):
+    for key in JSD_KEYS + tuple(f"torsion_jsd_{t}" for t in TORSION_TYPES):
         assert model[key] is not None and abs(model[key]) < 1e-6, key
     assert model["rmsf_pearson"] == pytest.approx(1.0, abs=1e-6)
     assert model["contact_pearson"] == pytest.approx(1.0, abs=1e-6)
@@ -122,7 +129,7 @@ def test_identity_is_perfect(identity, pocket):
     for key in ("bond_ok_fraction", "clashes_per_frame", "ligand_valid_fraction") + SPLIT_KEYS:
         assert model[key] is not None and model[key] == pytest.approx(ref[key]), key
     assert model["ligand_valid_fraction"] > 0.5 and model["bond_ok_fraction"] > 0.3
-    assert model["clashes_per_frame"] == pytest.approx(sum(model[f"clashes_per_frame_{c}"] for c in ev.CLASH_CLASSES))
+    assert model["clashes_per_frame"] == pytest.approx(sum(model[f"clashes_per_frame_{c}"] for c in CLASH_CLASSES))
     pocket_model = pocket["metrics"]["model"]
     assert pocket_model["tica_jsd"] < 1e-6
     assert pocket_model["tic1_decorrelation_ps"] == pytest.approx(pocket["metrics"]["info"]["reference"]
@@ -135,7 +142,7 @@ def test_noise_is_worse(identity, noisy, pocket):
         assert bad[key] > good[key] + 0.01, key
     assert bad["rmsf_pearson"] < good["rmsf_pearson"] - 0.1
     assert bad["ligand_rmsd_mean_A"] > good["ligand_rmsd_mean_A"] + 0.5
-    for key in ("bond_ok_fraction",) + tuple(f"bond_ok_fraction_{c}" for c in ev.BOND_CLASSES):
+    for key in ("bond_ok_fraction",) + tuple(f"bond_ok_fraction_{c}" for c in BOND_CLASSES):
         assert bad[key] < good[key], key
     assert bad["clashes_per_frame"] > good["clashes_per_frame"]
     assert bad["clashes_per_frame_protein_protein"] > good["clashes_per_frame_protein_protein"]
@@ -172,23 +179,23 @@ def test_tica_skipped_on_a_short_reference(identity, noisy):
         for method in ("model", "static", "random_walk"):
             for key in TICA_KEYS:
                 assert metrics[method][key] is None, (method, key)
-    assert "tica_jsd" not in ev.print_table(identity) and "tps_success_fraction" not in ev.print_table(identity)
+    assert "tica_jsd" not in print_table(identity) and "tps_success_fraction" not in print_table(identity)
     assert identity["info"]["kinetics"] == f"skipped: needs TICA, which was {reason}"
     for method in ("model", "static", "random_walk"):
-        assert all(identity[method][key] is None for key in ev.kinetics.KEYS), method
+        assert all(identity[method][key] is None for key in kinetics.KEYS), method
 
 
 def test_tica_threshold():
     """TICA is fitted from exactly TICA_PAIRS_PER_FEATURE frame pairs per feature on, pooled over trajectories."""
     rng = np.random.default_rng(0)
     n_features, lag = 6, 3
-    need = ev.TICA_PAIRS_PER_FEATURE * n_features
+    need = TICA_PAIRS_PER_FEATURE * n_features
     short = [rng.normal(size=(need // 2 + lag, n_features)), rng.normal(size=(need // 2 + lag - 1, n_features))]
-    tica, chosen, note = ev.fit_tica(short, lag)
+    tica, chosen, note = fit_tica(short, lag)
     assert tica is None and len(chosen) == n_features
     assert note.startswith(f"skipped: {need - 1} time-lagged frame pairs") and f"need at least {need}" in note
     enough = [short[0], rng.normal(size=(need // 2 + lag, n_features)), rng.normal(size=(lag, n_features))]
-    tica, _, note = ev.fit_tica(enough, lag)
+    tica, _, note = fit_tica(enough, lag)
     assert tica is not None and note.startswith(f"fitted on {need} time-lagged frame pairs")
     assert tica.transform(enough[0]).shape == (len(enough[0]), 2)
 
@@ -223,12 +230,12 @@ def test_tica_tps_and_prior_on_a_long_reference(pocket):
 
 
 def test_print_table(noisy, pocket):
-    table = ev.print_table(noisy)
+    table = print_table(noisy)
     header = table.splitlines()[0].split()
     assert header == ["metric", "better", "model", "static", "random_walk", "reference"]
     assert "torsion_jsd" in table and "ligand_valid_fraction" in table and "bond_ok_fraction_peptide" in table
     assert "tps_success_fraction" not in table
-    table = ev.print_table(pocket["metrics"])
+    table = print_table(pocket["metrics"])
     assert table.splitlines()[0].split() == ["metric", "better", "model", "static", "random_walk", "prior",
                                              "reference"]
     assert "tps_success_fraction" in table and "tica_jsd" in table
@@ -245,10 +252,10 @@ def pocket_geometry(pocket):
 
     system = load_system(pocket["top"], [])
     x0 = system.segments[0][0].astype(np.float64)
-    return ev.build_geometry(system.topology, system.ligand, x0), x0
+    return build_geometry(system.topology, system.ligand, x0), x0
 
 
-def _atom(geom: ev.Geometry, selection: str) -> int:
+def _atom(geom: Geometry, selection: str) -> int:
     (index,) = geom.topology.select(selection)
     return int(index)
 
@@ -263,17 +270,17 @@ def _stretched(x0: np.ndarray, moving: np.ndarray, a: int, b: int, by: float = 0
 def test_bond_ok_fraction_split(pocket_geometry):
     geom, x0 = pocket_geometry
     assert np.bincount(geom.bond_class).tolist() == [82, 11, 8]
-    ref_lengths = ev.bond_lengths(x0[None], geom)[0]
+    ref_lengths = bond_lengths(x0[None], geom)[0]
     c86, n87 = _atom(geom, "resSeq 86 and name C"), _atom(geom, "resSeq 87 and name N")
     tail = geom.topology.select("protein and resSeq 87 to 103")      # moves rigidly: only C86-N87 stretches
     c7, c8 = _atom(geom, "resname TMP and name C7"), _atom(geom, "resname TMP and name C8")  # C8: methyl on C7
-    intact = ev.bond_ok_fractions(x0[None], geom, ref_lengths)
-    assert set(intact) == {"bond_ok_fraction", *(f"bond_ok_fraction_{c}" for c in ev.BOND_CLASSES)}
+    intact = bond_ok_fractions(x0[None], geom, ref_lengths)
+    assert set(intact) == {"bond_ok_fraction", *(f"bond_ok_fraction_{c}" for c in BOND_CLASSES)}
     assert all(v == 1.0 for v in intact.values())
-    peptide = ev.bond_ok_fractions(_stretched(x0, tail, c86, n87)[None], geom, ref_lengths)
+    peptide = bond_ok_fractions(_stretched(x0, tail, c86, n87)[None], geom, ref_lengths)
     assert peptide == {"bond_ok_fraction": 100 / 101, "bond_ok_fraction_intra_residue": 1.0,
                        "bond_ok_fraction_peptide": 10 / 11, "bond_ok_fraction_ligand": 1.0}
-    ligand = ev.bond_ok_fractions(_stretched(x0, np.array([c8]), c7, c8)[None], geom, ref_lengths)
+    ligand = bond_ok_fractions(_stretched(x0, np.array([c8]), c7, c8)[None], geom, ref_lengths)
     assert ligand == {"bond_ok_fraction": 100 / 101, "bond_ok_fraction_intra_residue": 1.0,
                       "bond_ok_fraction_peptide": 1.0, "bond_ok_fraction_ligand": 7 / 8}
 
@@ -283,20 +290,20 @@ def test_clashes_split(pocket_geometry):
     c8, ca99 = _atom(geom, "resname TMP and name C8"), _atom(geom, "resSeq 99 and name CA")
     onto = x0.copy()
     onto[c8] = x0[ca99] + 0.3                          # the methyl carbon 0.5 Å from a Cα
-    clashes = ev.clashes_by_kind(np.stack([x0, onto]), geom)
-    before = ev.clashes_by_kind(x0[None], geom)
+    clashes = clashes_by_kind(np.stack([x0, onto]), geom)
+    before = clashes_by_kind(x0[None], geom)
     assert clashes["clashes_per_frame_protein_protein"] == before["clashes_per_frame_protein_protein"]
     assert clashes["clashes_per_frame_ligand_ligand"] == before["clashes_per_frame_ligand_ligand"] == 0
     assert clashes["clashes_per_frame_protein_ligand"] >= before["clashes_per_frame_protein_ligand"] + 0.5
     assert clashes["clashes_per_frame"] == pytest.approx(sum(clashes[f"clashes_per_frame_{c}"]
-                                                             for c in ev.CLASH_CLASSES))
-    assert ev.clashes_per_frame(np.stack([x0, onto]), geom) == clashes["clashes_per_frame"]
+                                                             for c in CLASH_CLASSES))
+    assert clashes_per_frame(np.stack([x0, onto]), geom) == clashes["clashes_per_frame"]
 
 
 def test_refuses_to_overwrite(md, noisy, capsys):
     out = md["root"] / "noisy"
     with pytest.raises(HemeplmError, match="metrics.json.*--force"):
-        ev.evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], out)
+        evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], out)
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--topology", str(md["top"]), "--reference", str(md["ref"]), "--generated",
               str(md["noisy"]), "--out", str(out)])
@@ -306,16 +313,16 @@ def test_refuses_to_overwrite(md, noisy, capsys):
 def test_bad_input_names_the_file(md, tmp_path):
     missing = tmp_path / "missing.xtc"
     with pytest.raises(HemeplmError, match="missing.xtc"):
-        ev.evaluate_trajectories(md["top"], [md["ref"]], [missing], tmp_path / "a")
+        evaluate_trajectories(md["top"], [md["ref"]], [missing], tmp_path / "a")
     with pytest.raises(HemeplmError, match="heavy_only.xtc"):
-        ev.evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path / "b",
+        evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path / "b",
                                  generated_topology=md["top"])
     assert not (tmp_path / "a" / "metrics.json").exists()
 
 
 def test_generated_topology_without_hydrogens(md, tmp_path):
     """Generated files usually hold heavy atoms only, with their own topology."""
-    metrics = ev.evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path, posebusters_frames=0)
+    metrics = evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path, posebusters_frames=0)
     assert metrics["info"]["generated_topology"] == str(md["root"] / "heavy_only.pdb")  # found beside the file
     assert metrics["model"]["torsion_jsd"] < 1e-6 and metrics["model"]["ligand_rmsd_mean_A"] < 1e-4
 
@@ -323,12 +330,12 @@ def test_generated_topology_without_hydrogens(md, tmp_path):
 def test_jensen_shannon_and_histograms():
     p = np.array([[1.0, 0, 0], [1, 1, 0]])
     q = np.array([[0.0, 0, 2], [1, 1, 0]])
-    np.testing.assert_allclose(ev.jensen_shannon(p, q), [1.0, 0.0], atol=1e-12)
-    assert ev.jensen_shannon([1, 2, 3], [3, 2, 1]) == pytest.approx(ev.jensen_shannon([3, 2, 1], [1, 2, 3]))
-    assert math.isnan(ev.jensen_shannon([0, 0], [1, 0]))
+    np.testing.assert_allclose(jensen_shannon(p, q), [1.0, 0.0], atol=1e-12)
+    assert jensen_shannon([1, 2, 3], [3, 2, 1]) == pytest.approx(jensen_shannon([3, 2, 1], [1, 2, 3]))
+    assert math.isnan(jensen_shannon([0, 0], [1, 0]))
     values = np.random.default_rng(0).uniform(-4, 4, size=(100, 3, 2))   # beyond the edges: counted in end bins
     edges = [np.linspace(-1, 1, 5), np.linspace(-2, 2, 3)]
-    counts = ev.binned(values, edges)
+    counts = binned(values, edges)
     assert counts.shape == (3, 8) and (counts.sum(1) == 100).all()
     clipped = np.clip(values[:, 0], [-1, -2], [0.999, 1.999])
     np.testing.assert_array_equal(counts[0], np.histogram2d(clipped[:, 0], clipped[:, 1], bins=edges)[0].ravel())
@@ -344,13 +351,13 @@ def test_decorrelation_time_of_ar1():
             x[i] = a * x[i - 1] + rng.normal()
         series.append(x)
     expected = -1.0 / math.log(a) * 2.0   # 1/e time of a^t, 2 ps per frame
-    assert ev.decorrelation_time(series, 2.0) == pytest.approx(expected, rel=0.1)
-    assert math.isnan(ev.decorrelation_time([np.ones(50)], 1.0))
+    assert decorrelation_time(series, 2.0) == pytest.approx(expected, rel=0.1)
+    assert math.isnan(decorrelation_time([np.ones(50)], 1.0))
 
 
 def test_transition_paths():
     labels = [np.array([0, 0, 1, 0, 2, 2]), np.array([1, 1, 1]), np.array([0, 1, 1])]
-    out = ev.transition_paths(labels, [2, 0, 2])
+    out = transition_paths(labels, [2, 0, 2])
     assert out["tps_success_fraction"] == pytest.approx(1 / 3)
     assert out["tps_path_frames_mean"] == 1.0        # last in state 0 at frame 3, arrives in 2 at frame 4
 
@@ -400,8 +407,8 @@ def test_energy_metrics_get_worse_with_noise(harmonic):
     results = []
     for sigma in (0.0, 0.05, 0.5):
         pred = _noisy_predictor(true, sigma, seed=1)(coords)
-        found = ev.energy_force_metrics(pred["energy"], ref["energy"], pred["forces"], ref["forces"])
-        found.update(ev.interaction_metrics(pred["interaction"], ref["interaction"], ref["interaction"].mean(0)))
+        found = energy_force_metrics(pred["energy"], ref["energy"], pred["forces"], ref["forces"])
+        found.update(interaction_metrics(pred["interaction"], ref["interaction"], ref["interaction"].mean(0)))
         results.append(found)
     perfect, small, large = results
     for q, unit in (("energy", "kcal_mol"), ("interaction", "kcal_mol"), ("force", "kcal_mol_A")):
@@ -418,7 +425,7 @@ def test_evaluate_energies_writes_figures_and_pdbs(harmonic, tmp_path):
     import mdtraj
 
     topology, coords, true, ref = harmonic
-    metrics, files = ev.evaluate_energies(_noisy_predictor(true, 0.1, seed=2), coords, ref["energy"], ref["forces"],
+    metrics, files = evaluate_energies(_noisy_predictor(true, 0.1, seed=2), coords, ref["energy"], ref["forces"],
                                           topology, tmp_path, true_interaction=ref["interaction"], batch_frames=10)
     assert 0.0 < metrics["energy_r2"] < 1.0 and "interaction_fluctuation_r2" in metrics
     assert metrics["mean_baseline_interaction_fluctuation_r2"] == 0.0
@@ -453,7 +460,7 @@ def test_log_to_wandb_offline(tmp_path, monkeypatch, pocket):
         monkeypatch.setenv(key, value)
     run = wandb.init(mode="offline", dir=tmp_path, project="hemeplm-test")
     metrics = pocket["metrics"]
-    logged = ev.log_to_wandb(run, metrics, [pocket["out"] / "rmsf.png"], step=0)
+    logged = log_to_wandb(run, metrics, [pocket["out"] / "rmsf.png"], step=0)
     run_dir = Path(run.dir).parent
     run.finish()
     assert logged["model/torsion_jsd"] == metrics["model"]["torsion_jsd"]
@@ -494,7 +501,7 @@ def test_weighted_functions(md):
 
     system = load_system(md["top"], [md["noisy"]])
     x = system.segments[0][:20].astype(np.float64)
-    geom = ev.build_geometry(system.topology, system.ligand, x[0])
+    geom = build_geometry(system.topology, system.ligand, x[0])
     uniform, one = np.full(len(x), 1.0 / len(x)), np.zeros(len(x))
     one[7] = 1.0
     np.testing.assert_allclose(rmsf(x, uniform), rmsf(x), rtol=1e-12)
@@ -503,8 +510,8 @@ def test_weighted_functions(md):
     np.testing.assert_array_equal(contact_frequency(x, geom, weights=one), contact_frequency(x[7:8], geom))
     values = np.random.default_rng(0).uniform(-4, 4, size=(len(x), 3, 2))
     edges = [np.linspace(-1, 1, 5), np.linspace(-2, 2, 3)]
-    np.testing.assert_allclose(ev.binned(values, edges, uniform) * len(x), ev.binned(values, edges), rtol=1e-12)
-    np.testing.assert_array_equal(ev.binned(values, edges, one), ev.binned(values[7:8], edges))
+    np.testing.assert_allclose(binned(values, edges, uniform) * len(x), binned(values, edges), rtol=1e-12)
+    np.testing.assert_array_equal(binned(values, edges, one), binned(values[7:8], edges))
     assert weighted_median(values[:, 0, 0], one) == values[7, 0, 0]
     assert weighted_median(np.array([3.0, 1.0, 2.0]), np.ones(3)) == 2.0
 
@@ -516,18 +523,18 @@ def test_weights_on_one_frame_give_that_frame_alone(md, tmp_path):
     one = np.zeros(N_FRAMES)
     one[j] = 1.0
     w = _weights_file(tmp_path / "one.npz", one)
-    weighted = ev.evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "one", lag_ps=2.0,
+    weighted = evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "one", lag_ps=2.0,
                                         posebusters_frames=0, weights=w)["model"]
     frame = mdtraj.load(str(md["noisy"]), top=str(md["top"]))[j]
-    alone = ev.evaluate_trajectories(md["top"], [md["ref"]], [_save(frame.topology, frame.xyz * 10.0,
+    alone = evaluate_trajectories(md["top"], [md["ref"]], [_save(frame.topology, frame.xyz * 10.0,
                                                                        tmp_path / "frame.xtc")],
                                      tmp_path / "alone", lag_ps=2.0, posebusters_frames=0)["model"]
-    for key in ("torsion_jsd", "contact_jsd", "contact_pearson") + tuple(f"torsion_jsd_{t}" for t in ev.TORSION_TYPES):
+    for key in ("torsion_jsd", "contact_jsd", "contact_pearson") + tuple(f"torsion_jsd_{t}" for t in TORSION_TYPES):
         assert weighted[key] == pytest.approx(alone[key], abs=1e-9), key
     assert weighted["rmsf_pearson"] is None and alone["rmsf_pearson"] is None     # RMSF of one frame: all 0
     assert weighted["ligand_rmsd_median_A"] == weighted["ligand_rmsd_mean_A"] > 0.5  # frame j against reference j
     # validity stays an unweighted per-frame fraction over all 40 frames
-    unweighted = ev.evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "all", lag_ps=2.0,
+    unweighted = evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "all", lag_ps=2.0,
                                           posebusters_frames=0)["model"]
     for key in ("bond_ok_fraction", "clashes_per_frame", "ligand_valid_fraction"):
         assert weighted[key] == unweighted[key], key
@@ -537,5 +544,5 @@ def test_weights_count_mismatch_names_the_file(md, tmp_path):
     w = _weights_file(tmp_path / "short.npz", np.full(N_FRAMES - 1, 1.0 / (N_FRAMES - 1)))
     with pytest.raises(HemeplmError, match=rf"short\.npz: holds {N_FRAMES - 1} weights but the generated "
                                            rf"trajectories have {N_FRAMES} frames"):
-        ev.evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "x", weights=w)
+        evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "x", weights=w)
     assert not (tmp_path / "x" / "metrics.json").exists()

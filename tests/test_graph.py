@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import random_rotations
 
-from hemeplm.graph import EDGE_COVALENT, EDGE_HBOND, HBOND_CUTOFF, build_graph, neighbor_pairs
+from hemeplm.models.graph import EDGE_COVALENT, EDGE_HBOND, HBOND_CUTOFF, build_graph, neighbor_pairs
 
 CUTOFF = 5.0
 

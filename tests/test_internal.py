@@ -9,7 +9,7 @@ from conftest import PDB, ROOT, layout_tensors, random_rotations, write_dcd
 
 from hemeplm.data import internal
 from hemeplm.data.tokens import KIND_LIGAND, KIND_RESIDUE
-from hemeplm.structure import structure_terms
+from hemeplm.geometry.structure import structure_terms
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_structure_terms_zero_on_md_and_grow_with_noise(md):
 def test_projection_repairs_perturbed_frames_and_keeps_tokens_exact(md):
     """Noisy rigid bodies (broken peptide bonds, clashes) projected: the inter-token bond error drops >10x and
     the clash penalty >3x, bonds inside tokens stay the key frame's, and tokens that are not free do not move."""
-    from hemeplm.structure import project
+    from hemeplm.geometry.structure import project
 
     feats, layout, ic, x = md
     key = x[0].float()
@@ -208,7 +208,7 @@ def test_residue_missing_side_chain_atoms_is_logged_and_held(tmp_path, caplog):
 def test_fold_restraint_holds_a_drifting_frame(md):
     """Cα pairs within 10 Å and their training spread; the fold penalty is zero at the reference, grows with
     drift, and a projection with the fold reference removes most of it while keeping tokens exact."""
-    from hemeplm.structure import fold_penalty, project
+    from hemeplm.geometry.structure import fold_penalty, project
 
     feats, layout, ic, x = md
     assert ic["fold_index"].shape[1] > 500 and float(ic["fold_spread"].min()) >= 0.1

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from hemeplm import evaluate as ev
+from hemeplm.evaluate.kinetics import fit_kinetics, kinetics_metrics
 
 CENTRES = np.array([[-3.0, 0.0], [3.0, 0.0]])
 
@@ -23,9 +23,9 @@ def _two_state(n_frames: int, p_switch: float, seed: int) -> tuple[np.ndarray, n
 
 def test_two_state_kinetics():
     x, well = _two_state(6000, 0.02, seed=0)
-    kin, note = ev.fit_kinetics([x], lag_frames=1, dt_ps=2.0, seed=0)
+    kin, note = fit_kinetics([x], lag_frames=1, dt_ps=2.0, seed=0)
     assert kin is not None and note.startswith("10 k-means microstates on TIC1/TIC2")
-    same = ev.kinetics_metrics([x], kin, dt_ps=2.0)
+    same = kinetics_metrics([x], kin, dt_ps=2.0)
     assert same["kinetics_population_jsd"] < 1e-12
     np.testing.assert_allclose(kin.reference["kinetics_populations"], same["kinetics_populations"])  # one MSM fit
     assert kin.reference["kinetics_timescale_1_ps"] == same["kinetics_timescale_1_ps"]
@@ -38,17 +38,17 @@ def test_two_state_kinetics():
     assert mfpt[0, 0] == 0 and mfpt[1, 1] == 0
     assert 0.5 * 2.0 / 0.02 < mfpt[0, 1] < 2.0 * 2.0 / 0.02 and 0.5 * 2.0 / 0.02 < mfpt[1, 0] < 2.0 * 2.0 / 0.02
     # a process ten times slower, and one that never leaves its first well
-    slow = ev.kinetics_metrics([_two_state(6000, 0.002, seed=1)[0]], kin, dt_ps=2.0)
+    slow = kinetics_metrics([_two_state(6000, 0.002, seed=1)[0]], kin, dt_ps=2.0)
     assert slow["kinetics_timescale_1_ps"] > 4 * same["kinetics_timescale_1_ps"]
-    stuck = ev.kinetics_metrics([x[well == well[0]][:500]], kin, dt_ps=2.0)
+    stuck = kinetics_metrics([x[well == well[0]][:500]], kin, dt_ps=2.0)
     assert max(stuck["kinetics_populations"]) == 1.0 and stuck["kinetics_population_jsd"] > 0.1
     assert np.isnan(np.asarray(stuck["kinetics_mfpt_ps"], dtype=float)).sum() == 3  # all but the stuck state to itself
 
 
 def test_kinetics_null_with_a_reason():
-    kin, note = ev.fit_kinetics(None, 1, 1.0, tica_note="skipped: 39 time-lagged frame pairs")
+    kin, note = fit_kinetics(None, 1, 1.0, tica_note="skipped: 39 time-lagged frame pairs")
     assert kin is None and note == "skipped: needs TICA, which was skipped: 39 time-lagged frame pairs"
-    kin, note = ev.fit_kinetics([_two_state(150, 0.02, seed=0)[0]], 1, 1.0)
+    kin, note = fit_kinetics([_two_state(150, 0.02, seed=0)[0]], 1, 1.0)
     assert kin is None and note.startswith("skipped: 149 time-lagged reference frame pairs at a lag of 1 frames; "
                                            "need at least 200")
-    assert all(v is not None and np.isnan(v) for v in ev.kinetics_metrics([np.zeros((9, 2))], kin, 1.0).values())
+    assert all(v is not None and np.isnan(v) for v in kinetics_metrics([np.zeros((9, 2))], kin, 1.0).values())

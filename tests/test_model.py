@@ -18,10 +18,10 @@ from hemeplm.data.ligand import ELEMENTS, N_LIGAND_FEATURES
 from hemeplm.data.residues import N_RES_TYPES
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.models.encoder import AtomEncoder
-from hemeplm.models.hemeplm import HemePLM
-from hemeplm.sampling import Generator
+from hemeplm.models.surrogate import HemePLM
+from hemeplm.generate.sampler import Generator
 from hemeplm.tasks import TASKS, task_mask
-from hemeplm.training import build
+from hemeplm.train.loop import build
 
 
 class Tiny(NamedTuple):

@@ -9,7 +9,7 @@ from conftest import PDB, PRMTOP
 from hemeplm.data.dataset import DataConfig, build_features
 from hemeplm.data.load import load_topology
 from hemeplm.data.numbering import topology_pdb
-from hemeplm.sampling import Generator, run_task
+from hemeplm.generate.sampler import Generator, run_task
 
 
 def residues(pdb_text: str) -> list[tuple[str, str, str, str]]:

@@ -14,7 +14,7 @@ from conftest import INPCRD, PRMTOP, ROOT, heme_pdb, write_dcd
 
 from hemeplm.cli import main
 from hemeplm.errors import HemeplmError
-from hemeplm.relax import boltzmann_weights, load_weights, relax_trajectories
+from hemeplm.forcefield.relax import boltzmann_weights, load_weights, relax_trajectories
 
 MOVED, FAR_A = "resSeq 117 and name CD1", 12.0  # LEU117 CD1 is put onto its nearest side-chain atom
 
@@ -48,7 +48,8 @@ def t4l(tmp_path_factory) -> dict:
 
 def test_clash_removed_and_only_locally(t4l):
     from hemeplm.data.load import load_system
-    from hemeplm.evaluate import build_geometry, clashes_per_frame
+    from hemeplm.evaluate.geometry import build_geometry
+    from hemeplm.evaluate.checks import clashes_per_frame
 
     relaxed = mdtraj.load(str(t4l["out"]), top=str(t4l["out"].with_suffix(".pdb"))).xyz * 10.0  # (2, A, 3) Å
     assert relaxed.shape == (2, *t4l["frames"].shape[1:])
@@ -118,7 +119,7 @@ def test_boltzmann_weights_any_scale(tmp_path):
 def test_overlapping_or_non_finite_result_is_a_failure():
     from openmm import app
 
-    from hemeplm.relax import _fault
+    from hemeplm.forcefield.relax import _fault
 
     top = app.Topology()
     thr, asp = (top.addResidue(name, top.addChain()) for name in ("THR", "ASP"))

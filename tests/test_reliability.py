@@ -23,12 +23,12 @@ import pytest
 import torch
 from conftest import PDB, ROOT, write_dcd
 
-from hemeplm.checkpoint import load_checkpoint, save_checkpoint
+from hemeplm.train.checkpoint import load_checkpoint, save_checkpoint
 from hemeplm.config import load_config
 from hemeplm.data.dataset import DataConfig, featurize
 from hemeplm.data.load import load_system
 from hemeplm.errors import HemeplmError
-from hemeplm.training import train
+from hemeplm.train.loop import train
 
 TINY_MODEL = ["encoder.hidden=16", "encoder.layers=1", "denoiser.dim=32", "denoiser.depth=1", "data.window=4",
               "diffusion.timesteps=100", "diffusion.sample_steps=3", "wandb.mode=disabled", "device=cpu",

@@ -17,7 +17,7 @@ from conftest import PRMTOP, ROOT, tiny_config
 
 from hemeplm.data.load import load_system
 from hemeplm.errors import HemeplmError
-from hemeplm.sampling import Generator, run_task
+from hemeplm.generate.sampler import Generator, run_task
 from hemeplm.tasks import task_mask
 
 
@@ -151,7 +151,7 @@ def test_inpaint_keeps_the_protein(gen, tiny_system, frames, tmp_path, caplog):
     assert (np.abs(xyz[:, lig] - frames[5:14, lig]).max(axis=(1, 2)) > 0.05).all()
     # two ligand atoms: the xylene is one token, generated whole, and the log names the atoms added
     out2 = tmp_path / "inpaint_part.dcd"
-    with caplog.at_level(logging.WARNING, logger="hemeplm.sampling"):
+    with caplog.at_level(logging.WARNING, logger="hemeplm.generate.sampler"):
         part = task(gen, tiny_system, out2, "inpaint", start=5, end=13, inpaint_atoms="resname TMP and name C1 C2")
     moved = np.abs(read(out2) - frames[5:14]).max(axis=(0, 2)) > 1e-3
     assert np.flatnonzero(moved).tolist() == part["inpainted_atoms"] == summary["inpainted_atoms"]
@@ -163,7 +163,7 @@ def test_inpaint_keeps_the_protein(gen, tiny_system, frames, tmp_path, caplog):
 @pytest.fixture(scope="module")
 def split_gen(tiny_system, tmp_path_factory) -> Generator:
     """An untrained tiny model whose xylene is two ligand tokens of four atoms (``data.ligand_group=4``)."""
-    from hemeplm.training import build
+    from hemeplm.train.loop import build
 
     cfg = tiny_config(tiny_system, tmp_path_factory.mktemp("split"), "data.ligand_group=4")
     torch.manual_seed(0)
@@ -179,7 +179,7 @@ def test_inpaint_atoms_generates_the_tokens_holding_them(split_gen, tiny_system,
     chosen = lig[0]
     whole = np.flatnonzero(token == token[chosen])  # the atoms of its token
     out = tmp_path / "one_token.dcd"
-    with caplog.at_level(logging.WARNING, logger="hemeplm.sampling"):
+    with caplog.at_level(logging.WARNING, logger="hemeplm.generate.sampler"):
         summary = run_task(split_gen, "inpaint", tiny_system["topology"], tiny_system["trajectory"], out, start=5,
                            end=13, inpaint_atoms=f"index {chosen}")
     moved = np.abs(read(out) - frames[5:14]).max(axis=(0, 2)) > 1e-3
@@ -317,11 +317,14 @@ def test_sample_py_errors_are_one_line(tiny_run, tiny_system, tmp_path):
 
 
 def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
-    """``python -m hemeplm.demo``: forecast and inpaint tables with the prior column, and the long forecast's
+    """``python tools/demo.py``: forecast and inpaint tables with the prior column, and the long forecast's
     validity (all frames and the last ones) beside the held-out MD's."""
+    import importlib.util
     import shutil
 
-    from hemeplm import demo
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
 
     run = tmp_path / "run"
     run.mkdir()

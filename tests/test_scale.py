@@ -24,7 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hemeplm.diffusion import GaussianDiffusion
-from hemeplm.fragment import FragmentedDenoiser, denoiser_for, plan_fragments, slice_conditioning, token_centres
+from hemeplm.generate.fragment import FragmentedDenoiser, denoiser_for, plan_fragments, slice_conditioning, token_centres
 from hemeplm.models.denoiser import Conditioning, CrossAttention, SpatialAttention, VideoDenoiser
 
 
@@ -136,7 +136,7 @@ def _local_pass(n: int, k: int = 8) -> _Allocations:
     A fifth of the tokens are ligand and a third pocket, so the "ligand" grows with the system
     (as kept waters do).
     """
-    from hemeplm.models.hemeplm import HemePLM
+    from hemeplm.models.surrogate import HemePLM
 
     gen = torch.Generator().manual_seed(0)
     key = torch.rand(1, n, 3, generator=gen) * n ** (1 / 3) * 4.0  # ~ protein density, one atom per token
@@ -157,7 +157,7 @@ def _local_pass(n: int, k: int = 8) -> _Allocations:
 
 def test_ligand_group_sits_at_the_centre_of_its_known_atoms():
     """Six residue tokens on a line (x = 0, 10, ..., 50) and one ligand group of two atoms (x = 36 and 6)."""
-    from hemeplm.models.hemeplm import HemePLM
+    from hemeplm.models.surrogate import HemePLM
 
     ids = torch.arange(6)
     fake = SimpleNamespace(l_atom_index=torch.tensor([[i, -1] for i in range(6)] + [[6, 7]]),
@@ -250,8 +250,9 @@ class GaussianFieldDenoiser:
 def field_runs(t4l_features, t4l_dcd):
     """Displacement fields sampled whole, in blended fragments and in hard-cut fragments, as T4L frames."""
     from hemeplm.data.load import load_system
-    from hemeplm.evaluate import bond_lengths, build_geometry, clashes_per_frame
-    from hemeplm.models.hemeplm import system_static
+    from hemeplm.evaluate.checks import bond_lengths, clashes_per_frame
+    from hemeplm.evaluate.geometry import build_geometry
+    from hemeplm.models.surrogate import system_static
 
     static = system_static(t4l_features, 8.0, 24)
     layout = {k: torch.as_tensor(v) for k, v in t4l_features["layout"].items()}
@@ -311,10 +312,10 @@ def test_no_seam_at_fragment_borders(field_runs):
 
 def test_generator_uses_fragments_above_token_budget(t4l_features, monkeypatch):
     """A HemePLM in local mode forecasts through fragments when forced to; known frames stay exact."""
-    import hemeplm.fragment as fragment
+    import hemeplm.generate.fragment as fragment
     from hemeplm.config import load_config
-    from hemeplm.models.hemeplm import HemePLM, system_static
-    from hemeplm.sampling import Generator
+    from hemeplm.models.surrogate import HemePLM, system_static
+    from hemeplm.generate.sampler import Generator
 
     cfg = load_config(None, ["encoder.hidden=16", "encoder.layers=1", "denoiser.dim=16", "denoiser.depth=1",
                              "denoiser.heads=2", "denoiser.spatial=local", "denoiser.local_neighbors=8",
@@ -347,7 +348,7 @@ def test_generator_uses_fragments_above_token_budget(t4l_features, monkeypatch):
 def test_pocket_is_every_protein_token_near_the_ligand(t4l_features):
     """system_static's k-d tree pocket equals the brute-force definition (any atom within the radius)."""
     from hemeplm.config import load_config
-    from hemeplm.models.hemeplm import system_static
+    from hemeplm.models.surrogate import system_static
 
     cfg = load_config(None, [])
     static = system_static(t4l_features, cfg.denoiser.pocket_radius, cfg.denoiser.domain_size)

@@ -10,7 +10,7 @@ from conftest import INPCRD, N_ATOMS, PRMTOP, heme_pdb
 
 from hemeplm.cli import main
 from hemeplm.errors import HemeplmError
-from hemeplm.simulate import MDRun, SimulateConfig, prepare_pdb
+from hemeplm.forcefield.simulate import MDRun, SimulateConfig, prepare_pdb
 
 HEME_CFG = dict(solvent="vacuum", timestep_fs=1.0, hydrogen_mass_amu=None, report_every=100, save_every_frames=1)
 
@@ -19,8 +19,9 @@ def test_simulate_t4l_cli(tmp_path, capsys):
     import mdtraj
 
     from hemeplm.data.load import load_system
-    from hemeplm.labels import openmm_system, pair_parameters, residue_interactions, residue_labels
-    from hemeplm.simulate import fastest_platform
+    from hemeplm.forcefield.labels import residue_interactions
+    from hemeplm.data.parameters import openmm_system, pair_parameters, residue_labels
+    from hemeplm.forcefield.simulate import fastest_platform
 
     out = tmp_path / "md"
     argv = ["simulate", "--prmtop", str(PRMTOP), "--inpcrd", str(INPCRD), "--steps", "500", "--report-every", "100",

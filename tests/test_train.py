@@ -12,13 +12,13 @@ import pytest
 import torch
 from conftest import PRMTOP, ROOT, WritesMarker, tiny_config, tiny_overrides, write_dcd
 
-from hemeplm import training
-from hemeplm.checkpoint import build_model, load_checkpoint
+from hemeplm.train import loop as training
+from hemeplm.train.checkpoint import build_model, load_checkpoint
 from hemeplm.config import load_config
 from hemeplm.data.dataset import featurize
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.errors import HemeplmError
-from hemeplm.sampling import Generator
+from hemeplm.generate.sampler import Generator
 from hemeplm.tasks import task_mask
 
 

@@ -23,15 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import HemeplmError, require_file
-from ..labels import residue_labels
-from ..plain import load_plain, to_numpy, to_plain
-from .ligand import ELEMENTS, element_index, ligand_features, N_LIGAND_FEATURES
-from .load import ENERGY_FILE, load_system
-from .numbering import insertion_codes, topology_pdb
-from .residues import N_RES_TYPES
-from .internal import build_internal
-from .tokens import build_layout
+from hemeplm.errors import HemeplmError, require_file
+from hemeplm.data.parameters import residue_labels
+from hemeplm.io import load_plain, to_numpy, to_plain
+from hemeplm.data.ligand import ELEMENTS, element_index, ligand_features, N_LIGAND_FEATURES
+from hemeplm.data.load import ENERGY_FILE, load_system
+from hemeplm.data.numbering import insertion_codes, topology_pdb
+from hemeplm.data.residues import N_RES_TYPES
+from hemeplm.data.internal import build_internal
+from hemeplm.data.tokens import build_layout
 
 log = logging.getLogger(__name__)
 FEATURE_VERSION = 6
@@ -194,7 +194,7 @@ def featurize(cfg: DataConfig, use_cache: bool = True) -> dict:
     kcal/mol or None; ``protein_residue`` (A,) protein residue index (-1 elsewhere) and
     ``interaction_residues`` (R,) their names (``ALA99``); ``timestep_ps``; ``files``;
     ``topology_pdb`` (PDB text of the kept atoms).
-    The cache holds plain data only (arrays as tensors, :mod:`hemeplm.plain`) and is read with
+    The cache holds plain data only (arrays as tensors, :mod:`hemeplm.io`) and is read with
     ``weights_only=True``: a cache file holding other Python objects is a :class:`HemeplmError`.
     A failed load writes nothing; two processes building the same key wait on a lock (the
     second one reads what the first wrote); a cache that cannot be written (full disk) is

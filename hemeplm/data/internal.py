@@ -39,7 +39,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tokens import KIND_LIGAND, KIND_RESIDUE, dihedral_angle, residue_frames, scatter_atom14
+from hemeplm.data.tokens import KIND_LIGAND, KIND_RESIDUE, dihedral_angle, residue_frames, scatter_atom14
+from hemeplm.geometry.structure import fold_pairs, near_pairs, vdw_radii
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class InternalLayout:
         excluded: sorted keys ``i * A + j`` (i < j) of all 1-2 and 1-3 pairs (no clash there).
         radius: (A,) van der Waals radii (Å), 0 for metals (left out of clashes).
         fold_index: (2, Q) Cα pairs that hold the fold in a long forecast; fold_spread: (Q,) Å, the
-            training MD's standard deviation of their distance (:func:`hemeplm.structure.fold_pairs`).
+            training MD's standard deviation of their distance (:func:`hemeplm.geometry.structure.fold_pairs`).
     """
 
     torsion_slots: np.ndarray
@@ -106,7 +107,6 @@ def build_internal(layout: dict, bonds: np.ndarray, residue: np.ndarray, coords:
         coords: (F, A, 3) Å, training frames; the first gives the ligand templates and pair lengths.
         symbols: (A,) element symbols.
     """
-    from ..structure import fold_pairs, near_pairs, vdw_radii
 
     first = coords[0]
     idx, kind, torsion_atoms = layout["atom_index"], layout["kind"], layout["torsion_atoms"]

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HemeplmError, require_file
+from hemeplm.errors import HemeplmError, require_file
+from hemeplm.geometry.structure import METALS
 
 log = logging.getLogger(__name__)
 
 ELEMENTS = ("H", "C", "N", "O", "F", "P", "S", "Cl", "Br", "I", "Fe", "Zn", "Mg", "Ca", "Cu", "Mn", "Co", "Ni",
             "Na", "K", "Se")
 HYBRIDISATIONS = ("S", "SP", "SP2", "SP3", "SP3D", "SP3D2")
-METALS = {"Fe", "Zn", "Mg", "Ca", "Cu", "Mn", "Co", "Ni", "Na", "K"}
 #: element one-hot (+ other) | aromatic | hybridisation one-hot (+ other) | degree/4 | formal charge | in ring | charge
 N_LIGAND_FEATURES = len(ELEMENTS) + 1 + 1 + len(HYBRIDISATIONS) + 1 + 4
 

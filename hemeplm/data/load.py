@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HemeplmError, require_file
-from .numbering import number_amber_residues
-from .residues import ION_NAMES
+from hemeplm.errors import HemeplmError, require_file
+from hemeplm.data.numbering import number_amber_residues
+from hemeplm.data.residues import ION_NAMES
+from hemeplm.data.parameters import read_charges, residue_labels
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class MDSystem:
         energies: per segment, (F_s,) potential energy in kcal/mol, or None.
         forces: per segment, (F_s, A, 3) forces in kcal/mol/Å, or None.
         interactions: per segment, (F_s, R) protein–ligand interaction energy of each protein
-            residue in kcal/mol (:mod:`hemeplm.labels`), or None.
+            residue in kcal/mol (:mod:`hemeplm.forcefield.labels`), or None.
         charges: (A,) partial charges (e) from the topology, hydrogens folded onto
             their heavy atom, or None when the topology has none.
         files: the trajectory files, one per segment.
@@ -291,37 +292,6 @@ def kabsch(mobile: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return rot, trans
 
 
-def read_charges(path: Path, forcefield: list[str] | None = None) -> np.ndarray | None:
-    """(A,) partial charges (e) of every atom of a topology, read by OpenMM; None when it has none.
-
-    Amber prmtop/parm7: its charges. CHARMM PSF: its charge column (CHARMM parameter files
-    hold none, so none are needed). GRO: the charges of the GROMACS ``.top`` given in
-    ``forcefield`` (its folder is the include directory). PDB: only when ``forcefield``
-    names OpenMM XML files, which then parameterise it. Anything else has none.
-    """
-    from ..labels import openmm_system, pair_parameters
-
-    name = path.name.lower()
-    forcefield = list(forcefield or [])
-    tops = [f for f in forcefield if f.lower().endswith(".top")]
-    if name.endswith(".psf"):
-        from openmm import app
-
-        try:
-            return np.array([a.charge for a in app.CharmmPsfFile(str(path)).atom_list], dtype=np.float64)
-        except Exception as exc:
-            raise HemeplmError(f"cannot read charges: {' '.join(str(exc).split())}", path) from exc
-    if name.endswith((".prmtop", ".parm7")):
-        system = openmm_system(path)[1]
-    elif name.endswith(".gro") and tops:
-        system = openmm_system(tops[0], [str(path)])[1]
-    elif name.endswith((".pdb", ".pdb.gz", ".ent")) and forcefield:
-        system = openmm_system(path, forcefield)[1]
-    else:
-        return None
-    return pair_parameters(system).charge
-
-
 def _read_energies(traj_path: Path, n_frames: int, topology) -> dict | None:
     """Labels from ``energies_forces.npz`` beside a trajectory, when its frames and atoms match;
     None when there is no such file.
@@ -330,7 +300,6 @@ def _read_energies(traj_path: Path, n_frames: int, topology) -> dict | None:
     its residue names differ from the topology's protein residues) and ``times`` (F,) frame
     times in ps or None (not stored).
     """
-    from ..labels import residue_labels
 
     p = traj_path.parent / ENERGY_FILE
     if not p.exists():

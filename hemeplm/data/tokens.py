@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .residues import ATOM14, ATOM_ALIASES, CHI, TORSION_NAMES, UNK, residue_type, standard_name
+from hemeplm.data.residues import ATOM14, ATOM_ALIASES, CHI, TORSION_NAMES, UNK, residue_type, standard_name
 
 log = logging.getLogger(__name__)
 

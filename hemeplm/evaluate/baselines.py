@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import superpose
-from .trajectory import Reference
+from hemeplm.evaluate.geometry import superpose
+from hemeplm.evaluate.trajectory import Reference
 
 
 def baselines(segments: list[np.ndarray], ref: Reference, seed: int) -> dict[str, list[np.ndarray]]:

@@ -18,15 +18,10 @@ for the reference's own values.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-from ..structure import CLASH_SCALE
-from .geometry import BOND_CLASSES, Geometry
-
-if TYPE_CHECKING:
-    from .trajectory import Reference
+from hemeplm.geometry.structure import CLASH_SCALE, METALS
+from hemeplm.evaluate.geometry import BOND_CLASSES, Geometry
 
 BOND_TOLERANCE_A = 0.1
 #: ``clashes_per_frame_<class>``, indexed by the number of ligand atoms in the pair
@@ -128,8 +123,6 @@ def ligand_valid_fraction(x: np.ndarray, geom: Geometry) -> float:
     from rdkit.Geometry import Point3D
     from tqdm import tqdm
 
-    from ..data.ligand import METALS
-
     symbols = [geom.symbols[int(i)] for i in geom.ligand]
     template = Chem.RWMol()
     for s in symbols:
@@ -156,8 +149,9 @@ def ligand_valid_fraction(x: np.ndarray, geom: Geometry) -> float:
     return valid / len(x)
 
 
-def validity(frames: np.ndarray, ref: Reference) -> dict:
-    """``bond_ok_fraction*``, ``clashes_per_frame*`` and ``ligand_valid_fraction`` of (F, A, 3) frames."""
+def validity(frames: np.ndarray, ref) -> dict:
+    """``bond_ok_fraction*``, ``clashes_per_frame*`` and ``ligand_valid_fraction`` of (F, A, 3) frames
+    against a :class:`~hemeplm.evaluate.trajectory.Reference` (its geometry and mean bond lengths)."""
     geom = ref.geom
     return {**bond_ok_fractions(frames, geom, ref.bond_lengths), **clashes_by_kind(frames, geom),
             "ligand_valid_fraction": ligand_valid_fraction(frames, geom) if len(geom.ligand) else math.nan}

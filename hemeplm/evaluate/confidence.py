@@ -1,7 +1,7 @@
 """Calibration of the per-frame confidence score of generated trajectories against their per-frame error.
 
 ``sample.py`` writes, per sample and frame, an uncertainty in Å (higher = less
-confident; :mod:`hemeplm.confidence`) into the summary JSON beside its
+confident; :mod:`hemeplm.generate.confidence`) into the summary JSON beside its
 trajectories (``uncertainty_A``). ``hemeplm evaluate`` reads it for every
 generated (and ``--prior``) file and measures how well it ranks the frames by
 their error against the reference MD. A generated frame i of a trajectory is
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HemeplmError
-from .checks import violations_per_frame
-from .stats import spearman
-from .trajectory import Reference, ligand_rmsd
+from hemeplm.errors import HemeplmError
+from hemeplm.evaluate.checks import violations_per_frame
+from hemeplm.evaluate.stats import spearman
+from hemeplm.evaluate.trajectory import Reference, ligand_rmsd
+from hemeplm.io import sample_output
 
 KEYS = ("confidence_spearman_ligand_rmsd", "confidence_spearman_violations", "lead_time_spearman_ligand_rmsd")
 
@@ -44,7 +45,6 @@ def read_uncertainty(files: list[str | Path], frames: list[int]) -> tuple[list[n
     Raises:
         HemeplmError: naming a summary that is not readable JSON.
     """
-    from ..sampling import sample_output
 
     found, summaries = [], {}
     for f, n in zip(files, frames):

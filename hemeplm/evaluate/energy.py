@@ -29,8 +29,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..labels import residue_labels
-from .stats import pearson
+from hemeplm.data.parameters import residue_labels
+from hemeplm.evaluate.stats import pearson
+from hemeplm import plots
 
 
 def regression_metrics(pred: np.ndarray, true: np.ndarray, name: str, unit: str) -> dict:
@@ -118,8 +119,6 @@ def evaluate_energies(predict: Callable[[np.ndarray], dict], coords: np.ndarray,
         the metrics of :func:`energy_force_metrics` and :func:`interaction_metrics`, and the files written.
     """
     from tqdm import tqdm
-
-    from .. import plots
 
     out = Path(out_dir)
     starts = range(0, len(coords), batch_frames)

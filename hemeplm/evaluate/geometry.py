@@ -7,8 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HemeplmError
-from ..structure import near_pairs, vdw_radii
+from hemeplm.errors import HemeplmError
+from hemeplm.geometry.structure import near_pairs, vdw_radii
+from hemeplm.data.residues import TORSION_NAMES
+from hemeplm.data.tokens import build_layout
+from hemeplm.data.load import kabsch
 
 TORSION_TYPES = ("phi", "psi", "chi1", "chi2", "chi3", "chi4")
 #: ``bond_ok_fraction_<class>``; :attr:`Geometry.bond_class` indexes this
@@ -59,8 +62,6 @@ def build_geometry(topology, ligand: np.ndarray, first_frame: np.ndarray, path: 
         topology: mdtraj Topology of the kept atoms; ligand: (L,) ligand indices;
         first_frame: (A, 3) Å, used by the token layout; path: named in errors.
     """
-    from ..data.residues import TORSION_NAMES
-    from ..data.tokens import build_layout
 
     n = topology.n_atoms
     lig = set(int(i) for i in ligand)
@@ -105,7 +106,6 @@ def superpose(x: np.ndarray, ca: np.ndarray, target: np.ndarray) -> np.ndarray:
     Returns:
         (F, A, 3) superposed coordinates.
     """
-    from ..data.load import kabsch
 
     rot, trans = kabsch(x[:, ca].astype(np.float64), target.astype(np.float64))
     return (np.einsum("fij,faj->fai", rot, x) + trans[:, None]).astype(np.float32)

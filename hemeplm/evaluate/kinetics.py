@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .stats import jensen_shannon
+from hemeplm.evaluate.stats import jensen_shannon
 
 N_MICROSTATES = 10
 N_METASTABLE = 2

@@ -40,9 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HemeplmError
-from .geometry import Geometry
-from .stats import evenly_spaced
+from hemeplm.errors import HemeplmError
+from hemeplm.evaluate.geometry import Geometry
+from hemeplm.evaluate.stats import evenly_spaced
+from hemeplm.data.ligand import _mol_from_file, _mol_from_topology
 
 #: prefix of the metric keys
 KEY_PREFIX = "posebusters_"
@@ -61,8 +62,6 @@ def ligand_template(system, geom: Geometry, ligand_file: str | Path | None = Non
         orders came from, or ``"skipped: ..."`` and why.
     """
     from rdkit import Chem
-
-    from ..data.ligand import _mol_from_file, _mol_from_topology
 
     if not len(geom.ligand):
         return None, "skipped: no ligand"

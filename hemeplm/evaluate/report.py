@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import CLASH_CLASSES
-from .geometry import BOND_CLASSES
+from hemeplm.evaluate.checks import CLASH_CLASSES
+from hemeplm.evaluate.geometry import BOND_CLASSES
 
 #: columns of ``metrics.json`` and :func:`print_table`; ``prior`` only when prior trajectories are given
 METHODS = ("model", "static", "random_walk", "prior")
@@ -46,7 +46,7 @@ def print_table(metrics: dict) -> str:
     """The main scalar metrics, model vs the baselines (prior when present) and the reference where it has a value.
 
     Args:
-        metrics: what :func:`~hemeplm.evaluate.cli.evaluate_trajectories` returns (or ``metrics.json`` holds).
+        metrics: what :func:`~hemeplm.evaluate.run.evaluate_trajectories` returns (or ``metrics.json`` holds).
     Returns:
         a fixed-width text table, one column per method of :data:`METHODS` present in ``metrics``;
         metrics undefined for every method are left out.

@@ -41,10 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HemeplmError
-from .checks import bond_lengths, validity
-from .geometry import TORSION_TYPES, Geometry
-from .stats import binned, decorrelation_time, jensen_shannon, pearson, weighted_median
+from hemeplm.errors import HemeplmError
+from hemeplm.evaluate.checks import bond_lengths, validity
+from hemeplm.evaluate.geometry import TORSION_TYPES, Geometry
+from hemeplm.evaluate.stats import binned, decorrelation_time, jensen_shannon, pearson, weighted_median
+from hemeplm.data.tokens import dihedrals
+from hemeplm.data.load import kabsch
 
 TORSION_BINS = 36
 TICA_BINS = 30
@@ -58,8 +60,6 @@ CONTACT_CUTOFF_A = 4.5
 def torsion_angles(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
     """Dihedral angles (rad, in -π..π) of (F, A, 3) coordinates for (T, 4) atom quadruples -> (F, T)."""
     import torch
-
-    from ..data.tokens import dihedrals
 
     return dihedrals(torch.from_numpy(np.asarray(x, dtype=np.float64)), torch.from_numpy(quads)).numpy()
 
@@ -118,8 +118,6 @@ def ligand_rmsd(gen: np.ndarray, ref: np.ndarray, geom: Geometry) -> np.ndarray:
         when F == F', else against the nearest reference frame (:func:`rmsd_pairing`).
     """
     from scipy.spatial.distance import cdist
-
-    from ..data.load import kabsch
 
     lig, n_lig = geom.ligand, len(geom.ligand)
     if len(gen) == len(ref):

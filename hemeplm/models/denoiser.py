@@ -21,7 +21,7 @@ zero-initialised gate per sub-layer), applies
 Local attention gathers projected keys in chunks of tokens (recomputed in the
 backward pass), so nothing of size N×N or unbounded N×K×D is allocated: time
 and memory grow linearly in tokens. A system too large for one pass can also
-be denoised in overlapping fragments (:mod:`hemeplm.fragment`), which
+be denoised in overlapping fragments (:mod:`hemeplm.generate.fragment`), which
 sampling does when N exceeds ``VideoDenoiser.max_tokens``.
 
 Interface (see :mod:`hemeplm.diffusion`): ``denoiser(x_t, t, cond, mask)``
@@ -422,7 +422,7 @@ class VideoDenoiser(nn.Module):
         token_dim: C, width of ``cond.tokens``.
         dim, depth, heads, mlp_ratio, max_tau, cross_window: see DenoiserConfig.
         max_tokens: token budget of one pass in sampling; above it sampling denoises
-            overlapping spatial fragments (:func:`hemeplm.fragment.denoiser_for`). None: no limit.
+            overlapping spatial fragments (:func:`hemeplm.generate.fragment.denoiser_for`). None: no limit.
         fragment_halo: Å of context around each fragment's core (blended away toward its border).
 
     ``forward(x_t (B, T, N, D), t (B,), cond, mask (B, T, N)) -> (B, T, N, D)``.

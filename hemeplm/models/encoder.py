@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..graph import N_EDGE_TYPES, build_graph
+from hemeplm.models.graph import N_EDGE_TYPES, build_graph
 
 
 def cosine_cutoff(d: torch.Tensor, cutoff: float) -> torch.Tensor:

@@ -29,8 +29,8 @@ import math
 import torch
 from torch import nn
 
-from ..labels import coulomb_lj
-from .encoder import cosine_cutoff
+from hemeplm.data.parameters import coulomb_lj
+from hemeplm.models.encoder import cosine_cutoff
 
 SOFTEN_A = 0.25  # δ in sqrt(d² + δ²) of the 1/r terms, Å
 #: starting values of the learnt force constants (kcal/mol/Å², kcal/mol per unit cos²) and of the

@@ -4,7 +4,7 @@ Generated frames hold the heavy atoms of the training system (the PDB that
 ``sample.py`` writes beside its trajectories is their topology). The force
 field is the training MD's own: an Amber prmtop (in OBC2 implicit solvent, as
 ``hemeplm simulate`` runs it, or in vacuum), or a PDB prepared as
-``hemeplm simulate --pdb`` prepares it (:func:`hemeplm.simulate.prepare_pdb`:
+``hemeplm simulate --pdb`` prepares it (:func:`hemeplm.forcefield.simulate.prepare_pdb`:
 CHARMM36, a heme as ``HEME``; in vacuum, since explicit water means nothing
 for a single frame). Without ``forcefield_topology`` the generated topology
 PDB itself takes the CHARMM36 route. Both are built without constraints, so
@@ -34,7 +34,7 @@ index and the reason, and left out of the relaxed trajectory; nothing fails
 silently.
 
 Outputs for ``out = OUT.xtc`` (or ``.dcd``), named like ``sample.py``'s
-(:func:`hemeplm.sampling.output_paths`; ``OUT_000.xtc``... for several input
+(:func:`hemeplm.generate.sampler.output_paths`; ``OUT_000.xtc``... for several input
 trajectories): the relaxed frames of each input trajectory, heavy atoms in the
 generated topology's order (so the raw topology PDB reads them too, and
 ``hemeplm evaluate`` compares them directly with the raw ones); ``OUT.pdb``,
@@ -74,10 +74,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HemeplmError, require_file
-from .evaluate.stats import effective_sample_size
-from .labels import KJ_PER_KCAL
-from .simulate import HEME_PDB_NAMES, atomic_write_bytes
+from hemeplm.errors import HemeplmError, require_file
+from hemeplm.evaluate.stats import effective_sample_size
+from hemeplm.data.parameters import KJ_PER_KCAL
+from hemeplm.data.parameters import HEME_PDB_NAMES
+from hemeplm.io import atomic_write_bytes
+from hemeplm.io import check_outputs, output_paths
+from hemeplm.forcefield import simulate
+from hemeplm.data.residues import standard_name
+from hemeplm.data.load import load_topology, load_trajectory
+from hemeplm.forcefield.simulate import get_platform
 
 BOLTZMANN_KCAL_MOL_K = 0.0019872043
 AMBER_SUFFIXES = (".prmtop", ".parm7")
@@ -166,26 +172,22 @@ def output_files(out: str | Path, n_trajectories: int, force: bool = False) -> t
     Raises:
         HemeplmError: when ``out`` is not an .xtc/.dcd path, or (without ``force``) any of them exists.
     """
-    from .sampling import output_paths
 
     out = Path(out)
     if out.suffix.lower() not in (".xtc", ".dcd"):
         raise HemeplmError("output must end in .xtc or .dcd", out)
     trajs, pdb, summary = output_paths(out, n_trajectories)
     arrays = summary.with_suffix(".npz")
-    existing = [str(p) for p in [*trajs, pdb, summary, arrays] if p.exists()]
-    if existing and not force:
-        raise HemeplmError(f"would overwrite {', '.join(existing)}; pass --force to replace them", out)
+    check_outputs([*trajs, pdb, summary, arrays], force, out)
     return trajs, pdb, summary, arrays
 
 
 def forcefield_system(forcefield_topology: str | Path, solvent: str | None):
     """(OpenMM topology, system without constraints, description) of the training force field.
 
-    A ``.prmtop``/``.parm7`` is read by :func:`hemeplm.simulate.amber_system`; anything else goes
-    through :func:`hemeplm.simulate.prepare_pdb` (PDBFixer, CHARMM36, hydrogens at pH 7).
+    A ``.prmtop``/``.parm7`` is read by :func:`hemeplm.forcefield.simulate.amber_system`; anything else goes
+    through :func:`hemeplm.forcefield.simulate.prepare_pdb` (PDBFixer, CHARMM36, hydrogens at pH 7).
     """
-    from . import simulate
 
     path = Path(forcefield_topology)
     amber = path.name.lower().endswith(AMBER_SUFFIXES)
@@ -201,8 +203,6 @@ def forcefield_system(forcefield_topology: str | Path, solvent: str | None):
 
 
 def _residue_key(name: str) -> str:
-    from .data.residues import standard_name
-
     return "HEME" if name.upper() in HEME_PDB_NAMES else standard_name(name)
 
 
@@ -367,8 +367,6 @@ class Relaxer:
         import openmm
         from openmm import unit
 
-        from .simulate import get_platform
-
         self.cfg, self.restrained = cfg, restrained
         soft = _softened(system, hydrogen)
         fixed = copy.deepcopy(soft)
@@ -518,8 +516,6 @@ def relax_trajectories(topology: str | Path, frames: list[str | Path], out: str 
     import mdtraj
     import openmm
     from tqdm import tqdm
-
-    from .data.load import load_topology, load_trajectory
 
     cfg = cfg or RelaxConfig()
     if not frames:

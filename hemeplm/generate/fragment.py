@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .data.tokens import bisect
-from .models.denoiser import Conditioning
+from hemeplm.data.tokens import bisect
+from hemeplm.models.denoiser import Conditioning
 
 
 @dataclass

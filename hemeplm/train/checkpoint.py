@@ -3,7 +3,7 @@
 A checkpoint holds ``format_version``, the resolved ``config``, the system's
 static description (``static``), ``model`` and ``ema`` state dicts, the
 ``optimizer`` state, ``step``, ``rng`` states and the ``metrics`` history, all
-plain data (tensors, numbers, strings, lists, dicts; :mod:`hemeplm.plain`), and
+plain data (tensors, numbers, strings, lists, dicts; :mod:`hemeplm.io`), and
 is read with ``torch.load(..., weights_only=True)``: a file holding any other
 Python object is refused, so loading a checkpoint cannot run code. It is written to a temporary file in the same folder, fsynced and renamed over
 the old one, so a kill (or a full disk) during saving leaves the previous
@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, from_dict
-from .errors import HemeplmError
-from .plain import load_plain, to_plain
+from hemeplm.config import Config, from_dict
+from hemeplm.errors import HemeplmError
+from hemeplm.io import load_plain, to_plain
+from hemeplm.models.surrogate import HemePLM
 
 #: 3: plain data only (read with weights_only=True); 2: internal coordinates (rigid bodies + torsions),
 #: numpy arrays inside; 1: generated per-atom displacements
@@ -37,7 +38,7 @@ def save_checkpoint(path: str | Path, payload: dict) -> None:
     """Atomically write ``payload`` (plus ``format_version``) to ``path``.
 
     ``payload`` holds plain data; numpy arrays and scalars in it are stored as tensors and
-    Python numbers (:func:`~hemeplm.plain.to_plain`), anything else is a TypeError. A write that fails (e.g. a full disk) removes its temporary file, leaves the
+    Python numbers (:func:`~hemeplm.io.to_plain`), anything else is a TypeError. A write that fails (e.g. a full disk) removes its temporary file, leaves the
     previous checkpoint as it was and raises :class:`HemeplmError`.
     """
     path = Path(path)
@@ -101,12 +102,11 @@ def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path
 
 
 def build_model(ckpt: dict, use_ema: bool = True):
-    """Rebuild :class:`~hemeplm.models.hemeplm.HemePLM` from a loaded checkpoint alone.
+    """Rebuild :class:`~hemeplm.models.surrogate.HemePLM` from a loaded checkpoint alone.
 
     Returns:
         (model in eval mode, Config).
     """
-    from .models.hemeplm import HemePLM
 
     cfg: Config = from_dict(ckpt["config"])
     model = HemePLM(cfg, ckpt["static"])

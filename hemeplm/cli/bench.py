@@ -4,12 +4,12 @@ For each system (small to large) a randomly initialised model is built from a
 config (timing does not depend on the weights) and two things are measured,
 each in a fresh child process so that its peak memory is its own:
 
-* ``train_step``: one optimiser step of :class:`~hemeplm.training.Objective`
+* ``train_step``: one optimiser step of :class:`~hemeplm.train.loop.Objective`
   on a batch of ``optim.batch_size`` windows of ``data.window`` frames, with
   the energy and force losses on (synthetic targets: the force loss's second
   derivative through the encoder is part of a real step's cost);
 * ``sample``: a forecast of ``--frames`` frames (100) from one start frame
-  with :class:`~hemeplm.sampling.Generator`, with the config's sampler and
+  with :class:`~hemeplm.generate.sampler.Generator`, with the config's sampler and
   steps per window (``diffusion.sampler``, ``diffusion.sample_steps``: what
   ``sample.py`` and the demo's quality tables use) unless ``--sampler`` or
   ``--steps`` say otherwise (DDIM time is linear in the steps).
@@ -30,7 +30,7 @@ its water oxygens and ions are pooled into tokens of up to
 * ``t4l``: T4 lysozyme L99A + p-xylene (Amber prmtop, 2,621 atoms);
 * ``19hc``, ``19hc_water``: nine-haem cytochrome c (PDB 19HC) with hydrogens
   added (PDBFixer + the CHARMM36 heme hydrogen definitions of
-  :mod:`hemeplm.simulate`), its 18 hemes as the ligand, without and with its
+  :mod:`hemeplm.forcefield.simulate`), its 18 hemes as the ligand, without and with its
   885 crystal waters (the prepared PDBs are cached);
 * ``adk``, ``adk_water``: adenylate kinase in TIP4P water (GROMACS, 47,681
   atoms, from ``../shared/data/adk_water`` when present): solvent dropped,
@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import HemeplmError
+from hemeplm.errors import HemeplmError
 
 ROOT = Path(__file__).resolve().parents[1]
 T4L = ROOT / "data" / "t4l_l99a_xylene"
@@ -95,11 +95,11 @@ def prepare_heme_protein(source: str | Path, out: str | Path, keep_water: bool) 
     """A heme protein PDB with hydrogens added, cached at ``out``.
 
     PDBFixer completes the protein; heme groups get the CHARMM36 ``HEME`` template's bonds
-    and hydrogen definitions (:mod:`hemeplm.simulate`); every other heterogen is removed,
+    and hydrogen definitions (:mod:`hemeplm.forcefield.simulate`); every other heterogen is removed,
     crystal waters too unless ``keep_water``. Hydrogens are placed from the residues'
     hydrogen definitions without a force field: CHARMM36's b-type ``HEME`` template cannot
     match a c-type heme bonded to two cysteines (as in 19HC), which is where
-    :func:`hemeplm.simulate.prepare_pdb` stops. The thioether-linked vinyl carbons so get
+    :func:`hemeplm.forcefield.simulate.prepare_pdb` stops. The thioether-linked vinyl carbons so get
     the b-type heme's vinyl hydrogens (one hydrogen short per link); the count is for
     timing, not for simulation.
     """
@@ -109,7 +109,7 @@ def prepare_heme_protein(source: str | Path, out: str | Path, keep_water: bool) 
     from openmm import app
     from pdbfixer import PDBFixer
 
-    from . import simulate as sim
+    from hemeplm.forcefield import simulate as sim
 
     out = Path(out)
     if out.exists():
@@ -127,8 +127,8 @@ def prepare_heme_protein(source: str | Path, out: str | Path, keep_water: bool) 
     fixer.findMissingAtoms()
     fixer.addMissingAtoms()
     modeller = app.Modeller(fixer.topology, fixer.positions)
-    sim._prepare_heme(modeller)
-    modeller.loadHydrogenDefinitions(io.BytesIO(sim._heme_hydrogen_definitions()))
+    sim.prepare_heme(modeller)
+    modeller.loadHydrogenDefinitions(io.BytesIO(sim.heme_hydrogen_definitions()))
     modeller.addHydrogens(pH=7.0)
     out.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -174,7 +174,7 @@ def default_systems(cache: Path, names: list[str] | None = None, adk: Path = ADK
 
 def system_atoms(system: BenchSystem) -> tuple[int, int]:
     """(atoms in the input topology, atoms of the modelled molecules with their hydrogens)."""
-    from .data.load import load_topology, select_ligand
+    from hemeplm.data.load import load_topology, select_ligand
 
     top = load_topology(system.topology)
     residues = {top.atom(int(i)).residue.index for i in select_ligand(top, system.ligand, system.topology)}
@@ -220,14 +220,14 @@ def measure(spec: dict) -> dict:
     """
     import torch
 
-    from .config import load_config
-    from .data.dataset import featurize
-    from .device import resolve_device
-    from .diffusion import GaussianDiffusion
-    from .models.hemeplm import HemePLM, system_static
-    from .sampling import Generator
-    from .tasks import task_mask
-    from .training import Objective
+    from hemeplm.config import load_config
+    from hemeplm.data.dataset import featurize
+    from hemeplm.device import resolve_device
+    from hemeplm.diffusion import GaussianDiffusion
+    from hemeplm.models.surrogate import HemePLM, system_static
+    from hemeplm.generate.sampler import Generator
+    from hemeplm.tasks import task_mask
+    from hemeplm.train.loop import Objective
 
     if spec["device"] == "cpu":  # fail cleanly rather than wake the OOM killer on a shared machine
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_GIB * GIB, CHILD_MEMORY_GIB * GIB))
@@ -294,7 +294,7 @@ def measure(spec: dict) -> dict:
 
 def _child(spec: dict) -> dict:
     """Run :func:`measure` in a fresh Python process; a failure is returned as ``error``."""
-    proc = subprocess.run([sys.executable, "-m", "hemeplm.bench", json.dumps(spec)], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "hemeplm.cli.bench", json.dumps(spec)], capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
@@ -312,7 +312,7 @@ def loglog_slope(x: list[float], y: list[float]) -> float | None:
 
 def md_rate(seconds: float, threads: int | None = None) -> dict:
     """OpenMM on the T4L system for ``seconds`` of wall time: simulated ns per wall-clock hour."""
-    from . import simulate as sim
+    from hemeplm.forcefield import simulate as sim
 
     cfg = sim.SimulateConfig(threads=threads, platform="CPU")
     parts = sim.prepare_amber(T4L / "complex.prmtop", T4L / "complex-minimized.crd", cfg)
@@ -331,7 +331,7 @@ def md_rate(seconds: float, threads: int | None = None) -> dict:
 
 def plot_scaling(systems: list[dict], slope_time: float | None, slope_memory: float | None, path: Path) -> Path:
     """Log–log plot of sampling (and training-step) time and peak memory against atom count."""
-    from .plots import _save, plt
+    from hemeplm.plots import _save, plt
 
     ok = [s for s in systems if "sample_s" in s]
     x = np.array([s["n_atoms"] for s in ok], float)
@@ -369,10 +369,10 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
     """
     import torch
 
-    from .config import load_config
-    from .device import resolve_device
-    from .diffusion import GaussianDiffusion
-    from .sampling import sampler_settings
+    from hemeplm.config import load_config
+    from hemeplm.device import resolve_device
+    from hemeplm.diffusion import GaussianDiffusion
+    from hemeplm.generate.sampler import sampler_settings
 
     out = Path(out)
     cache = (out / "cache").resolve()
@@ -455,7 +455,7 @@ def _cmd_bench(args) -> None:
 
 def add_bench_parser(sub) -> None:
     """Add the ``bench`` subcommand to the ``hemeplm`` argument parser's subparsers."""
-    from .cli import HelpFormatter
+    from hemeplm.cli import HelpFormatter
 
     b = sub.add_parser("bench", help="time and peak memory of training and sampling vs system size",
                        formatter_class=HelpFormatter)

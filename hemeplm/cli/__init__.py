@@ -13,8 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import __version__
-from .errors import HemeplmError
+from hemeplm import __version__
+from hemeplm.errors import HemeplmError
 
 EPILOG = """training and sampling are scripts in the repository root:
   python train.py [--config configs/demo.yaml] [key=value ...]   learn from trajectories
@@ -36,7 +36,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _cmd_inspect(args) -> None:
-    from .data.load import inspect_system
+    from hemeplm.data.load import inspect_system
 
     report = inspect_system(args.topology, args.trajectories, ligand=args.ligand,
                             hydrogens=args.hydrogens, timestep_ps=args.timestep_ps, forcefield=args.forcefield)
@@ -51,7 +51,7 @@ def _cmd_inspect(args) -> None:
 
 
 def _cmd_simulate(args) -> None:
-    from . import simulate as sim
+    from hemeplm.forcefield import simulate as sim
 
     cfg = sim.SimulateConfig(steps=args.steps, equilibrate_steps=args.equilibrate_steps, report_every=args.report_every, timestep_fs=args.timestep_fs,
                              temperature_k=args.temperature, hydrogen_mass_amu=None if args.no_hmr else args.hmr_mass,
@@ -84,7 +84,7 @@ def _cmd_simulate(args) -> None:
 
 
 def _cmd_label(args) -> None:
-    from .labels import label_trajectories
+    from hemeplm.forcefield.labels import label_trajectories
 
     dirs = label_trajectories(args.topology, args.trajectories, args.out, forcefield=args.forcefield,
                               solvent=args.solvent, cutoff_nm=args.cutoff_nm, ligand=args.ligand, force=args.force,
@@ -96,8 +96,8 @@ def _cmd_label(args) -> None:
 def _cmd_energies(args) -> None:
     import torch
 
-    from . import energies
-    from .sampling import Generator, load_checked
+    from hemeplm.generate import energies
+    from hemeplm.generate.sampler import Generator, load_checked
 
     gen = Generator.from_checkpoint(args.ckpt, device=args.device)
     system = load_checked(gen, args.topology, [args.frames])
@@ -111,7 +111,7 @@ def _cmd_energies(args) -> None:
 
 
 def _cmd_relax(args) -> None:
-    from .relax import RelaxConfig, relax_trajectories
+    from hemeplm.forcefield.relax import RelaxConfig, relax_trajectories
 
     summary = relax_trajectories(args.topology, args.frames, args.out,
                                  forcefield_topology=args.relax_forcefield_topology, cfg=RelaxConfig.from_args(args),
@@ -229,15 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--frames", required=True, nargs="+", help="generated trajectories")
     r.add_argument("--out", required=True, help="OUT.xtc or OUT.dcd (OUT_000.xtc... for several trajectories), "
                                                 "with OUT.pdb, OUT.json and OUT.npz")
-    from .relax import add_relax_options
+    from hemeplm.forcefield.relax import add_relax_options
     add_relax_options(r)
     _add_output_flags(r, "overwrite existing outputs")
     r.set_defaults(func=_cmd_relax)
-    from .evaluate import add_evaluate_parser
+    from hemeplm.evaluate.run import add_evaluate_parser
     add_evaluate_parser(sub)
-    from .bench import add_bench_parser
+    from hemeplm.cli.bench import add_bench_parser
     add_bench_parser(sub)
-    from .viewer import add_view_parser
+    from hemeplm.viewer import add_view_parser
     add_view_parser(sub)
     return p
 

@@ -3,7 +3,7 @@
 ``hemeplm energies --ckpt CK --topology T --frames TRAJ --out DIR`` writes
 
 * ``DIR/energies.npz``: ``residue_interaction_kcal_mol`` (F, R), the protein–ligand interaction
-  energy of each protein residue (:mod:`hemeplm.labels` defines it); ``residues`` (R,) names such
+  energy of each protein residue (:mod:`hemeplm.forcefield.labels` defines it); ``residues`` (R,) names such
   as ``ALA99`` in the topology's order; ``energy_kcal_mol`` (F,) total potential energy and
   ``forces_kcal_mol_A`` (F, A, 3) on the model's atoms;
 * ``DIR/residue_interaction.csv``: per residue, the mean and standard deviation over frames;
@@ -24,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import HemeplmError
-from .models.hemeplm import HemePLM
+from hemeplm.errors import HemeplmError
+from hemeplm.models.surrogate import HemePLM
+from hemeplm.io import atomic_write_bytes, check_outputs
+from hemeplm import plots
+from hemeplm.evaluate.energy import evaluate_energies
 
 FILES = ("energies.npz", "residue_interaction.csv", "residue_interaction.png", "residue_interaction.pdb")
 
@@ -56,14 +59,10 @@ def write(model: HemePLM, frames: torch.Tensor, out: str | Path, force: bool = F
 
     Refuses to overwrite existing files unless ``force``.
     """
-    from . import plots
-    from .simulate import atomic_write_bytes
 
     out = Path(out)
     paths = [out / f for f in FILES]
-    existing = [str(p) for p in paths if p.exists()]
-    if existing and not force:
-        raise HemeplmError(f"would overwrite {', '.join(existing)}; pass --force", out)
+    check_outputs(paths, force, out)
     out.mkdir(parents=True, exist_ok=True)
     pred = predict(model, frames, progress=progress)
     names = list(model.static_info["interaction_residues"])
@@ -100,8 +99,6 @@ def compare(model: HemePLM, system, span: slice, out: str | Path, path: str | Pa
     Writes ``out/compare/metrics.json`` (energy, force and interaction metrics with the
     training-mean baseline) and the figures; returns their paths.
     """
-    from .evaluate import evaluate_energies
-    from .simulate import atomic_write_bytes
 
     if system.energies[0] is None:
         raise HemeplmError("has no energies_forces.npz beside it to compare with", path)

@@ -13,7 +13,7 @@ holds ``topology.pdb`` (all atoms), ``traj.dcd`` (full float32 precision, stream
 ``settings.json``, and, once the run is complete, ``energies_forces.npz``:
 ``time_ps`` (F,), ``energy_kcal_mol`` (F,), ``forces_kcal_mol_A`` (F, A, 3),
 ``residue_interaction_kcal_mol`` (F, R: each protein residue's vacuum Coulomb +
-Lennard-Jones energy with the ligand, :mod:`hemeplm.labels`), ``residues`` (R,)
+Lennard-Jones energy with the ligand, :mod:`hemeplm.forcefield.labels`), ``residues`` (R,)
 and ``ligand_atoms`` (L,). While it runs, labels go to ``labels/`` chunks and the
 OpenMM checkpoint to ``state.npz`` (see :class:`MDRun`). Running the same command
 again after a kill continues the run from its last saved frame.
@@ -37,15 +37,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.load import ENERGY_FILE
-from .errors import HemeplmError, require_file
+from hemeplm.data.load import dcd_layout, ENERGY_FILE, select_ligand
+from hemeplm.errors import HemeplmError, require_file
+from hemeplm.data.parameters import heme_hydrogen_definitions, HEME_PDB_NAMES, pair_parameters, prepare_heme, residue_labels
+from hemeplm.io import atomic_write_bytes
+from hemeplm.forcefield.labels import residue_interactions
 
 TRAJ_FILE = "traj.dcd"
 STATE_FILE = "state.npz"
 LABEL_DIR = "labels"
 #: everything a run writes, what ``--force`` removes
 RUN_FILES = ("settings.json", ENERGY_FILE, TRAJ_FILE, "topology.pdb", STATE_FILE, LABEL_DIR)
-HEME_PDB_NAMES = ("HEM", "HEC", "HEME")
 PROTEIN_RESIDUES = ("ALA", "ARG", "ASN", "ASP", "CYS", "GLN", "GLU", "GLY", "HIS", "ILE", "LEU", "LYS",
                     "MET", "PHE", "PRO", "SER", "THR", "TRP", "TYR", "VAL", "HID", "HIE", "HIP", "HSD",
                     "HSE", "HSP", "CYX", "ASH", "GLH", "LYN", "ACE", "NME")
@@ -81,66 +83,6 @@ def file_id(path: str | Path) -> dict:
     return {"name": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-@functools.lru_cache(maxsize=None)
-def _heme_template(forcefield_file: str = "charmm36.xml") -> tuple[list[str], list[tuple[str, str]]]:
-    """Atom names and bonds of CHARMM36's ``HEME`` residue template."""
-    from openmm.app import forcefield as ffmod
-
-    path = Path(ffmod.__file__).parent / "data" / forcefield_file
-    for res in ET.parse(path).getroot().iter("Residue"):
-        if res.get("name") == "HEME":
-            atoms = [a.get("name") for a in res.iter("Atom")]
-            bonds = [(b.get("atomName1"), b.get("atomName2")) for b in res.iter("Bond")]
-            return atoms, bonds
-    raise HemeplmError("no HEME residue template", path)
-
-
-def _heme_hydrogen_definitions() -> bytes:
-    """Hydrogen definitions for ``HEME`` (each template H with its bonded heavy atom)."""
-    atoms, bonds = _heme_template()
-    hydrogens = {a for a in atoms if a.startswith("H")}
-    lines = ["<Residues>", ' <Residue name="HEME">']
-    for a, b in bonds:
-        if a in hydrogens and b not in hydrogens:
-            lines.append(f'  <H name="{a}" parent="{b}"/>')
-        elif b in hydrogens and a not in hydrogens:
-            lines.append(f'  <H name="{b}" parent="{a}"/>')
-    lines += [" </Residue>", "</Residues>"]
-    return "\n".join(lines).encode()
-
-
-def _prepare_heme(modeller) -> int:
-    """Rename heme residues to ``HEME`` and add the template's heavy-atom bonds.
-
-    Returns the number of hemes found.
-    """
-    _, bonds = _heme_template()
-    n = 0
-    existing = {frozenset((b[0].index, b[1].index)) for b in modeller.topology.bonds()}
-    for res in modeller.topology.residues():
-        if res.name not in HEME_PDB_NAMES:
-            continue
-        n += 1
-        res.name = "HEME"
-        by_name = {a.name: a for a in res.atoms()}
-        for a, b in bonds:
-            if a in by_name and b in by_name:
-                key = frozenset((by_name[a].index, by_name[b].index))
-                if key not in existing:
-                    modeller.topology.addBond(by_name[a], by_name[b])
-    return n
-
-
 def prepare_pdb(pdb: str | Path, cfg: SimulateConfig, constraints: bool = True):
     """PDB -> (topology, system, positions) with PDBFixer and CHARMM36.
 
@@ -173,8 +115,8 @@ def prepare_pdb(pdb: str | Path, cfg: SimulateConfig, constraints: bool = True):
     fixer.findMissingAtoms()
     fixer.addMissingAtoms()
     modeller = app.Modeller(fixer.topology, fixer.positions)
-    _prepare_heme(modeller)
-    modeller.loadHydrogenDefinitions(io.BytesIO(_heme_hydrogen_definitions()))
+    prepare_heme(modeller)
+    modeller.loadHydrogenDefinitions(io.BytesIO(heme_hydrogen_definitions()))
     files = ["charmm36.xml"] + (["charmm36/water.xml"] if cfg.solvent == "explicit" else [])
     forcefield = app.ForceField(*files)
     modeller.addHydrogens(forcefield, pH=7.0)
@@ -434,7 +376,7 @@ class MDRun:
 class InteractionLabeller:
     """Per-residue protein–ligand interaction energies of frames of an OpenMM system.
 
-    Vacuum definition (:mod:`hemeplm.labels`: Coulomb + Lennard-Jones, all atoms, no cutoff)
+    Vacuum definition (:mod:`hemeplm.forcefield.labels`: Coulomb + Lennard-Jones, all atoms, no cutoff)
     computed from the positions, so the labels do not depend on the solvent model. The
     ligand is an mdtraj selection (None: detected, as the data loader does).
 
@@ -446,9 +388,6 @@ class InteractionLabeller:
     def __init__(self, topology, system, ligand: str | None = None):
         import mdtraj
 
-        from .data.load import select_ligand
-        from .labels import pair_parameters, residue_labels
-
         md_top = mdtraj.Topology.from_openmm(topology)
         self.params = pair_parameters(system)
         self.residue, self.names = residue_labels(md_top)
@@ -456,14 +395,12 @@ class InteractionLabeller:
 
     def __call__(self, xyz: np.ndarray) -> np.ndarray:
         """(A, 3) positions in Å -> (R,) interaction energies in kcal/mol."""
-        from .labels import residue_interactions
 
         return residue_interactions(self.params, xyz[None], self.residue, self.ligand, len(self.names))[0]
 
 
 def truncate_dcd(path: Path, n_frames: int) -> None:
     """Cut a DCD written by OpenMM back to its first ``n_frames`` frames (the header's counts too)."""
-    from .data.load import dcd_layout
 
     if not path.exists():
         return

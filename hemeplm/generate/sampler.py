@@ -41,17 +41,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import build_model, load_checkpoint
-from .confidence import frame_uncertainty
-from .config import Config
-from .data.load import load_system
-from .data.numbering import write_pdb
-from .device import resolve_device
-from .diffusion import SAMPLERS, GaussianDiffusion
-from .errors import HemeplmError
-from .models.hemeplm import HemePLM
-from .structure import project
-from .tasks import task_mask
+from hemeplm.train.checkpoint import build_model, load_checkpoint
+from hemeplm.generate.confidence import frame_uncertainty
+from hemeplm.config import Config
+from hemeplm.data.load import load_system
+from hemeplm.data.numbering import write_pdb
+from hemeplm.device import resolve_device
+from hemeplm.diffusion import SAMPLERS, GaussianDiffusion
+from hemeplm.errors import HemeplmError
+from hemeplm.models.surrogate import HemePLM
+from hemeplm.geometry.structure import project
+from hemeplm.tasks import task_mask
+from hemeplm.io import output_paths
+from hemeplm.io import check_outputs
+from hemeplm.generate.fragment import denoiser_for
+from hemeplm.generate.energies import predict
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ class Generator:
         model: HemePLM in eval mode; diffusion: its GaussianDiffusion; cfg: its Config.
         steps: DDIM steps (ignored by ``ancestral``); sampler: one of :data:`~hemeplm.diffusion.SAMPLERS`.
         project_steps: steps of the structure projection of every generated window
-            (:func:`hemeplm.structure.project`); None: the config's ``structure.project_steps``.
+            (:func:`hemeplm.geometry.structure.project`); None: the config's ``structure.project_steps``.
     """
 
     model: HemePLM
@@ -134,7 +138,7 @@ class Generator:
             coords: (S, T, A, 3) Å, known entries filled (others ignored).
             mask: (T, N) or (S, T, N) bool, True = known.
             fold: None, or (A, 3) / (S, A, 3) frame whose fold the projection keeps
-                (``structure.fold_sigmas``; :func:`hemeplm.structure.fold_penalty`).
+                (``structure.fold_sigmas``; :func:`hemeplm.geometry.structure.fold_penalty`).
         Returns:
             (S, T, A, 3); the atoms of known tokens are returned exactly.
         """
@@ -146,7 +150,6 @@ class Generator:
         node_mask = atom_known[:, 0]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
         x_given = m.values(coords, key)
-        from .fragment import denoiser_for  # whole system, or overlapping fragments above the token budget
 
         x = self.diffusion.sample(denoiser_for(m, cond, key), x_given, cond, mask, steps=self.steps,
                                   sampler=self.sampler, generator=generator, progress=self.progress,
@@ -296,26 +299,6 @@ def _pick(frames: torch.Tensor, index: int | None, path, what: str) -> torch.Ten
     return frames[index]
 
 
-def output_paths(out: str | Path, n_samples: int) -> tuple[list[Path], Path, Path]:
-    """Trajectory files (one per sample), topology PDB and JSON summary for ``out``."""
-    out = Path(out)
-    stem = out.with_suffix("")
-    trajs = [out] if n_samples == 1 else [Path(f"{stem}_{i:03d}{out.suffix}") for i in range(n_samples)]
-    return trajs, Path(f"{stem}.pdb"), Path(f"{stem}.json")
-
-
-def sample_output(trajectory: str | Path, suffix: str) -> Path | None:
-    """The file :func:`output_paths` writes beside a trajectory: for ``X.xtc`` or ``X_000.xtc`` (one of several
-    samples), ``X.<suffix>`` (``X_000.<suffix>`` first when it exists); None when neither exists.
-
-    Args:
-        suffix: ``".pdb"`` (the topology) or ``".json"`` (the summary).
-    """
-    stem = Path(trajectory).with_suffix("")
-    candidates = [stem] + ([stem.with_name(stem.name[:-4])] if re.fullmatch(r".+_\d{3}", stem.name) else [])
-    return next((p for p in (Path(f"{c}{suffix}") for c in candidates) if p.exists()), None)
-
-
 def given_stride(gen: Generator, task: str, dt: float, path, n_frames: int) -> int:
     """File frames between consecutive given frames of ``inpaint`` or ``upsample``.
 
@@ -345,13 +328,13 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     """Everything ``sample.py`` does; returns the JSON summary (also written beside the output).
 
     With ``energies``, the summary's ``energies`` holds the energy model's predictions for every
-    generated frame (:func:`hemeplm.energies.predict`): ``residues`` (R,), ``energy_kcal_mol``
+    generated frame (:func:`hemeplm.generate.energies.predict`): ``residues`` (R,), ``energy_kcal_mol``
     (S, F) and ``residue_interaction_kcal_mol`` (S, F, R).
 
     Inpainting and upsampling read frames ``start..end`` of ``frames_file`` every ``stride``-th
     frame (:func:`given_stride`); the summary records ``stride`` and the first and last frame used
     (``given_frames``), for inpainting the indices of the atoms generated (``inpainted_atoms``), and per
-    sample and frame the uncertainty of :func:`hemeplm.confidence.frame_uncertainty` (``uncertainty_A``, Å;
+    sample and frame the uncertainty of :func:`hemeplm.generate.confidence.frame_uncertainty` (``uncertainty_A``, Å;
     higher = less confident; accumulated along the chained windows of a forecast).
     """
     import mdtraj
@@ -360,9 +343,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     if out.suffix.lower() not in (".xtc", ".dcd"):
         raise HemeplmError("output must end in .xtc or .dcd", out)
     trajs, pdb_path, json_path = output_paths(out, num_samples)
-    existing = [str(p) for p in [*trajs, pdb_path, json_path] if p.exists()]
-    if existing and not force:
-        raise HemeplmError(f"would overwrite {', '.join(existing)}; pass --force to replace them", out)
+    check_outputs([*trajs, pdb_path, json_path], force, out)
     if task == "tps" and end is None and end_file is None:
         raise HemeplmError("--task tps needs an end frame (--end J, and --end-frames FILE if it is in another file)")
     files = [frames_file] + ([end_file] if task == "tps" and end_file is not None else [])
@@ -415,8 +396,6 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
                "uncertainty_A": uncertainty.cpu().numpy().round(4).tolist(),
                "confidence_seconds": round(confidence_seconds, 3)}
     if energies:
-        from .energies import predict
-
         preds = [predict(gen.model, sample) for sample in result]
         summary["energies"] = {
             "residues": list(gen.model.static_info["interaction_residues"]),

@@ -31,14 +31,10 @@ It needs one sample only, and costs one encoder pass per window and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-from .tasks import task_mask
-
-if TYPE_CHECKING:
-    from .sampling import Generator
+from hemeplm.tasks import task_mask
+from hemeplm.generate.fragment import denoiser_for
 
 #: re-noising step as a fraction of the diffusion schedule
 RENOISE_FRACTION = 0.5
@@ -55,17 +51,17 @@ def scored_atoms(model) -> torch.Tensor:
 
 
 @torch.no_grad()
-def self_consistency(gen: "Generator", windows: torch.Tensor, generator: torch.Generator,
+def self_consistency(gen, windows: torch.Tensor, generator: torch.Generator,
                      draws: int = DRAWS, fraction: float = RENOISE_FRACTION) -> torch.Tensor:
     """Self-consistency of every frame of windows keyed on their first frame (module docstring).
 
     Args:
+        gen: the :class:`~hemeplm.generate.sampler.Sampler` (model, diffusion, window).
         windows: (B, T, A, 3) Å, T = the model's window.
         generator: the noise draws' random stream.
     Returns:
         (B, T) RMS displacement in Å over :func:`scored_atoms`; 0 for frame 0 (the key, given).
     """
-    from .fragment import denoiser_for
 
     m, diffusion = gen.model, gen.diffusion
     b, t = windows.shape[:2]
@@ -90,10 +86,11 @@ def self_consistency(gen: "Generator", windows: torch.Tensor, generator: torch.G
     return (squared / draws).sqrt()
 
 
-def frame_uncertainty(gen: "Generator", frames: torch.Tensor, accumulate: bool, seed: int = 0) -> torch.Tensor:
+def frame_uncertainty(gen, frames: torch.Tensor, accumulate: bool, seed: int = 0) -> torch.Tensor:
     """Per-frame uncertainty of trajectories (module docstring).
 
     Args:
+        gen: the :class:`~hemeplm.generate.sampler.Sampler` (model, diffusion, window).
         frames: (S, F, A, 3) Å, frame 0 given.
         accumulate: add each window's key-frame uncertainty in quadrature (a forecast's chained windows).
         seed: seeds the noise draws.

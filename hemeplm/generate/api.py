@@ -11,7 +11,7 @@ system (water, ions and, unless the model was trained with them, hydrogens are d
 training). Outputs hold the model's atoms (:attr:`Model.topology`, the input's residue numbering),
 coordinates in nm superposed on the protein Cα of the first given frame, and times in ps at the
 model's frame spacing (:attr:`Model.timestep_ps`) from the first given frame's time.
-Everything runs through :class:`hemeplm.sampling.Generator`, as ``sample.py`` does.
+Everything runs through :class:`hemeplm.generate.sampler.Generator`, as ``sample.py`` does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .sampling import Generator, given_stride, inpaint_tokens, load_frames
+from hemeplm.generate.sampler import Generator, given_stride, inpaint_tokens, load_frames
 
 
 def load(ckpt: str | Path, device: str = "auto", sampler: str | None = None, steps: int | None = None,

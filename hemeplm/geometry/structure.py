@@ -57,7 +57,6 @@ def vdw_radii(symbols: list[str]) -> np.ndarray:
     """(A,) van der Waals radii (Å, RDKit) of element symbols; 0 for metals, which clash checks leave out."""
     from rdkit import Chem
 
-    from .data.ligand import METALS
 
     table = Chem.GetPeriodicTable()
     return np.array([0.0 if s in METALS else table.GetRvdw(s) for s in symbols], np.float32)
@@ -165,3 +164,6 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
             energy.backward()
             opt.step()
     return (values + delta * move).detach()
+
+
+METALS = {"Fe", "Zn", "Mg", "Ca", "Cu", "Mn", "Co", "Ni", "Na", "K"}

@@ -1,6 +1,6 @@
 """The end of ``make demo``: generate from the demo checkpoint and evaluate on the held-out MD.
 
-    python -m hemeplm.demo runs/demo [--samples 4] [--steps 50] [--long-frames 1000]
+    python tools/demo.py runs/demo [--samples 4] [--steps 50] [--long-frames 1000]
 
 The held-out split is the last ``data.split[2]`` of each training trajectory
 (never seen in training or validation). From its first frame the model
@@ -8,7 +8,7 @@ forecasts as many frames as the held-out span covers (at the model's lag);
 it also inpaints the ligand into the held-out frames at the model's frame
 spacing. Both are evaluated against the held-out MD beside the static,
 random-walk and prior baselines (the prior: the same checkpoint with its
-denoiser's output zeroed, :meth:`~hemeplm.sampling.Generator.prior`, sampled
+denoiser's output zeroed, :meth:`~hemeplm.generate.sampler.Generator.prior`, sampled
 with the same tasks and seed). A long forecast by the model (``--long-frames``,
 one sample from the first held-out frame; no prior, to keep it short) is
 checked for validity only: bonds, clashes and ligand validity over all its
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.dataset import split_bounds
-from .errors import HemeplmError
-from .evaluate import json_ready, evaluate_trajectories, print_table
-from .sampling import Generator, run_task
+from hemeplm.data.dataset import split_bounds
+from hemeplm.errors import HemeplmError
+from hemeplm.evaluate.report import json_ready, print_table
+from hemeplm.evaluate.run import evaluate_trajectories
+from hemeplm.generate.sampler import Generator, run_task
 
 #: the long forecast's validity is also reported over its last this many frames
 LONG_TAIL = 100
@@ -45,7 +46,7 @@ def held_out(gen: Generator, ev: Path) -> tuple[Path, Path, Path, int, float]:
     """
     import mdtraj
 
-    from .sampling import load_frames
+    from hemeplm.generate.sampler import load_frames
 
     data = gen.cfg.data
     segs, dt = load_frames(gen, data.topology, [data.trajectories[0]])
@@ -69,8 +70,10 @@ def long_validity(topology: Path, reference: Path, trajectory: str | Path) -> di
         ``{"all": metrics, "last": metrics}``, each in :func:`~hemeplm.evaluate.print_table`'s layout:
         ``model`` holds the trajectory's validity, ``info.reference`` the held-out MD's own.
     """
-    from .data.load import load_system
-    from .evaluate import build_geometry, fit_reference, validity
+    from hemeplm.data.load import load_system
+    from hemeplm.evaluate.geometry import build_geometry
+    from hemeplm.evaluate.trajectory import fit_reference
+    from hemeplm.evaluate.checks import validity
 
     md = load_system(topology, [reference])
     geom = build_geometry(md.topology, md.ligand, md.segments[0][0], topology)
@@ -141,4 +144,4 @@ if __name__ == "__main__":
     try:
         main()
     except HemeplmError as exc:
-        raise SystemExit(f"hemeplm.demo: error: {exc}")
+        raise SystemExit(f"tools/demo.py: error: {exc}")

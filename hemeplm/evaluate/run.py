@@ -44,18 +44,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import HemeplmError
-from .baselines import baselines
-from .checks import validity
-from .confidence import confidence_metrics, read_uncertainty
-from .geometry import BOND_CLASSES, build_geometry, superpose
-from .kinetics import fit_kinetics, kinetics_metrics
-from .posebusters import MAX_FRAMES as POSEBUSTERS_FRAMES
-from .posebusters import ligand_template, posebusters_checks, write_poses
-from .report import json_ready, print_table
-from .stats import effective_sample_size, evenly_spaced
-from .trajectory import (CONTACT_CUTOFF_A, TICA_BINS, TORSION_BINS, Comparison, Reference, compare, fit_reference,
-                         rmsd_pairing, tic1_decorrelation, transition_paths)
+from hemeplm.errors import HemeplmError
+from hemeplm.evaluate.baselines import baselines
+from hemeplm.evaluate.checks import validity
+from hemeplm.evaluate.confidence import confidence_metrics, read_uncertainty
+from hemeplm.evaluate.geometry import BOND_CLASSES, build_geometry, superpose
+from hemeplm.evaluate.kinetics import fit_kinetics, kinetics_metrics
+from hemeplm.evaluate.posebusters import MAX_FRAMES as POSEBUSTERS_FRAMES
+from hemeplm.evaluate.posebusters import ligand_template, posebusters_checks, write_poses
+from hemeplm.evaluate.report import json_ready, print_table
+from hemeplm.evaluate.stats import effective_sample_size, evenly_spaced
+from hemeplm.evaluate.trajectory import CONTACT_CUTOFF_A, TICA_BINS, TORSION_BINS, Comparison, Reference, compare, fit_reference, rmsd_pairing, tic1_decorrelation, transition_paths
+from hemeplm.io import check_outputs, sample_output
+from hemeplm import plots
+from hemeplm.data.load import load_system
+from hemeplm.forcefield.relax import load_weights
 
 TASKS = ("forecast", "tps", "inpaint", "upsample")
 TPS_STATES = 5
@@ -103,28 +106,22 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         ligand_file: mol2/SDF of the ligand, for the bond orders of the PoseBusters checks
             (default: the reference topology's, see :func:`~hemeplm.evaluate.posebusters.ligand_template`).
         posebusters_frames: PoseBusters checks at most this many evenly spaced frames per ensemble; 0 skips them.
-        weights: ``OUT.npz`` of ``hemeplm relax --reweight`` (:func:`hemeplm.relax.load_weights`): (K,)
+        weights: ``OUT.npz`` of ``hemeplm relax --reweight`` (:func:`hemeplm.forcefield.relax.load_weights`): (K,)
             weights, one per frame of ``generated`` concatenated, for the model column (module docstring).
     Returns:
         the metrics (as written, NaN as None).
     Raises:
         HemeplmError: naming the weights file when its count differs from the generated frames' count.
     """
-    from .. import plots
-    from ..data.load import load_system
-    from ..sampling import sample_output
 
     out = Path(out_dir)
-    if (out / "metrics.json").exists() and not force:
-        raise HemeplmError("already exists; pass --force to overwrite", out / "metrics.json")
+    check_outputs([out / "metrics.json"], force, out)
     if task not in TASKS:
         raise HemeplmError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
     if not generated:
         raise HemeplmError("no generated trajectory given")
     frame_weights = None
     if weights is not None:
-        from ..relax import load_weights
-
         frame_weights = load_weights(weights)
     ref_sys = load_system(topology, reference, ligand=ligand)
 

@@ -34,16 +34,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, load_state, save_checkpoint
-from .config import Config, save_config, to_dict
-from .data.dataset import LabelledFrames, WindowDataset, featurize
-from .device import resolve_device
-from .diffusion import GaussianDiffusion
-from .errors import HemeplmError
-from .models.hemeplm import HemePLM, system_static
-from .plain import to_numpy
-from .structure import structure_terms
-from .tasks import active_tasks, draw_training_mask, task_mask
+from hemeplm.train.checkpoint import load_checkpoint, load_state, save_checkpoint
+from hemeplm.config import Config, save_config, to_dict
+from hemeplm.data.dataset import LabelledFrames, WindowDataset, featurize
+from hemeplm.device import resolve_device
+from hemeplm.diffusion import GaussianDiffusion
+from hemeplm.errors import HemeplmError
+from hemeplm.models.surrogate import HemePLM, system_static
+from hemeplm.io import to_numpy
+from hemeplm.geometry.structure import structure_terms
+from hemeplm.tasks import active_tasks, draw_training_mask, task_mask
+from hemeplm.generate.energies import label_predictor
+from hemeplm.evaluate.energy import evaluate_energies
+from hemeplm.evaluate.report import log_to_wandb
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,7 @@ class Objective(nn.Module):
     when the data has labels, the energy model's losses on labelled frames.
 
     ``forward(coords (B, T, A, 3), mask (B, T, N), t (B,), generator, labelled)`` returns a dict of
-    scalar losses; ``loss`` is the total. The structure terms (:mod:`hemeplm.structure`: inter-token
+    scalar losses; ``loss`` is the total. The structure terms (:mod:`hemeplm.geometry.structure`: inter-token
     bonds and angles, clashes) are computed on the decoded x̂0 of each window and weighted by ᾱ_t,
     toward low noise. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
     (``coords`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R),
@@ -229,9 +232,6 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
     metrics = {k: float(np.mean(v)) for k, v in out.items()}
     files: list[Path] = []
     if labelled is not None and len(labelled) and bool(model.has_energy_stats) and figures_dir is not None:
-        from .energies import label_predictor
-        from .evaluate import evaluate_energies
-
         frames = collate([labelled[i] for i in range(len(labelled))])
         has = bool(frames["has_interaction"].all()) and bool(model.has_interaction_stats)
         found, files = evaluate_energies(
@@ -473,8 +473,6 @@ class _Logger:
         with open(self.run_dir / "metrics.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
         if self.wandb is not None:
-            from .evaluate import log_to_wandb
-
             log_to_wandb(self.wandb, metrics, [f for f in figures if str(f).endswith(".png")], step=step)
 
     def close(self) -> None:

@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import Config
-from ..data import internal as ic
-from ..data import tokens as tok
-from ..data.ligand import ELEMENTS, N_LIGAND_FEATURES
-from ..data.residues import N_RES_TYPES
-from .denoiser import Conditioning, VideoDenoiser
-from .encoder import AtomEncoder
-from .energy import EnergyModel
+from hemeplm.config import Config
+from hemeplm.data import internal as ic
+from hemeplm.data import tokens as tok
+from hemeplm.data.ligand import ELEMENTS, N_LIGAND_FEATURES
+from hemeplm.data.residues import N_RES_TYPES
+from hemeplm.models.denoiser import Conditioning, VideoDenoiser
+from hemeplm.models.encoder import AtomEncoder
+from hemeplm.models.energy import EnergyModel
 
 #: rotation-vector, translation and sin/cos values: the smallest standard deviation normalisation divides by
 #: (so that a value that hardly moves in training is not blown up into a large normalised value)
