@@ -243,30 +243,3 @@ def view_sample(summary: dict, out: str | Path, max_frames: int = MAX_FRAMES) ->
     if len(given.xyz) > 1:
         panels.append(given)
     return write_view(out, panels, "rmsf", max_frames, title=f"{summary['task']}: {Path(out).stem}")
-
-
-def add_view_parser(sub) -> None:
-    """The ``hemeplm view`` subcommand."""
-    v = sub.add_parser("view", help="write a self-contained HTML page playing trajectories side by side",
-                       description="Write one HTML file (no network needed to open it) with a 3D viewer per "
-                                   "trajectory: protein cartoon coloured per residue, ligand as sticks, a "
-                                   "frame slider and a play button driving all panels on one time axis.")
-    v.add_argument("topology")
-    v.add_argument("trajectories", nargs="+", help="one panel each")
-    v.add_argument("--out", required=True, help="the HTML file to write")
-    v.add_argument("--reference", nargs="*", default=[], help="reference MD trajectories, one panel each")
-    v.add_argument("--reference-topology", default=None, help="topology of --reference (default: TOPOLOGY)")
-    v.add_argument("--reference-start", type=int, default=0, help="first reference frame shown (time 0)")
-    v.add_argument("--ligand", default=None, help="mdtraj selection; unset = detect")
-    v.add_argument("--values", default="rmsf",
-                   help="per-residue colouring: rmsf (Cα RMSF of each panel, default), none, a CSV "
-                        "(one value per residue), FILE.npz or FILE.npz:KEY ((R,) or (F, R), averaged over frames)")
-    v.add_argument("--max-frames", type=int, default=MAX_FRAMES, help="frames kept per panel (evenly strided)")
-    v.add_argument("--timestep-ps", type=float, default=None, help="frame spacing (default: from the files)")
-    v.set_defaults(func=_cmd_view)
-
-
-def _cmd_view(args) -> None:
-    out = view_files(args.topology, args.trajectories, args.out, args.reference, args.reference_topology,
-                     args.ligand, args.values, args.max_frames, args.timestep_ps, args.reference_start)
-    print(out)

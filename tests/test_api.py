@@ -8,7 +8,7 @@ import pytest
 
 import hemeplm
 from hemeplm.errors import HemeplmError
-from hemeplm.generate.sampler import Generator, run_task
+from hemeplm.generate.sampler import Sampler, run_task
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_forecast_is_sample_py_as_a_trajectory(model, md, tiny_run, tiny_system,
     np.testing.assert_allclose(out.time, md.time[0] + np.arange(7) * model.timestep_ps)
     heavy = md.topology.select("not element H")
     np.testing.assert_allclose(out.xyz[0], md.xyz[0, heavy], atol=1e-5)  # nm, the given frame kept
-    run_task(Generator.from_checkpoint(tiny_run["ckpt"], device="cpu"), "forecast", tiny_system["topology"],
+    run_task(Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu"), "forecast", tiny_system["topology"],
              tiny_system["trajectory"], tmp_path / "fc.dcd", start=0, num_frames=7, seed=3)
     np.testing.assert_allclose(out.xyz, mdtraj.load(str(tmp_path / "fc.dcd"), top=out.topology).xyz, atol=1e-5)
 

@@ -14,11 +14,11 @@ from test_evaluate import _fake_md, _save
 from hemeplm.evaluate.run import evaluate_trajectories
 from hemeplm.generate.confidence import frame_uncertainty
 from hemeplm.errors import HemeplmError
-from hemeplm.generate.sampler import Generator, run_task
+from hemeplm.generate.sampler import Sampler, run_task
 
 
 def test_forecast_summary_holds_accumulated_uncertainty(tiny_run, tiny_system, tmp_path):
-    gen = Generator.from_checkpoint(tiny_run["ckpt"])
+    gen = Sampler.from_checkpoint(tiny_run["ckpt"])
     summary = run_task(gen, "forecast", tiny_system["topology"], tiny_system["trajectory"], tmp_path / "f.dcd",
                        start=3, num_frames=11, num_samples=2, seed=4)
     u = np.asarray(summary["uncertainty_A"])

@@ -19,7 +19,7 @@ from hemeplm.data.residues import N_RES_TYPES
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.models.encoder import AtomEncoder
 from hemeplm.models.surrogate import HemePLM
-from hemeplm.generate.sampler import Generator
+from hemeplm.generate.sampler import Sampler
 from hemeplm.tasks import TASKS, task_mask
 from hemeplm.train.loop import build
 
@@ -30,8 +30,8 @@ class Tiny(NamedTuple):
     cfg: Config
     windows: WindowDataset
 
-    def generator(self, steps: int = 5) -> Generator:
-        return Generator(self.model, self.diffusion, self.cfg, steps=steps)
+    def generator(self, steps: int = 5) -> Sampler:
+        return Sampler(self.model, self.diffusion, self.cfg, steps=steps)
 
 
 def random_rotation(seed: int) -> torch.Tensor:
@@ -221,7 +221,7 @@ def test_tiny_model_overfits_one_window(tiny_system, tmp_path):
     # and the network alone (no projection) regenerates the window: bonds inside tokens are the key frame's by
     # construction; those between tokens (peptide bonds) come much closer to the window's own lengths than the
     # prior's (this window's atoms carry 0.2 Å of independent noise per frame, which rigid residues cannot follow)
-    gen = Generator(model.eval(), diffusion, cfg, steps=20, project_steps=0)
+    gen = Sampler(model.eval(), diffusion, cfg, steps=20, project_steps=0)
     out = gen.window_sample(coords, mask[0], torch.Generator().manual_seed(0))[0]
     i, j = model.s_bonds
     across = model.l_atom_token[i] != model.l_atom_token[j]

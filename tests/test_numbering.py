@@ -9,7 +9,7 @@ from conftest import PDB, PRMTOP
 from hemeplm.data.dataset import DataConfig, build_features
 from hemeplm.data.load import load_topology
 from hemeplm.data.numbering import topology_pdb
-from hemeplm.generate.sampler import Generator, run_task
+from hemeplm.generate.sampler import Sampler, run_task
 
 
 def residues(pdb_text: str) -> list[tuple[str, str, str, str]]:
@@ -33,7 +33,7 @@ def test_prmtop_residues_keep_amber_numbers(t4l_features):
 
 
 def test_sampled_pdb_keeps_the_input_residues(tiny_run, tiny_system, tmp_path):
-    summary = run_task(Generator.from_checkpoint(tiny_run["ckpt"]), "forecast", tiny_system["topology"],
+    summary = run_task(Sampler.from_checkpoint(tiny_run["ckpt"]), "forecast", tiny_system["topology"],
                        tiny_system["trajectory"], tmp_path / "fc.xtc", start=2, num_frames=3)
     given = residues(tiny_system["topology"].read_text())
     written = (tmp_path / "fc.pdb").read_text()

@@ -17,13 +17,13 @@ from conftest import PRMTOP, ROOT, tiny_config
 
 from hemeplm.data.load import load_system
 from hemeplm.errors import HemeplmError
-from hemeplm.generate.sampler import Generator, run_task
+from hemeplm.generate.sampler import Sampler, run_task
 from hemeplm.tasks import task_mask
 
 
 @pytest.fixture(scope="module")
-def gen(tiny_run) -> Generator:
-    return Generator.from_checkpoint(tiny_run["ckpt"])
+def gen(tiny_run) -> Sampler:
+    return Sampler.from_checkpoint(tiny_run["ckpt"])
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_upsample_windows_see_only_training_masks(gen, monkeypatch, t, k):
         generated = ~mask[:, 0]
         return torch.where(generated[None, :, None, None], mark[:, :, None, None], coords)
 
-    monkeypatch.setattr(Generator, "window_sample", window_sample)
+    monkeypatch.setattr(Sampler, "window_sample", window_sample)
     span = k * ((t - 1) // k)  # frames from a window's first to its last coarse frame
     for n_coarse in (span // k + 1, span // k + 2, 3 * span // k + 2):
         calls.clear()
@@ -161,14 +161,14 @@ def test_inpaint_keeps_the_protein(gen, tiny_system, frames, tmp_path, caplog):
 
 
 @pytest.fixture(scope="module")
-def split_gen(tiny_system, tmp_path_factory) -> Generator:
+def split_gen(tiny_system, tmp_path_factory) -> Sampler:
     """An untrained tiny model whose xylene is two ligand tokens of four atoms (``data.ligand_group=4``)."""
     from hemeplm.train.loop import build
 
     cfg = tiny_config(tiny_system, tmp_path_factory.mktemp("split"), "data.ligand_group=4")
     torch.manual_seed(0)
     _, _, _, _, _, model, diffusion = build(cfg, torch.device("cpu"))
-    return Generator(model.eval(), diffusion, cfg, steps=3)
+    return Sampler(model.eval(), diffusion, cfg, steps=3)
 
 
 def test_inpaint_atoms_generates_the_tokens_holding_them(split_gen, tiny_system, frames, tmp_path, caplog):
@@ -227,19 +227,19 @@ def test_given_frames_at_the_models_spacing(gen, tiny_system, frames, tmp_path):
 
 
 def test_sampler_and_steps_default_to_the_checkpoint(tiny_run, tmp_path):
-    gen = Generator.from_checkpoint(tiny_run["ckpt"])
+    gen = Sampler.from_checkpoint(tiny_run["ckpt"])
     assert (gen.sampler, gen.steps, gen.denoiser_steps) == ("ddim", 5, 5)
     ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
     ckpt["config"]["diffusion"]["sampler"] = "ancestral"
     torch.save(ckpt, tmp_path / "ancestral.pt")
-    ancestral = Generator.from_checkpoint(tmp_path / "ancestral.pt")
+    ancestral = Sampler.from_checkpoint(tmp_path / "ancestral.pt")
     assert (ancestral.sampler, ancestral.denoiser_steps) == ("ancestral", 100)  # every one of diffusion.timesteps
-    ddim = Generator.from_checkpoint(tmp_path / "ancestral.pt", sampler="ddim", steps=3)
+    ddim = Sampler.from_checkpoint(tmp_path / "ancestral.pt", sampler="ddim", steps=3)
     assert (ddim.sampler, ddim.denoiser_steps) == ("ddim", 3)
     ckpt["config"]["diffusion"]["sampler"] = "euler"
     torch.save(ckpt, tmp_path / "euler.pt")
     with pytest.raises(HemeplmError, match=r"euler\.pt: unknown sampler 'euler' \(diffusion\.sampler\)"):
-        Generator.from_checkpoint(tmp_path / "euler.pt")
+        Sampler.from_checkpoint(tmp_path / "euler.pt")
 
 
 def test_prior_is_the_model_with_nothing_learnt(gen, frames):

@@ -315,7 +315,7 @@ def test_generator_uses_fragments_above_token_budget(t4l_features, monkeypatch):
     import hemeplm.generate.fragment as fragment
     from hemeplm.config import load_config
     from hemeplm.models.surrogate import HemePLM, system_static
-    from hemeplm.generate.sampler import Generator
+    from hemeplm.generate.sampler import Sampler
 
     cfg = load_config(None, ["encoder.hidden=16", "encoder.layers=1", "denoiser.dim=16", "denoiser.depth=1",
                              "denoiser.heads=2", "denoiser.spatial=local", "denoiser.local_neighbors=8",
@@ -327,7 +327,7 @@ def test_generator_uses_fragments_above_token_budget(t4l_features, monkeypatch):
     calls, original = [], FragmentedDenoiser.__call__
     monkeypatch.setattr(fragment.FragmentedDenoiser, "__call__",
                         lambda self, *a: calls.append(len(self.fragments)) or original(self, *a))
-    gen = Generator(model, diffusion, cfg, steps=3)
+    gen = Sampler(model, diffusion, cfg, steps=3)
     whole = gen.forecast(start, 4, 1, torch.Generator().manual_seed(0))
     assert not calls
     n = model.l_kind.numel()

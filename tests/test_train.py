@@ -18,7 +18,7 @@ from hemeplm.config import load_config
 from hemeplm.data.dataset import featurize
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.errors import HemeplmError
-from hemeplm.generate.sampler import Generator
+from hemeplm.generate.sampler import Sampler
 from hemeplm.tasks import task_mask
 
 
@@ -48,9 +48,9 @@ def test_checkpoint_alone_rebuilds_the_model(tiny_run, monkeypatch):
             outs.append((m.denoise(m.values(coords, key), t, cond, mask[None]), m.predict_energy(key)["forces"]))
         torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
     # sampling from the checkpoint is sampling from the in-memory EMA model
-    live = Generator(tiny_run["ema"], GaussianDiffusion.from_config(cfg.diffusion), cfg,
+    live = Sampler(tiny_run["ema"], GaussianDiffusion.from_config(cfg.diffusion), cfg,
                      steps=cfg.diffusion.sample_steps)
-    from_ckpt = Generator.from_checkpoint(tiny_run["ckpt"])
+    from_ckpt = Sampler.from_checkpoint(tiny_run["ckpt"])
     assert torch.equal(from_ckpt.window_sample(coords, mask, torch.Generator().manual_seed(3)),
                        live.window_sample(coords, mask, torch.Generator().manual_seed(3)))
 

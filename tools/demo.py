@@ -30,13 +30,13 @@ from hemeplm.data.dataset import split_bounds
 from hemeplm.errors import HemeplmError
 from hemeplm.evaluate.report import json_ready, print_table
 from hemeplm.evaluate.run import evaluate_trajectories
-from hemeplm.generate.sampler import Generator, run_task
+from hemeplm.generate.sampler import Sampler, run_task
 
 #: the long forecast's validity is also reported over its last this many frames
 LONG_TAIL = 100
 
 
-def held_out(gen: Generator, ev: Path) -> tuple[Path, Path, Path, int, float]:
+def held_out(gen: Sampler, ev: Path) -> tuple[Path, Path, Path, int, float]:
     """Write the system's topology and the held-out frames of the first training trajectory.
 
     Returns:
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="frames of the long forecast checked for validity (0: none)")
     args = p.parse_args(argv)
     run = Path(args.run_dir)
-    gen = Generator.from_checkpoint(run / "ckpt.pt", steps=args.steps, progress=True)
+    gen = Sampler.from_checkpoint(run / "ckpt.pt", steps=args.steps, progress=True)
     generators = {"model": gen, "prior": gen.prior()}
     ev = run / "eval"
     topology, ref, ref_model_dt, n_frames, dt = held_out(gen, ev)

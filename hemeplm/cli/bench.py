@@ -59,9 +59,21 @@ from pathlib import Path
 
 import numpy as np
 
+from hemeplm.cli.options import HelpFormatter
 from hemeplm.errors import HemeplmError
+from hemeplm.forcefield import simulate as sim
+from hemeplm.data.load import load_topology, select_ligand
+from hemeplm.config import load_config
+from hemeplm.data.dataset import featurize
+from hemeplm.device import resolve_device
+from hemeplm.diffusion import GaussianDiffusion
+from hemeplm.models.surrogate import HemePLM, system_static
+from hemeplm.generate.sampler import Sampler, sampler_settings
+from hemeplm.tasks import task_mask
+from hemeplm.train.loop import Objective
+from hemeplm.plots import _save, plt
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 T4L = ROOT / "data" / "t4l_l99a_xylene"
 HEME_PDB = ROOT / "tests" / "data" / "19hc.pdb.gz"
 ADK = ROOT.parent / "shared" / "data" / "adk_water"
@@ -108,8 +120,6 @@ def prepare_heme_protein(source: str | Path, out: str | Path, keep_water: bool) 
 
     from openmm import app
     from pdbfixer import PDBFixer
-
-    from hemeplm.forcefield import simulate as sim
 
     out = Path(out)
     if out.exists():
@@ -174,7 +184,6 @@ def default_systems(cache: Path, names: list[str] | None = None, adk: Path = ADK
 
 def system_atoms(system: BenchSystem) -> tuple[int, int]:
     """(atoms in the input topology, atoms of the modelled molecules with their hydrogens)."""
-    from hemeplm.data.load import load_topology, select_ligand
 
     top = load_topology(system.topology)
     residues = {top.atom(int(i)).residue.index for i in select_ligand(top, system.ligand, system.topology)}
@@ -220,15 +229,6 @@ def measure(spec: dict) -> dict:
     """
     import torch
 
-    from hemeplm.config import load_config
-    from hemeplm.data.dataset import featurize
-    from hemeplm.device import resolve_device
-    from hemeplm.diffusion import GaussianDiffusion
-    from hemeplm.models.surrogate import HemePLM, system_static
-    from hemeplm.generate.sampler import Generator
-    from hemeplm.tasks import task_mask
-    from hemeplm.train.loop import Objective
-
     if spec["device"] == "cpu":  # fail cleanly rather than wake the OOM killer on a shared machine
         resource.setrlimit(resource.RLIMIT_AS, (CHILD_MEMORY_GIB * GIB, CHILD_MEMORY_GIB * GIB))
     if spec["threads"]:
@@ -250,7 +250,7 @@ def measure(spec: dict) -> dict:
     gen = torch.Generator().manual_seed(0)
     before = _reset_peak(device)
     if spec["what"] == "sample":
-        sampler = Generator(model.eval(), diffusion, cfg, steps=spec["steps"], sampler=spec["sampler"])
+        sampler = Sampler(model.eval(), diffusion, cfg, steps=spec["steps"], sampler=spec["sampler"])
         t0 = time.perf_counter()
         with autocast:
             out = sampler.forecast(frames[0], spec["frames"], 1, gen)
@@ -312,7 +312,6 @@ def loglog_slope(x: list[float], y: list[float]) -> float | None:
 
 def md_rate(seconds: float, threads: int | None = None) -> dict:
     """OpenMM on the T4L system for ``seconds`` of wall time: simulated ns per wall-clock hour."""
-    from hemeplm.forcefield import simulate as sim
 
     cfg = sim.SimulateConfig(threads=threads, platform="CPU")
     parts = sim.prepare_amber(T4L / "complex.prmtop", T4L / "complex-minimized.crd", cfg)
@@ -331,7 +330,6 @@ def md_rate(seconds: float, threads: int | None = None) -> dict:
 
 def plot_scaling(systems: list[dict], slope_time: float | None, slope_memory: float | None, path: Path) -> Path:
     """Log–log plot of sampling (and training-step) time and peak memory against atom count."""
-    from hemeplm.plots import _save, plt
 
     ok = [s for s in systems if "sample_s" in s]
     x = np.array([s["n_atoms"] for s in ok], float)
@@ -368,11 +366,6 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
     ``sampler`` and ``steps`` None mean the config's ``diffusion.sampler`` and ``diffusion.sample_steps``.
     """
     import torch
-
-    from hemeplm.config import load_config
-    from hemeplm.device import resolve_device
-    from hemeplm.diffusion import GaussianDiffusion
-    from hemeplm.generate.sampler import sampler_settings
 
     out = Path(out)
     cache = (out / "cache").resolve()
@@ -436,7 +429,7 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
     return report
 
 
-def _cmd_bench(args) -> None:
+def run(args) -> None:
     report = run_bench(args.out, args.config, args.overrides, device=args.device, dtype=args.dtype,
                        frames=args.frames, sampler=args.sampler, steps=args.steps, systems=args.systems,
                        vs_md=args.vs_md, md_seconds=args.md_seconds, train=not args.no_train, threads=args.threads)
@@ -453,10 +446,8 @@ def _cmd_bench(args) -> None:
     print(f"{Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.png'}")
 
 
-def add_bench_parser(sub) -> None:
-    """Add the ``bench`` subcommand to the ``hemeplm`` argument parser's subparsers."""
-    from hemeplm.cli import HelpFormatter
-
+def add_parser(sub) -> None:
+    """Add ``hemeplm bench`` to the ``hemeplm`` subparsers."""
     b = sub.add_parser("bench", help="time and peak memory of training and sampling vs system size",
                        formatter_class=HelpFormatter)
     b.add_argument("--out", required=True, help="output folder (bench.json, bench.png, cache/)")
@@ -475,7 +466,7 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--vs-md", action="store_true", help="also run OpenMM on t4l and compare ns per hour")
     b.add_argument("--md-seconds", type=float, default=60.0, help="wall time of the OpenMM run")
     b.add_argument("overrides", nargs="*", help="config key=value, applied after denoiser.spatial=local")
-    b.set_defaults(func=_cmd_bench)
+    b.set_defaults(func=run)
 
 
 if __name__ == "__main__":

@@ -59,8 +59,8 @@ from hemeplm.io import check_outputs, sample_output
 from hemeplm import plots
 from hemeplm.data.load import load_system
 from hemeplm.forcefield.relax import load_weights
+from hemeplm.tasks import TASKS
 
-TASKS = ("forecast", "tps", "inpaint", "upsample")
 TPS_STATES = 5
 #: the reference's own validity is measured on at most this many evenly spaced frames
 REFERENCE_VALIDITY_FRAMES = 200
@@ -253,44 +253,3 @@ def _add_tps(ref: Reference, results: dict[str, Comparison], n_ref_segments: int
     return info
 
 
-def _cmd_evaluate(args) -> None:
-    metrics = evaluate_trajectories(args.topology, args.reference, args.generated, args.out, ligand=args.ligand,
-                                    lag_ps=args.lag_ps, task=args.task, generated_topology=args.generated_topology,
-                                    generated_timestep_ps=args.generated_timestep_ps, seed=args.seed,
-                                    force=args.force, prior=args.prior, ligand_file=args.ligand_file,
-                                    posebusters_frames=args.posebusters_frames, weights=args.weights)
-    print(print_table(metrics))
-    print(f"{Path(args.out) / 'metrics.json'}; figures: {', '.join(metrics['info']['figures'])}")
-    if metrics["info"]["tica"].startswith("skipped"):
-        print(f"TICA {metrics['info']['tica']}")
-
-
-def add_evaluate_parser(sub) -> None:
-    """Add the ``evaluate`` subcommand to the ``hemeplm`` argument parser's subparsers."""
-    e = sub.add_parser("evaluate", help="compare generated trajectories with reference MD (metrics.json, figures)")
-    e.add_argument("--topology", required=True, help="topology of the reference trajectories")
-    e.add_argument("--reference", nargs="+", required=True, help="reference MD trajectory file(s)")
-    e.add_argument("--generated", nargs="+", required=True, help="generated trajectory file(s)")
-    e.add_argument("--prior", nargs="+", default=None, metavar="GEN",
-                   help="trajectory file(s) sampled from the same checkpoint with the network output zeroed, "
-                        "like --generated: evaluated as the 'prior' baseline column")
-    e.add_argument("--generated-topology", default=None,
-                   help="topology of the generated (and --prior) files (default: the PDB sample.py wrote beside "
-                        "them, else --topology)")
-    e.add_argument("--ligand-file", default=None,
-                   help="mol2/SDF of the ligand: bond orders for the PoseBusters checks (default: the topology's)")
-    e.add_argument("--posebusters-frames", type=int, default=POSEBUSTERS_FRAMES,
-                   help=f"PoseBusters checks at most this many evenly spaced frames per column; 0: none "
-                        f"(default {POSEBUSTERS_FRAMES})")
-    e.add_argument("--weights", default=None, metavar="OUT.npz",
-                   help="Boltzmann weights from 'hemeplm relax --reweight', one per generated frame (the --generated "
-                        "files concatenated in order): weight the model column's distributional metrics")
-    e.add_argument("--ligand", default=None, help="mdtraj selection; 'none' for protein only; unset = detect")
-    e.add_argument("--lag-ps", type=float, default=None, help="TICA lag time (default: one reference frame)")
-    e.add_argument("--generated-timestep-ps", type=float, default=None,
-                   help="time between generated frames (default: the reference's)")
-    e.add_argument("--task", choices=TASKS, default="forecast", help="tps adds transition-path metrics")
-    e.add_argument("--seed", type=int, default=0, help="seed of the random-walk baseline and k-means")
-    e.add_argument("--out", required=True, help="output folder")
-    e.add_argument("--force", action="store_true", help="overwrite an existing metrics.json")
-    e.set_defaults(func=_cmd_evaluate)

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hemeplm.generate.sampler import Generator, given_stride, inpaint_tokens, load_frames
+from hemeplm.generate.sampler import Sampler, given_stride, inpaint_tokens, load_frames
 
 
 def load(ckpt: str | Path, device: str = "auto", sampler: str | None = None, steps: int | None = None,
          project_steps: int | None = None, progress: bool = False) -> "Model":
-    """Load a checkpoint (:meth:`Generator.from_checkpoint`; None: the checkpoint's settings)."""
-    return Model(Generator.from_checkpoint(ckpt, device=device, steps=steps, sampler=sampler, progress=progress,
+    """Load a checkpoint (:meth:`Sampler.from_checkpoint`; None: the checkpoint's settings)."""
+    return Model(Sampler.from_checkpoint(ckpt, device=device, steps=steps, sampler=sampler, progress=progress,
                                            project_steps=project_steps))
 
 
@@ -36,7 +36,7 @@ class Model:
     """A trained model of one system. Every method takes ``seed`` (the same seed, the same output) and
     ``n_samples``: None gives one ``mdtraj.Trajectory``, an integer a list of that many (one batch)."""
 
-    def __init__(self, generator: Generator):
+    def __init__(self, generator: Sampler):
         self.generator = generator
 
     @property

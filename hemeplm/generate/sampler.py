@@ -22,7 +22,7 @@ its frames then become known to the next window:
 All samples of a call run as one batch through the denoiser.
 
 The model knows one frame spacing, ``data.lag`` times the training data's
-(:attr:`Generator.frame_ps`): inpainting and upsampling take the given file's
+(:attr:`Sampler.frame_ps`): inpainting and upsampling take the given file's
 frames at that spacing (k times it for upsampling) and refuse a file whose
 spacing does not divide it; every output is at that spacing.
 """
@@ -71,7 +71,7 @@ def sampler_settings(cfg: Config, sampler: str | None = None, steps: int | None 
 
 
 @dataclass
-class Generator:
+class Sampler:
     """A model, its diffusion and sampler settings.
 
     Args:
@@ -91,7 +91,7 @@ class Generator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
-                        sampler: str | None = None, **kw) -> "Generator":
+                        sampler: str | None = None, **kw) -> "Sampler":
         """Load ``path`` onto ``device`` (:func:`~hemeplm.device.resolve_device`: ``"auto"`` is the GPU when
         there is one); ``sampler`` and ``steps`` as :func:`sampler_settings` (None: the checkpoint's)."""
         device = resolve_device(device)
@@ -101,7 +101,7 @@ class Generator:
         sampler, steps = sampler_settings(cfg, sampler, steps, path)
         return cls(model.to(device), diffusion.to(device), cfg, steps=steps, sampler=sampler, **kw)
 
-    def prior(self) -> "Generator":
+    def prior(self) -> "Sampler":
         """The same generator with nothing learnt: a copy of the model whose denoiser's output layer
         is zero, so that every sample is what the sampler and conditioning give by themselves (a baseline)."""
         model = copy.deepcopy(self.model)
@@ -265,7 +265,7 @@ class Generator:
         return path[:, idx]
 
 
-def load_checked(gen: Generator, topology: str | Path, files: list[str | Path]):
+def load_checked(gen: Sampler, topology: str | Path, files: list[str | Path]):
     """The :class:`~hemeplm.data.load.MDSystem` of ``files`` (superposed together, with any labels beside
     them), read with the checkpoint's data settings and checked against the checkpoint's system."""
     cfg = gen.cfg.data
@@ -279,7 +279,7 @@ def load_checked(gen: Generator, topology: str | Path, files: list[str | Path]):
     return system
 
 
-def load_frames(gen: Generator, topology: str | Path, files: list[str | Path]) -> tuple[list[torch.Tensor], float]:
+def load_frames(gen: Sampler, topology: str | Path, files: list[str | Path]) -> tuple[list[torch.Tensor], float]:
     """Frames of ``files`` (superposed together), checked against the checkpoint's system.
 
     Returns:
@@ -299,10 +299,10 @@ def _pick(frames: torch.Tensor, index: int | None, path, what: str) -> torch.Ten
     return frames[index]
 
 
-def given_stride(gen: Generator, task: str, dt: float, path, n_frames: int) -> int:
+def given_stride(gen: Sampler, task: str, dt: float, path, n_frames: int) -> int:
     """File frames between consecutive given frames of ``inpaint`` or ``upsample``.
 
-    Inpainting gives the model frames at its own spacing (:attr:`Generator.frame_ps`), upsampling
+    Inpainting gives the model frames at its own spacing (:attr:`Sampler.frame_ps`), upsampling
     coarse frames ``tasks.upsample_factor`` times that apart; a file whose frames are ``dt`` ps
     apart is read every ``stride``-th frame. ``n_frames`` given frames: one frame has no spacing (stride 1).
 
@@ -322,7 +322,7 @@ def given_stride(gen: Generator, task: str, dt: float, path, n_frames: int) -> i
     return stride
 
 
-def run_task(gen: Generator, task: str, topology, frames_file, out, start: int | None = None, end: int | None = None,
+def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | None = None, end: int | None = None,
              end_file=None, num_frames: int | None = None, num_samples: int = 1, seed: int = 0,
              inpaint_atoms: str | None = None, force: bool = False, energies: bool = False) -> dict:
     """Everything ``sample.py`` does; returns the JSON summary (also written beside the output).
@@ -405,7 +405,7 @@ def run_task(gen: Generator, task: str, topology, frames_file, out, start: int |
     return summary
 
 
-def inpaint_tokens(gen: Generator, topology, selection: str | None) -> tuple[torch.Tensor | None, list[int]]:
+def inpaint_tokens(gen: Sampler, topology, selection: str | None) -> tuple[torch.Tensor | None, list[int]]:
     """The ligand tokens to inpaint for ``selection`` (mdtraj syntax; None: the whole ligand) and the atoms
     they generate.
 

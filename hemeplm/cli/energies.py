@@ -1,0 +1,45 @@
+"""``hemeplm energies``: a checkpoint's energy model on any trajectory of its system."""
+
+from __future__ import annotations
+
+from hemeplm.cli.options import HelpFormatter, add_output_flags
+from hemeplm.generate import energies
+from hemeplm.generate.sampler import load_checked, Sampler
+
+
+def add_parser(sub) -> None:
+    """Add ``hemeplm energies`` to the ``hemeplm`` subparsers."""
+    en = sub.add_parser("energies", help="predicted energies, forces and per-residue interaction energies",
+                        formatter_class=HelpFormatter,
+                        description="Predict with a checkpoint's energy model for any trajectory of its system "
+                                    "(MD or generated). Writes OUT/energies.npz, residue_interaction.csv "
+                                    "(per-residue mean and std), residue_interaction.png and "
+                                    "residue_interaction.pdb (mean in the B-factor column).")
+    en.add_argument("--ckpt", required=True, help="checkpoint written by train.py (runs/NAME/ckpt.pt)")
+    en.add_argument("--topology", required=True, help="topology of --frames (a generated file's PDB, or the MD's)")
+    en.add_argument("--frames", required=True, help="trajectory to predict for")
+    en.add_argument("--out", required=True, help="output folder")
+    en.add_argument("--start", type=int, default=None, help="first frame to predict for (unset: 0)")
+    en.add_argument("--stop", type=int, default=None, help="frame to stop before (unset: the end)")
+    en.add_argument("--compare", action="store_true",
+                    help="also compare with the labels in energies_forces.npz beside --frames: metrics.json "
+                         "(R², MAE, Pearson; interaction fluctuation R² over pocket residues beside the "
+                         "training-mean baseline) and figures in OUT/compare/")
+    en.add_argument("--device", default="auto",
+                    help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+    add_output_flags(en, "overwrite existing outputs")
+    en.set_defaults(func=run)
+
+
+def run(args) -> None:
+    import torch
+
+    gen = Sampler.from_checkpoint(args.ckpt, device=args.device)
+    system = load_checked(gen, args.topology, [args.frames])
+    span = slice(args.start, args.stop)
+    frames = torch.from_numpy(system.segments[0][span])
+    paths = energies.write(gen.model, frames, args.out, force=args.force, progress=not args.quiet)
+    if args.compare:
+        paths += energies.compare(gen.model, system, span, args.out, args.frames)
+    for path in paths:
+        print(path)

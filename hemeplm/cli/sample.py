@@ -1,0 +1,109 @@
+"""Generate trajectories with a trained HemePLM-Diffuse checkpoint.
+
+    python sample.py --ckpt runs/demo/ckpt.pt --task forecast --topology T --frames F \
+        [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P]
+        [--seed N] --out OUT.xtc
+
+Tasks: forecast (from frame I), tps (from frame I to frame J), inpaint (the ligand,
+or the ligand tokens holding the --inpaint-atoms, generated into frames I..J),
+upsample (frames I..J become every k-th frame of a finer trajectory). Inpainting
+reads frames I..J at the model's frame spacing (data.lag x the training data's),
+upsampling at k times it; a file whose spacing does not divide that is refused.
+Writes OUT.xtc (OUT_000.xtc... for several samples), OUT.pdb (topology) and
+OUT.json (summary), and with --view OUT.html (samples beside the given MD in a
+browser); never overwrites without --force. With --relax the generated
+frames are then relaxed by a restrained OpenMM minimisation in the training force
+field (hemeplm relax; --relax-forcefield-topology, default --topology when it is an
+Amber prmtop or a PDB): OUT.relaxed.xtc (OUT.relaxed_000.xtc...), OUT.relaxed.pdb,
+OUT.relaxed.json and OUT.relaxed.npz; --reweight adds Boltzmann weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from hemeplm.cli.options import HelpFormatter, exit_on_error
+from hemeplm.cli.relax import add_relax_options, relax_config
+from hemeplm.diffusion import SAMPLERS
+from hemeplm.forcefield.relax import AMBER_SUFFIXES, output_files, relax_trajectories, relaxed_path
+from hemeplm.generate.sampler import Sampler, run_task
+from hemeplm.tasks import TASKS
+from hemeplm.viewer import view_sample
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (runs/NAME/ckpt.pt)")
+    p.add_argument("--task", required=True, choices=TASKS, help="what to generate (see above)")
+    p.add_argument("--topology", required=True, help="topology of the system the checkpoint was trained on")
+    p.add_argument("--frames", required=True, help="trajectory or PDB holding the given frames")
+    p.add_argument("--start", type=int, default=None, help="index of the start frame (unset: 0)")
+    p.add_argument("--end", type=int, default=None,
+                   help="index of the end frame (tps; unset: the last frame; inpaint/upsample: the last frame used)")
+    p.add_argument("--end-frames", default=None, help="file holding the tps end frame (unset: --frames)")
+    p.add_argument("--num-frames", type=int, default=None,
+                   help="frames to generate (forecast, tps; unset: one window of the model)")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples, generated as one batch")
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="diffusion sampler (unset: the checkpoint's diffusion.sampler)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="DDIM steps per window (unset: the checkpoint's diffusion.sample_steps; "
+                        "ancestral sampling takes every diffusion step)")
+    p.add_argument("--project-steps", type=int, default=None,
+                   help="steps of the structure projection of each generated window (inter-token bonds, clashes; "
+                        "0: off; unset: the checkpoint's structure.project_steps)")
+    p.add_argument("--inpaint-atoms", default=None,
+                   help="mdtraj selection of ligand atoms: the ligand tokens holding them are inpainted whole "
+                        "(unset: the whole ligand)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise; the same seed, the same output")
+    p.add_argument("--device", default="auto",
+                   help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N")
+    p.add_argument("--out", required=True,
+                   help="OUT.xtc or OUT.dcd (several samples: OUT_000.xtc, ...), beside it OUT.pdb and OUT.json")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--energies", action="store_true",
+                   help="add the energy model's predictions for every generated frame to the JSON summary "
+                        "(total energy, per-residue interaction energies with the ligand)")
+    p.add_argument("--view", action="store_true",
+                   help="also write OUT.html: the samples beside the given MD in a browser viewer (hemeplm view)")
+    p.add_argument("--relax", action="store_true",
+                   help="relax the generated frames in the training force field (see hemeplm relax)")
+    add_relax_options(p, prefix="relax-")
+
+
+def add_parser(sub) -> None:
+    """Add ``hemeplm sample`` to the ``hemeplm`` subparsers."""
+    p = sub.add_parser("sample", help="generate trajectories with a checkpoint (as python sample.py)",
+                       description=__doc__, formatter_class=HelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> None:
+    if args.relax:  # refuse before sampling, not after
+        output_files(relaxed_path(args.out), args.num_samples, args.force)
+    gen = Sampler.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
+                                progress=True, project_steps=args.project_steps)
+    summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
+                       end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
+                       seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force,
+                       energies=args.energies)
+    if args.view:
+        summary["view"] = str(view_sample(summary, Path(args.out).with_suffix(".html")))
+    if args.relax:
+        forcefield = args.relax_forcefield_topology
+        if forcefield is None and args.topology.lower().endswith((*AMBER_SUFFIXES, ".pdb", ".pdb.gz")):
+            forcefield = args.topology
+        summary["relax"] = relax_trajectories(summary["topology_pdb"], summary["trajectories"],
+                                              relaxed_path(args.out), forcefield_topology=forcefield,
+                                              cfg=relax_config(args), force=args.force)
+    print(json.dumps(summary, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python sample.py``."""
+    p = argparse.ArgumentParser(prog="sample.py", description=__doc__, formatter_class=HelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    exit_on_error("sample.py", lambda: run(args))
