@@ -31,6 +31,7 @@ from hemeplm.errors import HemeplmError, require_file
 from hemeplm.data.numbering import number_amber_residues
 from hemeplm.data.residues import ION_NAMES
 from hemeplm.data.parameters import read_charges, residue_labels
+from hemeplm.geometry.rigid import superposition
 
 log = logging.getLogger(__name__)
 
@@ -271,27 +272,6 @@ def select_ligand(topology, selection: str | None, path: str | Path = "topology"
     return np.array([a.index for r in topology.residues if r.name == name for a in r.atoms], dtype=np.int64)
 
 
-def kabsch(mobile: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best rotation and translation mapping ``mobile`` onto ``target``.
-
-    Args:
-        mobile: (F, K, 3) points per frame.
-        target: (K, 3) reference points.
-    Returns:
-        R (F, 3, 3) and t (F, 3) such that ``x @ R.transpose(-1, -2) + t`` superposes.
-    """
-    mc = mobile.mean(axis=1, keepdims=True)
-    tc = target.mean(axis=0)
-    h = np.einsum("fki,kj->fij", mobile - mc, target - tc)
-    u, _, vt = np.linalg.svd(h)
-    d = np.sign(np.linalg.det(np.einsum("fij,fjk->fik", u, vt)))
-    fix = np.ones((len(mobile), 3))
-    fix[:, 2] = d
-    rot = np.einsum("fji,fj,fkj->fik", vt, fix, u)
-    trans = tc - np.einsum("fij,fj->fi", rot, mc[:, 0])
-    return rot, trans
-
-
 def _read_energies(traj_path: Path, n_frames: int, topology) -> dict | None:
     """Labels from ``energies_forces.npz`` beside a trajectory, when its frames and atoms match;
     None when there is no such file.
@@ -433,7 +413,7 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
         xyz = traj.xyz[:, keep].astype(np.float64) * 10.0
         if reference is None:
             reference = xyz[0, ca]
-        rot, trans = kabsch(xyz[:, ca], reference)
+        rot, trans = superposition(xyz[:, ca], reference)
         segments.append((np.einsum("fij,faj->fai", rot, xyz) + trans[:, None]).astype(np.float32))
         found = _read_energies(f, traj.n_frames, top)
         if found is None:

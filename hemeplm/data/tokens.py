@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from hemeplm.data.residues import ATOM14, ATOM_ALIASES, CHI, TORSION_NAMES, UNK, residue_type, standard_name
+from hemeplm.geometry.torsion import dihedral_angle, dihedrals
+from hemeplm.geometry.rigid import residue_frames
 
 log = logging.getLogger(__name__)
 
@@ -211,23 +213,6 @@ def _backbone_torsions(topology, residues, frame_atoms: np.ndarray, torsion_atom
         torsion_atoms[i, 2] = (ca0, c0, n1, ca1)     # omega(i)
 
 
-# ----------------------------------------------------------------------------- geometry (torch)
-
-def residue_frames(x: torch.Tensor, frame_atoms: torch.Tensor) -> torch.Tensor:
-    """N-CA-C frames by Gram-Schmidt.
-
-    Args:
-        x: (..., A, 3) coordinates.
-        frame_atoms: (R, 3) indices of N, CA, C.
-    Returns:
-        (..., R, 3, 3) rotation matrices whose columns are the frame axes.
-    """
-    n, ca, c = (x[..., frame_atoms[:, k], :] for k in range(3))
-    e1 = torch.nn.functional.normalize(c - ca, dim=-1)
-    u2 = n - ca
-    e2 = torch.nn.functional.normalize(u2 - (u2 * e1).sum(-1, keepdim=True) * e1, dim=-1)
-    e3 = torch.cross(e1, e2, dim=-1)
-    return torch.stack([e1, e2, e3], dim=-1)
 
 
 def gather_atom14(x: torch.Tensor, layout: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -244,25 +229,5 @@ def scatter_atom14(slots: torch.Tensor, layout: dict[str, torch.Tensor], n_atoms
     return out
 
 
-def dihedral_angle(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, p3: torch.Tensor) -> torch.Tensor:
-    """Dihedral angles (radians, in (-π, π]) of points (..., 3) -> (...)."""
-    b0, b1, b2 = p1 - p0, p2 - p1, p3 - p2
-    n1, n2 = torch.cross(b0, b1, dim=-1), torch.cross(b1, b2, dim=-1)
-    m1 = torch.cross(n1, torch.nn.functional.normalize(b1, dim=-1), dim=-1)
-    return torch.atan2((m1 * n2).sum(-1), (n1 * n2).sum(-1))
-
-
-def dihedrals(x: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
-    """Dihedral angles (radians).
-
-    Args:
-        x: (..., A, 3); quads: (..., 4) atom indices (-1 allowed: gives 0).
-    Returns:
-        (..., *quads.shape[:-1]) angles in (-pi, pi].
-    """
-    q = quads.clamp(min=0)
-    return dihedral_angle(*(x[..., q[..., k], :] for k in range(4)))
-
-
 __all__ = ["TokenLayout", "build_layout", "bisect", "ligand_groups", "LIGAND_GROUP_RADIUS", "gather_atom14",
-           "scatter_atom14", "residue_frames", "dihedral_angle", "dihedrals", "KIND_RESIDUE", "KIND_LIGAND", "KIND_EXTRA", "UNK"]
+           "scatter_atom14", "KIND_RESIDUE", "KIND_LIGAND", "KIND_EXTRA", "UNK"]

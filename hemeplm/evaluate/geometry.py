@@ -11,7 +11,8 @@ from hemeplm.errors import HemeplmError
 from hemeplm.geometry.structure import near_pairs, vdw_radii
 from hemeplm.data.residues import TORSION_NAMES
 from hemeplm.data.tokens import build_layout
-from hemeplm.data.load import kabsch
+from hemeplm.geometry.rigid import superposition
+
 
 TORSION_TYPES = ("phi", "psi", "chi1", "chi2", "chi3", "chi4")
 #: ``bond_ok_fraction_<class>``; :attr:`Geometry.bond_class` indexes this
@@ -107,5 +108,5 @@ def superpose(x: np.ndarray, ca: np.ndarray, target: np.ndarray) -> np.ndarray:
         (F, A, 3) superposed coordinates.
     """
 
-    rot, trans = kabsch(x[:, ca].astype(np.float64), target.astype(np.float64))
+    rot, trans = superposition(x[:, ca].astype(np.float64), target.astype(np.float64))
     return (np.einsum("fij,faj->fai", rot, x) + trans[:, None]).astype(np.float32)

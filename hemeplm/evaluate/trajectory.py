@@ -45,8 +45,9 @@ from hemeplm.errors import HemeplmError
 from hemeplm.evaluate.checks import bond_lengths, validity
 from hemeplm.evaluate.geometry import TORSION_TYPES, Geometry
 from hemeplm.evaluate.stats import binned, decorrelation_time, jensen_shannon, pearson, weighted_median
-from hemeplm.data.tokens import dihedrals
-from hemeplm.data.load import kabsch
+from hemeplm.geometry.torsion import dihedrals
+from hemeplm.geometry.rigid import superposition
+
 
 TORSION_BINS = 36
 TICA_BINS = 30
@@ -123,7 +124,7 @@ def ligand_rmsd(gen: np.ndarray, ref: np.ndarray, geom: Geometry) -> np.ndarray:
     if len(gen) == len(ref):
         out = np.empty(len(gen))
         for i in range(len(gen)):
-            rot, trans = kabsch(gen[i:i + 1, geom.ca].astype(np.float64), ref[i, geom.ca].astype(np.float64))
+            rot, trans = superposition(gen[i:i + 1, geom.ca].astype(np.float64), ref[i, geom.ca].astype(np.float64))
             moved = gen[i, lig] @ rot[0].T + trans[0]
             out[i] = np.sqrt(((moved - ref[i, lig]) ** 2).sum(-1).mean())
         return out
