@@ -329,7 +329,12 @@ def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(tiny_run["ckpt"], run / "ckpt.pt")
-    tables = demo.main([str(run), "--samples", "1", "--long-frames", "12"])
+    results = tmp_path / "results.md"
+    results.write_text("# Results\n<!-- demo:begin -->\nold tables\n<!-- demo:end -->\nkept\n")
+    tables = demo.main([str(run), "--samples", "1", "--long-frames", "12", "--results", str(results)])
+    written = results.read_text()
+    assert "old tables" not in written and written.startswith("# Results\n<!-- demo:begin -->\nWritten by")
+    assert tables["forecast"] in written and written.endswith("<!-- demo:end -->\nkept\n")
     assert set(tables) == {"forecast", "inpaint", "long_forecast"}
     for name in ("forecast", "inpaint"):
         assert tables[name].splitlines()[0].split() == ["metric", "better", "model", "static", "random_walk",

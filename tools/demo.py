@@ -21,19 +21,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from hemeplm.data.dataset import split_bounds
 from hemeplm.errors import HemeplmError
+from hemeplm.io import atomic_write_bytes
 from hemeplm.evaluate.report import json_ready, print_table
 from hemeplm.evaluate.run import evaluate_trajectories
 from hemeplm.generate.sampler import Sampler, run_task
 
 #: the long forecast's validity is also reported over its last this many frames
 LONG_TAIL = 100
+#: the lines of the results file between which ``--results`` writes the tables
+BEGIN, END = "<!-- demo:begin -->", "<!-- demo:end -->"
 
 
 def held_out(gen: Sampler, ev: Path) -> tuple[Path, Path, Path, int, float]:
@@ -91,6 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the checkpoint's)")
     p.add_argument("--long-frames", type=int, default=1000,
                    help="frames of the long forecast checked for validity (0: none)")
+    p.add_argument("--results", default=None, metavar="FILE.md",
+                   help="also write the tables, with the commit and machine, between the <!-- demo:begin --> and "
+                        "<!-- demo:end --> lines of FILE.md (make demo: docs/results.md)")
     args = p.parse_args(argv)
     run = Path(args.run_dir)
     gen = Sampler.from_checkpoint(run / "ckpt.pt", steps=args.steps, progress=True)
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     if bool(gen.model.token_is_ligand.any()):
         runs["inpaint"] = (ref_model_dt, f"{n_model} frames every {gen.frame_ps:g} ps",
                            dict(task="inpaint", num_samples=1))
-    tables = {}
+    tables, headings = {}, {}
     for name, (reference, what, kwargs) in runs.items():
         out = generate(name, **kwargs)
         metrics = evaluate_trajectories(topology, [reference], out["model"]["trajectories"], ev / name,
@@ -118,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
                                         prior=out["prior"]["trajectories"], force=True,
                                         ligand_file=gen.cfg.data.ligand_file)
         tables[name] = print_table(metrics)
-        print(f"\n== {name}: model vs baselines on the held-out {what} ==")
+        headings[name] = f"{name}: model vs baselines on the held-out {what}"
+        print(f"\n== {headings[name]} ==")
         print(tables[name])
     if args.long_frames > 0:
         t0 = time.time()
@@ -133,11 +144,31 @@ def main(argv: list[str] | None = None) -> dict:
         (ev / "long_forecast_validity.json").write_text(json.dumps(json_ready(
             {"frames": args.long_frames, "span_ps": span, "sampling_wall_seconds": out["wall_seconds"],
              "wall_seconds": wall, **found}), indent=2))
-        print(f"\n== long forecast: {args.long_frames} frames ({span:.0f} ps) from the first held-out frame, validity "
-              f"vs the held-out MD ({out['wall_seconds']:.0f} s sampling, {wall:.0f} s in all) ==")
+        headings["long_forecast"] = (f"long forecast: {args.long_frames} frames ({span:.0f} ps) from the first held-out "
+                                     f"frame, validity vs the held-out MD ({out['wall_seconds']:.0f} s sampling, "
+                                     f"{wall:.0f} s in all)")
+        print(f"\n== {headings['long_forecast']} ==")
         print(tables["long_forecast"])
     (ev / "tables.json").write_text(json.dumps(tables, indent=2))
+    if args.results:
+        write_results(Path(args.results), tables, headings, run)
     return tables
+
+
+def write_results(path: Path, tables: dict[str, str], headings: dict[str, str], run: Path) -> None:
+    """Replace the part of ``path`` between :data:`BEGIN` and :data:`END` with the tables and their provenance."""
+    text = path.read_text() if path.exists() else ""
+    if BEGIN not in text or END not in text.split(BEGIN, 1)[1]:
+        raise HemeplmError(f"has no {BEGIN} ... {END} section to write the tables into", path)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    ckpt = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=True)
+    body = [f"Written by `make demo` on {time.strftime('%Y-%m-%d')} at commit `{commit or 'unknown'}`: "
+            f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, checkpoint "
+            f"`{run / 'ckpt.pt'}` at step {ckpt['step']}.", ""]
+    for name, table in tables.items():
+        body += [f"**{headings[name]}**", "", "```", table, "```", ""]
+    head, rest = text.split(BEGIN, 1)
+    atomic_write_bytes(path, (head + BEGIN + "\n" + "\n".join(body) + END + rest.split(END, 1)[1]).encode())
 
 
 if __name__ == "__main__":
