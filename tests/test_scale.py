@@ -330,13 +330,13 @@ def test_generator_uses_fragments_above_token_budget(t4l_features, monkeypatch):
     gen = Sampler(model, diffusion, cfg, steps=3)
     whole = gen.forecast(start, 4, 1, torch.Generator().manual_seed(0))
     assert not calls
-    n = model.l_kind.numel()
+    n = model.tokens.kind.numel()
     model.denoiser.max_tokens = n // 3
     with torch.no_grad():
         frags = denoiser_for(model, model.condition(start[None])[0], start[None])
     assert isinstance(frags, FragmentedDenoiser)
     assert all(len(f.tokens) <= n // 3 for f in frags.fragments)
-    torch.testing.assert_close(token_centres(model, start)[:3], start[model.l_frame_atoms[:3, 1]])
+    torch.testing.assert_close(token_centres(model, start)[:3], start[model.tokens.frame_atoms[:3, 1]])
     pieces = gen.forecast(start, 4, 1, torch.Generator().manual_seed(0))
     assert calls and min(calls) >= 3
     assert pieces.shape == whole.shape and torch.isfinite(pieces).all()

@@ -146,7 +146,7 @@ class Sampler:
         s = coords.shape[0]
         mask = mask.expand(s, *mask.shape[-2:]).to(coords.device)
         key = coords[:, 0]
-        atom_known = mask[:, :, m.l_atom_token]  # (S, T, A)
+        atom_known = mask[:, :, m.tokens.atom_token]  # (S, T, A)
         node_mask = atom_known[:, 0]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
         x_given = m.values(coords, key)
@@ -193,7 +193,7 @@ class Sampler:
         starts = self.window_starts(n_frames)
         total = starts[-1] + self.window
         coords = torch.zeros(n_samples, total, self.model.n_atoms, 3, device=device)
-        known = torch.zeros(total, self.model.l_kind.numel(), dtype=torch.bool, device=device)
+        known = torch.zeros(total, self.model.tokens.kind.numel(), dtype=torch.bool, device=device)
         return coords, known, starts
 
     def forecast(self, start: torch.Tensor, num_frames: int, n_samples: int, generator) -> torch.Tensor:
@@ -416,7 +416,7 @@ def inpaint_tokens(gen: Sampler, topology, selection: str | None) -> tuple[torch
         (N,) bool tokens (None for every ligand token) and the sorted indices of the generated atoms.
     """
     m = gen.model
-    is_ligand_atom = m.s_is_ligand  # (A,)
+    is_ligand_atom = m.atoms.is_ligand  # (A,)
     if selection is None:
         return None, torch.nonzero(is_ligand_atom).flatten().tolist()
     top = m.topology()
@@ -429,8 +429,8 @@ def inpaint_tokens(gen: Sampler, topology, selection: str | None) -> tuple[torch
     chosen &= is_ligand_atom
     if not chosen.any():
         raise HemeplmError(f"--inpaint-atoms {selection!r} matches no ligand atom", topology)
-    tokens = torch.zeros_like(m.token_is_ligand).index_fill_(0, m.l_atom_token[chosen], True)
-    generated = tokens[m.l_atom_token]
+    tokens = torch.zeros_like(m.token_is_ligand).index_fill_(0, m.tokens.atom_token[chosen], True)
+    generated = tokens[m.tokens.atom_token]
     added = torch.nonzero(generated & ~chosen).flatten().tolist()
     if added:
         log.warning("--inpaint-atoms %r: ligand tokens are generated whole; also generating %s", selection,
