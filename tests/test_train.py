@@ -172,6 +172,16 @@ def test_unknown_or_mistyped_config_keys(tmp_path):
         "denoiser.max_tokens=abc": r"config key 'denoiser.max_tokens' expects int or None, got 'abc'",
         "data.ligand_file=3": r"config key 'data.ligand_file' expects str or None, got 3",
         "max_steps=null": r"config key 'max_steps' expects int, got None",
+        # values out of range, refused before any work
+        "optim.batch_size=0": r"config key 'optim.batch_size' must be at least 1, got 0",
+        "encoder.layers=-1": r"config key 'encoder.layers' must be at least 1, got -1",
+        "optim.lr=-1": r"config key 'optim.lr' must be above 0, got -1.0",
+        "optim.lr=.nan": r"config key 'optim.lr' must be above 0, got nan",
+        "optim.ema_decay=2": r"config key 'optim.ema_decay' must be between 0 and 1, got 2.0",
+        "data.window=1": r"config key 'data.window' must be at least 2, got 1",
+        "data.truncated=maybe": r"config key 'data.truncated' must be one of error, warn, got 'maybe'",
+        "data.split=[0.5,0.6,0]": r"config key 'data.split' must be three fractions .* that sum to 1",
+        "denoiser.heads=3": r"config key 'denoiser.dim' \(128\) must be divisible by 'denoiser.heads' \(3\)",
     }
     for override, message in command_line_errors.items():
         with pytest.raises(HemeplmError, match=message):
