@@ -16,11 +16,15 @@ from hemeplm.cli.options import HelpFormatter, exit_on_error
 
 #: in the order ``hemeplm --help`` lists them
 SUBCOMMANDS = (inspect, simulate, label, train, sample, evaluate, view, energies, relax, bench)
+EPILOG = """training and sampling are also scripts in the repository root:
+  python train.py [--config configs/demo.yaml] [key=value ...]   as hemeplm train
+  python sample.py --ckpt runs/NAME/ckpt.pt --task forecast ...   as hemeplm sample
+(see python train.py --help and python sample.py --help)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hemeplm", description="Generative surrogate of protein–ligand MD.",
-                                formatter_class=HelpFormatter)
+                                epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for command in SUBCOMMANDS:
