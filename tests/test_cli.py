@@ -27,6 +27,11 @@ def test_inspect_text(capsys, t4l_dcd):
     main(["inspect", str(PRMTOP), str(t4l_dcd)])
     out = capsys.readouterr().out.splitlines()
     assert "162 protein residues" in out[0] and "12 frames" in out[0]
+    # the input's atoms and the model's (heavy atoms unless --hydrogens), not one number for both
+    assert out[0].startswith(f"{PRMTOP}: 2621 atoms in the input, 1298 in the model (heavy atoms of protein and ligand)")
+    main(["inspect", str(PRMTOP), str(t4l_dcd), "--hydrogens"])
+    assert "2621 atoms in the input, 2621 in the model (protein and ligand atoms)" in capsys.readouterr().out
+    assert out[1].startswith("ligand: 8 atoms in 1 residue(s) ['TMP']")
     assert out[1].startswith("ligand: 8 atoms in 1 residue(s) ['TMP']")
 
 

@@ -30,7 +30,9 @@ def run(args) -> None:
         print(json.dumps(report, indent=2))
         return
     lig = report["ligand"]
-    print(f"{args.topology}: {report['n_atoms']} atoms, {report['n_residues']} protein residues, "
+    kept = "protein and ligand atoms" if report["hydrogens"] else "heavy atoms of protein and ligand"
+    print(f"{args.topology}: {report['n_atoms_input']} atoms in the input, {report['n_atoms']} in the model "
+          f"({kept}), {report['n_residues']} protein residues, "
           f"{report['n_frames']} frames every {report['timestep_ps']} ps in {report['n_segments']} segment(s)")
     print(f"ligand: {lig['n_atoms']} atoms in {len(lig['residues'])} residue(s) "
           f"{sorted(set(lig['residues']))}, elements {lig['elements']}")

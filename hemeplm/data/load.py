@@ -461,7 +461,8 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
 def inspect_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
                    hydrogens: bool = False, timestep_ps: float | None = None,
                    forcefield: list[str] | None = None) -> dict:
-    """A JSON-ready summary of a system (what ``hemeplm inspect`` prints)."""
+    """A JSON-ready summary of a system (what ``hemeplm inspect`` prints): ``n_atoms_input`` atoms in the
+    topology, ``n_atoms`` of them kept for the model (protein and ligand; heavy atoms unless ``hydrogens``)."""
     system = load_system(topology, trajectories, ligand=ligand, hydrogens=hydrogens, timestep_ps=timestep_ps,
                          forcefield=forcefield)
     top = system.topology
