@@ -115,14 +115,36 @@ def load_plain(path: str | Path, what: str, advice: str, map_location: str | tor
                            f"without running them (loading them could run code); {advice}", path) from None
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def atomic_save(traj, path: str | Path, **kw) -> None:
+    """Save an mdtraj Trajectory to ``path`` (its format from the suffix: XTC, DCD, PDB...; ``kw`` to mdtraj's
+    writer) through a temporary file in the same folder with the same suffix, and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        traj.save(str(tmp), force_overwrite=True, **kw)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (the temporary file is removed
+    when writing fails)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def output_paths(out: str | Path, n_samples: int) -> tuple[list[Path], Path, Path]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hemeplm.io import atomic_write_text
+
 _FORMAT = re.compile(r"%FORMAT\((\d+)[aIE](\d+)")
 
 
@@ -91,11 +93,12 @@ def topology_pdb(topology, xyz_a: np.ndarray, codes: list[str]) -> str:
 
 
 def write_pdb(path: str | Path, template: str, xyz_a: np.ndarray) -> None:
-    """Write the PDB text ``template`` (:func:`topology_pdb`, A atoms) with coordinates ``xyz_a`` (A, 3) Å."""
+    """Write the PDB text ``template`` (:func:`topology_pdb`, A atoms) with coordinates ``xyz_a`` (A, 3) Å
+    (through a temporary file and a rename)."""
     xyz = iter(np.asarray(xyz_a, np.float64))
     lines = template.splitlines(keepends=True)
     for i, line in enumerate(lines):
         if _is_atom(line):
             x, y, z = next(xyz)
             lines[i] = f"{line[:30]}{x:8.3f}{y:8.3f}{z:8.3f}{line[54:]}"
-    Path(path).write_text("".join(lines))
+    atomic_write_text(path, "".join(lines))
