@@ -66,12 +66,12 @@ class Panel:
 
 
 def load_panel(label: str, topology: str | Path, trajectory: str | Path, ligand: str | None = None,
-               start: int = 0, timestep_ps: float | None = None) -> Panel:
+               start: int = 0, timestep_ps: float | None = None, truncated: str = "error") -> Panel:
     """Read one trajectory from frame ``start`` on (heavy atoms, superposed on its first frame's Cα).
 
-    ``timestep_ps`` overrides the file's frame spacing.
+    ``timestep_ps`` overrides the file's frame spacing; ``truncated`` as :func:`~hemeplm.data.load.load_system`.
     """
-    system = load_system(topology, [trajectory], ligand=ligand, timestep_ps=timestep_ps)
+    system = load_system(topology, [trajectory], ligand=ligand, timestep_ps=timestep_ps, truncated=truncated)
     xyz = system.segments[0]
     if not 0 <= start < len(xyz):
         raise HemeplmError(f"start frame {start} is outside its {len(xyz)} frames", trajectory)
@@ -228,14 +228,16 @@ def write_view(out: str | Path, panels: list[Panel], values: str | None = "rmsf"
 def view_files(topology: str | Path, trajectories: list[str | Path], out: str | Path,
                reference: list[str | Path] = (), reference_topology: str | Path | None = None,
                ligand: str | None = None, values: str | None = "rmsf", max_frames: int = MAX_FRAMES,
-               timestep_ps: float | None = None, reference_start: int = 0, force: bool = False) -> Path:
+               timestep_ps: float | None = None, reference_start: int = 0, force: bool = False,
+               truncated: str = "error") -> Path:
     """``hemeplm view``: one panel per trajectory, then one per reference trajectory
     (read with ``reference_topology``, default ``topology``, from frame ``reference_start``).
     An existing ``out`` is refused before anything is read, unless ``force``."""
     check_outputs([Path(out)], force, out)
-    panels = [load_panel(Path(t).name, topology, t, ligand, timestep_ps=timestep_ps) for t in trajectories]
+    panels = [load_panel(Path(t).name, topology, t, ligand, timestep_ps=timestep_ps, truncated=truncated)
+              for t in trajectories]
     panels += [load_panel(f"reference {Path(t).name}", reference_topology or topology, t, ligand,
-                          start=reference_start, timestep_ps=timestep_ps) for t in reference]
+                          start=reference_start, timestep_ps=timestep_ps, truncated=truncated) for t in reference]
     return write_view(out, panels, values, max_frames, force=force)
 
 

@@ -32,7 +32,6 @@ def test_inspect_text(capsys, t4l_dcd):
     main(["inspect", str(PRMTOP), str(t4l_dcd), "--hydrogens"])
     assert "2621 atoms in the input, 2621 in the model (protein and ligand atoms)" in capsys.readouterr().out
     assert out[1].startswith("ligand: 8 atoms in 1 residue(s) ['TMP']")
-    assert out[1].startswith("ligand: 8 atoms in 1 residue(s) ['TMP']")
 
 
 @pytest.mark.parametrize("args, words", [
@@ -89,3 +88,30 @@ def test_version_and_help_name_defaults_and_the_scripts(capsys):
         text = " ".join(proc.stdout.split())
         assert proc.returncode == 0 and "(default: None)" not in text
         assert ("cuda or cuda:N (default: auto)" if script == "sample.py" else "(default: configs/demo.yaml)") in text
+
+
+def test_hints_name_options_the_command_has(tiny_system, tmp_path, capsys):
+    """A DCD cut mid-frame: the loader's advice (train.py's data.truncated=warn) becomes the command's own
+    --truncated warn, which works."""
+    cut = tmp_path / "cut.dcd"
+    data = tiny_system["trajectory"].read_bytes()
+    cut.write_bytes(data[:-100])
+    for command in (["inspect", str(tiny_system["topology"]), str(cut)],
+                    ["view", str(tiny_system["topology"]), str(cut), "--out", str(tmp_path / "v.html")]):
+        with pytest.raises(SystemExit):
+            main(command)
+        err = capsys.readouterr().err
+        assert "is truncated" in err and "pass --truncated warn" in err and "data.truncated" not in err
+        main([*command, "--truncated", "warn"])
+        assert "Traceback" not in capsys.readouterr().err
+    assert (tmp_path / "v.html").exists()
+
+
+def test_commands_without_truncated_do_not_advise_it(tiny_system, tmp_path, capsys):
+    cut = tmp_path / "cut.dcd"
+    cut.write_bytes(tiny_system["trajectory"].read_bytes()[:-100])
+    with pytest.raises(SystemExit):
+        main(["relax", "--topology", str(tiny_system["topology"]), "--frames", str(cut), "--out",
+              str(tmp_path / "r.xtc")])
+    err = capsys.readouterr().err
+    assert "is truncated" in err and "this command reads complete files only" in err and "data.truncated" not in err

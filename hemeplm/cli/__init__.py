@@ -12,7 +12,7 @@ import argparse
 from hemeplm import __version__
 from hemeplm.cli import (bench, energies, evaluate, inspect, label, relax, sample, simulate, train,
                          view)
-from hemeplm.cli.options import HelpFormatter, exit_on_error
+from hemeplm.cli.options import COMPLETE_FILES_HINTS, HelpFormatter, exit_on_error
 
 #: in the order ``hemeplm --help`` lists them
 SUBCOMMANDS = (inspect, simulate, label, train, sample, evaluate, view, energies, relax, bench)
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    exit_on_error(f"hemeplm {args.command}", lambda: args.func(args))
+    exit_on_error(f"hemeplm {args.command}", lambda: args.func(args), getattr(args, "hints", COMPLETE_FILES_HINTS))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hemeplm.cli.options import HelpFormatter, count, positive
+from hemeplm.cli.options import HelpFormatter, add_truncated_option, count, positive
 from hemeplm.viewer import MAX_FRAMES, view_files
 
 
@@ -25,11 +25,12 @@ def add_parser(sub) -> None:
                         "(one value per residue), FILE.npz or FILE.npz:KEY ((R,) or (F, R), averaged over frames)")
     v.add_argument("--max-frames", type=count(1), default=MAX_FRAMES, help="frames kept per panel (evenly strided)")
     v.add_argument("--timestep-ps", type=positive, default=None, help="frame spacing (default: from the files)")
+    add_truncated_option(v)
     v.set_defaults(func=run)
 
 
 def run(args) -> None:
     out = view_files(args.topology, args.trajectories, args.out, args.reference, args.reference_topology,
                      args.ligand, args.values, args.max_frames, args.timestep_ps, args.reference_start,
-                     force=args.force)
+                     force=args.force, truncated=args.truncated or "error")
     print(out)
