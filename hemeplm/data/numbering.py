@@ -69,6 +69,13 @@ def insertion_codes(path: str | Path, n_residues: int) -> list[str]:
     return codes if len(codes) == n_residues else [" "] * n_residues
 
 
+def kept_insertion_codes(path: str | Path, full_topology, source_index: np.ndarray, topology) -> list[str]:
+    """(R,) insertion code of each residue of ``topology``, the atoms ``source_index`` kept from
+    ``full_topology`` (read from the topology file ``path``), as :func:`insertion_codes` reads them."""
+    codes = insertion_codes(path, full_topology.n_residues)
+    return [codes[full_topology.atom(int(source_index[r.atom(0).index])).residue.index] for r in topology.residues]
+
+
 def _is_atom(line: str) -> bool:
     return line.startswith(("ATOM  ", "HETATM"))
 
