@@ -107,6 +107,23 @@ def test_hints_name_options_the_command_has(tiny_system, tmp_path, capsys):
     assert (tmp_path / "v.html").exists()
 
 
+def test_energies_range_checked_before_anything_is_made(tiny_run, tiny_system, tmp_path, capsys):
+    out = tmp_path / "energies"
+    common = ["energies", "--ckpt", str(tiny_run["ckpt"]), "--topology", str(tiny_system["topology"]),
+              "--frames", str(tiny_system["trajectory"]), "--out", str(out), "--quiet"]
+    with pytest.raises(SystemExit) as info:
+        main([*common, "--start", "500"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1
+    assert err.endswith("frames 500..39 (--start 500, --stop 40) are out of range: it has 40 frames")
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main([*common, "--start", "-1"])
+    assert "argument --start: must be at least 0, got -1" in capsys.readouterr().err
+    main([*common, "--start", "30", "--stop", "35"])
+    assert (out / "energies.npz").exists()
+
+
 def test_commands_without_truncated_do_not_advise_it(tiny_system, tmp_path, capsys):
     cut = tmp_path / "cut.dcd"
     cut.write_bytes(tiny_system["trajectory"].read_bytes()[:-100])
