@@ -115,7 +115,7 @@ def test_energies_range_checked_before_anything_is_made(tiny_run, tiny_system, t
         main([*common, "--start", "500"])
     err = capsys.readouterr().err.strip()
     assert info.value.code == 2 and len(err.splitlines()) == 1
-    assert err.endswith("frames 500..39 (--start 500, --stop 40) are out of range: it has 40 frames")
+    assert err.endswith("--start 500 is out of range: it has 40 frames (0..39)")
     assert not out.exists()
     with pytest.raises(SystemExit):
         main([*common, "--start", "-1"])

@@ -49,9 +49,11 @@ def run(args) -> None:
     n = len(system.segments[0])
     start = 0 if args.start is None else args.start
     stop = n if args.stop is None else args.stop
-    if not start < stop <= n:
-        raise HemeplmError(f"frames {start}..{stop - 1} (--start {start}, --stop {stop}) are out of range: "
-                           f"it has {n} frames", args.frames)
+    if start >= n or stop > n:
+        given = " ".join(f"--{k} {v}" for k, v in (("start", args.start), ("stop", args.stop)) if v is not None)
+        raise HemeplmError(f"{given} is out of range: it has {n} frames (0..{n - 1})", args.frames)
+    if stop <= start:
+        raise HemeplmError(f"--stop {stop} must be above --start {start}", args.frames)
     span = slice(start, stop)
     frames = torch.from_numpy(system.segments[0][span])
     paths = energies.write(gen.model, frames, args.out, force=args.force, progress=not args.quiet)
