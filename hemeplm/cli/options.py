@@ -32,8 +32,8 @@ def add_output_flags(parser: argparse.ArgumentParser, force: str) -> None:
 #: what the data loader tells train.py to set, and what a command with :func:`add_truncated_option` says instead
 TRUNCATED_HINTS = {"set data.truncated=warn": "pass --truncated warn"}
 #: ... and what a command with neither says instead
-COMPLETE_FILES_HINTS = {"set data.truncated=warn to use the complete frames": "this command reads complete files "
-                        "only (hemeplm inspect --truncated warn reads the complete frames)"}
+COMPLETE_FILES_HINTS = {"set data.truncated=warn to use the complete frames":
+                        "this command reads complete files only: cut the file to its complete frames first"}
 
 
 def add_truncated_option(parser: argparse.ArgumentParser, unset: str = "error") -> None:
