@@ -62,7 +62,7 @@ def to_numpy(obj):
 
 def _pickled_globals(path: str | Path) -> list[str]:
     """The classes and functions a pickle (a file torch.save wrote, or a bare pickle) names, read with
-    :mod:`pickletools` (which builds and runs nothing); [] for bytes that are no pickle."""
+    :mod:`pickletools` (which builds and runs nothing); [] for bytes that are not one whole pickle."""
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as z:
@@ -81,8 +81,8 @@ def _pickled_globals(path: str | Path) -> list[str]:
                 found.append(f"{strings[-2]}.{strings[-1]}")
             elif isinstance(arg, str):
                 strings.append(arg)
-    except Exception:  # not a pickle, or a cut one: what was read so far
-        return found if strings else []
+    except Exception:  # not a whole pickle (garbage, or cut short): nothing it names can be trusted
+        return []
     return found
 
 
