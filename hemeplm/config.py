@@ -4,13 +4,16 @@
 YAML file (nested mappings, e.g. ``denoiser: {depth: 4}``) and then each
 ``key=value`` override (dotted keys, YAML-parsed values: ``data.ligand=none``,
 ``denoiser.depth=8``, ``data.trajectories=[a.xtc,b.xtc]``). An unknown key is
-an error that names it. The resolved config is saved beside the checkpoint.
+an error that names it, and so is a value of the wrong type or out of its range
+(:data:`RANGES`, :data:`CHOICES`: ``optim.batch_size=0``, ``optim.lr=-1``), on one line,
+before any work. The resolved config is saved beside the checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -151,6 +154,76 @@ class Config:
         return Path(self.out_dir) / self.name
 
 
+#: the range of every numeric key: (lowest, highest, is the lowest itself allowed); None: unbounded.
+#: A key whose value may be None (``data.timestep_ps``) is checked only when set.
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "seed": (0, None, True), "max_steps": (0, None, True), "ckpt_every": (1, None, True),
+    "eval_every": (1, None, True), "eval_batches": (1, None, True), "log_every": (1, None, True),
+    "dist_timeout_s": (0, None, False),
+    "data.ligand_group": (1, None, True), "data.window": (2, None, True), "data.lag": (1, None, True),
+    "data.stride": (1, None, True), "data.timestep_ps": (0, None, False),
+    "encoder.hidden": (1, None, True), "encoder.layers": (1, None, True), "encoder.lmax": (1, None, True),
+    "encoder.num_rbf": (1, None, True), "encoder.cutoff": (0, None, False), "encoder.max_neighbors": (1, None, True),
+    "denoiser.dim": (1, None, True), "denoiser.depth": (1, None, True), "denoiser.heads": (1, None, True),
+    "denoiser.mlp_ratio": (0, None, False), "denoiser.max_tau": (1, None, True),
+    "denoiser.pocket_radius": (0, None, False), "denoiser.cross_window": (0, None, True),
+    "denoiser.local_neighbors": (1, None, True), "denoiser.domain_size": (1, None, True),
+    "denoiser.max_tokens": (1, None, True), "denoiser.fragment_halo": (0, None, True),
+    "diffusion.timesteps": (2, None, True), "diffusion.sample_steps": (1, None, True),
+    "tasks.forecast": (0, None, True), "tasks.tps": (0, None, True), "tasks.inpaint": (0, None, True),
+    "tasks.upsample": (0, None, True), "tasks.upsample_factor": (2, None, True),
+    "energy.hidden": (1, None, True), "energy.layers": (1, None, True), "energy.n_rbf": (1, None, True),
+    "energy.cutoff": (0, None, False), "energy.energy_weight": (0, None, True), "energy.force_weight": (0, None, True),
+    "energy.interaction_weight": (0, None, True), "energy.frames_per_step": (1, None, True),
+    "energy.lr": (0, None, False),
+    "structure.bond_weight": (0, None, True), "structure.clash_weight": (0, None, True),
+    "structure.project_steps": (0, None, True), "structure.project_restraint": (0, None, True),
+    "structure.fold_sigmas": (0, None, True),
+    "optim.lr": (0, None, False), "optim.batch_size": (1, None, True), "optim.weight_decay": (0, None, True),
+    "optim.grad_clip": (0, None, False), "optim.warmup_steps": (0, None, True), "optim.ema_decay": (0, 1, True),
+}
+#: the values a text key takes
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.truncated": ("error", "warn"), "denoiser.spatial": ("full", "local"),
+    "diffusion.parameterisation": ("v", "eps"), "diffusion.schedule": ("cosine", "linear"),
+}
+
+
+def _describe(low, high, inclusive: bool) -> str:
+    if high is None:
+        return f"at least {low:g}" if inclusive else f"above {low:g}"
+    return f"between {low:g} and {high:g}"
+
+
+def check_value(key: str, value: Any, source: str) -> None:
+    """Refuse a value of ``key`` outside :data:`RANGES` or :data:`CHOICES` (not a finite number, too small,
+    too large, not one of the choices), with a one-line :class:`HemeplmError` naming the key and ``source``."""
+    if value is None:
+        return
+    if key in RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high, inclusive = RANGES[key]
+        below = value < low if inclusive else value <= low
+        if not math.isfinite(value) or below or (high is not None and value > high):
+            raise HemeplmError(f"config key {key!r} must be {_describe(low, high, inclusive)}, got {value!r}",
+                               source)
+    if key in CHOICES and value not in CHOICES[key]:
+        raise HemeplmError(f"config key {key!r} must be one of {', '.join(CHOICES[key])}, got {value!r}", source)
+
+
+def check_config(cfg: "Config", source: str) -> "Config":
+    """What no single key can say: ``data.split`` (three fractions that sum to 1) and ``denoiser.dim``
+    divisible by ``denoiser.heads``; a one-line :class:`HemeplmError` naming the key and ``source``."""
+    split = cfg.data.split
+    if len(split) != 3 or any(not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 <= x <= 1
+                              for x in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):
+        raise HemeplmError(f"config key 'data.split' must be three fractions (train, val, test) that sum to 1, "
+                           f"got {split!r}", source)
+    if cfg.denoiser.dim % cfg.denoiser.heads:
+        raise HemeplmError(f"config key 'denoiser.dim' ({cfg.denoiser.dim}) must be divisible by "
+                           f"'denoiser.heads' ({cfg.denoiser.heads})", source)
+    return cfg
+
+
 def _field_types(obj: Any, name: str) -> tuple[type, ...]:
     """The types field ``name`` of dataclass ``obj`` admits, from its annotation: ``float | None`` gives
     (float, NoneType), ``list[str]`` gives (list,)."""
@@ -188,6 +261,7 @@ def _set(obj: Any, dotted: str, value: Any, source: str, prefix: str = "") -> No
     if not isinstance(value, expected):
         names = " or ".join("None" if t is type(None) else t.__name__ for t in expected)
         raise HemeplmError(f"config key {full!r} expects {names}, got {value!r}", source)
+    check_value(full, value, source)
     setattr(obj, last, value)
 
 
@@ -224,7 +298,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     for item in overrides:
         key, value = parse_override(item)
         _set(cfg, key, value, "command line")
-    return cfg
+    return check_config(cfg, "command line" if overrides else str(path))
 
 
 def to_dict(cfg: Config) -> dict:
@@ -233,7 +307,7 @@ def to_dict(cfg: Config) -> dict:
 
 def from_dict(mapping: dict) -> Config:
     """Rebuild a Config from :func:`to_dict` output (e.g. from a checkpoint)."""
-    return apply(Config(), mapping, "checkpoint")
+    return check_config(apply(Config(), mapping, "checkpoint"), "checkpoint")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +22,12 @@ import torch
 from hemeplm.errors import HemeplmError
 
 PLAIN = "tensors, numbers, strings, lists and dicts"
-#: how torch's safe unpickler names a class or function it will not build
-_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+#: how torch's safe unpickler says it refused a file: it names the class or function it would not build
+#: ("Unsupported global: GLOBAL io.open", "unsupported GLOBAL posix.system whose module posix is blocked"),
+#: or the pickle instruction it does not run ("Unsupported operand 149")
+_REFUSED = "Weights only load failed"
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_OPERAND = re.compile(r"Unsupported operand (\d+)")
 
 
 def to_plain(obj):
@@ -54,33 +60,91 @@ def to_numpy(obj):
     return obj
 
 
+def _pickled_globals(path: str | Path) -> list[str]:
+    """The classes and functions a pickle (a file torch.save wrote, or a bare pickle) names, read with
+    :mod:`pickletools` (which builds and runs nothing); [] for bytes that are not one whole pickle."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                name = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+                data = z.read(name) if name else b""
+        else:
+            data = Path(path).read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    found, strings = [], []
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # not a whole pickle (garbage, or cut short): nothing it names can be trusted
+        return []
+    return found
+
+
 def load_plain(path: str | Path, what: str, advice: str, map_location: str | torch.device = "cpu"):
     """``torch.load(path, weights_only=True)``.
 
     Raises:
-        HemeplmError: naming ``path``, when the file holds any other Python object (nothing of it
-            is built, so nothing in it runs); the message says it is a ``what`` (e.g. "checkpoint")
-            and ends with ``advice``.
-        Exception: whatever ``torch.load`` raises for an unreadable file.
+        HemeplmError: naming ``path``, when torch's safe loader refuses the file because it holds other
+            Python objects: nothing of it is built, so nothing in it runs. The message says what it is
+            (a ``what``, e.g. "checkpoint", that holds Python objects, refused without running them), names
+            the first object, and ends with ``advice``; it does not pass on torch's advice to load the file
+            with ``weights_only=False``.
+        pickle.UnpicklingError: for bytes the safe loader cannot read that name no Python object (a
+            truncated or corrupted file), with the instruction it stopped at, again without torch's advice.
+        Exception: whatever else ``torch.load`` raises for an unreadable file.
     """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        found = _GLOBAL.search(str(exc))
-        if found is None:  # not a pickle the safe loader understands: unreadable, nothing was run
-            raise
-        raise HemeplmError(f"refused: this {what} holds Python objects other than {PLAIN} ({found.group(1)}), "
-                           f"and loading them could run code; {advice}", path) from None
+        text = str(exc)
+        found = _GLOBAL.search(text)
+        if found is None and _REFUSED not in text:
+            raise  # not a refusal of the safe loader: an unreadable pickle, nothing was run
+        named = [found.group(1)] if found else _pickled_globals(path)
+        if not named:
+            operand = _OPERAND.search(text)
+            raise pickle.UnpicklingError("the safe loader stopped at " + (
+                f"pickle instruction {operand.group(1)}" if operand else "an instruction it does not read")) from None
+        raise HemeplmError(f"refused: this {what} holds Python objects other than {PLAIN} ({named[0]}); refused "
+                           f"without running them (loading them could run code); {advice}", path) from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and a rename."""
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+
+
+def atomic_save(traj, path: str | Path, **kw) -> None:
+    """Save an mdtraj Trajectory to ``path`` (its format from the suffix: XTC, DCD, PDB...; ``kw`` to mdtraj's
+    writer) through a temporary file in the same folder with the same suffix, and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        traj.save(str(tmp), force_overwrite=True, **kw)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    """Write ``data`` to ``path`` through a temporary file and a rename (the temporary file is removed
+    when writing fails)."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def output_paths(out: str | Path, n_samples: int) -> tuple[list[Path], Path, Path]:

@@ -1,12 +1,14 @@
 """Figures for evaluation (PNG, matplotlib's Agg backend) and B-factor PDBs.
 
-Every function takes arrays, writes one file and returns its path. Axes carry
+Every function takes arrays, writes one file (atomically: a temporary file, then a rename) and
+returns its path. Axes carry
 units: energies in kcal/mol, forces in kcal/mol/Å, distances in Å, free
 energies in kT.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import TwoSlopeNorm  # noqa: E402
 
+from hemeplm.io import atomic_save, atomic_write_text  # noqa: E402
+
 DPI = 120
 #: at most this many points in a scatter plot (an evenly spaced subset is drawn)
 MAX_SCATTER_POINTS = 20_000
@@ -24,8 +28,13 @@ MAX_SCATTER_POINTS = 20_000
 def _save(fig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        fig.savefig(tmp, dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(fig)
     return path
 
 
@@ -175,7 +184,14 @@ def write_bfactor_pdb(topology, xyz: np.ndarray, residue_values: np.ndarray, pat
     per_atom = values[[a.residue.index for a in topology.atoms]] / 10.0 ** power
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32)[None] / 10.0, topology).save_pdb(str(path), bfactors=per_atom)
-    if power:
-        path.write_text(f"REMARK   B-FACTOR = VALUE / 10^{power}\n" + path.read_text())
+    frame = mdtraj.Trajectory(np.asarray(xyz, dtype=np.float32)[None] / 10.0, topology)
+    if not power:
+        atomic_save(frame, path, bfactors=per_atom)
+        return path
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        frame.save_pdb(str(tmp), bfactors=per_atom)
+        atomic_write_text(path, f"REMARK   B-FACTOR = VALUE / 10^{power}\n" + tmp.read_text())
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

@@ -30,6 +30,7 @@ from hemeplm.data.load import load_system
 from hemeplm.data.numbering import topology_pdb
 from hemeplm.errors import HemeplmError, require_file
 from hemeplm.evaluate.geometry import superpose
+from hemeplm.io import atomic_write_text, check_outputs
 from hemeplm.data.parameters import residue_labels
 from hemeplm.evaluate.trajectory import rmsf
 
@@ -65,12 +66,12 @@ class Panel:
 
 
 def load_panel(label: str, topology: str | Path, trajectory: str | Path, ligand: str | None = None,
-               start: int = 0, timestep_ps: float | None = None) -> Panel:
+               start: int = 0, timestep_ps: float | None = None, truncated: str = "error") -> Panel:
     """Read one trajectory from frame ``start`` on (heavy atoms, superposed on its first frame's Cα).
 
-    ``timestep_ps`` overrides the file's frame spacing.
+    ``timestep_ps`` overrides the file's frame spacing; ``truncated`` as :func:`~hemeplm.data.load.load_system`.
     """
-    system = load_system(topology, [trajectory], ligand=ligand, timestep_ps=timestep_ps)
+    system = load_system(topology, [trajectory], ligand=ligand, timestep_ps=timestep_ps, truncated=truncated)
     xyz = system.segments[0]
     if not 0 <= start < len(xyz):
         raise HemeplmError(f"start frame {start} is outside its {len(xyz)} frames", trajectory)
@@ -201,23 +202,25 @@ def _escape(text: str) -> str:
 
 
 def write_view(out: str | Path, panels: list[Panel], values: str | None = "rmsf", max_frames: int = MAX_FRAMES,
-               title: str = "HemePLM-Diffuse trajectories") -> Path:
-    """Write the viewer page of ``panels`` to ``out`` (see the module docstring).
+               title: str = "HemePLM-Diffuse trajectories", force: bool = False) -> Path:
+    """Write the viewer page of ``panels`` to ``out`` (see the module docstring), atomically.
 
     Args:
         panels: trajectories to show side by side; the first is the superposition target.
         values: ``"rmsf"`` (default), ``"none"`` or a per-residue file (:func:`read_values`).
         max_frames: frames kept per panel (evenly strided) to keep the page small.
+        force: overwrite an existing ``out`` (else a :class:`HemeplmError`).
     """
     if not panels:
         raise HemeplmError("give at least one trajectory to view")
     if max_frames < 1:
         raise HemeplmError(f"max_frames must be at least 1, got {max_frames}")
+    out = Path(out)
+    check_outputs([out], force, out)
     panels = superpose_panels([thin(p, max_frames) for p in panels])
     vals, label = residue_values(panels, values)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(panels, vals, label, title), encoding="utf-8")
+    atomic_write_text(out, render_html(panels, vals, label, title))
     log.info("%s: %d panel(s), %.1f MB", out, len(panels), out.stat().st_size / 1e6)
     return out
 
@@ -225,21 +228,26 @@ def write_view(out: str | Path, panels: list[Panel], values: str | None = "rmsf"
 def view_files(topology: str | Path, trajectories: list[str | Path], out: str | Path,
                reference: list[str | Path] = (), reference_topology: str | Path | None = None,
                ligand: str | None = None, values: str | None = "rmsf", max_frames: int = MAX_FRAMES,
-               timestep_ps: float | None = None, reference_start: int = 0) -> Path:
+               timestep_ps: float | None = None, reference_start: int = 0, force: bool = False,
+               truncated: str = "error") -> Path:
     """``hemeplm view``: one panel per trajectory, then one per reference trajectory
-    (read with ``reference_topology``, default ``topology``, from frame ``reference_start``)."""
-    panels = [load_panel(Path(t).name, topology, t, ligand, timestep_ps=timestep_ps) for t in trajectories]
+    (read with ``reference_topology``, default ``topology``, from frame ``reference_start``).
+    An existing ``out`` is refused before anything is read, unless ``force``."""
+    check_outputs([Path(out)], force, out)
+    panels = [load_panel(Path(t).name, topology, t, ligand, timestep_ps=timestep_ps, truncated=truncated)
+              for t in trajectories]
     panels += [load_panel(f"reference {Path(t).name}", reference_topology or topology, t, ligand,
-                          start=reference_start, timestep_ps=timestep_ps) for t in reference]
-    return write_view(out, panels, values, max_frames)
+                          start=reference_start, timestep_ps=timestep_ps, truncated=truncated) for t in reference]
+    return write_view(out, panels, values, max_frames, force=force)
 
 
-def view_sample(summary: dict, out: str | Path, max_frames: int = MAX_FRAMES) -> Path:
+def view_sample(summary: dict, out: str | Path, max_frames: int = MAX_FRAMES, force: bool = False) -> Path:
     """``sample.py --view``: the generated trajectories of a :func:`~hemeplm.generate.sampler.run_task` summary
     beside the given MD (its ``frames`` file from the first frame used, when it holds more than one frame)."""
+    check_outputs([Path(out)], force, out)
     panels = [load_panel(Path(t).name, summary["topology_pdb"], t) for t in summary["trajectories"]]
     first = (summary.get("given_frames") or [summary.get("start") or 0])[0]
     given = load_panel(f"given {Path(summary['frames']).name}", summary["topology"], summary["frames"], start=first)
     if len(given.xyz) > 1:
         panels.append(given)
-    return write_view(out, panels, "rmsf", max_frames, title=f"{summary['task']}: {Path(out).stem}")
+    return write_view(out, panels, "rmsf", max_frames, title=f"{summary['task']}: {Path(out).stem}", force=force)

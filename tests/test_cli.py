@@ -27,6 +27,10 @@ def test_inspect_text(capsys, t4l_dcd):
     main(["inspect", str(PRMTOP), str(t4l_dcd)])
     out = capsys.readouterr().out.splitlines()
     assert "162 protein residues" in out[0] and "12 frames" in out[0]
+    # the input's atoms and the model's (heavy atoms unless --hydrogens), not one number for both
+    assert out[0].startswith(f"{PRMTOP}: 2621 atoms in the input, 1298 in the model (heavy atoms of protein and ligand)")
+    main(["inspect", str(PRMTOP), str(t4l_dcd), "--hydrogens"])
+    assert "2621 atoms in the input, 2621 in the model (protein and ligand atoms)" in capsys.readouterr().out
     assert out[1].startswith("ligand: 8 atoms in 1 residue(s) ['TMP']")
 
 
@@ -84,3 +88,47 @@ def test_version_and_help_name_defaults_and_the_scripts(capsys):
         text = " ".join(proc.stdout.split())
         assert proc.returncode == 0 and "(default: None)" not in text
         assert ("cuda or cuda:N (default: auto)" if script == "sample.py" else "(default: configs/demo.yaml)") in text
+
+
+def test_hints_name_options_the_command_has(tiny_system, tmp_path, capsys):
+    """A DCD cut mid-frame: the loader's advice (train.py's data.truncated=warn) becomes the command's own
+    --truncated warn, which works."""
+    cut = tmp_path / "cut.dcd"
+    data = tiny_system["trajectory"].read_bytes()
+    cut.write_bytes(data[:-100])
+    for command in (["inspect", str(tiny_system["topology"]), str(cut)],
+                    ["view", str(tiny_system["topology"]), str(cut), "--out", str(tmp_path / "v.html")]):
+        with pytest.raises(SystemExit):
+            main(command)
+        err = capsys.readouterr().err
+        assert "is truncated" in err and "pass --truncated warn" in err and "data.truncated" not in err
+        main([*command, "--truncated", "warn"])
+        assert "Traceback" not in capsys.readouterr().err
+    assert (tmp_path / "v.html").exists()
+
+
+def test_energies_range_checked_before_anything_is_made(tiny_run, tiny_system, tmp_path, capsys):
+    out = tmp_path / "energies"
+    common = ["energies", "--ckpt", str(tiny_run["ckpt"]), "--topology", str(tiny_system["topology"]),
+              "--frames", str(tiny_system["trajectory"]), "--out", str(out), "--quiet"]
+    with pytest.raises(SystemExit) as info:
+        main([*common, "--start", "500"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1
+    assert err.endswith("--start 500 is out of range: it has 40 frames (0..39)")
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main([*common, "--start", "-1"])
+    assert "argument --start: must be at least 0, got -1" in capsys.readouterr().err
+    main([*common, "--start", "30", "--stop", "35"])
+    assert (out / "energies.npz").exists()
+
+
+def test_commands_without_truncated_do_not_advise_it(tiny_system, tmp_path, capsys):
+    cut = tmp_path / "cut.dcd"
+    cut.write_bytes(tiny_system["trajectory"].read_bytes()[:-100])
+    with pytest.raises(SystemExit):
+        main(["relax", "--topology", str(tiny_system["topology"]), "--frames", str(cut), "--out",
+              str(tmp_path / "r.xtc")])
+    err = capsys.readouterr().err
+    assert "is truncated" in err and "this command reads complete files only" in err and "data.truncated" not in err

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -205,7 +206,8 @@ def test_given_frames_at_the_models_spacing(gen, tiny_system, frames, tmp_path):
                            num_frames=6)
         assert summary["stride"] == stride and summary["timestep_ps"] == pytest.approx(2 * trained), name
         traj = mdtraj.load(str(out), top=str(out.with_suffix(".pdb")))
-        np.testing.assert_allclose(traj.time, np.arange(traj.n_frames) * 2 * trained, atol=1e-3)
+        # from the start frame's time (file frame 3), at the model's spacing
+        np.testing.assert_allclose(traj.time, (3 + np.arange(traj.n_frames) * 2) * trained, atol=1e-3)
         if stride is not None:
             assert summary["given_frames"] == [3, 19]
         if name == "inpaint":  # file frames 3, 5, ..., 19
@@ -291,7 +293,9 @@ def test_topology_of_another_system(gen, tiny_system, t4l_dcd, tmp_path):
 @pytest.mark.parametrize("name, kw, message", [
     ("tps", {}, "--task tps needs an end frame"),
     ("forecast", {"start": 40}, r"tiny\.dcd: start frame 40 is out of range \(the file has 40 frames\)"),
-    ("tps", {"end": -41}, r"tiny\.dcd: end frame -41 is out of range \(the file has 40 frames\)"),
+    ("tps", {"end": -1}, r"tiny\.dcd: end frame -1 is negative; frames are numbered from 0 \(the file has 40 frames\)"),
+    ("forecast", {"start": -1}, r"tiny\.dcd: start frame -1 is negative"),
+    ("inpaint", {"start": -2, "end": 5}, r"tiny\.dcd: frame range -2\.\.5 holds a negative frame"),
     ("inpaint", {"start": 3, "end": 40}, r"tiny\.dcd: frame range 3\.\.40 is out of range \(the file has 40 frames\)"),
     ("upsample", {"start": 9, "end": 8}, r"tiny\.dcd: frame range 9\.\.8 is out of range"),
     ("inpaint", {"inpaint_atoms": "resname ALA"}, r"--inpaint-atoms 'resname ALA' matches no ligand atom"),
@@ -347,3 +351,146 @@ def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
     found = json.loads((run / "eval" / "long_forecast_validity.json").read_text())
     assert found["frames"] == 12 and found["all"]["model"]["clashes_per_frame"] >= 0
     assert read(run / "eval" / "long_forecast.xtc").shape[0] == 12
+
+
+# ----------------------------------------------------------------------------- values checked before any work
+def cli_sample(tiny_run, tiny_system, out, *extra: str) -> list[str]:
+    return ["sample", "--ckpt", str(tiny_run["ckpt"]), "--topology", str(tiny_system["topology"]),
+            "--frames", str(tiny_system["trajectory"]), "--out", str(out), *extra]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--num-frames", "0"], "argument --num-frames: must be at least 2, got 0"),
+    (["--num-frames", "-5"], "argument --num-frames: must be at least 2, got -5"),
+    (["--num-samples", "0"], "argument --num-samples: must be at least 1, got 0"),
+    (["--start", "-1"], "argument --start: must be at least 0, got -1"),
+    (["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+])
+def test_sample_numbers_refused_by_the_parser(tiny_run, tiny_system, tmp_path, capsys, extra, message):
+    from hemeplm.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(cli_sample(tiny_run, tiny_system, tmp_path / "x.xtc", "--task", "forecast", *extra))
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_sample_too_many_frames_for_memory_refused_before_work(tiny_run, tiny_system, tmp_path, capsys, monkeypatch):
+    from hemeplm.cli import main
+    from hemeplm.generate import sampler
+
+    monkeypatch.setattr(Sampler, "forecast", lambda *a, **k: pytest.fail("sampled"))
+    with pytest.raises(SystemExit) as info:
+        main(cli_sample(tiny_run, tiny_system, tmp_path / "x.xtc", "--task", "forecast", "--num-frames", str(10 ** 9)))
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and len(err.splitlines()) == 1
+    limit = sampler.memory_limit(torch.device("cpu"))
+    assert re.search(r"1000000000 frames x 1 sample\(s\) of 100 atoms need at least 1\.2 TB for their coordinates "
+                     r"alone, more than this machine's [\d.]+ [GMT]B of memory", err), err
+    assert limit < 1.2e12 and not list(tmp_path.iterdir())
+    # the API refuses the same, and zero frames or samples
+    with pytest.raises(HemeplmError, match="need at least"):
+        sampler.check_request(Sampler.from_checkpoint(tiny_run["ckpt"]), "tps", 10 ** 9, 1)
+    for kw, message in (({"num_frames": 0}, "num_frames must be an integer of at least 2, got 0"),
+                        ({"num_frames": 1}, "num_frames must be an integer of at least 2, got 1"),
+                        ({"num_samples": 0}, "num_samples must be an integer of at least 1, got 0")):
+        with pytest.raises(HemeplmError, match=message):
+            task(Sampler.from_checkpoint(tiny_run["ckpt"]), tiny_system, tmp_path / "y.xtc", "forecast", **kw)
+    assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------- outputs
+def test_outputs_checked_before_sampling_and_summary_written_last(tiny_run, tiny_system, tmp_path, capsys,
+                                                                   monkeypatch):
+    from hemeplm.cli import main
+
+    out = tmp_path / "fc.xtc"
+    out.with_suffix(".html").write_text("mine")  # --view would overwrite it: refused before the checkpoint is read
+    monkeypatch.setattr(Sampler, "from_checkpoint", lambda *a, **k: pytest.fail("loaded the checkpoint"))
+    with pytest.raises(SystemExit):
+        main(cli_sample(tiny_run, tiny_system, out, "--task", "forecast", "--view"))
+    assert f"would overwrite {out.with_suffix('.html')}" in capsys.readouterr().err
+    assert out.with_suffix(".html").read_text() == "mine" and not out.exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit):
+        main(cli_sample(tiny_run, tiny_system, blocker / "fc.xtc", "--task", "forecast"))
+    assert f"cannot write outputs: {blocker} is a file, not a folder" in capsys.readouterr().err
+    monkeypatch.undo()
+    # the summary is written after every other output, and records them all
+    written = {}
+    real = sampler_module().write_json
+
+    def record(path, summary):
+        written.update({p.name: p.exists() for p in tmp_path.iterdir()})
+        real(path, summary)
+
+    monkeypatch.setattr("hemeplm.cli.sample.write_json", record)
+    out.with_suffix(".html").unlink()
+    main(cli_sample(tiny_run, tiny_system, out, "--task", "forecast", "--num-frames", "3", "--view",
+                    "--no-confidence"))
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["view"] == str(out.with_suffix(".html")) and "fc.html" in written and "fc.json" not in written
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+
+
+def sampler_module():
+    from hemeplm.generate import sampler
+
+    return sampler
+
+
+def test_a_failed_write_leaves_no_partial_file(gen, tiny_system, tmp_path, monkeypatch):
+    def half_then_fail(self, filename, **kw):
+        with open(filename, "wb") as fh:
+            fh.write(b"half a trajectory")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(mdtraj.Trajectory, "save", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        task(gen, tiny_system, tmp_path / "fc.xtc", "forecast", num_frames=3, confidence=False)
+    assert not list(tmp_path.iterdir())  # no fc.xtc, no temporary file, no summary
+
+
+# ----------------------------------------------------------------------------- times, numbering, confidence
+def test_times_continue_from_the_start_frame(gen, tiny_system, tmp_path):
+    """Generated frame k is at the start frame's time plus k times the generated spacing; a tps path within one
+    file at its real spacing (frames 2 to 30 of a 1 ps file, 8 frames: 4 ps)."""
+    dt = gen.model.static_info["timestep_ps"]
+    fc = task(gen, tiny_system, tmp_path / "fc.xtc", "forecast", start=5, num_frames=4, confidence=False)
+    np.testing.assert_allclose(mdtraj.load(str(tmp_path / "fc.xtc"), top=fc["topology_pdb"]).time,
+                               5 * dt + np.arange(4) * gen.frame_ps, atol=1e-3)
+    assert fc["start_time_ps"] == pytest.approx(5 * dt)
+    path = task(gen, tiny_system, tmp_path / "tps.xtc", "tps", start=2, end=30, num_frames=8, confidence=False)
+    assert path["timestep_ps"] == pytest.approx(28 * dt / 7)
+    np.testing.assert_allclose(mdtraj.load(str(tmp_path / "tps.xtc"), top=path["topology_pdb"]).time,
+                               2 * dt + np.arange(8) * 4 * dt, atol=1e-3)
+    # --timestep-ps gives a DCD its spacing
+    slow = task(gen, tiny_system, tmp_path / "slow.xtc", "forecast", start=5, num_frames=3, confidence=False,
+                timestep_ps=10.0)
+    assert slow["start_time_ps"] == pytest.approx(50.0)
+
+
+def test_input_residue_numbers_reach_the_outputs(gen, tiny_system, tmp_path):
+    lines = tiny_system["topology"].read_text().splitlines(keepends=True)
+    shifted = tmp_path / "shifted.pdb"  # the same system, residues numbered 1084... instead of 84...
+    shifted.write_text("".join(f"{line[:22]}{int(line[22:26]) + 1000:4d}{line[26:]}"
+                               if line.startswith(("ATOM", "HETATM", "TER")) and line[22:26].strip() else line
+                               for line in lines))
+    summary = run_task(gen, "forecast", shifted, tiny_system["trajectory"], tmp_path / "fc.xtc", num_frames=3,
+                       confidence=False)
+    numbers = sorted({r.resSeq for r in mdtraj.load(summary["topology_pdb"]).topology.residues})
+    assert numbers[0] == 1084 and 1099 in numbers and all(n > 1000 for n in numbers)
+
+
+def test_no_confidence_skips_the_score_and_evaluate_copes(gen, tiny_system, tmp_path, monkeypatch):
+    from hemeplm.evaluate.confidence import read_uncertainty
+    from hemeplm.generate import sampler
+
+    monkeypatch.setattr(sampler, "frame_uncertainty", lambda *a, **k: pytest.fail("scored"))
+    summary = task(gen, tiny_system, tmp_path / "fc.xtc", "forecast", num_frames=3, confidence=False)
+    assert "uncertainty_A" not in summary and summary["confidence"] == "not computed (--no-confidence)"
+    assert summary["confidence_seconds"] is None
+    assert json.loads((tmp_path / "fc.json").read_text()) == summary
+    found, why = read_uncertainty([tmp_path / "fc.xtc"], [3])
+    assert found is None and "has no uncertainty_A" in why

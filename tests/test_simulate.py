@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -31,6 +32,11 @@ def test_simulate_t4l_cli(tmp_path, capsys):
     fastest = fastest_platform()  # what an unset --platform picks
     assert f"5 frames on {fastest}" in captured.out
     assert "minimising from" in captured.err and "minimised to" in captured.err
+    # both energies of the same geometry kind (bonds to hydrogen constrained): minimising lowers it
+    start = float(re.search(r"minimising from (-?[\d.]+) kcal/mol with \d+ bond constraints applied; "
+                            r"(-?[\d.]+) as read", captured.err).group(1))
+    end = float(re.search(r"minimised to (-?[\d.]+) kcal/mol \(constraints applied\)", captured.err).group(1))
+    assert end < start, captured.err
     traj = mdtraj.load(str(out / "traj.dcd"), top=str(out / "topology.pdb"))
     assert traj.n_frames == 5 and traj.n_atoms == N_ATOMS
     md_top = traj.topology  # residues numbered as in topology.pdb (MET1, ...)

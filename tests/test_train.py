@@ -118,9 +118,43 @@ def test_checkpoint_with_code_in_it_is_refused_unrun(tiny_run, tmp_path):
     marker = tmp_path / "marker"
     torch.save({**ckpt, "metrics": [WritesMarker(marker)]}, tmp_path / "evil.pt")
     refused = r"evil\.pt: refused: this checkpoint holds Python objects other than tensors, numbers, strings, lists"
-    with pytest.raises(HemeplmError, match=refused + r" and dicts \(io\.open\).*retrain it"):
+    with pytest.raises(HemeplmError, match=refused + r" and dicts \(io\.open\); refused without running them.*retrain it"):
         load_checkpoint(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+class MakesFolder:
+    """Unpickling calls os.mkdir: a function of a module torch's safe loader blocks as a whole."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.folder,)
+
+
+def test_checkpoint_calling_a_blocked_module_is_described_as_such(tiny_run, tmp_path):
+    import pickle
+
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
+    made = tmp_path / "made"
+    torch.save({**ckpt, "metrics": [MakesFolder(made)]}, tmp_path / "blocked.pt")
+    with open(tmp_path / "bare.pt", "wb") as fh:  # a bare pickle (not torch.save's zip)
+        pickle.dump({"config": MakesFolder(made)}, fh, protocol=4)
+    for name in ("blocked.pt", "bare.pt"):
+        with pytest.raises(HemeplmError) as info:
+            load_checkpoint(tmp_path / name)
+        message = str(info.value)
+        assert re.search(r"holds Python objects other than .* \((posix|os)\.mkdir\); refused without running them",
+                         message), message
+        assert "truncated or corrupted" not in message and "weights_only" not in message
+        assert not made.exists()
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(HemeplmError, match=r"garbage\.pt: not a readable checkpoint \(truncated or corrupted\?\): "
+                                           r"the safe loader stopped at pickle instruction 110$"):
+        load_checkpoint(tmp_path / "garbage.pt")
 
 
 def test_unknown_or_mistyped_config_keys(tmp_path):
@@ -138,6 +172,16 @@ def test_unknown_or_mistyped_config_keys(tmp_path):
         "denoiser.max_tokens=abc": r"config key 'denoiser.max_tokens' expects int or None, got 'abc'",
         "data.ligand_file=3": r"config key 'data.ligand_file' expects str or None, got 3",
         "max_steps=null": r"config key 'max_steps' expects int, got None",
+        # values out of range, refused before any work
+        "optim.batch_size=0": r"config key 'optim.batch_size' must be at least 1, got 0",
+        "encoder.layers=-1": r"config key 'encoder.layers' must be at least 1, got -1",
+        "optim.lr=-1": r"config key 'optim.lr' must be above 0, got -1.0",
+        "optim.lr=.nan": r"config key 'optim.lr' must be above 0, got nan",
+        "optim.ema_decay=2": r"config key 'optim.ema_decay' must be between 0 and 1, got 2.0",
+        "data.window=1": r"config key 'data.window' must be at least 2, got 1",
+        "data.truncated=maybe": r"config key 'data.truncated' must be one of error, warn, got 'maybe'",
+        "data.split=[0.5,0.6,0]": r"config key 'data.split' must be three fractions .* that sum to 1",
+        "denoiser.heads=3": r"config key 'denoiser.dim' \(128\) must be divisible by 'denoiser.heads' \(3\)",
     }
     for override, message in command_line_errors.items():
         with pytest.raises(HemeplmError, match=message):

@@ -136,3 +136,21 @@ def test_sample_py_view(tiny_run, tiny_system, tmp_path):
     assert json.loads(proc.stdout)["view"] == str(out.with_suffix(".html"))
     shown = status(out.with_suffix(".html"), 2)
     assert len(shown["panels"]) == 2  # the sample beside the given MD
+
+
+def test_view_refuses_to_overwrite_without_force(tiny_system, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "v.html"
+    out.write_text("mine")
+    top, traj = str(tiny_system["topology"]), str(tiny_system["trajectory"])
+    monkeypatch.setattr("hemeplm.viewer.load_panel", lambda *a, **k: pytest.fail("read the trajectories"))
+    with pytest.raises(SystemExit) as info:
+        cli_main(["view", top, traj, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and err == f"hemeplm view: error: {out}: would overwrite {out}; pass --force to replace them"
+    assert out.read_text() == "mine"
+    monkeypatch.undo()
+    cli_main(["view", top, traj, "--out", str(out), "--force", "--max-frames", "3"])
+    assert out.read_text().startswith("<!doctype html>") and not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    with pytest.raises(SystemExit):
+        cli_main(["view", top, traj, "--out", str(out), "--max-frames", "0"])
+    assert "argument --max-frames: must be at least 1, got 0" in capsys.readouterr().err

@@ -12,13 +12,17 @@ import argparse
 from hemeplm import __version__
 from hemeplm.cli import (bench, energies, evaluate, inspect, label, relax, sample, simulate, train,
                          view)
-from hemeplm.cli.options import HelpFormatter, exit_on_error
+from hemeplm.cli.options import COMPLETE_FILES_HINTS, HelpFormatter, exit_on_error
 
 EPILOG = """training and sampling are also scripts in the repository root, with the same options:
   python train.py [--config configs/demo.yaml] [key=value ...]   learn from trajectories (hemeplm train)
   python sample.py --ckpt runs/NAME/ckpt.pt --task forecast ...   generate (hemeplm sample)"""
 #: in the order ``hemeplm --help`` lists them
 SUBCOMMANDS = (inspect, simulate, label, train, sample, evaluate, view, energies, relax, bench)
+EPILOG = """training and sampling are also scripts in the repository root:
+  python train.py [--config configs/demo.yaml] [key=value ...]   as hemeplm train
+  python sample.py --ckpt runs/NAME/ckpt.pt --task forecast ...   as hemeplm sample
+(see python train.py --help and python sample.py --help)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    exit_on_error(f"hemeplm {args.command}", lambda: args.func(args))
+    exit_on_error(f"hemeplm {args.command}", lambda: args.func(args), getattr(args, "hints", COMPLETE_FILES_HINTS))
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hemeplm.cli.options import HelpFormatter
+from hemeplm.cli.options import HelpFormatter, count, positive
 from hemeplm.errors import HemeplmError
 from hemeplm.forcefield import simulate as sim
 from hemeplm.data.load import load_topology, select_ligand
@@ -454,17 +454,17 @@ def add_parser(sub) -> None:
     b.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="model config (YAML)")
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
     b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
-    b.add_argument("--frames", type=int, default=100, help="frames of the forecast that is timed")
+    b.add_argument("--frames", type=count(2), default=100, help="frames of the forecast that is timed")
     b.add_argument("--sampler", default=None,
                    help="ddim or ancestral (default: the config's diffusion.sampler, as sample.py and the demo use)")
-    b.add_argument("--steps", type=int, default=None,
+    b.add_argument("--steps", type=count(1), default=None,
                    help="DDIM steps per window (default: the config's diffusion.sample_steps; sampling time is "
                         "linear in it; ancestral sampling takes every diffusion step)")
-    b.add_argument("--threads", type=int, default=None, help="CPU threads for the model and OpenMM (default: all)")
+    b.add_argument("--threads", type=count(1), default=None, help="CPU threads for the model and OpenMM (default: all)")
     b.add_argument("--systems", nargs="+", default=None, choices=SYSTEM_NAMES, help="default: all (AdK if present)")
     b.add_argument("--no-train", action="store_true", help="time sampling only")
     b.add_argument("--vs-md", action="store_true", help="also run OpenMM on t4l and compare ns per hour")
-    b.add_argument("--md-seconds", type=float, default=60.0, help="wall time of the OpenMM run")
+    b.add_argument("--md-seconds", type=positive, default=60.0, help="wall time of the OpenMM run")
     b.add_argument("overrides", nargs="*", help="config key=value, applied after denoiser.spatial=local")
     b.set_defaults(func=run)
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from hemeplm.cli.options import HelpFormatter, add_output_flags
+from pathlib import Path
+
+from hemeplm.cli.options import HelpFormatter, add_output_flags, add_truncated_option, count, positive
+from hemeplm.errors import HemeplmError
 from hemeplm.generate import energies
 from hemeplm.generate.sampler import load_checked, Sampler
+from hemeplm.io import check_outputs
 
 
 def add_parser(sub) -> None:
@@ -19,8 +23,11 @@ def add_parser(sub) -> None:
     en.add_argument("--topology", required=True, help="topology of --frames (a generated file's PDB, or the MD's)")
     en.add_argument("--frames", required=True, help="trajectory to predict for")
     en.add_argument("--out", required=True, help="output folder")
-    en.add_argument("--start", type=int, default=None, help="first frame to predict for (unset: 0)")
-    en.add_argument("--stop", type=int, default=None, help="frame to stop before (unset: the end)")
+    en.add_argument("--start", type=count(0), default=None, help="first frame to predict for, from 0 (unset: 0)")
+    en.add_argument("--stop", type=count(1), default=None, help="frame to stop before (unset: the end)")
+    en.add_argument("--timestep-ps", type=positive, default=None,
+                    help="time between the frames of --frames (unset: from the file; a DCD carries none)")
+    add_truncated_option(en, unset="the checkpoint's data.truncated")
     en.add_argument("--compare", action="store_true",
                     help="also compare with the labels in energies_forces.npz beside --frames: metrics.json "
                          "(R², MAE, Pearson; interaction fluctuation R² over pocket residues beside the "
@@ -34,9 +41,20 @@ def add_parser(sub) -> None:
 def run(args) -> None:
     import torch
 
+    out = Path(args.out)
+    check_outputs([out / f for f in energies.FILES] + ([out / "compare" / "metrics.json"] if args.compare else []),
+                  args.force, out)
     gen = Sampler.from_checkpoint(args.ckpt, device=args.device)
-    system = load_checked(gen, args.topology, [args.frames])
-    span = slice(args.start, args.stop)
+    system = load_checked(gen, args.topology, [args.frames], args.truncated, args.timestep_ps)
+    n = len(system.segments[0])
+    start = 0 if args.start is None else args.start
+    stop = n if args.stop is None else args.stop
+    if start >= n or stop > n:
+        given = " ".join(f"--{k} {v}" for k, v in (("start", args.start), ("stop", args.stop)) if v is not None)
+        raise HemeplmError(f"{given} is out of range: it has {n} frames (0..{n - 1})", args.frames)
+    if stop <= start:
+        raise HemeplmError(f"--stop {stop} must be above --start {start}", args.frames)
+    span = slice(start, stop)
     frames = torch.from_numpy(system.segments[0][span])
     paths = energies.write(gen.model, frames, args.out, force=args.force, progress=not args.quiet)
     if args.compare:

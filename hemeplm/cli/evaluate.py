@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hemeplm.cli.options import HelpFormatter
+from hemeplm.cli.options import HelpFormatter, count, positive
 from hemeplm.evaluate.posebusters import MAX_FRAMES as POSEBUSTERS_FRAMES
 from hemeplm.evaluate.report import print_table
 from hemeplm.evaluate.run import evaluate_trajectories
@@ -25,18 +25,18 @@ def add_parser(sub) -> None:
                         "them, else --topology)")
     e.add_argument("--ligand-file", default=None,
                    help="mol2/SDF of the ligand: bond orders for the PoseBusters checks (default: the topology's)")
-    e.add_argument("--posebusters-frames", type=int, default=POSEBUSTERS_FRAMES,
+    e.add_argument("--posebusters-frames", type=count(0), default=POSEBUSTERS_FRAMES,
                    help=f"PoseBusters checks at most this many evenly spaced frames per column; 0: none "
                         f"(default {POSEBUSTERS_FRAMES})")
     e.add_argument("--weights", default=None, metavar="OUT.npz",
                    help="Boltzmann weights from 'hemeplm relax --reweight', one per generated frame (the --generated "
                         "files concatenated in order): weight the model column's distributional metrics")
     e.add_argument("--ligand", default=None, help="mdtraj selection; 'none' for protein only; unset = detect")
-    e.add_argument("--lag-ps", type=float, default=None, help="TICA lag time (default: one reference frame)")
-    e.add_argument("--generated-timestep-ps", type=float, default=None,
+    e.add_argument("--lag-ps", type=positive, default=None, help="TICA lag time (default: one reference frame)")
+    e.add_argument("--generated-timestep-ps", type=positive, default=None,
                    help="time between generated frames (default: the reference's)")
     e.add_argument("--task", choices=TASKS, default="forecast", help="tps adds transition-path metrics")
-    e.add_argument("--seed", type=int, default=0, help="seed of the random-walk baseline and k-means")
+    e.add_argument("--seed", type=count(0), default=0, help="seed of the random-walk baseline and k-means")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--force", action="store_true", help="overwrite an existing metrics.json")
     e.set_defaults(func=run)

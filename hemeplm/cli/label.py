@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hemeplm.cli.options import HelpFormatter, add_output_flags
+from hemeplm.cli.options import HelpFormatter, add_output_flags, positive
 from hemeplm.forcefield.labels import label_trajectories
 
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     lab.add_argument("--solvent", choices=["implicit", "vacuum", "explicit"], default=None,
                      help="the MD's solvent for energies and forces (default: explicit when frames have a box, "
                           "implicit OBC2 for a prmtop, else vacuum)")
-    lab.add_argument("--cutoff-nm", type=float, default=1.2, help="non-bonded cutoff of implicit/explicit solvent")
+    lab.add_argument("--cutoff-nm", type=positive, default=1.2, help="non-bonded cutoff of implicit/explicit solvent")
     lab.add_argument("--ligand", default=None, help="mdtraj selection; unset = detect (as training does)")
     add_output_flags(lab, "overwrite existing labels")
     lab.set_defaults(func=run)

@@ -1,5 +1,5 @@
-"""What every command shares: the help formatter, ``--force``/``--quiet``, value checks and the
-one-line error exit."""
+"""What every command shares: the help formatter, ``--force``/``--quiet``, ``--truncated``, value checks
+and the one-line error exit."""
 
 from __future__ import annotations
 
@@ -29,6 +29,21 @@ def add_output_flags(parser: argparse.ArgumentParser, force: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+#: what the data loader tells train.py to set, and what a command with :func:`add_truncated_option` says instead
+TRUNCATED_HINTS = {"set data.truncated=warn": "pass --truncated warn"}
+#: ... and what a command with neither says instead
+COMPLETE_FILES_HINTS = {"set data.truncated=warn to use the complete frames":
+                        "this command reads complete files only: cut the file to its complete frames first"}
+
+
+def add_truncated_option(parser: argparse.ArgumentParser, unset: str = "error") -> None:
+    """``--truncated error|warn``: what a DCD/XTC file cut mid-frame gives; the loader's hint to set
+    ``data.truncated=warn`` (train.py's config key) then names this option (:func:`exit_on_error`)."""
+    parser.add_argument("--truncated", choices=("error", "warn"), default=None,
+                        help=f"a DCD/XTC file cut mid-frame: error, or warn and use its complete frames (unset: {unset})")
+    parser.set_defaults(hints=TRUNCATED_HINTS)
+
+
 def count(minimum: int = 1) -> Callable[[str], int]:
     """An argparse type: an integer of at least ``minimum``, else a usage error naming the bound."""
 
@@ -55,11 +70,26 @@ def positive(text: str) -> float:
     return value
 
 
-def exit_on_error(prog: str, action: Callable[[], None]) -> None:
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
+    return value
+
+
+def exit_on_error(prog: str, action: Callable[[], None], hints: dict[str, str] | None = None) -> None:
     """Run ``action``; a :class:`~hemeplm.errors.HemeplmError` is printed as ``PROG: error: ...`` on one line
-    and exits with code 2."""
+    and exits with code 2. ``hints`` replaces advice in the message with what this command takes
+    (:data:`TRUNCATED_HINTS`)."""
     try:
         action()
     except HemeplmError as exc:
-        print(f"{prog}: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        message = " ".join(str(exc).splitlines())
+        for said, instead in (hints or {}).items():
+            message = message.replace(said, instead)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,7 @@ that ``sample.py --relax`` shares."""
 
 from __future__ import annotations
 
-from hemeplm.cli.options import HelpFormatter, add_output_flags
+from hemeplm.cli.options import HelpFormatter, add_output_flags, count, non_negative, positive
 from hemeplm.forcefield.relax import relax_trajectories, RelaxConfig
 
 
@@ -45,23 +45,23 @@ def add_relax_options(parser, prefix: str = "") -> None:
     parser.add_argument(f"{p}forcefield-topology", dest="relax_forcefield_topology", default=None, metavar="FILE",
                         help="the training MD's force field: an Amber prmtop (.prmtop/.parm7), or a PDB prepared "
                              "with CHARMM36 as 'hemeplm simulate --pdb' does (default: the generated topology PDB)")
-    parser.add_argument(f"{p}restraint", dest="relax_restraint", type=float, metavar="K",
+    parser.add_argument(f"{p}restraint", dest="relax_restraint", type=non_negative, metavar="K",
                         default=d.restraint_kcal_mol_A2,
                         help="k of the restraint 1/2 k |x - x0|^2 on every generated heavy atom, kcal/mol/A^2 "
                              f"(default {d.restraint_kcal_mol_A2:g})")
-    parser.add_argument(f"{p}max-iterations", dest="relax_max_iterations", type=int, metavar="N",
+    parser.add_argument(f"{p}max-iterations", dest="relax_max_iterations", type=count(0), metavar="N",
                         default=d.max_iterations,
                         help=f"minimiser iterations (0: until converged; default {d.max_iterations})")
-    parser.add_argument(f"{p}md-steps", dest="relax_md_steps", type=int, default=d.md_steps, metavar="N",
+    parser.add_argument(f"{p}md-steps", dest="relax_md_steps", type=count(0), default=d.md_steps, metavar="N",
                         help=f"restrained MD steps of {d.md_timestep_fs:g} fs after minimising, then minimise again "
                              "(default 0)")
     parser.add_argument(f"{p}solvent", dest="relax_solvent", choices=["implicit", "vacuum"], default=None,
                         help="default: implicit (OBC2) for a prmtop, vacuum for a PDB")
-    parser.add_argument(f"{p}temperature", dest="relax_temperature", type=float, default=d.temperature_k, metavar="T",
+    parser.add_argument(f"{p}temperature", dest="relax_temperature", type=positive, default=d.temperature_k, metavar="T",
                         help=f"kelvin, for the MD and the weights (default {d.temperature_k:g})")
     parser.add_argument(f"{p}platform", dest="relax_platform", default=None, metavar="NAME",
                         help="OpenMM platform (default: the fastest available)")
-    parser.add_argument(f"{p}seed", dest="relax_seed", type=int, default=d.seed, metavar="N",
+    parser.add_argument(f"{p}seed", dest="relax_seed", type=count(0), default=d.seed, metavar="N",
                         help="MD velocities and noise")
     parser.add_argument("--reweight", action="store_true",
                         help="Boltzmann weights exp(-U/kT) of the relaxed frames, with their effective sample size")

@@ -9,9 +9,15 @@ or the ligand tokens holding the --inpaint-atoms, generated into frames I..J),
 upsample (frames I..J become every k-th frame of a finer trajectory). Inpainting
 reads frames I..J at the model's frame spacing (data.lag x the training data's),
 upsampling at k times it; a file whose spacing does not divide that is refused.
-Writes OUT.xtc (OUT_000.xtc... for several samples), OUT.pdb (topology) and
-OUT.json (summary), and with --view OUT.html (samples beside the given MD in a
-browser); never overwrites without --force. With --relax the generated
+Writes OUT.xtc (OUT_000.xtc... for several samples), OUT.pdb (topology, in the
+residue numbering of --topology) and OUT.json (summary, written last), and with
+--view OUT.html (samples beside the given MD in a browser); every output is
+checked before sampling and written atomically, and nothing is overwritten
+without --force. Times: frame i of --frames is at i x its frame spacing, and
+generated frame k at the start frame's time plus k x the generated spacing (the
+model's; a tps path its real spacing). Every frame gets a confidence score
+(uncertainty_A in OUT.json), which can cost a few times the sampling:
+--no-confidence skips it. With --relax the generated
 frames are then relaxed by a restrained OpenMM minimisation in the training force
 field (hemeplm relax; --relax-forcefield-topology, default --topology when it is an
 Amber prmtop or a PDB): OUT.relaxed.xtc (OUT.relaxed_000.xtc...), OUT.relaxed.pdb,
@@ -24,11 +30,12 @@ import argparse
 import json
 from pathlib import Path
 
-from hemeplm.cli.options import HelpFormatter, exit_on_error
+from hemeplm.cli.options import HelpFormatter, add_truncated_option, count, exit_on_error, positive
 from hemeplm.cli.relax import add_relax_options, relax_config
 from hemeplm.diffusion import SAMPLERS
 from hemeplm.forcefield.relax import AMBER_SUFFIXES, output_files, relax_trajectories, relaxed_path
-from hemeplm.generate.sampler import Sampler, run_task
+from hemeplm.generate.sampler import Sampler, run_task, write_json
+from hemeplm.io import check_outputs, output_paths
 from hemeplm.tasks import TASKS
 from hemeplm.viewer import view_sample
 
@@ -38,30 +45,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, choices=TASKS, help="what to generate (see above)")
     p.add_argument("--topology", required=True, help="topology of the system the checkpoint was trained on")
     p.add_argument("--frames", required=True, help="trajectory or PDB holding the given frames")
-    p.add_argument("--start", type=int, default=None, help="index of the start frame (unset: 0)")
-    p.add_argument("--end", type=int, default=None,
+    p.add_argument("--start", type=count(0), default=None, help="index of the start frame, from 0 (unset: 0)")
+    p.add_argument("--end", type=count(0), default=None,
                    help="index of the end frame (tps; unset: the last frame; inpaint/upsample: the last frame used)")
     p.add_argument("--end-frames", default=None, help="file holding the tps end frame (unset: --frames)")
-    p.add_argument("--num-frames", type=int, default=None,
-                   help="frames to generate (forecast, tps; unset: one window of the model)")
-    p.add_argument("--num-samples", type=int, default=1, help="independent samples, generated as one batch")
+    p.add_argument("--timestep-ps", type=positive, default=None,
+                   help="time between the frames of --frames and --end-frames (unset: from the files; a DCD "
+                        "carries none and is read at 1 ps per frame)")
+    add_truncated_option(p, unset="the checkpoint's data.truncated")
+    p.add_argument("--num-frames", type=count(2), default=None,
+                   help="frames to generate, the start frame included (forecast, tps; unset: one window of the model)")
+    p.add_argument("--num-samples", type=count(1), default=1, help="independent samples, generated as one batch")
     p.add_argument("--sampler", choices=SAMPLERS, default=None,
                    help="diffusion sampler (unset: the checkpoint's diffusion.sampler)")
-    p.add_argument("--steps", type=int, default=None,
+    p.add_argument("--steps", type=count(1), default=None,
                    help="DDIM steps per window (unset: the checkpoint's diffusion.sample_steps; "
                         "ancestral sampling takes every diffusion step)")
-    p.add_argument("--project-steps", type=int, default=None,
+    p.add_argument("--project-steps", type=count(0), default=None,
                    help="steps of the structure projection of each generated window (inter-token bonds, clashes; "
                         "0: off; unset: the checkpoint's structure.project_steps)")
     p.add_argument("--inpaint-atoms", default=None,
                    help="mdtraj selection of ligand atoms: the ligand tokens holding them are inpainted whole "
                         "(unset: the whole ligand)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise; the same seed, the same output")
+    p.add_argument("--seed", type=count(0), default=0, help="seed of the sampling noise; the same seed, the same output")
     p.add_argument("--device", default="auto",
                    help="auto (the GPU when there is one, else the CPU), cpu, cuda or cuda:N")
     p.add_argument("--out", required=True,
                    help="OUT.xtc or OUT.dcd (several samples: OUT_000.xtc, ...), beside it OUT.pdb and OUT.json")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--no-confidence", action="store_true",
+                   help="skip the per-frame confidence score (it can cost a few times the sampling); the summary "
+                        "then has no uncertainty_A")
     p.add_argument("--energies", action="store_true",
                    help="add the energy model's predictions for every generated frame to the JSON summary "
                         "(total energy, per-residue interaction energies with the ligand)")
@@ -81,16 +95,21 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
+    out = Path(args.out)
+    trajs, pdb, summary_path = output_paths(out, args.num_samples)
+    html = out.with_suffix(".html")
+    check_outputs([*trajs, pdb, summary_path, *([html] if args.view else [])], args.force, out)
     if args.relax:  # refuse before sampling, not after
         output_files(relaxed_path(args.out), args.num_samples, args.force)
     gen = Sampler.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
-                                progress=True, project_steps=args.project_steps)
+                                  progress=True, project_steps=args.project_steps)
     summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                        end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
                        seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force,
-                       energies=args.energies)
+                       energies=args.energies, confidence=not args.no_confidence, write_summary=False,
+                       truncated=args.truncated, timestep_ps=args.timestep_ps)
     if args.view:
-        summary["view"] = str(view_sample(summary, Path(args.out).with_suffix(".html")))
+        summary["view"] = str(view_sample(summary, html, force=args.force))
     if args.relax:
         forcefield = args.relax_forcefield_topology
         if forcefield is None and args.topology.lower().endswith((*AMBER_SUFFIXES, ".pdb", ".pdb.gz")):
@@ -98,6 +117,7 @@ def run(args) -> None:
         summary["relax"] = relax_trajectories(summary["topology_pdb"], summary["trajectories"],
                                               relaxed_path(args.out), forcefield_topology=forcefield,
                                               cfg=relax_config(args), force=args.force)
+    write_json(summary_path, summary)  # last: a summary means every output is there
     print(json.dumps(summary, indent=2))
 
 
@@ -106,4 +126,4 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="sample.py", description=__doc__, formatter_class=HelpFormatter)
     add_arguments(p)
     args = p.parse_args(argv)
-    exit_on_error("sample.py", lambda: run(args))
+    exit_on_error("sample.py", lambda: run(args), args.hints)

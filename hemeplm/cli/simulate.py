@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from hemeplm.cli.options import HelpFormatter, add_output_flags
+from hemeplm.cli.options import HelpFormatter, add_output_flags, count, positive
 from hemeplm.errors import HemeplmError
 from hemeplm.forcefield import simulate as sim
 
@@ -23,21 +23,21 @@ def add_parser(sub) -> None:
     s.add_argument("--pdb", help="PDB (e.g. 3CQV) prepared with PDBFixer + CHARMM36; HEM becomes HEME")
     s.add_argument("--out", required=True, help="output folder (topology.pdb, traj.dcd, energies_forces.npz, "
                                                 "settings.json); a run there is continued")
-    s.add_argument("--steps", type=int, default=50_000, help="recorded MD steps")
-    s.add_argument("--equilibrate-steps", type=int, default=0, help="unrecorded steps after minimisation")
-    s.add_argument("--report-every", type=int, default=250, help="steps between saved frames")
-    s.add_argument("--timestep-fs", type=float, default=4.0, help="integration time step (fs)")
-    s.add_argument("--temperature", type=float, default=300.0, help="kelvin")
-    s.add_argument("--hmr-mass", type=float, default=3.0, help="hydrogen mass (amu) for repartitioning")
+    s.add_argument("--steps", type=count(1), default=50_000, help="recorded MD steps")
+    s.add_argument("--equilibrate-steps", type=count(0), default=0, help="unrecorded steps after minimisation")
+    s.add_argument("--report-every", type=count(1), default=250, help="steps between saved frames")
+    s.add_argument("--timestep-fs", type=positive, default=4.0, help="integration time step (fs)")
+    s.add_argument("--temperature", type=positive, default=300.0, help="kelvin")
+    s.add_argument("--hmr-mass", type=positive, default=3.0, help="hydrogen mass (amu) for repartitioning")
     s.add_argument("--no-hmr", action="store_true", help="no hydrogen mass repartitioning (use <= 2 fs)")
     s.add_argument("--solvent", choices=["implicit", "vacuum", "explicit"],
                    help="default: implicit (OBC2) for prmtop, explicit TIP3P for PDB")
-    s.add_argument("--seed", type=int, default=0, help="seed of the initial velocities and the Langevin noise")
-    s.add_argument("--save-every", type=int, default=10, help="frames between checkpoints")
-    s.add_argument("--threads", type=int, default=None, help="CPU platform threads (unset: OpenMM's choice)")
+    s.add_argument("--seed", type=count(0), default=0, help="seed of the initial velocities and the Langevin noise")
+    s.add_argument("--save-every", type=count(1), default=10, help="frames between checkpoints")
+    s.add_argument("--threads", type=count(1), default=None, help="CPU platform threads (unset: OpenMM's choice)")
     s.add_argument("--platform", choices=["CUDA", "OpenCL", "CPU", "Reference"], default=None,
                    help="OpenMM platform (unset: the fastest available)")
-    s.add_argument("--pressure", type=float, default=1.0,
+    s.add_argument("--pressure", type=positive, default=1.0,
                    help="bar, Monte Carlo barostat in explicit solvent (NPT)")
     s.add_argument("--ligand", default=None,
                    help="mdtraj selection of the ligand for the interaction labels (unset: detected)")

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="learn from trajectories (as python train.py)", description=__doc__,
                        formatter_class=HelpFormatter)
     add_arguments(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, hints={})  # the loader's advice, data.truncated=warn, is a key train takes
 
 
 def run(args) -> None:

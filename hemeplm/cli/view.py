@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hemeplm.cli.options import HelpFormatter
+from hemeplm.cli.options import HelpFormatter, add_truncated_option, count, positive
 from hemeplm.viewer import MAX_FRAMES, view_files
 
 
@@ -15,19 +15,22 @@ def add_parser(sub) -> None:
     v.add_argument("topology")
     v.add_argument("trajectories", nargs="+", help="one panel each")
     v.add_argument("--out", required=True, help="the HTML file to write")
+    v.add_argument("--force", action="store_true", help="overwrite an existing --out")
     v.add_argument("--reference", nargs="*", default=[], help="reference MD trajectories, one panel each")
     v.add_argument("--reference-topology", default=None, help="topology of --reference (default: TOPOLOGY)")
-    v.add_argument("--reference-start", type=int, default=0, help="first reference frame shown (time 0)")
+    v.add_argument("--reference-start", type=count(0), default=0, help="first reference frame shown (time 0)")
     v.add_argument("--ligand", default=None, help="mdtraj selection; unset = detect")
     v.add_argument("--values", default="rmsf",
                    help="per-residue colouring: rmsf (Cα RMSF of each panel, default), none, a CSV "
                         "(one value per residue), FILE.npz or FILE.npz:KEY ((R,) or (F, R), averaged over frames)")
-    v.add_argument("--max-frames", type=int, default=MAX_FRAMES, help="frames kept per panel (evenly strided)")
-    v.add_argument("--timestep-ps", type=float, default=None, help="frame spacing (default: from the files)")
+    v.add_argument("--max-frames", type=count(1), default=MAX_FRAMES, help="frames kept per panel (evenly strided)")
+    v.add_argument("--timestep-ps", type=positive, default=None, help="frame spacing (default: from the files)")
+    add_truncated_option(v)
     v.set_defaults(func=run)
 
 
 def run(args) -> None:
     out = view_files(args.topology, args.trajectories, args.out, args.reference, args.reference_topology,
-                     args.ligand, args.values, args.max_frames, args.timestep_ps, args.reference_start)
+                     args.ligand, args.values, args.max_frames, args.timestep_ps, args.reference_start,
+                     force=args.force, truncated=args.truncated or "error")
     print(out)

@@ -440,10 +440,11 @@ def load_system(topology: str | Path, trajectories: list[str | Path], ligand: st
 
 def inspect_system(topology: str | Path, trajectories: list[str | Path], ligand: str | None = None,
                    hydrogens: bool = False, timestep_ps: float | None = None,
-                   forcefield: list[str] | None = None) -> dict:
-    """A JSON-ready summary of a system (what ``hemeplm inspect`` prints)."""
+                   forcefield: list[str] | None = None, truncated: str = "error") -> dict:
+    """A JSON-ready summary of a system (what ``hemeplm inspect`` prints): ``n_atoms_input`` atoms in the
+    topology, ``n_atoms`` of them kept for the model (protein and ligand; heavy atoms unless ``hydrogens``)."""
     system = load_system(topology, trajectories, ligand=ligand, hydrogens=hydrogens, timestep_ps=timestep_ps,
-                         forcefield=forcefield)
+                         forcefield=forcefield, truncated=truncated)
     top = system.topology
     lig_atoms = [top.atom(int(i)) for i in system.ligand]
     elements: dict[str, int] = {}

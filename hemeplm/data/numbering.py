@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hemeplm.io import atomic_write_text
+
 _FORMAT = re.compile(r"%FORMAT\((\d+)[aIE](\d+)")
 
 
@@ -67,6 +69,13 @@ def insertion_codes(path: str | Path, n_residues: int) -> list[str]:
     return codes if len(codes) == n_residues else [" "] * n_residues
 
 
+def kept_insertion_codes(path: str | Path, full_topology, source_index: np.ndarray, topology) -> list[str]:
+    """(R,) insertion code of each residue of ``topology``, the atoms ``source_index`` kept from
+    ``full_topology`` (read from the topology file ``path``), as :func:`insertion_codes` reads them."""
+    codes = insertion_codes(path, full_topology.n_residues)
+    return [codes[full_topology.atom(int(source_index[r.atom(0).index])).residue.index] for r in topology.residues]
+
+
 def _is_atom(line: str) -> bool:
     return line.startswith(("ATOM  ", "HETATM"))
 
@@ -91,11 +100,12 @@ def topology_pdb(topology, xyz_a: np.ndarray, codes: list[str]) -> str:
 
 
 def write_pdb(path: str | Path, template: str, xyz_a: np.ndarray) -> None:
-    """Write the PDB text ``template`` (:func:`topology_pdb`, A atoms) with coordinates ``xyz_a`` (A, 3) Å."""
+    """Write the PDB text ``template`` (:func:`topology_pdb`, A atoms) with coordinates ``xyz_a`` (A, 3) Å
+    (through a temporary file and a rename)."""
     xyz = iter(np.asarray(xyz_a, np.float64))
     lines = template.splitlines(keepends=True)
     for i, line in enumerate(lines):
         if _is_atom(line):
             x, y, z = next(xyz)
             lines[i] = f"{line[:30]}{x:8.3f}{y:8.3f}{z:8.3f}{line[54:]}"
-    Path(path).write_text("".join(lines))
+    atomic_write_text(path, "".join(lines))

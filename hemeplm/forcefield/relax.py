@@ -67,7 +67,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,7 +77,7 @@ from hemeplm.errors import HemeplmError, require_file
 from hemeplm.evaluate.stats import effective_sample_size
 from hemeplm.data.parameters import KJ_PER_KCAL
 from hemeplm.data.parameters import HEME_PDB_NAMES
-from hemeplm.io import atomic_write_bytes
+from hemeplm.io import atomic_save, atomic_write_bytes
 from hemeplm.io import check_outputs, output_paths
 from hemeplm.forcefield import simulate
 from hemeplm.data.residues import standard_name
@@ -443,13 +442,6 @@ def _fault(xyz: np.ndarray, energy: float, atoms: list) -> str | None:
     return None
 
 
-def _save_atomic(traj, path: Path) -> None:
-    """Save an mdtraj Trajectory (format from the suffix) through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    traj.save(str(tmp), force_overwrite=True)
-    os.replace(tmp, path)
-
-
 def _stats(x: np.ndarray) -> dict:
     x = x[np.isfinite(x)]
     if not len(x):
@@ -551,9 +543,9 @@ def relax_trajectories(topology: str | Path, frames: list[str | Path], out: str 
 
     for f, traj in enumerate(raw):
         keep = source_frame[source_file == f]
-        _save_atomic(mdtraj.Trajectory(np.stack(relaxed[f]).astype(np.float32), gen_top, time=traj.time[keep]),
+        atomic_save(mdtraj.Trajectory(np.stack(relaxed[f]).astype(np.float32), gen_top, time=traj.time[keep]),
                      trajs_out[f])
-    _save_atomic(mdtraj.Trajectory(relaxed[0][0][None].astype(np.float32), gen_top), pdb_out)
+    atomic_save(mdtraj.Trajectory(relaxed[0][0][None].astype(np.float32), gen_top), pdb_out)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(npz_out, buf.getvalue())

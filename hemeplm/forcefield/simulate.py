@@ -253,11 +253,21 @@ class MDRun:
 
         cfg = self.cfg
         self.sim.context.setPositions(positions)
+        read = self._energy()
+        # the minimiser works on (and returns) the geometry with the system's constraints (bonds to hydrogen)
+        # applied; the energy it starts from is that one's, not the input's (whose bond lengths differ):
+        # reporting the input's made a minimised energy look higher than the start
+        constrained = self.sim.system.getNumConstraints() > 0
+        if constrained:
+            self.sim.context.applyConstraints(1e-6)
         energy = self._energy()
-        tqdm.write(f"{self.out}: minimising from {energy:.1f} kcal/mol", file=sys.stderr)
+        note = f" with {self.sim.system.getNumConstraints()} bond constraints applied; {read:.1f} as read" \
+            if constrained else ""
+        tqdm.write(f"{self.out}: minimising from {energy:.1f} kcal/mol{note}", file=sys.stderr)
         started = time.monotonic()
         self.sim.minimizeEnergy()
-        tqdm.write(f"{self.out}: minimised to {self._energy():.1f} kcal/mol in {time.monotonic() - started:.0f} s",
+        tqdm.write(f"{self.out}: minimised to {self._energy():.1f} kcal/mol"
+                   f"{' (constraints applied)' if constrained else ''} in {time.monotonic() - started:.0f} s",
                    file=sys.stderr)
         self.sim.context.setVelocitiesToTemperature(cfg.temperature_k * unit.kelvin, cfg.seed)
         block = max(1, min(cfg.report_every, cfg.equilibrate_steps))

@@ -63,6 +63,8 @@ def write(model: HemePLM, frames: torch.Tensor, out: str | Path, force: bool = F
     out = Path(out)
     paths = [out / f for f in FILES]
     check_outputs(paths, force, out)
+    if len(frames) == 0:
+        raise HemeplmError("no frames to predict for", out)
     out.mkdir(parents=True, exist_ok=True)
     pred = predict(model, frames, progress=progress)
     names = list(model.static_info["interaction_residues"])

@@ -24,7 +24,15 @@ All samples of a call run as one batch through the denoiser.
 The model knows one frame spacing, ``data.lag`` times the training data's
 (:attr:`Sampler.frame_ps`): inpainting and upsampling take the given file's
 frames at that spacing (k times it for upsampling) and refuse a file whose
-spacing does not divide it; every output is at that spacing.
+spacing does not divide it; every output is at that spacing, except a
+transition path, which is at the real time between its end frames.
+
+:func:`generate` is the one task dispatch: ``sample.py`` (:func:`run_task`, frames
+read from files by :func:`given_from_files`) and the Python API
+(:mod:`hemeplm.generate.api`, ``mdtraj.Trajectory`` objects read in memory by
+:func:`given_from_trajectories`) both call it, with the same checks of every value
+before any work and the same times: generated frame k is at the start frame's
+time plus k times the generated spacing.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import copy
 import dataclasses
 import json
 import logging
-import re
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,16 +52,15 @@ import torch
 from hemeplm.train.checkpoint import build_model, load_checkpoint
 from hemeplm.generate.confidence import frame_uncertainty
 from hemeplm.config import Config
-from hemeplm.data.load import load_system
-from hemeplm.data.numbering import write_pdb
+from hemeplm.data.load import kabsch, load_system, select_ligand
+from hemeplm.data.numbering import kept_insertion_codes, topology_pdb, write_pdb
 from hemeplm.device import resolve_device
 from hemeplm.diffusion import SAMPLERS, GaussianDiffusion
 from hemeplm.errors import HemeplmError
 from hemeplm.models.surrogate import HemePLM
 from hemeplm.geometry.structure import project
-from hemeplm.tasks import task_mask
-from hemeplm.io import output_paths
-from hemeplm.io import check_outputs
+from hemeplm.tasks import TASKS, task_mask
+from hemeplm.io import atomic_save, atomic_write_text, check_outputs, output_paths
 from hemeplm.generate.fragment import denoiser_for
 from hemeplm.generate.energies import predict
 
@@ -63,10 +70,12 @@ log = logging.getLogger(__name__)
 def sampler_settings(cfg: Config, sampler: str | None = None, steps: int | None = None, path=None
                      ) -> tuple[str, int]:
     """The sampler and DDIM steps to use: those given, else the config's ``diffusion.sampler`` and
-    ``diffusion.sample_steps``; an unknown sampler is a :class:`HemeplmError` naming ``path``."""
+    ``diffusion.sample_steps``; an unknown sampler or fewer than 1 step is a :class:`HemeplmError` naming ``path``."""
     sampler = cfg.diffusion.sampler if sampler is None else sampler
     if sampler not in SAMPLERS:
         raise HemeplmError(f"unknown sampler {sampler!r} (diffusion.sampler); use one of {', '.join(SAMPLERS)}", path)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise HemeplmError(f"steps must be an integer of at least 1, got {steps!r}", path)
     return sampler, cfg.diffusion.sample_steps if steps is None else steps
 
 
@@ -94,6 +103,9 @@ class Sampler:
                         sampler: str | None = None, **kw) -> "Sampler":
         """Load ``path`` onto ``device`` (:func:`~hemeplm.device.resolve_device`: ``"auto"`` is the GPU when
         there is one); ``sampler`` and ``steps`` as :func:`sampler_settings` (None: the checkpoint's)."""
+        for name, value, low in (("steps", steps, 1), ("project_steps", kw.get("project_steps"), 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise HemeplmError(f"{name} must be an integer of at least {low}, got {value!r}")
         device = resolve_device(device)
         ckpt = load_checkpoint(path, map_location=device)
         model, cfg = build_model(ckpt)
@@ -265,18 +277,105 @@ class Sampler:
         return path[:, idx]
 
 
-def load_checked(gen: Sampler, topology: str | Path, files: list[str | Path]):
-    """The :class:`~hemeplm.data.load.MDSystem` of ``files`` (superposed together, with any labels beside
-    them), read with the checkpoint's data settings and checked against the checkpoint's system."""
-    cfg = gen.cfg.data
-    system = load_system(topology, files, ligand=cfg.ligand, hydrogens=cfg.hydrogens, truncated=cfg.truncated)
+def _check_atoms(gen: Sampler, topology, where) -> None:
+    """Refuse kept atoms (an mdtraj Topology) that are not the checkpoint's system, naming ``where``."""
     info = gen.model.static_info
-    names = [a.name for a in system.topology.atoms]
-    resnames = [a.residue.name for a in system.topology.atoms]
-    if system.n_atoms != info["n_atoms"] or names != info["atom_names"] or resnames != info["residue_names"]:
-        raise HemeplmError(f"its kept atoms ({system.n_atoms}) do not match the checkpoint's system "
-                           f"({info['n_atoms']} atoms, same names and order expected)", topology)
+    names = [a.name for a in topology.atoms]
+    resnames = [a.residue.name for a in topology.atoms]
+    if topology.n_atoms != info["n_atoms"] or names != info["atom_names"] or resnames != info["residue_names"]:
+        raise HemeplmError(f"its kept atoms ({topology.n_atoms}) do not match the checkpoint's system "
+                           f"({info['n_atoms']} atoms, same names and order expected)", where)
+
+
+def load_checked(gen: Sampler, topology: str | Path, files: list[str | Path], truncated: str | None = None,
+                 timestep_ps: float | None = None):
+    """The :class:`~hemeplm.data.load.MDSystem` of ``files`` (superposed together, with any labels beside
+    them), read with the checkpoint's data settings and checked against the checkpoint's system.
+
+    ``truncated`` (None: the checkpoint's ``data.truncated``) and ``timestep_ps`` (the files' frame spacing;
+    None: from the files) as :func:`~hemeplm.data.load.load_system` takes them."""
+    cfg = gen.cfg.data
+    system = load_system(topology, files, ligand=cfg.ligand, hydrogens=cfg.hydrogens,
+                         truncated=cfg.truncated if truncated is None else truncated, timestep_ps=timestep_ps)
+    _check_atoms(gen, system.topology, topology)
     return system
+
+
+@dataclass
+class Given:
+    """Frames given to a task, as the model sees them (:func:`given_from_files`, :func:`given_from_trajectories`).
+
+    Attributes:
+        frames: (F, A, 3) Å on the model's device, superposed on the protein Cα of the first frame of
+            the first input.
+        timestep_ps: time between the input's frames; its frame i is at i · ``timestep_ps``, the time
+            since its first frame.
+        source: what errors name: the file, or the given trajectory.
+        what: how a message calls the input ("the file", "the trajectory").
+        topology: mdtraj Topology of the kept atoms, with the input's residue numbers and chain IDs.
+        codes: (R,) insertion code of each residue of ``topology`` (" " for none).
+    """
+
+    frames: torch.Tensor
+    timestep_ps: float
+    source: str
+    what: str
+    topology: object
+    codes: list[str]
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    def pdb_template(self) -> str:
+        """The kept atoms as PDB text (:func:`~hemeplm.data.numbering.topology_pdb`) in the input's numbering."""
+        return topology_pdb(self.topology, self.frames[0].cpu().numpy(), self.codes)
+
+
+def given_from_files(gen: Sampler, topology: str | Path, files: list[str | Path], truncated: str | None = None,
+                     timestep_ps: float | None = None) -> list[Given]:
+    """One :class:`Given` per file, read with the checkpoint's data settings (:func:`load_checked`)."""
+    system = load_checked(gen, topology, files, truncated, timestep_ps)
+    codes = kept_insertion_codes(topology, system.full_topology, system.source_index, system.topology)
+    device = gen.model.norm_mean.device
+    return [Given(torch.from_numpy(s).to(device), system.timestep_ps, str(f), "the file", system.topology, codes)
+            for s, f in zip(system.segments, files)]
+
+
+def given_from_trajectories(gen: Sampler, trajs: list, chunk: int = 1024) -> list[Given]:
+    """One :class:`Given` per ``mdtraj.Trajectory``, kept and superposed as :func:`given_from_files` keeps
+    and superposes files (:func:`~hemeplm.data.load.load_system` with the checkpoint's data settings),
+    in memory: no file is written. The frame spacing is that of the trajectory's times (one frame: 1 ps)."""
+    cfg = gen.cfg.data
+    device = gen.model.norm_mean.device
+    out, reference, ca = [], None, None
+    for i, traj in enumerate(trajs):
+        name = "the given trajectory" if len(trajs) == 1 else f"given trajectory {i}"
+        top = traj.topology
+        ligand = set(select_ligand(top, cfg.ligand, name).tolist())
+        keep = np.array([a.index for a in top.atoms
+                         if (a.residue.is_protein or a.index in ligand)
+                         and (cfg.hydrogens or a.element is None or a.element.symbol != "H")], dtype=np.int64)
+        kept = top.subset(keep)
+        _check_atoms(gen, kept, name)
+        if ca is None:
+            kept_ligand = {j for j, k in enumerate(keep.tolist()) if k in ligand}
+            ca = np.array([a.index for a in kept.atoms
+                           if a.name == "CA" and a.residue.is_protein and a.index not in kept_ligand])
+        frames = np.empty((traj.n_frames, len(keep), 3), dtype=np.float32)
+        for lo in range(0, traj.n_frames, chunk):
+            xyz = traj.xyz[lo:lo + chunk, keep].astype(np.float64) * 10.0
+            if reference is None:
+                reference = xyz[0, ca]
+            rot, trans = kabsch(xyz[:, ca], reference)
+            frames[lo:lo + chunk] = np.einsum("fij,faj->fai", rot, xyz) + trans[:, None]
+        dt = float(traj.time[1] - traj.time[0]) if traj.n_frames > 1 else 1.0
+        if not dt > 0:
+            raise HemeplmError(f"its frame times do not increase ({traj.time[0]:g}, {traj.time[1]:g} ps); "
+                               "set the trajectory's time", name)
+        out.append(Given(torch.from_numpy(frames).to(device), dt, name, "the trajectory", kept,
+                         [" "] * kept.n_residues))
+    return out
 
 
 def load_frames(gen: Sampler, topology: str | Path, files: list[str | Path]) -> tuple[list[torch.Tensor], float]:
@@ -285,18 +384,20 @@ def load_frames(gen: Sampler, topology: str | Path, files: list[str | Path]) -> 
     Returns:
         one (F_i, A, 3) tensor in Å per file, on the model's device, and the time between frames (ps).
     """
-    system = load_checked(gen, topology, files)
-    device = gen.model.norm_mean.device
-    return [torch.from_numpy(s).to(device) for s in system.segments], system.timestep_ps
+    given = given_from_files(gen, topology, files)
+    return [g.frames for g in given], given[0].timestep_ps
 
 
-def _pick(frames: torch.Tensor, index: int | None, path, what: str) -> torch.Tensor:
-    n = frames.shape[0]
-    if index is None:
-        index = 0
-    if not -n <= index < n:
-        raise HemeplmError(f"{what} frame {index} is out of range (the file has {n} frames)", path)
-    return frames[index]
+def _index(given: Given, index: int | None, default: int, what: str) -> int:
+    """``index`` (None: ``default``) of a frame of ``given``; negative or past its end: a HemeplmError."""
+    n = given.n_frames
+    index = default if index is None else index
+    if index < 0:
+        raise HemeplmError(f"{what} frame {index} is negative; frames are numbered from 0 ({given.what} has {n} "
+                           "frames)", given.source)
+    if index >= n:
+        raise HemeplmError(f"{what} frame {index} is out of range ({given.what} has {n} frames)", given.source)
+    return index
 
 
 def given_stride(gen: Sampler, task: str, dt: float, path, n_frames: int) -> int:
@@ -322,10 +423,184 @@ def given_stride(gen: Sampler, task: str, dt: float, path, n_frames: int) -> int
     return stride
 
 
+def tps_length(window: int, num_frames: int) -> tuple[int, int]:
+    """Frames of a transition path of :meth:`Sampler.tps` before it is resampled to ``num_frames``, and of
+    the level before (each level fills every gap of the previous one with a ``window``-frame path)."""
+    previous, length = 2, window
+    while length < num_frames:
+        previous, length = length, (length - 1) * (window - 1) + 1
+    return length, previous
+
+
+def _timeline_frames(window: int, n_frames: int) -> int:
+    """Frames of :meth:`Sampler._timeline` for ``n_frames`` frames (windows overlapping by one frame)."""
+    n_windows = -(-max(1, n_frames - 1) // (window - 1))
+    return (n_windows - 1) * (window - 1) + window
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.1f} {unit}"
+        n /= 1000
+
+
+def memory_limit(device: torch.device) -> int:
+    """Bytes of memory a run on ``device`` can hold at most: the machine's RAM (every output passes
+    through it), and on a GPU its memory too."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if device.type == "cuda":
+        ram = min(ram, torch.cuda.get_device_properties(device).total_memory)
+    return ram
+
+
+def check_memory(gen: Sampler, task: str, n_frames: int, num_samples: int) -> None:
+    """Refuse, before any work, a request whose coordinates alone cannot fit in memory
+    (:func:`memory_limit`): ``num_samples`` samples of ``n_frames`` output frames (for upsample and
+    inpaint: the frames they fill), each holding the model's atoms as float32."""
+    t = gen.window
+    if task == "tps":
+        length, previous = tps_length(t, n_frames)
+        frames = length + (previous - 1) * t
+    elif task == "upsample":
+        frames = 2 * n_frames
+    else:
+        frames = _timeline_frames(t, n_frames)
+    need = num_samples * frames * gen.model.n_atoms * 3 * 4
+    limit = memory_limit(gen.model.norm_mean.device)
+    if need > limit:
+        raise HemeplmError(f"{n_frames} frames x {num_samples} sample(s) of {gen.model.n_atoms} atoms need at least "
+                           f"{_bytes(need)} for their coordinates alone, more than this machine's {_bytes(limit)} of "
+                           "memory; generate fewer frames or samples (a forecast continues from its last frame)")
+
+
+def check_request(gen: Sampler, task: str, num_frames: int | None, num_samples: int,
+                  has_end: bool = True) -> None:
+    """The values of a request that need no frames, checked before any work: ``task``, ``num_frames``
+    (at least 2: the start frame and one more), ``num_samples`` (at least 1), a tps end frame, and the
+    memory a forecast's or path's coordinates need (:func:`check_memory`)."""
+    if task not in TASKS:
+        raise HemeplmError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    for name, value, low in (("num_frames", num_frames, 2), ("num_samples", num_samples, 1)):
+        if value is None and name == "num_frames":
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise HemeplmError(f"{name} must be an integer of at least {low}, got {value!r}")
+    if task == "tps" and not has_end:
+        raise HemeplmError("--task tps needs an end frame (--end J, and --end-frames FILE if it is in another file)")
+    if task in ("forecast", "tps"):
+        check_memory(gen, task, num_frames or gen.window, num_samples)
+
+
+@dataclass
+class Generated:
+    """What :func:`generate` made.
+
+    Attributes:
+        coords: (S, F, A, 3) Å.
+        time_ps: (F,) time of each generated frame: the start frame's time in the input plus k times
+            ``timestep_ps`` (see :func:`generate`).
+        timestep_ps: the time between generated frames.
+        stride, given_frames, inpainted: inpainting and upsampling: file frames between given frames, the
+            first and last given frame; inpainting: the indices of the atoms generated (else None).
+        uncertainty: (S, F) Å (:func:`~hemeplm.generate.confidence.frame_uncertainty`), or None when not computed.
+        wall_seconds: sampling time; confidence_seconds: the uncertainty's time (None when not computed).
+    """
+
+    coords: torch.Tensor
+    time_ps: np.ndarray
+    timestep_ps: float
+    stride: int | None = None
+    given_frames: list[int] | None = None
+    inpainted: list[int] | None = None
+    uncertainty: torch.Tensor | None = None
+    wall_seconds: float = 0.0
+    confidence_seconds: float | None = None
+
+
+def generate(gen: Sampler, task: str, given: Given, end_given: Given | None = None, start: int | None = None,
+             end: int | None = None, num_frames: int | None = None, num_samples: int = 1, seed: int = 0,
+             inpaint_atoms: str | None = None, confidence: bool = True) -> Generated:
+    """The one task dispatch of ``sample.py`` (:func:`run_task`) and the Python API (:mod:`hemeplm.generate.api`).
+
+    Args:
+        given: the input frames; end_given: a tps end frame's other input (None: ``given``).
+        start, end: frame indices, from 0 (negative: refused). forecast: from frame ``start`` (None: 0);
+            tps: from ``start`` to ``end`` (None: the last frame); inpaint, upsample: frames ``start..end``.
+        num_frames: frames to generate for forecast and tps (None: one window), at least 2.
+        confidence: compute the per-frame uncertainty (costs up to a few times the sampling).
+
+    Every value is checked before any sampling. Times: the input's frame i is at i times its frame spacing
+    (the time since its first frame); generated frame k is at the start frame's time (frame ``start``) plus
+    k times the generated spacing: the model's :attr:`Sampler.frame_ps` for forecast, inpaint and upsample;
+    for a tps path within one input the real time between its end frames over ``num_frames - 1`` (a path
+    from frame 170 to 199 of a 1 ps file, 30 frames: 1 ps), for end frames in two inputs (no common time)
+    the model's spacing of the path before resampling (:func:`tps_length`).
+    """
+    check_request(gen, task, num_frames, num_samples, has_end=end is not None or end_given is not None)
+    frames, dt = given.frames, given.timestep_ps
+    generator = torch.Generator().manual_seed(seed)
+    n_out = num_frames or gen.window
+    stride = given_frames = inpainted = None
+    spacing = gen.frame_ps
+    if task == "forecast":
+        first = _index(given, start, 0, "start")
+        began = time.time()
+        result = gen.forecast(frames[first], n_out, num_samples, generator)
+    elif task == "tps":
+        other = given if end_given is None else end_given
+        first = _index(given, start, 0, "start")
+        last = _index(other, end, other.n_frames - 1, "end")
+        if end_given is None and last != first:
+            spacing = abs(last - first) * dt / (n_out - 1)
+        else:
+            spacing = (tps_length(gen.window, n_out)[0] - 1) * gen.frame_ps / (n_out - 1)
+        began = time.time()
+        result = gen.tps(frames[first], other.frames[last], n_out, num_samples, generator)
+    else:
+        n = given.n_frames
+        first = 0 if start is None else start
+        hi = n if end is None else end + 1
+        if first < 0 or hi < 1:
+            raise HemeplmError(f"frame range {first}..{hi - 1} holds a negative frame; frames are numbered from 0",
+                               given.source)
+        if not first < hi <= n:
+            raise HemeplmError(f"frame range {first}..{hi - 1} is out of range ({given.what} has {n} frames)",
+                               given.source)
+        stride = given_stride(gen, task, dt, given.source, hi - first)
+        given_frames = [first, first + (hi - 1 - first) // stride * stride]
+        n_given = (hi - 1 - first) // stride + 1
+        check_memory(gen, task, n_given if task == "inpaint" else (n_given - 1) * gen.cfg.tasks.upsample_factor + 1,
+                     num_samples)
+        began = time.time()
+        if task == "inpaint":
+            tokens, inpainted = inpaint_tokens(gen, given.source, inpaint_atoms)
+            result = gen.inpaint(frames[first:hi:stride], num_samples, generator, tokens)
+        else:
+            result = gen.upsample(frames[first:hi:stride], num_samples, generator)
+    wall = time.time() - began
+    uncertainty = seconds = None
+    if confidence:
+        began = time.time()
+        uncertainty = frame_uncertainty(gen, result, accumulate=task == "forecast", seed=seed)
+        seconds = time.time() - began
+    times = first * dt + np.arange(result.shape[1]) * spacing
+    return Generated(result, times, spacing, stride, given_frames, inpainted, uncertainty, wall, seconds)
+
+
 def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | None = None, end: int | None = None,
              end_file=None, num_frames: int | None = None, num_samples: int = 1, seed: int = 0,
-             inpaint_atoms: str | None = None, force: bool = False, energies: bool = False) -> dict:
-    """Everything ``sample.py`` does; returns the JSON summary (also written beside the output).
+             inpaint_atoms: str | None = None, force: bool = False, energies: bool = False,
+             confidence: bool = True, write_summary: bool = True, truncated: str | None = None,
+             timestep_ps: float | None = None) -> dict:
+    """Everything ``sample.py`` does: :func:`generate` on frames read from files, then the outputs;
+    returns the JSON summary (also written beside the output, last, unless ``write_summary`` is False:
+    the caller then writes it after its own outputs).
+
+    The outputs are checked (:func:`~hemeplm.io.check_outputs`) and every value of the request
+    (:func:`check_request`) before any work, and written atomically (a temporary file, then a rename).
+    The trajectories' times are :func:`generate`'s; the PDB holds the input topology's residue
+    numbers, chain IDs and insertion codes. ``truncated`` and ``timestep_ps`` are :func:`load_checked`'s.
 
     With ``energies``, the summary's ``energies`` holds the energy model's predictions for every
     generated frame (:func:`hemeplm.generate.energies.predict`): ``residues`` (R,), ``energy_kcal_mol``
@@ -335,7 +610,8 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
     frame (:func:`given_stride`); the summary records ``stride`` and the first and last frame used
     (``given_frames``), for inpainting the indices of the atoms generated (``inpainted_atoms``), and per
     sample and frame the uncertainty of :func:`hemeplm.generate.confidence.frame_uncertainty` (``uncertainty_A``, Å;
-    higher = less confident; accumulated along the chained windows of a forecast).
+    higher = less confident; accumulated along the chained windows of a forecast). Without ``confidence``
+    the summary has no ``uncertainty_A`` and its ``confidence`` says it was not computed.
     """
     import mdtraj
 
@@ -344,65 +620,52 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
         raise HemeplmError("output must end in .xtc or .dcd", out)
     trajs, pdb_path, json_path = output_paths(out, num_samples)
     check_outputs([*trajs, pdb_path, json_path], force, out)
-    if task == "tps" and end is None and end_file is None:
-        raise HemeplmError("--task tps needs an end frame (--end J, and --end-frames FILE if it is in another file)")
+    check_request(gen, task, num_frames, num_samples, has_end=end is not None or end_file is not None)
     files = [frames_file] + ([end_file] if task == "tps" and end_file is not None else [])
-    segs, dt = load_frames(gen, topology, files)
-    frames = segs[0]
-    generator = torch.Generator().manual_seed(seed)
-    t0 = time.time()
-    stride = given = inpainted = None
-    if task == "forecast":
-        result = gen.forecast(_pick(frames, start, frames_file, "start"), num_frames or gen.window, num_samples, generator)
-    elif task == "tps":
-        end_frames, end_path = (segs[1], end_file) if end_file is not None else (frames, frames_file)
-        result = gen.tps(_pick(frames, start, frames_file, "start"), _pick(end_frames, -1 if end is None else end,
-                                                                            end_path, "end"),
-                         num_frames or gen.window, num_samples, generator)
-    elif task in ("inpaint", "upsample"):
-        lo = 0 if start is None else start
-        hi = frames.shape[0] if end is None else end + 1
-        if not (0 <= lo < hi <= frames.shape[0]):
-            raise HemeplmError(f"frame range {lo}..{hi - 1} is out of range (the file has {frames.shape[0]} frames)",
-                               frames_file)
-        stride = given_stride(gen, task, dt, frames_file, hi - lo)
-        given = [lo, lo + (hi - 1 - lo) // stride * stride]
-        if task == "inpaint":
-            tokens, inpainted = inpaint_tokens(gen, topology, inpaint_atoms)
-            result = gen.inpaint(frames[lo:hi:stride], num_samples, generator, tokens)
-        else:
-            result = gen.upsample(frames[lo:hi:stride], num_samples, generator)
-    else:
-        raise HemeplmError(f"unknown task {task!r}")
-    elapsed = time.time() - t0
-    t0 = time.time()
-    uncertainty = frame_uncertainty(gen, result, accumulate=task == "forecast", seed=seed)
-    confidence_seconds = time.time() - t0
-    timestep = gen.frame_ps
-    top = gen.model.topology()
+    given = given_from_files(gen, topology, files, truncated, timestep_ps)
+    made = generate(gen, task, given[0], given[1] if len(given) > 1 else None, start=start, end=end,
+                    num_frames=num_frames, num_samples=num_samples, seed=seed, inpaint_atoms=inpaint_atoms,
+                    confidence=confidence)
+    result = made.coords
+    top = given[0].topology
+    odd = [r for r in top.residues if not -999 <= r.resSeq <= 9999]
+    if odd:
+        log.warning("%s: residue numbers such as %s%d do not fit a PDB file's four columns; %s holds them as "
+                    "mdtraj writes them (modulo 10000)", topology, odd[0].name, odd[0].resSeq, pdb_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     arr = result.cpu().numpy() / 10.0
     for path, xyz in zip(trajs, arr):
-        traj = mdtraj.Trajectory(xyz, top, time=np.arange(len(xyz)) * timestep)
-        traj.save(str(path), force_overwrite=True)
-    write_pdb(pdb_path, gen.model.static_info["topology_pdb"], result[0, 0].cpu().numpy())
+        atomic_save(mdtraj.Trajectory(xyz, top, time=made.time_ps), path)
+    write_pdb(pdb_path, given[0].pdb_template(), result[0, 0].cpu().numpy())
     summary = {"task": task, "topology": str(topology), "frames": str(frames_file), "start": start, "end": end,
-               "stride": stride, "given_frames": given,
+               "stride": made.stride, "given_frames": made.given_frames,
                "num_frames": int(result.shape[1]), "num_samples": num_samples, "seed": seed,
                "sampler": gen.sampler, "steps": gen.denoiser_steps, "project_steps": gen.projection_steps,
-               "timestep_ps": timestep,
+               "timestep_ps": made.timestep_ps, "start_time_ps": float(made.time_ps[0]),
                "trajectories": [str(p) for p in trajs], "topology_pdb": str(pdb_path),
-               "wall_seconds": round(elapsed, 3), "inpaint_atoms": inpaint_atoms, "inpainted_atoms": inpainted,
-               "uncertainty_A": uncertainty.cpu().numpy().round(4).tolist(),
-               "confidence_seconds": round(confidence_seconds, 3)}
+               "wall_seconds": round(made.wall_seconds, 3), "inpaint_atoms": inpaint_atoms,
+               "inpainted_atoms": made.inpainted}
+    if made.uncertainty is not None:
+        summary["uncertainty_A"] = made.uncertainty.cpu().numpy().round(4).tolist()
+        summary["confidence"] = "uncertainty_A: per-frame self-consistency (hemeplm.generate.confidence)"
+        summary["confidence_seconds"] = round(made.confidence_seconds, 3)
+    else:
+        summary["confidence"] = "not computed (--no-confidence)"
+        summary["confidence_seconds"] = None
     if energies:
         preds = [predict(gen.model, sample) for sample in result]
         summary["energies"] = {
             "residues": list(gen.model.static_info["interaction_residues"]),
             "energy_kcal_mol": [np.round(p["energy_kcal_mol"], 3).tolist() for p in preds],
             "residue_interaction_kcal_mol": [np.round(p["residue_interaction_kcal_mol"], 3).tolist() for p in preds]}
-    json_path.write_text(json.dumps(summary, indent=2))
+    if write_summary:
+        write_json(json_path, summary)
     return summary
+
+
+def write_json(path: str | Path, summary: dict) -> None:
+    """Write a sample summary as indented JSON, atomically."""
+    atomic_write_text(path, json.dumps(summary, indent=2))
 
 
 def inpaint_tokens(gen: Sampler, topology, selection: str | None) -> tuple[torch.Tensor | None, list[int]]:
