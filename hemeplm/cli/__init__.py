@@ -14,9 +14,6 @@ from hemeplm.cli import (bench, energies, evaluate, inspect, label, relax, sampl
                          view)
 from hemeplm.cli.options import COMPLETE_FILES_HINTS, HelpFormatter, exit_on_error
 
-EPILOG = """training and sampling are also scripts in the repository root, with the same options:
-  python train.py [--config configs/demo.yaml] [key=value ...]   learn from trajectories (hemeplm train)
-  python sample.py --ckpt runs/NAME/ckpt.pt --task forecast ...   generate (hemeplm sample)"""
 #: in the order ``hemeplm --help`` lists them
 SUBCOMMANDS = (inspect, simulate, label, train, sample, evaluate, view, energies, relax, bench)
 EPILOG = """training and sampling are also scripts in the repository root:
