@@ -97,15 +97,16 @@ class EnergyConfig:
 @dataclass
 class StructureConfig:
     """Structure terms (:mod:`hemeplm.geometry.structure`): their weights in training, on the decoded clean-data
-    estimate, and the projection of sampled windows onto them (Adam steps; 0 turns it off); a forecast's
-    projection also keeps Cα-Cα distances of its start frame within ``fold_sigmas`` training-MD standard
-    deviations (0 turns that off)."""
+    estimate, and the projection of sampled windows onto them and onto planar peptide bonds (Adam steps; 0
+    keeps the network's raw output). ``fold_sigmas`` > 0 turns on the fold hold (``sample.py --fold-hold``):
+    the projection then also keeps the Cα-Cα distances of each window's key frame within that many
+    training-MD standard deviations. Off (0) by default; a checkpoint keeps the value it was trained with."""
 
     bond_weight: float = 1.0
     clash_weight: float = 0.1
     project_steps: int = 50
     project_restraint: float = 0.01
-    fold_sigmas: float = 3.0
+    fold_sigmas: float = 0.0
 
 
 @dataclass

@@ -21,6 +21,14 @@ its frames then become known to the next window:
 
 All samples of a call run as one batch through the denoiser.
 
+Every generated window is then projected (:func:`hemeplm.geometry.structure.project`,
+``structure.project_steps``; 0 keeps the network's raw output): inter-token bonds, clashes and the
+peptide bonds (ω planar, the two backbone angles across the bond). With a fold hold
+(``sample.py --fold-hold SIGMAS``, ``structure.fold_sigmas``; off by default) the projection also
+keeps the Cα-Cα distances of each window's key frame (its conditioning frame, for a forecast the
+last frame of the previous window) within SIGMAS training-MD standard deviations. What the
+projection moved is recorded per window (:attr:`Sampler.projection_log`, the summary's ``projection``).
+
 The model knows one frame spacing, ``data.lag`` times the training data's
 (:attr:`Sampler.frame_ps`): inpainting and upsampling take the given file's
 frames at that spacing (k times it for upsampling) and refuse a file whose
@@ -35,7 +43,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +58,7 @@ from hemeplm.device import resolve_device
 from hemeplm.diffusion import SAMPLERS, GaussianDiffusion
 from hemeplm.errors import HemeplmError
 from hemeplm.models.surrogate import HemePLM
-from hemeplm.geometry.structure import project
+from hemeplm.geometry.structure import peptide_quads, project
 from hemeplm.tasks import task_mask
 from hemeplm.io import output_paths
 from hemeplm.io import check_outputs
@@ -58,6 +66,9 @@ from hemeplm.generate.fragment import denoiser_for
 from hemeplm.generate.energies import predict
 
 log = logging.getLogger(__name__)
+
+#: Å; the summary's ``projection.moved_fraction`` counts generated atoms the projection moved farther than this
+PROJECTION_MOVED_A = 0.5
 
 
 def sampler_settings(cfg: Config, sampler: str | None = None, steps: int | None = None, path=None
@@ -79,6 +90,12 @@ class Sampler:
         steps: DDIM steps (ignored by ``ancestral``); sampler: one of :data:`~hemeplm.diffusion.SAMPLERS`.
         project_steps: steps of the structure projection of every generated window
             (:func:`hemeplm.geometry.structure.project`); None: the config's ``structure.project_steps``.
+        fold_sigmas: the fold hold's tolerance (training-MD standard deviations of each Cα-Cα distance
+            about its value in the window's key frame; 0: off); None: the config's ``structure.fold_sigmas``.
+    Attributes:
+        projection_log: one entry per :meth:`window_sample` call: per window of the batch, the mean and
+            max displacement (Å) of the generated atoms by the projection and the fraction moved farther
+            than :data:`PROJECTION_MOVED_A` (:func:`projection_summary` condenses it).
     """
 
     model: HemePLM
@@ -88,6 +105,8 @@ class Sampler:
     sampler: str = "ddim"
     progress: bool = False
     project_steps: int | None = None
+    fold_sigmas: float | None = None
+    projection_log: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
@@ -120,6 +139,11 @@ class Sampler:
         return self.cfg.structure.project_steps if self.project_steps is None else self.project_steps
 
     @property
+    def fold_hold(self) -> float:
+        """The fold hold's tolerance in standard deviations (0: off)."""
+        return self.cfg.structure.fold_sigmas if self.fold_sigmas is None else self.fold_sigmas
+
+    @property
     def frame_ps(self) -> float:
         """Time between the model's frames (ps): ``data.lag`` times the training data's frame spacing."""
         return self.cfg.data.lag * self.model.static_info["timestep_ps"]
@@ -130,15 +154,13 @@ class Sampler:
         return len(self.diffusion.step_sequence(self.sampler, self.steps))
 
     @torch.no_grad()
-    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
-                      fold: torch.Tensor | None = None) -> torch.Tensor:
-        """Generate one window per sample.
+    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Generate one window per sample, projected (:attr:`projection_steps`; with :attr:`fold_hold` > 0
+        keeping the fold of the window's key frame, ``coords[:, 0]``); appends to :attr:`projection_log`.
 
         Args:
             coords: (S, T, A, 3) Å, known entries filled (others ignored).
             mask: (T, N) or (S, T, N) bool, True = known.
-            fold: None, or (A, 3) / (S, A, 3) frame whose fold the projection keeps
-                (``structure.fold_sigmas``; :func:`hemeplm.geometry.structure.fold_penalty`).
         Returns:
             (S, T, A, 3); the atoms of known tokens are returned exactly.
         """
@@ -155,20 +177,27 @@ class Sampler:
                                   sampler=self.sampler, generator=generator, progress=self.progress,
                                   clip_x0=float(m.value_limit))
         st = self.cfg.structure
-        x = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
-                    restraint=st.project_restraint, fold=fold, fold_sigmas=st.fold_sigmas)
-        out = m.coordinates(x, key)
+        peptide = peptide_quads(m.l_torsion_atoms[:, 2], m.i_pair_index, m.i_pair_length)
+        projected = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
+                            restraint=st.project_restraint, fold=key if self.fold_hold > 0 else None,
+                            fold_sigmas=self.fold_hold, peptide=peptide)
+        out = m.coordinates(projected, key)
+        moved = (out - m.coordinates(x, key)).norm(dim=-1) if projected is not x else out.new_zeros(out.shape[:-1])
+        generated = (~atom_known).to(moved.dtype)  # (S, T, A)
+        count = generated.sum((1, 2)).clamp(min=1)
+        self.projection_log.append({
+            "mean_A": (moved * generated).sum((1, 2)) / count, "max_A": (moved * generated).amax((1, 2)),
+            "moved_fraction": ((moved > PROJECTION_MOVED_A).to(moved.dtype) * generated).sum((1, 2)) / count})
         return torch.where(atom_known[..., None], coords, out)
 
     def fill(self, coords: torch.Tensor, known: torch.Tensor, starts: list[int], generator: torch.Generator,
-             desc: str = "windows", fold: torch.Tensor | None = None) -> torch.Tensor:
+             desc: str = "windows") -> torch.Tensor:
         """Fill a timeline window by window.
 
         Args:
             coords: (S, F, A, 3) with known entries set; F >= start + T for every start.
             known: (F, N) bool.
             starts: window start frames, in order.
-            fold: passed to :meth:`window_sample`.
         Returns:
             (S, F, A, 3) with every window generated.
         """
@@ -177,7 +206,7 @@ class Sampler:
         t = self.window
         known = known.clone()
         for s in tqdm(starts, desc=desc, disable=not self.progress or len(starts) < 2):
-            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator, fold)
+            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator)
             coords[:, s:s + t] = out
             known[s:s + t] = True
         return coords
@@ -201,8 +230,8 @@ class Sampler:
         coords, known, starts = self._timeline(n_samples, num_frames, start.device)
         coords[:, 0] = start
         known[0] = True
-        # every window is keyed on the last generated frame; the projection keeps the start frame's fold
-        return self.fill(coords, known, starts, generator, "forecast windows", start)[:, :num_frames]
+        # every window is keyed on the last generated frame (the fold hold, when on, keeps that frame's fold)
+        return self.fill(coords, known, starts, generator, "forecast windows")[:, :num_frames]
 
     def upsample(self, coarse: torch.Tensor, n_samples: int, generator) -> torch.Tensor:
         """coarse (Fc, A, 3) -> (S, (Fc-1)*k+1, A, 3) with the coarse frames every k-th frame.
@@ -263,6 +292,45 @@ class Sampler:
                 break
         idx = torch.linspace(0, path.shape[1] - 1, num_frames).round().long()
         return path[:, idx]
+
+
+def projection_summary(log_entries: list[dict], n_samples: int, steps: int) -> dict:
+    """The summary's ``projection``: what the projection did, per generated window and in all.
+
+    Args:
+        log_entries: :attr:`Sampler.projection_log` of one task; each entry's rows are the task's samples
+            outer, so a call of R rows covers R / ``n_samples`` windows (upsampling and transition paths
+            generate several windows in one call); n_samples: samples of the task; steps: projection steps.
+    Returns:
+        ``steps``, ``moved_threshold_A``, ``windows`` (one per window, in generation order: ``mean_A``,
+        the mean displacement of its generated atoms over its frames and the samples; ``max_A``, the
+        largest; ``moved_fraction``, the fraction of them moved farther than ``moved_threshold_A``)
+        and ``mean_A``, ``max_A``, ``moved_fraction`` over all windows.
+    """
+    windows = []
+    for entry in log_entries:
+        rows = {k: v.detach().cpu().double().view(n_samples, -1) for k, v in entry.items()}
+        for w in range(rows["mean_A"].shape[1]):
+            windows.append({"mean_A": float(rows["mean_A"][:, w].mean()), "max_A": float(rows["max_A"][:, w].max()),
+                            "moved_fraction": float(rows["moved_fraction"][:, w].mean())})
+    overall = {"mean_A": float(np.mean([w["mean_A"] for w in windows])) if windows else 0.0,
+               "max_A": max((w["max_A"] for w in windows), default=0.0),
+               "moved_fraction": float(np.mean([w["moved_fraction"] for w in windows])) if windows else 0.0}
+    rounded = [{k: round(v, 4) for k, v in w.items()} for w in windows]
+    return {"steps": steps, "moved_threshold_A": PROJECTION_MOVED_A, **{k: round(v, 4) for k, v in overall.items()},
+            "windows": rounded}
+
+
+def conditioned_frames(task: str, n_frames: int, upsample_factor: int) -> list[int]:
+    """Output frames a task gives exactly: forecast 0; tps 0 and the last; upsample every k-th; inpaint none
+    (it gives the protein, all atoms but the summary's ``inpainted_atoms``, in every frame)."""
+    if task == "forecast":
+        return [0]
+    if task == "tps":
+        return [0, n_frames - 1]
+    if task == "upsample":
+        return list(range(0, n_frames, upsample_factor))
+    return []
 
 
 def load_checked(gen: Sampler, topology: str | Path, files: list[str | Path]):
@@ -335,7 +403,10 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
     frame (:func:`given_stride`); the summary records ``stride`` and the first and last frame used
     (``given_frames``), for inpainting the indices of the atoms generated (``inpainted_atoms``), and per
     sample and frame the uncertainty of :func:`hemeplm.generate.confidence.frame_uncertainty` (``uncertainty_A``, Å;
-    higher = less confident; accumulated along the chained windows of a forecast).
+    higher = less confident; accumulated along the chained windows of a forecast). ``conditioned_frames``
+    lists the output frames the task gives exactly (:func:`conditioned_frames`; ``hemeplm evaluate``
+    leaves them out of every metric), ``projection`` what the structure projection moved
+    (:func:`projection_summary`) and ``fold_hold`` the fold hold's tolerance (0: off).
     """
     import mdtraj
 
@@ -350,6 +421,7 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
     segs, dt = load_frames(gen, topology, files)
     frames = segs[0]
     generator = torch.Generator().manual_seed(seed)
+    gen.projection_log.clear()
     t0 = time.time()
     stride = given = inpainted = None
     if task == "forecast":
@@ -375,6 +447,7 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
     else:
         raise HemeplmError(f"unknown task {task!r}")
     elapsed = time.time() - t0
+    projection = projection_summary(gen.projection_log, num_samples, gen.projection_steps)
     t0 = time.time()
     uncertainty = frame_uncertainty(gen, result, accumulate=task == "forecast", seed=seed)
     confidence_seconds = time.time() - t0
@@ -390,7 +463,8 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
                "stride": stride, "given_frames": given,
                "num_frames": int(result.shape[1]), "num_samples": num_samples, "seed": seed,
                "sampler": gen.sampler, "steps": gen.denoiser_steps, "project_steps": gen.projection_steps,
-               "timestep_ps": timestep,
+               "fold_hold": gen.fold_hold, "projection": projection, "timestep_ps": timestep,
+               "conditioned_frames": conditioned_frames(task, int(result.shape[1]), gen.cfg.tasks.upsample_factor),
                "trajectories": [str(p) for p in trajs], "topology_pdb": str(pdb_path),
                "wall_seconds": round(elapsed, 3), "inpaint_atoms": inpaint_atoms, "inpainted_atoms": inpainted,
                "uncertainty_A": uncertainty.cpu().numpy().round(4).tolist(),

@@ -13,16 +13,24 @@ frames, to the diffusion loss (weighted toward low noise):
   Waals radii: the clash definition of ``hemeplm evaluate``, made soft.
 
 Both are ~0 on MD frames and grow as the geometry is perturbed. Sampling can
-also :func:`project` its output: a short minimisation of the same terms over
-the generated internal coordinates (``structure.project_steps``).
+also :func:`project` its output: a short minimisation of the same terms, plus the
+peptide-bond terms of :func:`peptide_penalty` (ω planar, the two backbone angles
+across the bond), over the generated internal coordinates (``structure.project_steps``).
+
+Peptide bonds (:func:`peptide_quads`, :func:`peptide_geometry`) are the topology's C(i)–N(i+1)
+bonds no longer than :data:`PEPTIDE_BOND_MAX_A` in the first frame (a longer one is a chain break
+that the topology bonded anyway), each described by its quad CA(i), C(i), N(i+1), CA(i+1).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import torch
+
+from hemeplm.geometry.torsion import bond_angle, dihedral_angle
 
 #: a non-bonded pair closer than this times the sum of the van der Waals radii clashes
 CLASH_SCALE = 0.75
@@ -32,6 +40,19 @@ PROJECT_CLASH_SCALE = 0.8
 FOLD_CUTOFF = 10.0
 #: Å; the smallest spread a fold pair is allowed
 FOLD_MIN_SPREAD = 0.1
+#: Å; a topology bond C(i)-N(i+1) longer than this in the first frame is a chain break, not a peptide bond
+PEPTIDE_BOND_MAX_A = 3.0
+#: the two backbone angles across the peptide bond: (mean, σ) in degrees; means of Engh & Huber (1991), spreads
+#: of AlphaFold's between-residue angle statistics (residue_constants: 1.995° and 2.315°, rounded)
+PEPTIDE_ANGLES = {"ca_c_n": (116.2, 2.0), "c_n_ca": (121.7, 2.3)}
+#: the projection's flat bottom for those angles: a deviation within this many σ costs nothing (AlphaFold's
+#: violation tolerance, ``violation_tolerance_factor`` 12: only gross distortions; the evaluation's outliers are 4 σ)
+PROJECT_ANGLE_SIGMAS = 12.0
+#: degrees; the projection's ω tolerance: ω within this of 180° (trans) or 0° (cis) costs nothing
+PROJECT_OMEGA_TOLERANCE = 15.0
+#: Å²/rad²; the weight of the projection's peptide terms: 10° beyond a tolerance costs 0.3 Å², as much as a
+#: 0.55 Å bond-length error (with weight 1 the restraint on the values held a 60° twist at 20°, not 15°)
+PROJECT_PEPTIDE_WEIGHT = 10.0
 
 
 def fold_pairs(frames: np.ndarray, ca: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +141,55 @@ def fold_penalty(x: torch.Tensor, reference: torch.Tensor, internal: dict[str, t
     return (torch.relu((d - d_ref).abs() - sigmas * internal["fold_spread"].to(d.dtype)) ** 2).sum(-1)
 
 
+def peptide_quads(omega: torch.Tensor, pair_index: torch.Tensor, pair_length: torch.Tensor) -> torch.Tensor:
+    """The peptide bonds of a model's system.
+
+    Args:
+        omega: (R, 4) ω atom quads CA(i-1), C(i-1), N(i), CA(i) per residue, -1 where undefined (the
+            token layout's ``torsion_atoms[:, 2]``); pair_index (2, P), sorted, and pair_length (P,) Å: the
+            inter-token 1-2/1-3 pairs and their first-frame lengths (:class:`~hemeplm.data.internal.InternalLayout`).
+    Returns:
+        (Q, 4) int64 quads of the bonds C-N listed there no longer than :data:`PEPTIDE_BOND_MAX_A`.
+    """
+    quads = omega[(omega >= 0).all(-1)].long()
+    if not len(quads) or not pair_index.shape[-1]:
+        return quads[:0]
+    n = int(max(int(pair_index.max()), int(quads.max()))) + 1
+    keys = pair_index[0].long() * n + pair_index[1].long()
+    c, nn = quads[:, 1], quads[:, 2]
+    want = torch.minimum(c, nn) * n + torch.maximum(c, nn)
+    at = torch.searchsorted(keys, want).clamp(max=len(keys) - 1)
+    listed = keys[at] == want
+    short = pair_length.to(torch.float64)[at] <= PEPTIDE_BOND_MAX_A
+    return quads[listed & short]
+
+
+def peptide_geometry(x: torch.Tensor, quads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(..., A, 3), (Q, 4) peptide quads -> (..., Q) each, radians: ω's distance from planar (from 0 or ±π,
+    whichever is nearer: in [0, π/2]), the angle CA(i)-C(i)-N(i+1) and the angle C(i)-N(i+1)-CA(i+1)."""
+    p = [x[..., quads[:, k], :] for k in range(4)]
+    omega = dihedral_angle(*p).abs()
+    return torch.minimum(omega, math.pi - omega), bond_angle(p[0], p[1], p[2]), bond_angle(p[1], p[2], p[3])
+
+
+def peptide_penalty(x: torch.Tensor, quads: torch.Tensor, omega_tolerance: float = PROJECT_OMEGA_TOLERANCE,
+                    angle_sigmas: float = PROJECT_ANGLE_SIGMAS) -> torch.Tensor:
+    """(..., A, 3) -> (...): flat-bottomed peptide-bond terms (rad², summed over the bonds).
+
+    ``max(0, δω - tol)²`` with δω the distance of ω from planar (:func:`peptide_geometry`) and tol
+    ``omega_tolerance`` degrees, plus for each angle of :data:`PEPTIDE_ANGLES`
+    ``max(0, |θ - θ0| - angle_sigmas · σ)²``: zero while the bond is planar and its angles are
+    within tolerance, as in AlphaFold's between-residue violation terms.
+    """
+    if not len(quads):
+        return x.new_zeros(x.shape[:-2])
+    dev, ca_c_n, c_n_ca = peptide_geometry(x, quads)
+    pen = torch.relu(dev - math.radians(omega_tolerance)) ** 2
+    for theta, (mean, sigma) in zip((ca_c_n, c_n_ca), PEPTIDE_ANGLES.values()):
+        pen = pen + torch.relu((theta - math.radians(mean)).abs() - math.radians(angle_sigmas * sigma)) ** 2
+    return pen.sum(-1)
+
+
 def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """(B, T, A, 3) -> ``bond`` and ``clash``, each (B,), means over frames (and pairs; see module docstring)."""
     bond = bond_deviation(x, internal)
@@ -129,20 +199,24 @@ def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor]) -> dict[
 
 def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, free: torch.Tensor,
             internal: dict[str, torch.Tensor], steps: int = 50, lr: float = 0.1,
-            restraint: float = 0.01, fold: torch.Tensor | None = None, fold_sigmas: float = 0.0) -> torch.Tensor:
-    """Move generated internal values the least that removes inter-token bond errors and clashes.
+            restraint: float = 0.01, fold: torch.Tensor | None = None, fold_sigmas: float = 0.0,
+            peptide: torch.Tensor | None = None) -> torch.Tensor:
+    """Move generated internal values the least that removes inter-token bond errors, clashes and
+    peptide-bond distortions.
 
     Minimises, over the values of the ``free`` tokens, the sum over frames of the squared
-    inter-token 1-2/1-3 deviations and clash penalties (Å²) plus ``restraint`` times the squared
-    change of the (normalised) values, with Adam. The values stay internal coordinates, so what
-    is exact inside a token stays exact; given tokens do not move. With a ``fold`` reference,
-    the :func:`fold_penalty` is added too (a long forecast keeps its start frame's fold within
-    the training MD's fluctuations).
+    inter-token 1-2/1-3 deviations and clash penalties (Å²), the :func:`peptide_penalty` of the
+    ``peptide`` bonds (rad², times :data:`PROJECT_PEPTIDE_WEIGHT`: ω planar, the two angles across the bond) plus
+    ``restraint`` times the squared change of the (normalised) values, with Adam. The values stay
+    internal coordinates, so what is exact inside a token stays exact; given tokens do not move.
+    With a ``fold`` reference and ``fold_sigmas`` > 0, the :func:`fold_penalty` is added too
+    (the sampler passes each window's key frame: ``sample.py --fold-hold``).
 
     Args:
         coordinates: normalised values (B, T, N, D) -> coordinates (B, T, A, 3).
         values: (B, T, N, D) generated values; free: (B, T, N) bool, tokens that may move.
         fold: None, or (A, 3) / (B, A, 3) reference coordinates of the fold; fold_sigmas: its tolerance.
+        peptide: None, or (Q, 4) peptide quads (:func:`peptide_quads`).
     Returns:
         (B, T, N, D) projected values.
     """
@@ -159,6 +233,8 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
             energy = bond_deviation(x, internal).sum() + clash_penalty(x, internal, PROJECT_CLASH_SCALE).sum()
             if fold is not None and fold_sigmas > 0:
                 energy = energy + fold_penalty(x, fold, internal, fold_sigmas).sum()
+            if peptide is not None:
+                energy = energy + PROJECT_PEPTIDE_WEIGHT * peptide_penalty(x, peptide).sum()
             energy = energy + restraint * (delta * move).pow(2).sum()
             opt.zero_grad()
             energy.backward()
