@@ -376,8 +376,9 @@ def test_sample_py_errors_are_one_line(tiny_run, tiny_system, tmp_path):
 
 
 def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
-    """``python tools/demo.py``: forecast and inpaint tables with the prior column, and the long forecast's
-    validity (all frames and the last ones) beside the held-out MD's."""
+    """``python tools/demo.py``: forecast and inpaint tables headed by the raw model beside the raw prior (sampled
+    with --project-steps 0 and the same seed), then the projected pair, the baselines and the held-out MD; and the
+    long forecast's validity (its generated frames and the last ones) beside the held-out MD's."""
     import importlib.util
     import shutil
 
@@ -396,12 +397,18 @@ def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
     assert tables["forecast"] in written and written.endswith("<!-- demo:end -->\nkept\n")
     assert set(tables) == {"forecast", "inpaint", "long_forecast"}
     for name in ("forecast", "inpaint"):
-        assert tables[name].splitlines()[0].split() == ["metric", "better", "model", "static", "random_walk",
-                                                        "prior", "reference"]
-        assert json.loads((run / "eval" / f"{name}_prior.json").read_text())["seed"] == 0
+        assert tables[name].splitlines()[0].split() == ["metric", "better", "raw", "raw_prior", "model", "prior",
+                                                        "static", "random_walk", "reference"]
+        sampled = {who: json.loads((run / "eval" / f"{name}{suffix}.json").read_text())
+                   for who, suffix in (("raw", "_raw"), ("raw_prior", "_raw_prior"), ("model", ""), ("prior", "_prior"))}
+        assert {who: (s["seed"], s["project_steps"]) for who, s in sampled.items()} == {
+            "raw": (0, 0), "raw_prior": (0, 0), "model": (0, 50), "prior": (0, 50)}
+        assert "physical_filter_pass_fraction" in tables[name]
+    assert "omega_outlier_fraction" in tables["forecast"]
+    assert "omega_outlier_fraction" not in tables["inpaint"]  # the given protein is not scored
     assert json.loads((run / "eval" / "inpaint.json").read_text())["stride"] == tiny_run["cfg"].data.lag
     long = tables["long_forecast"].splitlines()
-    assert long[0] == "all 12 frames:" and "last 12 frames:" in long
+    assert long[0] == "all 11 generated frames:" and "last 11 frames:" in long
     assert long[1].split() == ["metric", "better", "model", "reference"]
     found = json.loads((run / "eval" / "long_forecast_validity.json").read_text())
     assert found["frames"] == 12 and found["all"]["model"]["clashes_per_frame"] >= 0
