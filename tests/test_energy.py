@@ -84,7 +84,8 @@ def test_label_cli_writes_labels_the_loader_reads(t4l_dcd, tmp_path, capsys):
     np.testing.assert_allclose(system.interactions[0], inter)
     with pytest.raises(SystemExit):
         main(["label", str(PRMTOP), str(t4l_dcd), "--out", str(out), "--quiet"])
-    assert "already holds labels; pass --force" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "would overwrite" in err and "energies_forces.npz" in err and "pass --force" in err
 
 
 def test_labels_refuse_what_they_cannot_compute(tmp_path):

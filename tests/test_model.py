@@ -102,7 +102,7 @@ def test_encoder_scalars_invariant_vectors_rotate(tiny):
 def test_encoder_ignores_masked_positions(tiny):
     model = tiny.model
     key = tiny.windows[0]["coords"][:1]
-    known = ~model.s_is_ligand[None]
+    known = ~model.atoms.is_ligand[None]
     h, vec = model.encoder(key, model.static, known)
     elsewhere = key.clone()
     scatter = torch.randn(int((~known).sum()), 3, generator=torch.Generator().manual_seed(0))
@@ -122,7 +122,7 @@ def test_window_sample_is_equivariant(any_tiny, task):
     rot, shift = random_rotation(2), torch.tensor([-12.0, 4.0, 9.0])
     out = gen.window_sample(coords, mask, torch.Generator().manual_seed(5))
     out_r = gen.window_sample(moved(coords, rot, shift), mask, torch.Generator().manual_seed(5))
-    generated = ~mask[:, model.l_atom_token]  # (T, A)
+    generated = ~mask[:, model.tokens.atom_token]  # (T, A)
     assert (out - coords)[:, generated].abs().max() > 0.05  # something was generated
     assert (out[0] - out[1]).abs().max() > 0.05  # independent samples
     # the projection (50 Adam steps on float32 coordinates, clash pairs switching on and off) lets rounding
@@ -171,8 +171,8 @@ def test_inpaint_keeps_protein_and_ignores_hidden_ligand(any_tiny, subset):
     tokens = None
     if subset:  # inpaint the token of three of the eight ligand atoms: the whole token is generated
         tokens = torch.zeros_like(model.token_is_ligand)
-        tokens[model.l_atom_token[torch.nonzero(model.s_is_ligand).flatten()[:3]]] = True
-    hidden = model.s_is_ligand if tokens is None else tokens[model.l_atom_token]  # (A,)
+        tokens[model.tokens.atom_token[torch.nonzero(model.atoms.is_ligand).flatten()[:3]]] = True
+    hidden = model.atoms.is_ligand if tokens is None else tokens[model.tokens.atom_token]  # (A,)
     out = gen.inpaint(frames, 2, torch.Generator().manual_seed(0), tokens)
     assert out.shape == (2, 4, *frames.shape[1:]) and torch.isfinite(out).all()
     assert torch.equal(out[:, :, ~hidden], frames[:, ~hidden].expand(2, -1, -1, -1))
@@ -226,8 +226,8 @@ def test_tiny_model_overfits_one_window(tiny_system, tmp_path):
     # prior's (this window's atoms carry 0.2 Å of independent noise per frame, which rigid residues cannot follow)
     gen = Sampler(model.eval(), diffusion, cfg, steps=20, project_steps=0)
     out = gen.window_sample(coords, mask[0], torch.Generator().manual_seed(0))[0]
-    i, j = model.s_bonds
-    across = model.l_atom_token[i] != model.l_atom_token[j]
+    i, j = model.atoms.bonds
+    across = model.tokens.atom_token[i] != model.tokens.atom_token[j]
     i, j = i[across], j[across]
     dev = ((out[1:, i] - out[1:, j]).norm(dim=-1) - (coords[0, 1:, i] - coords[0, 1:, j]).norm(dim=-1)).abs()
     prior = gen.prior()
@@ -255,13 +255,13 @@ def test_long_forecast_keeps_its_geometry(tiny):
     model, gen = tiny.model, tiny.generator()
     start = tiny.windows[0]["coords"][0]
     out = gen.forecast(start, 41, 1, torch.Generator().manual_seed(0))[0]  # (41, A, 3)
-    i, j = model.s_bonds
+    i, j = model.atoms.bonds
     length = (start[i] - start[j]).norm(dim=-1)
     dev = ((out[:, i] - out[:, j]).norm(dim=-1) - length).abs()
     # 0.98 before the projection had peptide terms: the start frame is MD plus 0.2 Å noise per coordinate, so some
     # of its peptide bonds are 40-50° from planar, and the ω term now pulls them back against the bond lengths
     assert float((dev[-10:] <= 0.1).float().mean()) >= 0.96, float((dev[-10:] <= 0.1).float().mean())
-    lig = model.s_is_ligand
+    lig = model.atoms.is_ligand
     inside = lig[i] & lig[j]
     assert float(dev[:, inside].max()) < 0.02  # the template's bonds, to float precision
     drift = (out[-1, lig].mean(0) - start[lig].mean(0)).norm()
@@ -302,11 +302,11 @@ def test_projection_makes_a_twisted_peptide_bond_planar(tiny):
     the projection leaves the twist."""
     model = tiny.model
     key = tiny.windows[0]["coords"][0]
-    quads = peptide_quads(model.l_torsion_atoms[:, 2], model.i_pair_index, model.i_pair_length)
+    quads = peptide_quads(model.tokens.torsion_atoms[:, 2], model.internal.pair_index, model.internal.pair_length)
     assert len(quads) == 2 * 5  # two chains of six residues; the bond 89-98 the topology adds is a chain break
     ca0, c0, n1, ca1 = quads[-1].tolist()
-    token = model.l_atom_token[ca1]
-    atoms = model.l_atom_token == token
+    token = model.tokens.atom_token[ca1]
+    atoms = model.tokens.atom_token == token
     axis = torch.nn.functional.normalize(key[n1] - key[c0], dim=0)
     turned = []
     for degrees in (60.0, -60.0):  # the way that takes ω farther from planar

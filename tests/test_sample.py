@@ -147,7 +147,7 @@ def test_inpaint_keeps_the_protein(gen, tiny_system, frames, tmp_path, caplog):
     out = tmp_path / "inpaint.dcd"
     summary = task(gen, tiny_system, out, "inpaint", start=5, end=13)
     xyz = read(out)
-    lig = gen.model.s_is_ligand.numpy()
+    lig = gen.model.atoms.is_ligand.numpy()
     assert xyz.shape[0] == summary["num_frames"] == 9 and summary["stride"] == 1
     assert summary["inpainted_atoms"] == np.flatnonzero(lig).tolist() and summary["conditioned_frames"] == []
     np.testing.assert_allclose(xyz[:, ~lig], frames[5:14, ~lig], atol=1e-4)
@@ -176,8 +176,8 @@ def split_gen(tiny_system, tmp_path_factory) -> Sampler:
 
 def test_inpaint_atoms_generates_the_tokens_holding_them(split_gen, tiny_system, frames, tmp_path, caplog):
     m = split_gen.model
-    token = m.l_atom_token.numpy()
-    lig = np.flatnonzero(m.token_is_ligand[m.l_atom_token].numpy())
+    token = m.tokens.atom_token.numpy()
+    lig = np.flatnonzero(m.token_is_ligand[m.tokens.atom_token].numpy())
     assert len(set(token[lig])) == 2
     chosen = lig[0]
     whole = np.flatnonzero(token == token[chosen])  # the atoms of its token
@@ -201,7 +201,7 @@ def test_given_frames_at_the_models_spacing(gen, tiny_system, frames, tmp_path):
     cfg.data.lag = 2  # as if trained on every second frame
     lagged = dataclasses.replace(gen, cfg=cfg)
     k = cfg.tasks.upsample_factor
-    lig = gen.model.s_is_ligand.numpy()
+    lig = gen.model.atoms.is_ligand.numpy()
     for name, stride in {"forecast": None, "inpaint": 2, "upsample": 2 * k}.items():
         out = tmp_path / f"{name}.xtc"
         summary = run_task(lagged, name, tiny_system["topology"], tiny_system["trajectory"], out, start=3, end=20,

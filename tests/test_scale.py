@@ -141,8 +141,9 @@ def _local_pass(n: int, k: int = 8) -> _Allocations:
     gen = torch.Generator().manual_seed(0)
     key = torch.rand(1, n, 3, generator=gen) * n ** (1 / 3) * 4.0  # ~ protein density, one atom per token
     ids = torch.arange(n)  # token i: one atom i, its own residue
-    fake = SimpleNamespace(l_atom_index=torch.stack([ids, torch.full((n,), -1)], 1), l_atom_token=ids, l_residue=ids,
-                           l_frame_atoms=ids[:, None].expand(n, 3), local_neighbors=k, token_is_ligand=ids % 5 == 0)
+    fake = SimpleNamespace(tokens=SimpleNamespace(atom_index=torch.stack([ids, torch.full((n,), -1)], 1), atom_token=ids,
+                                                  residue=ids, frame_atoms=ids[:, None].expand(n, 3)),
+                           local_neighbors=k, token_is_ligand=ids % 5 == 0)
     model = VideoDenoiser(6, 4, dim=16, depth=1, heads=2, mlp_ratio=1.0, max_tau=4, cross_window=1)
     counter = _Allocations()
     with torch.no_grad(), counter:
@@ -160,10 +161,11 @@ def test_ligand_group_sits_at_the_centre_of_its_known_atoms():
     from hemeplm.models.surrogate import HemePLM
 
     ids = torch.arange(6)
-    fake = SimpleNamespace(l_atom_index=torch.tensor([[i, -1] for i in range(6)] + [[6, 7]]),
-                           l_atom_token=torch.tensor([0, 1, 2, 3, 4, 5, 6, 6]), l_residue=torch.tensor([0, 1, 2, 3, 4, 5, 2]),
-                           l_frame_atoms=ids[:, None].expand(6, 3), local_neighbors=3,
-                           token_is_ligand=torch.tensor([False] * 6 + [True]))
+    fake = SimpleNamespace(tokens=SimpleNamespace(atom_index=torch.tensor([[i, -1] for i in range(6)] + [[6, 7]]),
+                                                  atom_token=torch.tensor([0, 1, 2, 3, 4, 5, 6, 6]),
+                                                  residue=torch.tensor([0, 1, 2, 3, 4, 5, 2]),
+                                                  frame_atoms=ids[:, None].expand(6, 3)),
+                           local_neighbors=3, token_is_ligand=torch.tensor([False] * 6 + [True]))
     key = torch.zeros(1, 8, 3)
     key[0, :, 0] = torch.tensor([0.0, 10, 20, 30, 40, 50, 36, 6])
     def neighbours(node_mask=None):
@@ -330,13 +332,13 @@ def test_generator_uses_fragments_above_token_budget(t4l_features, monkeypatch):
     gen = Sampler(model, diffusion, cfg, steps=3)
     whole = gen.forecast(start, 4, 1, torch.Generator().manual_seed(0))
     assert not calls
-    n = model.l_kind.numel()
+    n = model.tokens.kind.numel()
     model.denoiser.max_tokens = n // 3
     with torch.no_grad():
         frags = denoiser_for(model, model.condition(start[None])[0], start[None])
     assert isinstance(frags, FragmentedDenoiser)
     assert all(len(f.tokens) <= n // 3 for f in frags.fragments)
-    torch.testing.assert_close(token_centres(model, start)[:3], start[model.l_frame_atoms[:3, 1]])
+    torch.testing.assert_close(token_centres(model, start)[:3], start[model.tokens.frame_atoms[:3, 1]])
     pieces = gen.forecast(start, 4, 1, torch.Generator().manual_seed(0))
     assert calls and min(calls) >= 3
     assert pieces.shape == whole.shape and torch.isfinite(pieces).all()

@@ -197,8 +197,8 @@ RANK_SCRIPT = '''
 """Train under torchrun; save this rank's parameters as built and as trained."""
 import os, sys
 import torch
-from hemeplm import training
 from hemeplm.config import load_config
+from hemeplm.train import loop as training
 
 seen = {}
 build, ema_update = training.build, training._ema_update

@@ -14,13 +14,16 @@ from hemeplm.cli import (bench, energies, evaluate, inspect, label, relax, sampl
                          view)
 from hemeplm.cli.options import HelpFormatter, exit_on_error
 
+EPILOG = """training and sampling are also scripts in the repository root, with the same options:
+  python train.py [--config configs/demo.yaml] [key=value ...]   learn from trajectories (hemeplm train)
+  python sample.py --ckpt runs/NAME/ckpt.pt --task forecast ...   generate (hemeplm sample)"""
 #: in the order ``hemeplm --help`` lists them
 SUBCOMMANDS = (inspect, simulate, label, train, sample, evaluate, view, energies, relax, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hemeplm", description="Generative surrogate of protein–ligand MD.",
-                                formatter_class=HelpFormatter)
+                                epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     for command in SUBCOMMANDS:

@@ -243,7 +243,7 @@ def measure(spec: dict) -> dict:
     model = HemePLM(cfg, system_static(feats, cfg.denoiser.pocket_radius, cfg.denoiser.domain_size)).to(device)
     diffusion = GaussianDiffusion.from_config(cfg.diffusion).to(device)
     frames = torch.as_tensor(feats["segments"][0], device=device)
-    result = {"n_modelled": int(feats["n_atoms"]), "n_tokens": int(model.l_kind.numel()),
+    result = {"n_modelled": int(feats["n_atoms"]), "n_tokens": int(model.tokens.kind.numel()),
               "n_ligand_tokens": int(model.token_is_ligand.sum()), "n_pocket_tokens": int(model.pocket.numel()),
               "parameters": sum(p.numel() for p in model.parameters())}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["dtype"] == "bfloat16")

@@ -104,7 +104,7 @@ def build_features(cfg: DataConfig) -> dict:
                          truncated=cfg.truncated, timestep_ps=cfg.timestep_ps, forcefield=cfg.forcefield)
     if system.charges is None:
         log.warning("%s: no partial charges: charge features are zero (ligand charges come from data.ligand_file "
-                    "or RDKit Gasteiger); data.forcefield can give them (see README, Data)", cfg.topology)
+                    "or RDKit Gasteiger); data.forcefield can give them (see docs/design.md, Data)", cfg.topology)
     top = system.topology
     first = system.segments[0][0]
     try:

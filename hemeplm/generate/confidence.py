@@ -46,7 +46,7 @@ WINDOW_BATCH = 16
 
 def scored_atoms(model) -> torch.Tensor:
     """(A,) bool: the ligand atoms; every atom when there is no ligand."""
-    atoms = model.token_is_ligand[model.l_atom_token]
+    atoms = model.token_is_ligand[model.tokens.atom_token]
     return atoms if bool(atoms.any()) else torch.ones_like(atoms)
 
 

@@ -165,7 +165,7 @@ class FragmentedDenoiser:
 
 def token_centres(model, key: torch.Tensor) -> torch.Tensor:
     """(A, 3) key frame -> (N, 3) position of every token: its residue's Cα (a ligand token's anchor residue)."""
-    return key[model.l_frame_atoms[model.l_residue, 1]]
+    return key[model.tokens.frame_atoms[model.tokens.residue, 1]]
 
 
 def denoiser_for(model, cond: Conditioning, key: torch.Tensor):

@@ -168,7 +168,7 @@ class Sampler:
         s = coords.shape[0]
         mask = mask.expand(s, *mask.shape[-2:]).to(coords.device)
         key = coords[:, 0]
-        atom_known = mask[:, :, m.l_atom_token]  # (S, T, A)
+        atom_known = mask[:, :, m.tokens.atom_token]  # (S, T, A)
         node_mask = atom_known[:, 0]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
         x_given = m.values(coords, key)
@@ -177,7 +177,7 @@ class Sampler:
                                   sampler=self.sampler, generator=generator, progress=self.progress,
                                   clip_x0=float(m.value_limit))
         st = self.cfg.structure
-        peptide = peptide_quads(m.l_torsion_atoms[:, 2], m.i_pair_index, m.i_pair_length)
+        peptide = peptide_quads(m.tokens.torsion_atoms[:, 2], m.internal.pair_index, m.internal.pair_length)
         projected = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
                             restraint=st.project_restraint, fold=key if self.fold_hold > 0 else None,
                             fold_sigmas=self.fold_hold, peptide=peptide)
@@ -222,7 +222,7 @@ class Sampler:
         starts = self.window_starts(n_frames)
         total = starts[-1] + self.window
         coords = torch.zeros(n_samples, total, self.model.n_atoms, 3, device=device)
-        known = torch.zeros(total, self.model.l_kind.numel(), dtype=torch.bool, device=device)
+        known = torch.zeros(total, self.model.tokens.kind.numel(), dtype=torch.bool, device=device)
         return coords, known, starts
 
     def forecast(self, start: torch.Tensor, num_frames: int, n_samples: int, generator) -> torch.Tensor:
@@ -490,7 +490,7 @@ def inpaint_tokens(gen: Sampler, topology, selection: str | None) -> tuple[torch
         (N,) bool tokens (None for every ligand token) and the sorted indices of the generated atoms.
     """
     m = gen.model
-    is_ligand_atom = m.s_is_ligand  # (A,)
+    is_ligand_atom = m.atoms.is_ligand  # (A,)
     if selection is None:
         return None, torch.nonzero(is_ligand_atom).flatten().tolist()
     top = m.topology()
@@ -503,8 +503,8 @@ def inpaint_tokens(gen: Sampler, topology, selection: str | None) -> tuple[torch
     chosen &= is_ligand_atom
     if not chosen.any():
         raise HemeplmError(f"--inpaint-atoms {selection!r} matches no ligand atom", topology)
-    tokens = torch.zeros_like(m.token_is_ligand).index_fill_(0, m.l_atom_token[chosen], True)
-    generated = tokens[m.l_atom_token]
+    tokens = torch.zeros_like(m.token_is_ligand).index_fill_(0, m.tokens.atom_token[chosen], True)
+    generated = tokens[m.tokens.atom_token]
     added = torch.nonzero(generated & ~chosen).flatten().tolist()
     if added:
         log.warning("--inpaint-atoms %r: ligand tokens are generated whole; also generating %s", selection,

@@ -71,6 +71,30 @@ def pocket_tokens(layout: dict, first: np.ndarray, ligand: np.ndarray, radius: f
     return np.nonzero((d <= radius) & (np.asarray(layout["kind"]) != tok.KIND_LIGAND))[0]
 
 
+
+class Buffers(nn.Module):
+    """Named tensors of the system that move with the model (``.to(device)``) but are not saved (they are
+    rebuilt from the checkpoint's ``static``): read as attributes (``model.tokens.kind``) or as a mapping
+    (``layout["kind"]``, what the functions of :mod:`hemeplm.data.internal` take)."""
+
+    def __init__(self, tensors: dict):
+        super().__init__()
+        for k, v in tensors.items():
+            self.register_buffer(k, torch.as_tensor(v), persistent=False)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self._buffers[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._buffers
+
+    def keys(self):
+        return self._buffers.keys()
+
+    def items(self):
+        return self._buffers.items()
+
+
 class HemePLM(nn.Module):
     """Generative surrogate of one system's MD, with energies and forces.
 
@@ -83,12 +107,9 @@ class HemePLM(nn.Module):
         super().__init__()
         self.static_info = {k: static[k] for k in ("n_atoms", "atom_names", "residue_names", "topology_pdb",
                                                    "timestep_ps", "interaction_residues")}
-        for k in STATIC_KEYS:
-            self.register_buffer(f"s_{k}", torch.as_tensor(static[k]), persistent=False)
-        for k, v in static["layout"].items():
-            self.register_buffer(f"l_{k}", torch.as_tensor(v), persistent=False)
-        for k, v in static["internal"].items():
-            self.register_buffer(f"i_{k}", torch.as_tensor(v), persistent=False)
+        self.atoms = Buffers({k: static[k] for k in STATIC_KEYS})
+        self.tokens = Buffers(static["layout"])
+        self.internal = Buffers(static["internal"])
         self.register_buffer("pocket", torch.as_tensor(static["pocket"], dtype=torch.long), persistent=False)
         self.register_buffer("domain", torch.as_tensor(static["domain"], dtype=torch.long), persistent=False)
         plm = static.get("plm")
@@ -147,26 +168,24 @@ class HemePLM(nn.Module):
         return self._topology
 
     @property
-    def layout(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, f"l_{k}") for k in tok.TokenLayout.__dataclass_fields__}
+    def layout(self) -> Buffers:
+        """The token layout (:class:`~hemeplm.data.tokens.TokenLayout` fields), as :attr:`tokens`."""
+        return self.tokens
 
     @property
-    def internal(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, f"i_{k}") for k in ic.InternalLayout.__dataclass_fields__}
-
-    @property
-    def static(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, f"s_{k}") for k in STATIC_KEYS}
+    def static(self) -> Buffers:
+        """Per-atom arrays of the system (:data:`STATIC_KEYS`), as :attr:`atoms`."""
+        return self.atoms
 
     @property
     def token_is_ligand(self) -> torch.Tensor:
         """(N,) bool."""
-        return self.l_kind == tok.KIND_LIGAND
+        return self.tokens.kind == tok.KIND_LIGAND
 
     @property
     def value_mask(self) -> torch.Tensor:
         """(N, D) float, 1 where a value means something (the rigid body; the sin/cos of present torsions)."""
-        present = (self.i_torsion_slots[..., 0] >= 0).repeat_interleave(2, dim=-1)
+        present = (self.internal.torsion_slots[..., 0] >= 0).repeat_interleave(2, dim=-1)
         return torch.cat([torch.ones_like(present[:, :1]).expand(-1, 6), present], -1).float()
 
     # ------------------------------------------------------------------ values <-> coordinates
@@ -248,21 +267,21 @@ class HemePLM(nn.Module):
         h, vec = self.encoder(key, self.static, node_mask)
         rot, _ = ic.anchors(key, self.layout)  # (B, N, 3, 3), columns = axes
         body = ic.body_coordinates(key, self.layout, self.internal)  # (B, N, W, 3)
-        idx, present = self.l_atom_index.clamp(min=0), (self.l_atom_index >= 0)[..., None]
+        idx, present = self.tokens.atom_index.clamp(min=0), (self.tokens.atom_index >= 0)[..., None]
         axes = o3.spherical_harmonics(1, rot.transpose(-1, -2), normalize=False, normalization="component")
         mixed = self.vector_mix(vec[:, :, :3])[:, idx]  # l = 1 vectors, (B, N, W, 3, V)
         along = torch.einsum("bnks,bnwsv->bnwkv", axes, mixed).flatten(-2)
         slots = torch.cat([h[:, idx], body / 5.0, along], -1) * present.to(h.dtype)
         ang = ic.torsion_angles(body, self.internal)
         tors = torch.stack([ang.sin(), ang.cos()], -1).flatten(-2) * self.value_mask[:, 6:]
-        tokens = (self.slots_in(slots.flatten(-2)) + self.torsions_in(tors) + self.res_type(self.l_res_type)
-                  + self.kind(self.l_kind))
+        tokens = (self.slots_in(slots.flatten(-2)) + self.torsions_in(tors) + self.res_type(self.tokens.res_type)
+                  + self.kind(self.tokens.kind))
         if self.plm_proj is not None:
-            is_res = self.l_kind != tok.KIND_LIGAND
-            tokens = tokens + self.plm_proj(self.plm)[self.l_residue] * is_res[:, None]
+            is_res = self.tokens.kind != tok.KIND_LIGAND
+            tokens = tokens + self.plm_proj(self.plm)[self.tokens.residue] * is_res[:, None]
         centres, known = self.token_positions(key, node_mask)
         neighbors = self._token_neighbors(centres, known, node_mask is not None) if self.spatial == "local" else None
-        seq = torch.where(self.token_is_ligand, -1, self.l_residue)
+        seq = torch.where(self.token_is_ligand, -1, self.tokens.residue)
         cond = Conditioning(tokens=tokens, neighbors=neighbors, domain=self.domain,
                             ligand=torch.nonzero(self.token_is_ligand).flatten(), pocket=self.pocket,
                             centres=centres, frames=rot, seq=seq, known=known)
@@ -275,13 +294,13 @@ class HemePLM(nn.Module):
         A residue token sits at its Cα, a ligand group at the centre of its known atoms; a group
         with no known atom (an inpainted ligand) at its anchor residue's Cα, marked unknown.
         """
-        origin = key[:, self.l_frame_atoms[self.l_residue, 1]]
+        origin = key[:, self.tokens.frame_atoms[self.tokens.residue, 1]]
         b, n = origin.shape[:2]
         known = torch.ones(b, n, dtype=torch.bool, device=key.device)
         lig = self.token_is_ligand
         if not bool(lig.any()):
             return origin, known
-        idx = self.l_atom_index[lig]  # (L, W)
+        idx = self.tokens.atom_index[lig]  # (L, W)
         w = (idx >= 0).expand(b, -1, -1)
         if node_mask is not None:
             w = w & node_mask[:, idx.clamp(min=0)]
@@ -312,7 +331,7 @@ class HemePLM(nn.Module):
         table = table.view(b, n, k)
         if not masked:
             return table
-        anchor = self.l_atom_token[self.l_frame_atoms[self.l_residue, 1]]  # (N,) token of the anchor residue
+        anchor = self.tokens.atom_token[self.tokens.frame_atoms[self.tokens.residue, 1]]  # (N,) token of the anchor residue
         return torch.where(known[..., None], table, table[:, anchor])
 
     def denoise(self, x_t, t, cond, mask):

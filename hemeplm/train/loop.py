@@ -85,7 +85,7 @@ class Objective(nn.Module):
         frame 0. The unweighted structure terms (Å², means over the batch) are left in ``self.structure``."""
         m = self.model
         key = coords[:, 0]
-        node_mask = mask[:, 0][:, m.l_atom_token]
+        node_mask = mask[:, 0][:, m.tokens.atom_token]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
 
         def structure(x0_hat: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
