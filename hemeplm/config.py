@@ -73,6 +73,9 @@ class TaskConfig:
     inpaint: float = 1.0
     upsample: float = 1.0
     upsample_factor: int = 4
+    #: frames a forecast window is given (the first one only its start frame): 1 keys each window on one
+    #: frame; 2-3 give the model velocities. Training draws 1..history.
+    history: int = 1
 
 
 @dataclass
@@ -104,6 +107,10 @@ class StructureConfig:
 
     bond_weight: float = 1.0
     clash_weight: float = 0.1
+    #: peptide bonds: ω within 10° of planar and the two angles across the bond within 4 σ (rad², mean per bond)
+    peptide_weight: float = 0.0
+    #: frame-aligned point error (Å, clamped at 10 Å) of every atom in sampled residue frames, AlphaFold's FAPE
+    fape_weight: float = 0.0
     project_steps: int = 50
     project_restraint: float = 0.01
     fold_sigmas: float = 0.0

@@ -352,3 +352,65 @@ def test_peptide_penalty_is_flat_bottomed():
     assert float(peptide_penalty(bond(180.0, ca_c_n=116.2 + (k - 0.5) * sigma), quads)) == 0.0
     assert float(peptide_penalty(bond(180.0, ca_c_n=116.2 + (k + 0.5) * sigma), quads)) > 0
     assert float(peptide_penalty(bond(180.0, c_n_ca=121.7 - (k + 0.5) * PEPTIDE_ANGLES["c_n_ca"][1]), quads)) > 0
+
+
+# ----------------------------------------------------------------------------- losses in Ångström, history
+def test_structure_terms_score_peptides_and_frame_aligned_error(tiny):
+    """FAPE of frames against themselves is ~0; twisting one peptide bond by 57° raises the peptide term (the
+    tiny system's frames carry 0.2 Å noise, so theirs is not 0); FAPE is blind to a rigid motion of the
+    prediction but sees a local distortion."""
+    from hemeplm.geometry.structure import frame_aligned_error, structure_terms
+
+    model = tiny.model
+    md = tiny.windows[0]["coords"][None]  # (1, T, A, 3)
+    frames = model.tokens.frame_atoms
+    terms = structure_terms(md, model.internal, model.peptide, md, frames)
+    assert set(terms) == {"bond", "clash", "peptide", "fape"}
+    assert float(terms["fape"]) < 1e-3
+    flattest = int(peptide_geometry(md[0, 0], model.peptide)[0].argmin())  # twisting it by 57° can only hurt
+    ca, c, n, ca1 = model.peptide[flattest].tolist()
+    token = model.tokens.atom_token[ca1]
+    turned = md.clone()
+    rot = rotvec_to_matrix(torch.nn.functional.normalize(md[0, 0, n] - md[0, 0, c], dim=-1) * 1.0)  # 57°
+    downstream = torch.arange(md.shape[2]) >= int(model.tokens.atom_index[token][model.tokens.atom_index[token] >= 0].min())
+    turned[:, :, downstream] = (md[:, :, downstream] - md[:, :, None, n]) @ rot.T + md[:, :, None, n]
+    twisted = float(structure_terms(turned, model.internal, model.peptide)["peptide"])
+    assert twisted > float(terms["peptide"]) + 0.5 / len(model.peptide), (twisted, float(terms["peptide"]))
+    rigid = moved(md, random_rotation(3), torch.tensor([5.0, -2.0, 1.0]))
+    assert float(frame_aligned_error(rigid, md, frames)) < 1e-3
+    assert float(frame_aligned_error(turned, md, frames)) > 0.1
+
+
+def test_forecast_mask_gives_the_history_and_training_draws_it():
+    import random
+
+    from hemeplm.tasks import draw_training_mask
+
+    lig = torch.tensor([False, False, True])
+    mask = task_mask("forecast", 9, lig, history=3)
+    assert mask[:3].all() and not mask[3:].any()
+    rng = random.Random(0)
+    given = {int(draw_training_mask(rng, {"forecast": 1.0}, 9, lig, 4, history=3)[1].all(-1).sum()) for _ in range(60)}
+    assert given == {1, 2, 3}
+    rng = random.Random(0)
+    assert {int(draw_training_mask(rng, {"forecast": 1.0}, 9, lig, 4)[1].all(-1).sum()) for _ in range(20)} == {1}
+
+
+def test_forecast_with_history_continues_each_window_from_its_predecessors_last_frames(tiny):
+    """With tasks.history 3 the windows overlap by 3 frames, and those frames are not generated twice."""
+    gen = dataclasses.replace(tiny.generator(), project_steps=0)
+    gen.cfg = dataclasses.replace(gen.cfg, tasks=dataclasses.replace(gen.cfg.tasks, history=3))
+    seen = []
+    original = gen.window_sample
+
+    def record(coords, mask, generator):
+        seen.append((coords.clone(), mask.clone()))
+        return original(coords, mask, generator)
+
+    gen.window_sample = record
+    t = gen.window
+    out = gen.forecast(tiny.windows[0]["coords"][0], 2 * t, 1, torch.Generator().manual_seed(0))
+    assert out.shape[1] == 2 * t and len(seen) == len(gen.window_starts(2 * t, 3)) >= 3
+    assert seen[0][1].all(-1).sum() == 1 and all(int(m.all(-1).sum()) == 3 for _, m in seen[1:])
+    step = t - 3
+    torch.testing.assert_close(seen[1][0][:, :3], out[:, step:step + 3])

@@ -58,7 +58,7 @@ from hemeplm.device import resolve_device
 from hemeplm.diffusion import SAMPLERS, GaussianDiffusion
 from hemeplm.errors import HemeplmError
 from hemeplm.models.surrogate import HemePLM
-from hemeplm.geometry.structure import peptide_quads, project
+from hemeplm.geometry.structure import project
 from hemeplm.tasks import task_mask
 from hemeplm.io import output_paths
 from hemeplm.io import check_outputs
@@ -177,10 +177,9 @@ class Sampler:
                                   sampler=self.sampler, generator=generator, progress=self.progress,
                                   clip_x0=float(m.value_limit))
         st = self.cfg.structure
-        peptide = peptide_quads(m.tokens.torsion_atoms[:, 2], m.internal.pair_index, m.internal.pair_length)
         projected = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
                             restraint=st.project_restraint, fold=key if self.fold_hold > 0 else None,
-                            fold_sigmas=self.fold_hold, peptide=peptide)
+                            fold_sigmas=self.fold_hold, peptide=m.peptide)
         out = m.coordinates(projected, key)
         moved = (out - m.coordinates(x, key)).norm(dim=-1) if projected is not x else out.new_zeros(out.shape[:-1])
         generated = (~atom_known).to(moved.dtype)  # (S, T, A)
@@ -211,23 +210,30 @@ class Sampler:
             known[s:s + t] = True
         return coords
 
-    def window_starts(self, n_frames: int) -> list[int]:
-        """Start frames of the windows of :attr:`window` frames, overlapping by one frame, that cover
+    def window_starts(self, n_frames: int, overlap: int = 1) -> list[int]:
+        """Start frames of the windows of :attr:`window` frames, overlapping by ``overlap`` frames, that cover
         ``n_frames`` frames (the last window may reach past them)."""
-        return list(range(0, max(1, n_frames - 1), self.window - 1))
+        return list(range(0, max(1, n_frames - overlap), self.window - overlap))
 
-    def _timeline(self, n_samples: int, n_frames: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    @property
+    def history(self) -> int:
+        """Frames a forecast window continues from (``tasks.history``)."""
+        return self.cfg.tasks.history
+
+    def _timeline(self, n_samples: int, n_frames: int, device, overlap: int = 1
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Empty (S, F', A, 3) coordinates and (F', N) known mask covering ``n_frames`` frames with
-        windows that overlap by one frame, and the windows' start frames (F' >= n_frames)."""
-        starts = self.window_starts(n_frames)
+        windows that overlap by ``overlap`` frames, and the windows' start frames (F' >= n_frames)."""
+        starts = self.window_starts(n_frames, overlap)
         total = starts[-1] + self.window
         coords = torch.zeros(n_samples, total, self.model.n_atoms, 3, device=device)
         known = torch.zeros(total, self.model.tokens.kind.numel(), dtype=torch.bool, device=device)
         return coords, known, starts
 
     def forecast(self, start: torch.Tensor, num_frames: int, n_samples: int, generator) -> torch.Tensor:
-        """start (A, 3) -> (S, num_frames, A, 3); frame 0 is ``start``."""
-        coords, known, starts = self._timeline(n_samples, num_frames, start.device)
+        """start (A, 3) -> (S, num_frames, A, 3); frame 0 is ``start``. The first window is given ``start``;
+        each later one its first :attr:`history` frames, the last ones its predecessor generated."""
+        coords, known, starts = self._timeline(n_samples, num_frames, start.device, self.history)
         coords[:, 0] = start
         known[0] = True
         # every window is keyed on the last generated frame (the fold hold, when on, keeps that frame's fold)

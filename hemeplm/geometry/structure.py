@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from hemeplm.geometry.rigid import residue_frames
 from hemeplm.geometry.torsion import bond_angle, dihedral_angle
 
 #: a non-bonded pair closer than this times the sum of the van der Waals radii clashes
@@ -50,6 +51,12 @@ PEPTIDE_ANGLES = {"ca_c_n": (116.2, 2.0), "c_n_ca": (121.7, 2.3)}
 PROJECT_ANGLE_SIGMAS = 12.0
 #: degrees; the projection's ω tolerance: ω within this of 180° (trans) or 0° (cis) costs nothing
 PROJECT_OMEGA_TOLERANCE = 15.0
+#: training's peptide term: ω within this many degrees of planar costs nothing (MD: ~6° spread; the
+#: evaluation's outliers are 30° off), and each angle across the bond within this many σ
+TRAIN_OMEGA_TOLERANCE = 10.0
+TRAIN_ANGLE_SIGMAS = 4.0
+#: Å; AlphaFold's FAPE clamp: an atom further off than this counts as this far
+FAPE_CLAMP_A = 10.0
 #: Å²/rad²; the weight of the projection's peptide terms: 10° beyond a tolerance costs 0.3 Å², as much as a
 #: 0.55 Å bond-length error (with weight 1 the restraint on the values held a 60° twist at 20°, not 15°)
 PROJECT_PEPTIDE_WEIGHT = 10.0
@@ -190,11 +197,42 @@ def peptide_penalty(x: torch.Tensor, quads: torch.Tensor, omega_tolerance: float
     return pen.sum(-1)
 
 
-def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """(B, T, A, 3) -> ``bond`` and ``clash``, each (B,), means over frames (and pairs; see module docstring)."""
+def frame_aligned_error(x: torch.Tensor, truth: torch.Tensor, frame_atoms: torch.Tensor,
+                        clamp: float = FAPE_CLAMP_A) -> torch.Tensor:
+    """AlphaFold's frame-aligned point error: every atom seen from every given residue frame.
+
+    Args:
+        x, truth: (B, T, A, 3) Å, predicted and true coordinates.
+        frame_atoms: (K, 3) N, CA, C atom indices of the residue frames to look from.
+    Returns:
+        (B,) mean over frames, residue frames and atoms of ``min(clamp, |F̂⁻¹ x̂ - F⁻¹ x|)`` (Å), with F the
+        N-CA-C frame built from the same coordinates: invariant to a rigid motion of either structure.
+    """
+    def local(c: torch.Tensor) -> torch.Tensor:
+        rot = residue_frames(c, frame_atoms)  # (B, T, K, 3, 3)
+        rel = c[..., None, :, :] - c[..., frame_atoms[:, 1], :][..., None, :]  # (B, T, K, A, 3)
+        return torch.einsum("...kji,...kaj->...kai", rot, rel)
+
+    err = ((local(x) - local(truth)).pow(2).sum(-1) + 1e-8).sqrt().clamp(max=clamp)
+    return err.mean(dim=(-1, -2, -3))
+
+
+def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor], peptide: torch.Tensor | None = None,
+                    truth: torch.Tensor | None = None, frame_atoms: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """(B, T, A, 3) -> ``bond`` and ``clash``, each (B,), means over frames (and pairs; see module docstring);
+    with ``peptide`` quads also ``peptide`` (rad², mean over frames and bonds of :func:`peptide_penalty` at
+    :data:`TRAIN_OMEGA_TOLERANCE` and :data:`TRAIN_ANGLE_SIGMAS`), and with the ``truth`` (B, T, A, 3) and
+    residue ``frame_atoms`` (K, 3) also ``fape`` (Å, :func:`frame_aligned_error`)."""
     bond = bond_deviation(x, internal)
-    return {"bond": bond.mean(dim=(-1, -2)) if bond.shape[-1] else x.new_zeros(x.shape[0]),
-            "clash": clash_penalty(x, internal).mean(-1)}
+    out = {"bond": bond.mean(dim=(-1, -2)) if bond.shape[-1] else x.new_zeros(x.shape[0]),
+           "clash": clash_penalty(x, internal).mean(-1)}
+    if peptide is not None:
+        pen = peptide_penalty(x, peptide, TRAIN_OMEGA_TOLERANCE, TRAIN_ANGLE_SIGMAS)  # (B, T), summed over bonds
+        out["peptide"] = pen.mean(-1) / max(1, len(peptide))
+    if truth is not None and frame_atoms is not None and len(frame_atoms):
+        out["fape"] = frame_aligned_error(x, truth, frame_atoms)
+    return out
 
 
 def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, free: torch.Tensor,
