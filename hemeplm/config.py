@@ -76,6 +76,9 @@ class TaskConfig:
     inpaint: float = 1.0
     upsample: float = 1.0
     upsample_factor: int = 4
+    #: frames a forecast window is given (the first one only its start frame): 1 keys each window on one
+    #: frame; 2-3 give the model velocities. Training draws 1..history.
+    history: int = 1
 
 
 @dataclass
@@ -100,15 +103,20 @@ class EnergyConfig:
 @dataclass
 class StructureConfig:
     """Structure terms (:mod:`hemeplm.geometry.structure`): their weights in training, on the decoded clean-data
-    estimate, and the projection of sampled windows onto them (Adam steps; 0 turns it off); a forecast's
-    projection also keeps Cα-Cα distances of its start frame within ``fold_sigmas`` training-MD standard
-    deviations (0 turns that off)."""
+    estimate, and the projection of sampled windows onto them and onto planar peptide bonds (Adam steps; 0
+    keeps the network's raw output). ``fold_sigmas`` > 0 turns on the fold hold (``sample.py --fold-hold``):
+    the projection then also keeps the Cα-Cα distances of each window's key frame within that many
+    training-MD standard deviations. Off (0) by default; a checkpoint keeps the value it was trained with."""
 
     bond_weight: float = 1.0
     clash_weight: float = 0.1
+    #: peptide bonds: ω within 10° of planar and the two angles across the bond within 4 σ (rad², mean per bond)
+    peptide_weight: float = 0.0
+    #: frame-aligned point error (Å, clamped at 10 Å) of every atom in sampled residue frames, AlphaFold's FAPE
+    fape_weight: float = 0.0
     project_steps: int = 50
     project_restraint: float = 0.01
-    fold_sigmas: float = 3.0
+    fold_sigmas: float = 0.0
 
 
 @dataclass
@@ -171,14 +179,15 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "denoiser.max_tokens": (1, None, True), "denoiser.fragment_halo": (0, None, True),
     "diffusion.timesteps": (2, None, True), "diffusion.sample_steps": (1, None, True),
     "tasks.forecast": (0, None, True), "tasks.tps": (0, None, True), "tasks.inpaint": (0, None, True),
-    "tasks.upsample": (0, None, True), "tasks.upsample_factor": (2, None, True),
+    "tasks.upsample": (0, None, True), "tasks.upsample_factor": (2, None, True), "tasks.history": (1, None, True),
     "energy.hidden": (1, None, True), "energy.layers": (1, None, True), "energy.n_rbf": (1, None, True),
     "energy.cutoff": (0, None, False), "energy.energy_weight": (0, None, True), "energy.force_weight": (0, None, True),
     "energy.interaction_weight": (0, None, True), "energy.frames_per_step": (1, None, True),
     "energy.lr": (0, None, False),
     "structure.bond_weight": (0, None, True), "structure.clash_weight": (0, None, True),
     "structure.project_steps": (0, None, True), "structure.project_restraint": (0, None, True),
-    "structure.fold_sigmas": (0, None, True),
+    "structure.fold_sigmas": (0, None, True), "structure.peptide_weight": (0, None, True),
+    "structure.fape_weight": (0, None, True),
     "optim.lr": (0, None, False), "optim.batch_size": (1, None, True), "optim.weight_decay": (0, None, True),
     "optim.grad_clip": (0, None, False), "optim.warmup_steps": (0, None, True), "optim.ema_decay": (0, 1, True),
 }
@@ -211,8 +220,9 @@ def check_value(key: str, value: Any, source: str) -> None:
 
 
 def check_config(cfg: "Config", source: str) -> "Config":
-    """What no single key can say: ``data.split`` (three fractions that sum to 1) and ``denoiser.dim``
-    divisible by ``denoiser.heads``; a one-line :class:`HemeplmError` naming the key and ``source``."""
+    """What no single key can say: ``data.split`` (three fractions that sum to 1), ``denoiser.dim``
+    divisible by ``denoiser.heads`` and ``tasks.history`` below ``data.window`` (a forecast window must
+    generate a frame); a one-line :class:`HemeplmError` naming the key and ``source``."""
     split = cfg.data.split
     if len(split) != 3 or any(not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 <= x <= 1
                               for x in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):
@@ -221,6 +231,9 @@ def check_config(cfg: "Config", source: str) -> "Config":
     if cfg.denoiser.dim % cfg.denoiser.heads:
         raise HemeplmError(f"config key 'denoiser.dim' ({cfg.denoiser.dim}) must be divisible by "
                            f"'denoiser.heads' ({cfg.denoiser.heads})", source)
+    if cfg.tasks.history >= cfg.data.window:
+        raise HemeplmError(f"config key 'tasks.history' ({cfg.tasks.history}) must be below 'data.window' "
+                           f"({cfg.data.window}): a forecast window has to generate at least one frame", source)
     return cfg
 
 

@@ -2,7 +2,8 @@
 
 A mask is (T, N) bool, True where a token's values in a frame are given:
 
-* ``forecast``: frame 0 given;
+* ``forecast``: frame 0 given, or the first ``history`` frames (the past frames a forecast
+  continues from: their differences are velocities);
 * ``tps``: first and last frames given (transition path between them);
 * ``inpaint``: protein tokens given in every frame; the ligand tokens (or a
   chosen subset) generated in every frame;
@@ -24,7 +25,8 @@ TASKS = ("forecast", "tps", "inpaint", "upsample")
 
 
 def task_mask(task: str, n_frames: int, is_ligand: torch.Tensor, upsample_factor: int = 4,
-              inpaint_tokens: torch.Tensor | None = None, ligand_key_given: bool = False) -> torch.Tensor:
+              inpaint_tokens: torch.Tensor | None = None, ligand_key_given: bool = False,
+              history: int = 1) -> torch.Tensor:
     """Conditioning mask of one task.
 
     Args:
@@ -35,13 +37,14 @@ def task_mask(task: str, n_frames: int, is_ligand: torch.Tensor, upsample_factor
         inpaint_tokens: (N,) bool, the tokens to inpaint (default: every ligand token).
         ligand_key_given: for ``inpaint``, also give the inpainted tokens in frame 0
             (used to continue an inpainted trajectory window by window).
+        history: for ``forecast``, the number of leading frames given (1: the key frame alone).
     Returns:
         (T, N) bool, True = given.
     """
     n = is_ligand.shape[0]
     mask = torch.zeros(n_frames, n, dtype=torch.bool, device=is_ligand.device)
     if task == "forecast":
-        mask[0] = True
+        mask[:history] = True
     elif task == "tps":
         mask[0] = True
         mask[-1] = True
@@ -68,8 +71,10 @@ def active_tasks(weights: dict[str, float], is_ligand: torch.Tensor) -> list[str
 
 
 def draw_training_mask(rng: random.Random, weights: dict[str, float], n_frames: int, is_ligand: torch.Tensor,
-                       upsample_factor: int) -> tuple[str, torch.Tensor]:
-    """Draw a task by weight and a mask for it (inpainting a random ligand subset half of the time).
+                       upsample_factor: int, history: int = 1) -> tuple[str, torch.Tensor]:
+    """Draw a task by weight and a mask for it (inpainting a random ligand subset half of the time; a
+    forecast from 1 to ``history`` given frames, uniformly, so a model serves a forecast's first window,
+    which has one known frame, and the windows after it, which have ``history``).
 
     ``rng`` should be seeded identically on every rank so that ranks train the same task.
     """
@@ -83,4 +88,5 @@ def draw_training_mask(rng: random.Random, weights: dict[str, float], n_frames: 
             subset = torch.zeros_like(is_ligand)
             subset[chosen] = True
         key_given = rng.random() < 0.25
-    return task, task_mask(task, n_frames, is_ligand, upsample_factor, subset, key_given)
+    given = rng.randint(1, history) if task == "forecast" and history > 1 else 1
+    return task, task_mask(task, n_frames, is_ligand, upsample_factor, subset, key_given, given)

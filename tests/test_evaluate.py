@@ -21,9 +21,11 @@ from conftest import TINY_SELECTION
 from test_plots import PDB, assert_png
 
 from hemeplm.evaluate import kinetics
-from hemeplm.evaluate.checks import CLASH_CLASSES, bond_lengths, bond_ok_fractions, clashes_by_kind, clashes_per_frame
+from hemeplm.evaluate.checks import (CLASH_CLASSES, backbone_angles, backbone_checks, bond_lengths, bond_ok_fractions,
+                                     clashes_by_kind, clashes_per_frame, physical_filter, ramachandran_allowed,
+                                     validity)
 from hemeplm.evaluate.energy import energy_force_metrics, evaluate_energies, interaction_metrics
-from hemeplm.evaluate.geometry import BOND_CLASSES, Geometry, TORSION_TYPES, build_geometry
+from hemeplm.evaluate.geometry import BOND_CLASSES, RAMA_CLASSES, Geometry, TORSION_TYPES, build_geometry
 from hemeplm.evaluate.report import log_to_wandb, print_table
 from hemeplm.evaluate.run import evaluate_trajectories
 from hemeplm.evaluate.stats import binned, decorrelation_time, jensen_shannon
@@ -83,9 +85,9 @@ def md(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def identity(md):
-    """The reference evaluated against itself (task tps, through the Python API)."""
+    """The reference evaluated against itself (task tps, through the Python API; no frame given)."""
     return evaluate_trajectories(md["top"], [md["ref"]], [md["ref"]], md["root"] / "identity", lag_ps=2.0,
-                                    task="tps", posebusters_frames=3)
+                                    task="tps", posebusters_frames=3, conditioned_frames=[])
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,8 @@ def noisy(md):
 @pytest.fixture(scope="module")
 def pocket(tmp_path_factory):
     """Heavy-atom topology (PDB) of twelve pocket residues and the xylene, a 400-frame reference, and that reference
-    with 1 Å Gaussian noise as the prior; the reference evaluated against itself with the prior (task tps, CLI)."""
+    with 1 Å Gaussian noise as the prior; the reference evaluated against itself with the prior (task tps, CLI,
+    no frame given)."""
     import mdtraj
 
     root = tmp_path_factory.mktemp("pocket")
@@ -114,7 +117,8 @@ def pocket(tmp_path_factory):
     files = {"top": root / "pocket.pdb", "ref": _save(t.topology, ref, root / "ref.xtc"),
              "prior": _save(t.topology, ref + rng.normal(size=ref.shape), root / "prior.xtc"), "out": root / "eval"}
     main(["evaluate", "--topology", str(files["top"]), "--reference", str(files["ref"]), "--generated",
-          str(files["ref"]), "--prior", str(files["prior"]), "--task", "tps", "--out", str(files["out"])])
+          str(files["ref"]), "--prior", str(files["prior"]), "--task", "tps", "--conditioned-frames",
+          "--out", str(files["out"])])
     return {**files, "metrics": json.loads((files["out"] / "metrics.json").read_text())}
 
 
@@ -236,7 +240,7 @@ def test_print_table(noisy, pocket):
     assert "torsion_jsd" in table and "ligand_valid_fraction" in table and "bond_ok_fraction_peptide" in table
     assert "tps_success_fraction" not in table
     table = print_table(pocket["metrics"])
-    assert table.splitlines()[0].split() == ["metric", "better", "model", "static", "random_walk", "prior",
+    assert table.splitlines()[0].split() == ["metric", "better", "model", "prior", "static", "random_walk",
                                              "reference"]
     assert "tps_success_fraction" in table and "tica_jsd" in table
     row = next(line.split() for line in table.splitlines() if line.startswith("clashes_per_frame_protein_ligand"))
@@ -322,7 +326,8 @@ def test_bad_input_names_the_file(md, tmp_path):
 
 def test_generated_topology_without_hydrogens(md, tmp_path):
     """Generated files usually hold heavy atoms only, with their own topology."""
-    metrics = evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path, posebusters_frames=0)
+    metrics = evaluate_trajectories(md["top"], [md["ref"]], [md["heavy"]], tmp_path, posebusters_frames=0,
+                                    conditioned_frames=[])
     assert metrics["info"]["generated_topology"] == str(md["root"] / "heavy_only.pdb")  # found beside the file
     assert metrics["model"]["torsion_jsd"] < 1e-6 and metrics["model"]["ligand_rmsd_mean_A"] < 1e-4
 
@@ -524,18 +529,19 @@ def test_weights_on_one_frame_give_that_frame_alone(md, tmp_path):
     one[j] = 1.0
     w = _weights_file(tmp_path / "one.npz", one)
     weighted = evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "one", lag_ps=2.0,
-                                        posebusters_frames=0, weights=w)["model"]
+                                        posebusters_frames=0, weights=w, conditioned_frames=[])["model"]
     frame = mdtraj.load(str(md["noisy"]), top=str(md["top"]))[j]
     alone = evaluate_trajectories(md["top"], [md["ref"]], [_save(frame.topology, frame.xyz * 10.0,
                                                                        tmp_path / "frame.xtc")],
-                                     tmp_path / "alone", lag_ps=2.0, posebusters_frames=0)["model"]
+                                     tmp_path / "alone", lag_ps=2.0, posebusters_frames=0,
+                                     conditioned_frames=[])["model"]
     for key in ("torsion_jsd", "contact_jsd", "contact_pearson") + tuple(f"torsion_jsd_{t}" for t in TORSION_TYPES):
         assert weighted[key] == pytest.approx(alone[key], abs=1e-9), key
     assert weighted["rmsf_pearson"] is None and alone["rmsf_pearson"] is None     # RMSF of one frame: all 0
     assert weighted["ligand_rmsd_median_A"] == weighted["ligand_rmsd_mean_A"] > 0.5  # frame j against reference j
     # validity stays an unweighted per-frame fraction over all 40 frames
     unweighted = evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "all", lag_ps=2.0,
-                                          posebusters_frames=0)["model"]
+                                          posebusters_frames=0, conditioned_frames=[])["model"]
     for key in ("bond_ok_fraction", "clashes_per_frame", "ligand_valid_fraction"):
         assert weighted[key] == unweighted[key], key
 
@@ -546,3 +552,227 @@ def test_weights_count_mismatch_names_the_file(md, tmp_path):
                                            rf"trajectories have {N_FRAMES} frames"):
         evaluate_trajectories(md["top"], [md["ref"]], [md["noisy"]], tmp_path / "x", weights=w)
     assert not (tmp_path / "x" / "metrics.json").exists()
+
+
+# ----------------------------------------------------------------------------- backbone checks and the physical filter
+
+def _turned(x0: np.ndarray, moving: np.ndarray, origin: np.ndarray, axis: np.ndarray, degrees: float) -> np.ndarray:
+    """x0 with the atoms ``moving`` turned by ``degrees`` about ``axis`` through ``origin``."""
+    from scipy.spatial.transform import Rotation
+
+    x = x0.copy()
+    rot = Rotation.from_rotvec(np.deg2rad(degrees) * axis / np.linalg.norm(axis)).as_matrix()
+    x[moving] = (x0[moving] - origin) @ rot.T + origin
+    return x
+
+
+def test_backbone_checks_see_a_twisted_and_a_bent_peptide_bond(pocket_geometry):
+    """The tail 87-89 turned 60° about the bond C86-N87 twists ω(87) only; bent 15° about N87 in the plane of
+    C86-N87-CA87, it opens the angle C-N-CA only. The bond 89-98 the topology adds is a chain break, not counted."""
+    geom, x0 = pocket_geometry
+    assert len(geom.peptide) == 10 and len(geom.rama) == 8        # two chains of six residues
+    base = backbone_checks(x0[None], geom)
+    assert base["ramachandran_outlier_fraction"] == 0.0 and base["omega_outlier_fraction"] == 0.0
+    c86, n87, ca87 = (_atom(geom, f"resSeq {r} and name {n}") for r, n in ((86, "C"), (87, "N"), (87, "CA")))
+    tail = geom.topology.select("protein and resSeq 87 to 89")
+    twisted = backbone_checks(_turned(x0, tail, x0[n87], x0[n87] - x0[c86], 60.0)[None], geom)
+    assert twisted["omega_outlier_fraction"] == pytest.approx(1 / 10)
+    assert twisted["peptide_angle_outlier_fraction"] == base["peptide_angle_outlier_fraction"]
+    normal = np.cross(x0[c86] - x0[n87], x0[ca87] - x0[n87])
+    moving = tail[tail != n87]
+    for degrees in (15.0, -15.0):
+        bent = _turned(x0, moving, x0[n87], normal, degrees)
+        angle = backbone_angles(bent[None], geom)["c_n_ca"][0]
+        if angle.max() > 125:  # the way that opens it
+            break
+    bent_checks = backbone_checks(bent[None], geom)
+    assert bent_checks["peptide_angle_outlier_fraction"] == pytest.approx(
+        base["peptide_angle_outlier_fraction"] + 1 / 20)              # one of 2 angles x 10 bonds
+    assert bent_checks["omega_outlier_fraction"] == 0.0
+
+
+def test_ramachandran_regions():
+    general, glycine, proline = (RAMA_CLASSES.index(c) for c in ("general", "glycine", "proline"))
+    cases = [  # (phi, psi, class, allowed)
+        (-60, -45, general, True), (-120, 130, general, True), (-75, 145, general, True), (60, 40, general, True),
+        (-170, -170, general, True), (0, 0, general, False), (-90, -135, general, False), (5, 150, general, False),
+        (130, 0, general, False), (-80, 180, glycine, True), (80, -170, glycine, True), (5, 100, glycine, False),
+        (-65, -40, proline, True), (-65, 145, proline, True), (60, 40, proline, False), (-150, 150, proline, False),
+        (-65, -120, proline, False),
+    ]
+    phi, psi, kind, allowed = (np.array(c) for c in zip(*cases))
+    assert ramachandran_allowed(phi, psi, kind).tolist() == allowed.tolist()
+
+
+def test_ramachandran_outliers_in_a_frame(pocket_geometry):
+    """φ(87) turned to 0° (the tail turned about N87-CA87): an outlier (0° is outside every class's regions)."""
+    geom, x0 = pocket_geometry
+    n87, ca87 = _atom(geom, "resSeq 87 and name N"), _atom(geom, "resSeq 87 and name CA")
+    moving = np.setdiff1d(geom.topology.select("protein and resSeq 87 to 89"), [n87, ca87])
+    row = int(np.flatnonzero(geom.rama[:, 2] == ca87)[0])
+    phi = backbone_angles(x0[None], geom)["phi"][0, row]
+    turned = next(x for x in (_turned(x0, moving, x0[ca87], x0[ca87] - x0[n87], d) for d in (phi, -phi))
+                  if abs(backbone_angles(x[None], geom)["phi"][0, row]) < 1)
+    assert backbone_checks(turned[None], geom)["ramachandran_outlier_fraction"] >= 1 / len(geom.rama)
+
+
+def test_physical_filter(pocket_geometry):
+    """A frame passes with its MD geometry; two atoms of different residues 0.5 Å apart fail it (of one residue
+    they do not), and so does a peptide bond stretched by 1 Å, unless only the ligand was generated."""
+    geom, x0 = pocket_geometry
+    c8, ca99 = _atom(geom, "resname TMP and name C8"), _atom(geom, "resSeq 99 and name CA")
+    onto = x0.copy()
+    onto[c8] = x0[ca99] + 0.5 / np.sqrt(3)
+    ca84, cb84 = _atom(geom, "resSeq 84 and name CA"), _atom(geom, "resSeq 84 and name CB")
+    inside = x0.copy()
+    inside[cb84] = x0[ca84] + 0.5 / np.sqrt(3)
+    c86, n87 = _atom(geom, "resSeq 86 and name C"), _atom(geom, "resSeq 87 and name N")
+    stretched = _stretched(x0, geom.topology.select("protein and resSeq 87 to 89"), c86, n87, by=1.0)
+    frames = np.stack([x0, onto, inside, stretched])
+    assert physical_filter(frames, geom).tolist() == [True, False, True, False]
+    assert physical_filter(frames, geom, atoms=geom.is_ligand).tolist() == [True, False, True, True]
+    assert validity_of(frames, geom)["physical_filter_pass_fraction"] == 0.5
+
+
+def validity_of(frames: np.ndarray, geom: Geometry) -> dict:
+    """:func:`validity` against the frames' own first frame as the reference."""
+    from types import SimpleNamespace
+
+    return validity(frames, SimpleNamespace(geom=geom, bond_lengths=bond_lengths(frames[:1], geom)[0]))
+
+
+def test_transition_paths_count_only_generated_frames():
+    """A path whose given last frame alone is in the end state has not arrived."""
+    stuck, through = np.array([0, 0, 0, 0, 2]), np.array([0, 1, 2, 2, 2])
+    interior = [np.array([False, True, True, True, False])] * 2
+    assert transition_paths([stuck], [2])["tps_success_fraction"] == 1.0           # counting the given end frame
+    out = transition_paths([stuck, through], [2, 2], interior)
+    assert out["tps_success_fraction"] == 0.5 and out["tps_path_frames_mean"] == 2.0
+
+
+# ----------------------------------------------------------------------------- what is scored, and the columns
+
+@pytest.fixture(scope="module")
+def short_pocket(pocket):
+    """The pocket's first 40 reference frames saved 2 ps apart, and its topology."""
+    import mdtraj
+
+    t = mdtraj.load(str(pocket["ref"]), top=str(pocket["top"]))[:40]
+    t.time = np.arange(40) * 2.0
+    path = pocket["out"].parent / "short_ref.xtc"
+    t.save_xtc(str(path))
+    return {"top": pocket["top"], "ref": path, "xyz": t.xyz * 10.0, "topology": t.topology}
+
+
+def _write(topology, xyz: np.ndarray, path: Path, dt_ps: float) -> Path:
+    import mdtraj
+
+    mdtraj.Trajectory(xyz.astype(np.float32) / 10.0, topology, time=np.arange(len(xyz)) * dt_ps).save(str(path))
+    return path
+
+
+def test_conditioned_frames_and_spacing_come_from_the_generated_files(short_pocket, tmp_path):
+    """A forecast whose given frame 0 is broken scores like its generated frames alone; the frame spacing is the
+    generated files' own (5 ps), not the reference's (2 ps), and a summary's spacing and frames win."""
+    geom_top = short_pocket["topology"]
+    xyz = short_pocket["xyz"][:10].copy()
+    c8 = int(geom_top.select("resname TMP and name C8")[0])
+    ca99 = int(geom_top.select("resSeq 99 and name CA")[0])
+    xyz[0, c8] = xyz[0, ca99] + 0.3                           # frame 0: the xylene in a Cα
+    gen = _write(geom_top, xyz, tmp_path / "gen.xtc", 5.0)
+    run = lambda out, **kw: evaluate_trajectories(short_pocket["top"], [short_pocket["ref"]], [gen], tmp_path / out,
+                                                  posebusters_frames=0, **kw)
+    forecast = run("forecast")
+    alone = evaluate_trajectories(short_pocket["top"], [short_pocket["ref"]],
+                                  [_write(geom_top, xyz[1:], tmp_path / "alone.xtc", 5.0)], tmp_path / "alone",
+                                  posebusters_frames=0, conditioned_frames=[])
+    everything = run("everything", conditioned_frames=[])
+    for key in ("clashes_per_frame", "physical_filter_pass_fraction", "omega_outlier_fraction", "torsion_jsd",
+                "ramachandran_outlier_fraction", "bond_ok_fraction", "ligand_valid_fraction"):
+        assert forecast["model"][key] == pytest.approx(alone["model"][key]), key
+    assert everything["model"]["clashes_per_frame_protein_ligand"] > forecast["model"]["clashes_per_frame_protein_ligand"]
+    info = forecast["info"]
+    assert info["scored_frames"]["model"] == [9] and info["conditioned"]["model"] == "--task forecast: frame 0"
+    assert info["generated_timestep_ps"] == 5.0 and info["reference_timestep_ps"] == 2.0
+    assert info["generated_timestep_source"] == "the generated files' frame times"
+    summary = tmp_path / "gen.json"
+    summary.write_text(json.dumps({"task": "forecast", "timestep_ps": 10.0, "conditioned_frames": [0, 1],
+                                   "trajectories": [str(gen)]}))
+    stated = run("stated")["info"]
+    assert stated["generated_timestep_ps"] == 10.0 and stated["scored_frames"]["model"] == [8]
+    assert stated["generated_timestep_source"] == f"timestep_ps of {summary}"
+    with pytest.raises(HemeplmError, match=r"gen\.json: says the generated frames are 10 ps apart, but "
+                                           r"--generated-timestep-ps is 5"):
+        run("refused", generated_timestep_ps=5.0)
+    with pytest.raises(HemeplmError, match=r"gen\.json: was sampled with --task forecast; evaluate it with --task "
+                                           "forecast"):
+        run("refused", task="tps")
+    summary.unlink()
+    with pytest.raises(HemeplmError, match=r"gen\.xtc: --task upsample: which frames were given needs the sample "
+                                           "summary"):
+        run("refused", task="upsample")
+
+
+def test_tps_success_against_the_given_end_state(pocket, tmp_path):
+    """A 'path' that stays at the start and whose given last frame alone is the reference's end frame fails."""
+    import mdtraj
+
+    t = mdtraj.load(str(pocket["ref"]), top=str(pocket["top"]))
+    xyz = np.repeat(t.xyz[:1] * 10.0, len(t.xyz), axis=0)
+    xyz[-1] = t.xyz[-1] * 10.0
+    stuck = _write(t.topology, xyz, tmp_path / "stuck.xtc", 1.0)
+    metrics = evaluate_trajectories(pocket["top"], [pocket["ref"]], [pocket["ref"]], tmp_path / "tps", task="tps",
+                                    raw=[stuck], posebusters_frames=0)
+    assert metrics["info"]["scored_frames"]["raw"] == [len(xyz) - 2]
+    assert metrics["info"]["tps_end_state"] == "state of the reference's last frame"
+    assert metrics["raw"]["tps_success_fraction"] == 0.0      # counting its given last frame, it would have arrived
+    assert metrics["model"]["tps_success_fraction"] == 1.0     # the reference's own path arrives before its end
+
+
+def test_raw_columns_come_first(short_pocket, tmp_path):
+    """--raw and --raw-prior beside --generated and --prior: columns raw, raw_prior, model, prior, static,
+    random_walk, reference; the reference has every validity check of its own."""
+    rng = np.random.default_rng(5)
+    xyz = short_pocket["xyz"][:8]
+    files = {name: _write(short_pocket["topology"], xyz + rng.normal(scale=s, size=xyz.shape), tmp_path / f"{name}.xtc",
+                          2.0) for name, s in (("raw", 0.3), ("raw_prior", 0.6), ("gen", 0.1), ("prior", 0.2))}
+    out = tmp_path / "eval"
+    main(["evaluate", "--topology", str(short_pocket["top"]), "--reference", str(short_pocket["ref"]),
+          "--generated", str(files["gen"]), "--prior", str(files["prior"]), "--raw", str(files["raw"]),
+          "--raw-prior", str(files["raw_prior"]), "--posebusters-frames", "0", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    table = print_table(metrics)
+    assert table.splitlines()[0].split() == ["metric", "better", "raw", "raw_prior", "model", "prior", "static",
+                                             "random_walk", "reference"]
+    for key in ("omega_outlier_fraction", "ramachandran_outlier_fraction", "peptide_angle_outlier_fraction",
+                "physical_filter_pass_fraction"):
+        row = next(line.split() for line in table.splitlines() if line.startswith(key + " "))
+        assert len(row) == 9 and "-" not in row[2:], row
+        assert metrics["info"]["reference"][key] is not None
+    assert metrics["raw_prior"]["bond_ok_fraction"] < metrics["raw"]["bond_ok_fraction"] < metrics["model"][
+        "bond_ok_fraction"]
+    assert metrics["info"]["raw_files"] == [str(files["raw"])] and metrics["info"]["scored_frames"]["raw"] == [7]
+
+
+def test_inpainting_scores_only_the_inpainted_atoms(short_pocket, tmp_path):
+    """With --task inpaint the given protein is not scored: protein-only metrics are null, the rest count only
+    terms with an inpainted atom; the baselines keep the given protein."""
+    xyz = short_pocket["xyz"][:6].copy()
+    top = short_pocket["topology"]
+    ligand = top.select("resname TMP")
+    xyz[:, ligand] += np.random.default_rng(2).normal(scale=0.05, size=(6, len(ligand), 3))
+    gen = _write(top, xyz, tmp_path / "inp.xtc", 2.0)
+    (tmp_path / "inp.json").write_text(json.dumps({"task": "inpaint", "conditioned_frames": [],
+                                                   "inpainted_atoms": ligand.tolist(), "trajectories": [str(gen)]}))
+    metrics = evaluate_trajectories(short_pocket["top"], [short_pocket["ref"]], [gen], tmp_path / "eval",
+                                    task="inpaint", posebusters_frames=0)
+    for name in ("model", "static", "random_walk"):
+        m = metrics[name]
+        for key in ("torsion_jsd", "rmsf_pearson", "omega_outlier_fraction", "ramachandran_outlier_fraction",
+                    "peptide_angle_outlier_fraction", "bond_ok_fraction_intra_residue", "bond_ok_fraction_peptide",
+                    "clashes_per_frame_protein_protein"):
+            assert m[key] is None, (name, key)
+        assert m["bond_ok_fraction"] == m["bond_ok_fraction_ligand"] and m["physical_filter_pass_fraction"] == 1.0
+    assert metrics["info"]["generated_atoms"].endswith(f"({len(ligand)} atoms)")
+    assert metrics["info"]["scored_frames"]["model"] == [6]
+    assert metrics["info"]["reference"]["omega_outlier_fraction"] is None

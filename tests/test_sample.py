@@ -79,6 +79,8 @@ def test_tps_coarse_to_fine(gen, tiny_system, frames, tmp_path):
     summary = task(gen, tiny_system, out, "tps", start=2, end=30, num_frames=12)
     xyz = read(out)
     assert summary["num_frames"] == 12 and xyz.shape[0] == 12  # 5 frames, then 4 x 4 + 1 = 17, resampled to 12
+    assert summary["conditioned_frames"] == [0, 11]
+    assert len(summary["projection"]["windows"]) == 1 + 4  # one path, then one per gap of its 5 frames
     np.testing.assert_allclose(xyz[0], frames[2], atol=1e-4)
     np.testing.assert_allclose(xyz[-1], frames[30], atol=1e-4)
     assert (np.abs(xyz[1:-1] - frames[2]).max(axis=(1, 2)) > 0.05).all()
@@ -90,6 +92,7 @@ def test_upsample_keeps_every_kth_frame(gen, tiny_system, frames, tmp_path):
     summary = task(gen, tiny_system, out, "upsample", start=4, end=21)  # lag 1: coarse frames k file frames apart
     xyz = read(out)
     assert summary["stride"] == k and summary["given_frames"] == [4, 20]  # 9 coarse frames; frame 21 left out
+    assert summary["conditioned_frames"] == list(range(0, summary["num_frames"], k))
     assert xyz.shape[0] == summary["num_frames"] == (9 - 1) * k + 1
     np.testing.assert_allclose(xyz[::k], frames[4:21:k], atol=1e-4)
     assert (np.abs(xyz[1::k] - frames[4:20:k]).max(axis=(1, 2)) > 0.05).all()
@@ -147,7 +150,7 @@ def test_inpaint_keeps_the_protein(gen, tiny_system, frames, tmp_path, caplog):
     xyz = read(out)
     lig = gen.model.atoms.is_ligand.numpy()
     assert xyz.shape[0] == summary["num_frames"] == 9 and summary["stride"] == 1
-    assert summary["inpainted_atoms"] == np.flatnonzero(lig).tolist()
+    assert summary["inpainted_atoms"] == np.flatnonzero(lig).tolist() and summary["conditioned_frames"] == []
     np.testing.assert_allclose(xyz[:, ~lig], frames[5:14, ~lig], atol=1e-4)
     assert (np.abs(xyz[:, lig] - frames[5:14, lig]).max(axis=(1, 2)) > 0.05).all()
     # two ligand atoms: the xylene is one token, generated whole, and the log names the atoms added
@@ -257,6 +260,62 @@ def test_prior_is_the_model_with_nothing_learnt(gen, frames):
     assert not torch.equal(nothing, learnt)
 
 
+def test_summary_reports_what_the_projection_did(gen, tiny_system, tmp_path):
+    """Per window (three of 5 frames for 11), the mean and largest displacement of the generated atoms by the
+    projection and the fraction moved more than 0.5 Å; all zero with --project-steps 0 (the raw network output)."""
+    summary = task(gen, tiny_system, tmp_path / "f.dcd", "forecast", num_frames=11, num_samples=2)
+    found = summary["projection"]
+    assert summary["conditioned_frames"] == [0] and summary["fold_hold"] == 0.0
+    assert found["steps"] == gen.projection_steps == 50 and found["moved_threshold_A"] == 0.5
+    assert len(found["windows"]) == 3
+    for w in found["windows"]:
+        assert 0 <= w["mean_A"] <= w["max_A"] and 0 <= w["moved_fraction"] <= 1
+    assert found["max_A"] == max(w["max_A"] for w in found["windows"]) and found["mean_A"] > 0
+    assert json.loads((tmp_path / "f.json").read_text())["projection"] == found
+    raw = task(dataclasses.replace(gen, project_steps=0), tiny_system, tmp_path / "raw.dcd", "forecast", num_frames=11)
+    assert raw["project_steps"] == raw["projection"]["steps"] == 0 and len(raw["projection"]["windows"]) == 3
+    assert all(w == {"mean_A": 0.0, "max_A": 0.0, "moved_fraction": 0.0} for w in raw["projection"]["windows"])
+
+
+def test_fold_hold_is_opt_in_and_holds_each_windows_key_frame(gen, frames, monkeypatch):
+    """Off unless asked for; when on, every window's projection holds the fold of that window's own key frame (for a
+    forecast the last frame of the previous window), not the forecast's start."""
+    from hemeplm.generate import sampler as sampling
+
+    seen = []
+
+    def project(coordinates, values, free, internal, steps=50, restraint=0.01, fold=None, fold_sigmas=0.0,
+                peptide=None):
+        seen.append((None if fold is None else fold.clone(), fold_sigmas, peptide))
+        return values
+
+    monkeypatch.setattr(sampling, "project", project)
+    start = torch.from_numpy(frames[3])
+    assert gen.cfg.structure.fold_sigmas == 0.0 and gen.fold_hold == 0.0
+    gen.forecast(start, 11, 2, torch.Generator().manual_seed(0))
+    assert len(seen) == 3 and all(fold is None for fold, _, _ in seen)
+    assert all(len(peptide) == 2 * 5 for _, _, peptide in seen)  # the peptide terms are always on
+    seen.clear()
+    held = dataclasses.replace(gen, fold_sigmas=2.5)
+    out = held.forecast(start, 11, 2, torch.Generator().manual_seed(0))
+    assert [sigmas for _, sigmas, _ in seen] == [2.5] * 3
+    for window, (fold, _, _) in enumerate(seen):
+        assert torch.equal(fold, out[:, window * (held.window - 1)])  # (samples, A, 3): each sample's key frame
+    assert not torch.equal(seen[1][0][0], start)
+
+
+def test_fold_hold_option(tiny_run, tiny_system, tmp_path, capsys):
+    from hemeplm.cli import sample as cli_sample
+
+    common = ["--ckpt", str(tiny_run["ckpt"]), "--task", "forecast", "--topology", str(tiny_system["topology"]),
+              "--frames", str(tiny_system["trajectory"]), "--num-frames", "5"]
+    with pytest.raises(SystemExit) as exc:
+        cli_sample.main([*common, "--out", str(tmp_path / "bad.dcd"), "--fold-hold", "-1"])
+    assert exc.value.code == 2 and "--fold-hold must be 0 (off) or more, got -1" in capsys.readouterr().err
+    cli_sample.main([*common, "--out", str(tmp_path / "held.dcd"), "--fold-hold", "2"])
+    assert json.loads((tmp_path / "held.json").read_text())["fold_hold"] == 2.0
+
+
 def test_seed_decides_the_samples(gen, tiny_system, tmp_path):
     out = tmp_path / "a.dcd"
     task(gen, tiny_system, out, "forecast", num_frames=5, seed=7)
@@ -321,8 +380,9 @@ def test_sample_py_errors_are_one_line(tiny_run, tiny_system, tmp_path):
 
 
 def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
-    """``python tools/demo.py``: forecast and inpaint tables with the prior column, and the long forecast's
-    validity (all frames and the last ones) beside the held-out MD's."""
+    """``python tools/demo.py``: forecast and inpaint tables headed by the raw model beside the raw prior (sampled
+    with --project-steps 0 and the same seed), then the projected pair, the baselines and the held-out MD; and the
+    long forecast's validity (its generated frames and the last ones) beside the held-out MD's."""
     import importlib.util
     import shutil
 
@@ -341,12 +401,18 @@ def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
     assert tables["forecast"] in written and written.endswith("<!-- demo:end -->\nkept\n")
     assert set(tables) == {"forecast", "inpaint", "long_forecast"}
     for name in ("forecast", "inpaint"):
-        assert tables[name].splitlines()[0].split() == ["metric", "better", "model", "static", "random_walk",
-                                                        "prior", "reference"]
-        assert json.loads((run / "eval" / f"{name}_prior.json").read_text())["seed"] == 0
+        assert tables[name].splitlines()[0].split() == ["metric", "better", "raw", "raw_prior", "model", "prior",
+                                                        "static", "random_walk", "reference"]
+        sampled = {who: json.loads((run / "eval" / f"{name}{suffix}.json").read_text())
+                   for who, suffix in (("raw", "_raw"), ("raw_prior", "_raw_prior"), ("model", ""), ("prior", "_prior"))}
+        assert {who: (s["seed"], s["project_steps"]) for who, s in sampled.items()} == {
+            "raw": (0, 0), "raw_prior": (0, 0), "model": (0, 50), "prior": (0, 50)}
+        assert "physical_filter_pass_fraction" in tables[name]
+    assert "omega_outlier_fraction" in tables["forecast"]
+    assert "omega_outlier_fraction" not in tables["inpaint"]  # the given protein is not scored
     assert json.loads((run / "eval" / "inpaint.json").read_text())["stride"] == tiny_run["cfg"].data.lag
     long = tables["long_forecast"].splitlines()
-    assert long[0] == "all 12 frames:" and "last 12 frames:" in long
+    assert long[0] == "all 11 generated frames:" and "last 11 frames:" in long
     assert long[1].split() == ["metric", "better", "model", "reference"]
     found = json.loads((run / "eval" / "long_forecast_validity.json").read_text())
     assert found["frames"] == 12 and found["all"]["model"]["clashes_per_frame"] >= 0

@@ -6,20 +6,25 @@ The held-out split is the last ``data.split[2]`` of each training trajectory
 (never seen in training or validation). From its first frame the model
 forecasts as many frames as the held-out span covers (at the model's lag);
 it also inpaints the ligand into the held-out frames at the model's frame
-spacing. Both are evaluated against the held-out MD beside the static,
-random-walk and prior baselines (the prior: the same checkpoint with its
-denoiser's output zeroed, :meth:`~hemeplm.generate.sampler.Generator.prior`, sampled
-with the same tasks and seed). A long forecast by the model (``--long-frames``,
-one sample from the first held-out frame; no prior, to keep it short) is
-checked for validity only: bonds, clashes and ligand validity over all its
-frames and over its last :data:`LONG_TAIL`, beside the held-out MD's own
-(``long_forecast_validity.json``). The tables are printed and saved in ``RUN/eval/``
-(``tables.json``).
+spacing. Each task is sampled four times with the same seed: the model and the
+prior (the same checkpoint with its denoiser's output ``denoiser.out`` zeroed,
+:meth:`~hemeplm.generate.sampler.Sampler.prior`), each raw (``--project-steps 0``: what the
+network and the sampler give, ``NAME_raw.xtc``, ``NAME_raw_prior.xtc``) and projected (as
+``sample.py`` samples by default, ``NAME.xtc``, ``NAME_prior.xtc``). The tables
+(:func:`~hemeplm.evaluate.report.print_table`) headline the raw model beside the raw prior, then the
+projected pair, then the static and random-walk baselines and the held-out MD itself; the projection
+moves atoms toward the validity checks, so the raw columns are what the network learnt. Frames a task
+gave (the forecast's frame 0, the inpainting's protein) are not scored. A long forecast by the model
+(``--long-frames``, one sample from the first held-out frame, projected; no prior, to keep it short) is
+checked for validity only: every check of :mod:`hemeplm.evaluate.checks` over its generated frames and
+over its last :data:`LONG_TAIL`, beside the held-out MD's own (``long_forecast_validity.json``). The
+tables are printed and saved in ``RUN/eval/`` (``tables.json``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -31,11 +36,15 @@ import numpy as np
 import torch
 
 from hemeplm.data.dataset import split_bounds
+from hemeplm.data.load import load_system
 from hemeplm.errors import HemeplmError
 from hemeplm.io import atomic_write_bytes
+from hemeplm.evaluate.checks import validity
+from hemeplm.evaluate.geometry import build_geometry
 from hemeplm.evaluate.report import json_ready, print_table
 from hemeplm.evaluate.run import evaluate_trajectories
-from hemeplm.generate.sampler import Sampler, run_task
+from hemeplm.evaluate.trajectory import fit_reference
+from hemeplm.generate.sampler import Sampler, load_frames, run_task
 
 #: the long forecast's validity is also reported over its last this many frames
 LONG_TAIL = 100
@@ -53,8 +62,6 @@ def held_out(gen: Sampler, ev: Path) -> tuple[Path, Path, Path, int, float]:
     """
     import mdtraj
 
-    from hemeplm.generate.sampler import load_frames
-
     data = gen.cfg.data
     segs, dt = load_frames(gen, data.topology, [data.trajectories[0]])
     lo, hi = split_bounds(len(segs[0]), data.split)[2]
@@ -71,22 +78,18 @@ def held_out(gen: Sampler, ev: Path) -> tuple[Path, Path, Path, int, float]:
 
 
 def long_validity(topology: Path, reference: Path, trajectory: str | Path) -> dict[str, dict]:
-    """Validity of a long generated trajectory, all its frames and its last :data:`LONG_TAIL`, against the held-out MD.
+    """Validity of a long generated forecast, its generated frames (all but the given frame 0) and its last
+    :data:`LONG_TAIL`, against the held-out MD.
 
     Returns:
         ``{"all": metrics, "last": metrics}``, each in :func:`~hemeplm.evaluate.print_table`'s layout:
         ``model`` holds the trajectory's validity, ``info.reference`` the held-out MD's own.
     """
-    from hemeplm.data.load import load_system
-    from hemeplm.evaluate.geometry import build_geometry
-    from hemeplm.evaluate.trajectory import fit_reference
-    from hemeplm.evaluate.checks import validity
-
     md = load_system(topology, [reference])
     geom = build_geometry(md.topology, md.ligand, md.segments[0][0], topology)
     ref = fit_reference(geom, md.segments, md.timestep_ps, 1, md.timestep_ps, reference)
     info = {"reference": validity(ref.frames, ref)}
-    frames = load_system(topology, [trajectory]).segments[0]
+    frames = load_system(topology, [trajectory]).segments[0][1:]
     return {"all": {"model": validity(frames, ref), "info": info},
             "last": {"model": validity(frames[-LONG_TAIL:], ref), "info": info}}
 
@@ -97,19 +100,22 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the checkpoint's)")
     p.add_argument("--long-frames", type=int, default=1000,
-                   help="frames of the long forecast checked for validity (0: none)")
+                   help="frames of the long forecast checked for validity, the given start included (0: none)")
     p.add_argument("--results", default=None, metavar="FILE.md",
                    help="also write the tables, with the commit and machine, between the <!-- demo:begin --> and "
                         "<!-- demo:end --> lines of FILE.md (make demo: docs/results.md)")
     args = p.parse_args(argv)
     run = Path(args.run_dir)
     gen = Sampler.from_checkpoint(run / "ckpt.pt", steps=args.steps, progress=True)
-    generators = {"model": gen, "prior": gen.prior()}
+    prior = gen.prior()
+    generators = {"raw": dataclasses.replace(gen, project_steps=0),
+                  "raw_prior": dataclasses.replace(prior, project_steps=0), "model": gen, "prior": prior}
     ev = run / "eval"
     topology, ref, ref_model_dt, n_frames, dt = held_out(gen, ev)
 
     def generate(name: str, **kwargs) -> dict[str, dict]:
-        """run_task for the model (``ev/NAME.xtc``) and the prior (``ev/NAME_prior.xtc``), same seed."""
+        """run_task for the model (``ev/NAME.xtc``), the prior (``ev/NAME_prior.xtc``) and both unprojected
+        (``ev/NAME_raw.xtc``, ``ev/NAME_raw_prior.xtc``), all with the same seed."""
         return {who: run_task(g, topology=topology, frames_file=ref, seed=0, force=True,
                               out=ev / f"{name}{'' if who == 'model' else '_' + who}.xtc", **kwargs)
                 for who, g in generators.items()}
@@ -124,22 +130,23 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (reference, what, kwargs) in runs.items():
         out = generate(name, **kwargs)
         metrics = evaluate_trajectories(topology, [reference], out["model"]["trajectories"], ev / name,
-                                        task=kwargs["task"], generated_timestep_ps=out["model"]["timestep_ps"],
-                                        prior=out["prior"]["trajectories"], force=True,
-                                        ligand_file=gen.cfg.data.ligand_file)
+                                        task=kwargs["task"], prior=out["prior"]["trajectories"],
+                                        raw=out["raw"]["trajectories"], raw_prior=out["raw_prior"]["trajectories"],
+                                        force=True, ligand_file=gen.cfg.data.ligand_file)
         tables[name] = print_table(metrics)
-        headings[name] = f"{name}: model vs baselines on the held-out {what}"
+        headings[name] = (f"{name}: the network's raw output (raw) beside the raw prior, then both projected (model, "
+                          f"prior), vs baselines on the held-out {what}")
         print(f"\n== {headings[name]} ==")
         print(tables[name])
-    if args.long_frames > 0:
+    if args.long_frames > 1:
         t0 = time.time()
         out = run_task(gen, "forecast", topology, ref, ev / "long_forecast.xtc", start=0, num_frames=args.long_frames,
                        seed=0, force=True)
         found = long_validity(topology, ref, out["trajectories"][0])
         span = (args.long_frames - 1) * gen.frame_ps
         tables["long_forecast"] = "\n".join([
-            f"all {args.long_frames} frames:", print_table(found["all"]),
-            f"last {min(LONG_TAIL, args.long_frames)} frames:", print_table(found["last"])])
+            f"all {args.long_frames - 1} generated frames:", print_table(found["all"]),
+            f"last {min(LONG_TAIL, args.long_frames - 1)} frames:", print_table(found["last"])])
         wall = round(time.time() - t0, 1)
         (ev / "long_forecast_validity.json").write_text(json.dumps(json_ready(
             {"frames": args.long_frames, "span_ps": span, "sampling_wall_seconds": out["wall_seconds"],

@@ -2,7 +2,7 @@
 
     python sample.py --ckpt runs/demo/ckpt.pt --task forecast --topology T --frames F \
         [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P]
-        [--seed N] --out OUT.xtc
+        [--fold-hold SIGMAS] [--seed N] --out OUT.xtc
 
 Tasks: forecast (from frame I), tps (from frame I to frame J), inpaint (the ligand,
 or the ligand tokens holding the --inpaint-atoms, generated into frames I..J),
@@ -30,7 +30,7 @@ import argparse
 import json
 from pathlib import Path
 
-from hemeplm.cli.options import HelpFormatter, add_truncated_option, count, exit_on_error, positive
+from hemeplm.cli.options import HelpFormatter, add_truncated_option, count, exit_on_error, non_negative, positive
 from hemeplm.cli.relax import add_relax_options, relax_config
 from hemeplm.diffusion import SAMPLERS
 from hemeplm.forcefield.relax import AMBER_SUFFIXES, output_files, relax_trajectories, relaxed_path
@@ -62,8 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="DDIM steps per window (unset: the checkpoint's diffusion.sample_steps; "
                         "ancestral sampling takes every diffusion step)")
     p.add_argument("--project-steps", type=count(0), default=None,
-                   help="steps of the structure projection of each generated window (inter-token bonds, clashes; "
-                        "0: off; unset: the checkpoint's structure.project_steps)")
+                   help="steps of the structure projection of each generated window (inter-token bonds, clashes, "
+                        "planar peptide bonds and their angles; 0: off, the network's raw output; unset: the "
+                        "checkpoint's structure.project_steps); the summary's 'projection' says what it moved")
+    p.add_argument("--fold-hold", type=non_negative, default=None, metavar="SIGMAS",
+                   help="also hold each window's fold in the projection: keep the Cα-Cα distances of its key frame "
+                        "(its conditioning frame) within SIGMAS training-MD standard deviations (0: off; unset: the "
+                        "checkpoint's structure.fold_sigmas: 0 since the hold became opt-in, 3 in older checkpoints)")
     p.add_argument("--inpaint-atoms", default=None,
                    help="mdtraj selection of ligand atoms: the ligand tokens holding them are inpainted whole "
                         "(unset: the whole ligand)")
@@ -102,7 +107,7 @@ def run(args) -> None:
     if args.relax:  # refuse before sampling, not after
         output_files(relaxed_path(args.out), args.num_samples, args.force)
     gen = Sampler.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
-                                  progress=True, project_steps=args.project_steps)
+                                  progress=True, project_steps=args.project_steps, fold_sigmas=args.fold_hold)
     summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                        end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
                        seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force,

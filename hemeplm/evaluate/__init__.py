@@ -4,7 +4,8 @@ One module per concern; the metrics each computes are tabled in its docstring:
 
 - :mod:`~hemeplm.evaluate.stats`: Jensen–Shannon divergence, grid histograms, Pearson r, decorrelation time;
 - :mod:`~hemeplm.evaluate.geometry`: what the metrics need to know about a system, Cα superposition;
-- :mod:`~hemeplm.evaluate.checks`: validity of structures (bond lengths, clashes, ligand chemistry);
+- :mod:`~hemeplm.evaluate.checks`: validity of structures (bond lengths, clashes, ligand chemistry, ω,
+  Ramachandran and peptide-angle outliers, BioEmu's physical filter);
 - :mod:`~hemeplm.evaluate.trajectory`: distributional and dynamic metrics against the reference (torsions,
   TICA, RMSF, contacts, ligand RMSD, decorrelation, transition paths);
 - :mod:`~hemeplm.evaluate.kinetics`: MSM on the TICA projection (populations, first-passage times, timescales);

@@ -8,7 +8,8 @@ their error against the reference MD. A generated frame i of a trajectory is
 paired with the reference frame at the same time (i × the generated frame
 spacing) in the reference trajectory paired with it (the k-th when there are
 as many reference as generated trajectories, else the only one); frame 0 (the
-given start) and frames without a reference frame at their time are left out.
+given start), any other given (conditioned) frame and frames without a reference
+frame at their time are left out.
 ``info.confidence`` says where the scores came from, or why there are none.
 
 | key | definition | better |
@@ -68,13 +69,14 @@ def read_uncertainty(files: list[str | Path], frames: list[int]) -> tuple[list[n
 
 
 def confidence_metrics(segments: list[np.ndarray], uncertainty: list[np.ndarray] | None, ref: Reference,
-                       ref_segments: list[np.ndarray], dt_ps: float) -> dict:
+                       ref_segments: list[np.ndarray], dt_ps: float, scored: list[np.ndarray] | None = None) -> dict:
     """The module table's Spearman ρ for one ensemble.
 
     Args:
         segments: per generated trajectory, (F_s, A, 3) Å in the common Cα frame; uncertainty: per
             trajectory, (F_s,) Å, or None; ref_segments: per reference trajectory, (F'_r, A, 3) Å;
         dt_ps: time between generated frames (the reference's: ``ref.dt_ps``).
+        scored: optional, per trajectory, (F_s,) bool: the generated frames (the others are left out).
     Returns:
         the :data:`KEYS`, NaN where undefined.
     """
@@ -87,6 +89,8 @@ def confidence_metrics(segments: list[np.ndarray], uncertainty: list[np.ndarray]
         at = np.arange(1, len(seg)) * dt_ps / ref.dt_ps
         index = np.round(at).astype(np.int64)
         keep = (np.abs(at - index) < 1e-3) & (index < len(paired))
+        if scored is not None:
+            keep &= np.asarray(scored[k], dtype=bool)[1:]
         frames = seg[1:][keep]
         score.append(u[1:][keep])
         lead.append(np.flatnonzero(keep) + 1)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from hemeplm.errors import HemeplmError
-from hemeplm.geometry.structure import near_pairs, vdw_radii
-from hemeplm.data.residues import TORSION_NAMES
+from hemeplm.geometry.structure import PEPTIDE_BOND_MAX_A, near_pairs, vdw_radii
+from hemeplm.data.residues import TORSION_NAMES, standard_name
 from hemeplm.data.tokens import build_layout
 from hemeplm.geometry.rigid import superposition
 
@@ -17,6 +17,8 @@ from hemeplm.geometry.rigid import superposition
 TORSION_TYPES = ("phi", "psi", "chi1", "chi2", "chi3", "chi4")
 #: ``bond_ok_fraction_<class>``; :attr:`Geometry.bond_class` indexes this
 BOND_CLASSES = ("intra_residue", "peptide", "ligand")
+#: Ramachandran residue classes; :attr:`Geometry.rama_class` indexes this
+RAMA_CLASSES = ("general", "glycine", "proline")
 
 
 @dataclass
@@ -36,6 +38,12 @@ class Geometry:
         excluded: sorted keys ``i * A + j`` (i < j) of 1-2 and 1-3 neighbour pairs.
         ligand_bonds: sorted (i, j) pairs of ligand bonds, in ligand-local indices.
         symbols: (A,) element symbols.
+        peptide: (P, 4) atoms CA(i), C(i), N(i+1), CA(i+1) of every peptide bond: a topology bond C(i)-N(i+1)
+            no longer than :data:`~hemeplm.geometry.structure.PEPTIDE_BOND_MAX_A` in the first frame (a longer
+            one is a chain break the topology bonded anyway).
+        rama: (Q, 5) atoms C(i-1), N(i), CA(i), C(i), N(i+1) of every residue with φ and ψ (both across peptide
+            bonds); rama_class: (Q,) index into :data:`RAMA_CLASSES` (glycine, proline, every other residue).
+        residue_index: (A,) topology residue of every atom.
     """
 
     topology: object
@@ -54,6 +62,10 @@ class Geometry:
     excluded: np.ndarray
     ligand_bonds: set
     symbols: list[str]
+    peptide: np.ndarray
+    rama: np.ndarray
+    rama_class: np.ndarray
+    residue_index: np.ndarray
 
 
 def build_geometry(topology, ligand: np.ndarray, first_frame: np.ndarray, path: str | Path = "topology") -> Geometry:
@@ -88,6 +100,8 @@ def build_geometry(topology, ligand: np.ndarray, first_frame: np.ndarray, path: 
     symbols = [a.element.symbol if a.element is not None else "C" for a in topology.atoms]
     radii = vdw_radii(symbols).astype(np.float64)
     local = {int(a): k for k, a in enumerate(ligand)}
+    peptide, rama, rama_class = _backbone(layout.torsion_atoms, layout.frame_atoms, _frame_residues(topology, ligand),
+                                          np.asarray(first_frame, dtype=np.float64))
     return Geometry(
         topology=topology, ca=ca, residue_labels=[f"{r.name}{r.resSeq}" for r in residues],
         residue_numbers=np.array([r.resSeq for r in residues]), protein=protein,
@@ -96,7 +110,32 @@ def build_geometry(topology, ligand: np.ndarray, first_frame: np.ndarray, path: 
         torsion_type=kinds[defined], bonds=bonds, bond_class=bond_class, radii=radii,
         excluded=near[:, 0] * n + near[:, 1],
         ligand_bonds={tuple(sorted((local[int(i)], local[int(j)]))) for i, j in bonds
-                      if int(i) in local and int(j) in local}, symbols=symbols)
+                      if int(i) in local and int(j) in local}, symbols=symbols,
+        peptide=peptide, rama=rama, rama_class=rama_class, residue_index=residue)
+
+
+def _frame_residues(topology, ligand: np.ndarray) -> list[str]:
+    """Standard names of the residues the token layout builds N-CA-C frames for (those with a kept atom outside
+    the ligand), in its order."""
+    lig = set(int(i) for i in ligand)
+    return [standard_name(r.name) for r in topology.residues if any(a.index not in lig for a in r.atoms)]
+
+
+def _backbone(torsion_atoms: np.ndarray, frame_atoms: np.ndarray, names: list[str], first: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Peptide quads, Ramachandran quintuples and classes (see :class:`Geometry`) from the layout's
+    (R, 7, 4) phi/psi/omega/chi atoms and (R, 3) N, CA, C atoms."""
+    omega = torsion_atoms[:, 2]
+    cn = np.linalg.norm(first[omega[:, 1].clip(min=0)] - first[omega[:, 2].clip(min=0)], axis=-1)
+    bonded = (omega >= 0).all(-1) & (cn <= PEPTIDE_BOND_MAX_A)      # (R,): residue i bonded to i-1
+    after = np.append(bonded[1:], False)                            # residue i bonded to i+1
+    peptide = omega[bonded].astype(np.int64).reshape(-1, 4)
+    has = bonded & after
+    prev_c, next_n = np.roll(frame_atoms[:, 2], 1), np.roll(frame_atoms[:, 0], -1)
+    rama = np.stack([prev_c, frame_atoms[:, 0], frame_atoms[:, 1], frame_atoms[:, 2], next_n], 1)[has]
+    kind = np.array([RAMA_CLASSES.index("glycine") if n == "GLY" else RAMA_CLASSES.index("proline") if n == "PRO"
+                     else 0 for n in names], dtype=np.int64)
+    return peptide, rama.astype(np.int64).reshape(-1, 5), kind[has]
 
 
 def superpose(x: np.ndarray, ca: np.ndarray, target: np.ndarray) -> np.ndarray:

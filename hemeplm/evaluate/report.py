@@ -10,15 +10,19 @@ import numpy as np
 from hemeplm.evaluate.checks import CLASH_CLASSES
 from hemeplm.evaluate.geometry import BOND_CLASSES
 
-#: columns of ``metrics.json`` and :func:`print_table`; ``prior`` only when prior trajectories are given
-METHODS = ("model", "static", "random_walk", "prior")
+#: columns of ``metrics.json`` and :func:`print_table`, in the table's order: the network's raw output beside the
+#: raw prior (both sampled with ``--project-steps 0``), then the projected pair, then the baselines; ``raw``,
+#: ``raw_prior`` and ``prior`` only when their trajectories are given
+METHODS = ("raw", "raw_prior", "model", "prior", "static", "random_walk")
 
 #: rows of :func:`print_table`: metric key and which direction is better
 TABLE_ROWS = (
     ("torsion_jsd", "lower"), ("tica_jsd", "lower"), ("rmsf_pearson", "higher"),
     ("contact_jsd", "lower"), ("contact_pearson", "higher"),
     ("ligand_rmsd_mean_A", "lower"), ("ligand_rmsd_median_A", "lower"),
-    ("tic1_decorrelation_ps", "~ref"), ("bond_ok_fraction", "higher"),
+    ("tic1_decorrelation_ps", "~ref"), ("physical_filter_pass_fraction", "higher"),
+    ("omega_outlier_fraction", "lower"), ("peptide_angle_outlier_fraction", "lower"),
+    ("ramachandran_outlier_fraction", "lower"), ("bond_ok_fraction", "higher"),
     *((f"bond_ok_fraction_{c}", "higher") for c in BOND_CLASSES), ("clashes_per_frame", "lower"),
     *((f"clashes_per_frame_{c}", "lower") for c in CLASH_CLASSES),
     ("ligand_valid_fraction", "higher"), ("posebusters_pass_fraction", "higher"),
@@ -43,7 +47,8 @@ def json_ready(value):
 
 
 def print_table(metrics: dict) -> str:
-    """The main scalar metrics, model vs the baselines (prior when present) and the reference where it has a value.
+    """The main scalar metrics, the generated columns and baselines in :data:`METHODS` order, then the reference
+    (its own value, where it has one: decorrelation, validity, kinetics).
 
     Args:
         metrics: what :func:`~hemeplm.evaluate.run.evaluate_trajectories` returns (or ``metrics.json`` holds).

@@ -4,6 +4,15 @@
 :func:`compare` measures one ensemble against it (:class:`Comparison`), the validity checks of
 :mod:`hemeplm.evaluate.checks` included. Coordinates are Å in the common Cα frame.
 
+What a task gave is not scored. :func:`compare` takes, per trajectory, which frames were generated
+(``scored``: ``hemeplm evaluate`` leaves out a forecast's frame 0, a transition path's two end frames and
+every k-th frame of an upsampling, from the sample summary's ``conditioned_frames``) and which atoms
+(``atoms``: the inpainted atoms of ``--task inpaint``, whose protein is given). Every metric is computed on
+the scored frames only; with ``atoms``, a torsion, residue (RMSF) or validity term counts only with a
+generated atom among its atoms, so an inpainting's torsion, TICA, RMSF and protein-only validity metrics
+are null. Time series (TIC1 decorrelation, kinetics) are cut into the runs of consecutive scored
+frames (:func:`scored_runs`; an upsampling's runs are its k-1 generated frames between given ones).
+
 TICA is fitted only when the reference holds at least 4 time-lagged frame
 pairs (t, t + lag), pooled over its trajectories, per TICA feature. Below that
 the instantaneous covariance C00 that TICA whitens with is rank-deficient
@@ -109,24 +118,28 @@ def rmsd_pairing(n_generated: int, n_reference: int) -> str:
     return "nearest reference frame (the frame counts differ)"
 
 
-def ligand_rmsd(gen: np.ndarray, ref: np.ndarray, geom: Geometry) -> np.ndarray:
+def ligand_rmsd(gen: np.ndarray, ref: np.ndarray, geom: Geometry, index: np.ndarray | None = None) -> np.ndarray:
     """Ligand heavy-atom RMSD (Å) of generated frames to the reference, protein Cα superposed.
 
     Args:
         gen: (F, A, 3) and ref: (F', A, 3), both already in the common Cα frame.
+        index: optional (F,) reference frame of each generated frame (the frames of a trajectory as long as
+            the reference with its conditioned frames left out); None: frame i when F == F'.
     Returns:
-        (F,) RMSD: frame i against reference frame i (each pair superposed on Cα)
-        when F == F', else against the nearest reference frame (:func:`rmsd_pairing`).
+        (F,) RMSD: frame i against reference frame ``index[i]`` (i when F == F'; each pair superposed on Cα),
+        else against the nearest reference frame (:func:`rmsd_pairing`).
     """
     from scipy.spatial.distance import cdist
 
     lig, n_lig = geom.ligand, len(geom.ligand)
-    if len(gen) == len(ref):
+    if index is None and len(gen) == len(ref):
+        index = np.arange(len(gen))
+    if index is not None:
         out = np.empty(len(gen))
-        for i in range(len(gen)):
-            rot, trans = superposition(gen[i:i + 1, geom.ca].astype(np.float64), ref[i, geom.ca].astype(np.float64))
+        for i, k in enumerate(index):
+            rot, trans = superposition(gen[i:i + 1, geom.ca].astype(np.float64), ref[k, geom.ca].astype(np.float64))
             moved = gen[i, lig] @ rot[0].T + trans[0]
-            out[i] = np.sqrt(((moved - ref[i, lig]) ** 2).sum(-1).mean())
+            out[i] = np.sqrt(((moved - ref[k, lig]) ** 2).sum(-1).mean())
         return out
     ref_lig = ref[:, lig].reshape(len(ref), -1).astype(np.float64)
     out = np.concatenate([cdist(chunk[:, lig].reshape(len(chunk), -1), ref_lig).min(1)
@@ -134,26 +147,45 @@ def ligand_rmsd(gen: np.ndarray, ref: np.ndarray, geom: Geometry) -> np.ndarray:
     return out / math.sqrt(n_lig)
 
 
-def transition_paths(labels: list[np.ndarray], end_states: list[int]) -> dict:
+def transition_paths(labels: list[np.ndarray], end_states: list[int], scored: list[np.ndarray] | None = None) -> dict:
     """Success and length of transition paths over discrete states.
 
     Args:
-        labels: per path, (F_s,) state of every frame; end_states: per path, the target state.
+        labels: per path, (F_s,) state of every frame; frame 0's is the start state.
+        end_states: per path, the target state (the given end state, not the path's own last frame's).
+        scored: per path, (F_s,) bool, its generated frames (None: all but frame 0): only they can leave the
+            start state or arrive, so a path whose conditioned end frame alone reaches the end state fails.
     Returns:
         ``tps_success_fraction`` (paths that leave the state of frame 0 and later
-        reach the end state) and ``tps_path_frames_mean`` (frames from the last
-        visit to the start state to the first arrival, over successful paths; NaN if none).
+        reach the end state, both in scored frames) and ``tps_path_frames_mean`` (frames from the last
+        visit to the start state, frame 0 included, to the first arrival, over successful paths; NaN if none).
     """
     lengths = []
-    for lab, end in zip(labels, end_states):
-        left = np.flatnonzero(lab != lab[0])
+    for k, (lab, end) in enumerate(zip(labels, end_states)):
+        ok = np.arange(len(lab)) > 0 if scored is None else np.asarray(scored[k], dtype=bool)
+        left = np.flatnonzero((lab != lab[0]) & ok)
         if len(left) == 0:
             continue
-        arrive = left[0] + np.flatnonzero(lab[left[0]:] == end)
+        arrive = left[0] + np.flatnonzero((lab[left[0]:] == end) & ok[left[0]:])
         if len(arrive):
             lengths.append(int(arrive[0] - np.flatnonzero(lab[:arrive[0]] == lab[0])[-1]))
     return {"tps_success_fraction": len(lengths) / len(labels),
             "tps_path_frames_mean": float(np.mean(lengths)) if lengths else math.nan}
+
+
+def scored_runs(series: list[np.ndarray] | None, scored: list[np.ndarray] | None) -> list[np.ndarray] | None:
+    """Per trajectory, its maximal runs of consecutive scored frames of at least 2 frames, in order (None stays None).
+
+    Args:
+        series: per trajectory, (F_s, ...) values; scored: per trajectory, (F_s,) bool (None: all frames).
+    """
+    if series is None or scored is None:
+        return series
+    runs = []
+    for values, keep in zip(series, scored):
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], np.asarray(keep, dtype=np.int8), [0]])))
+        runs += [values[a:b] for a, b in zip(edges[::2], edges[1::2]) if b - a >= 2]
+    return runs
 
 
 # ----------------------------------------------------------------------------- reference and ensembles
@@ -285,7 +317,10 @@ class Comparison:
     Attributes:
         metrics: the metric dict (NaN where undefined, see the module table).
         rmsf: (R,) Å; contacts: (R,) or None; tica_hist: (30, 30) counts;
-        projections: per trajectory, (F_s, 2) TIC1/TIC2; both None when TICA was skipped.
+        projections: per trajectory, (F_s, 2) TIC1/TIC2 of all its frames; both None when TICA was skipped
+            (or, with ``atoms``, no torsion has a generated atom).
+        scored: per trajectory, (F_s,) bool, the frames the metrics were computed on.
+        runs: :func:`scored_runs` of ``projections``: the time series of scored frames (None when TICA was skipped).
     """
 
     metrics: dict
@@ -293,9 +328,12 @@ class Comparison:
     contacts: np.ndarray | None
     tica_hist: np.ndarray | None
     projections: list | None
+    scored: list
+    runs: list | None
 
 
-def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float, weights: np.ndarray | None = None) -> Comparison:
+def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float, weights: np.ndarray | None = None,
+            scored: list[np.ndarray] | None = None, atoms: np.ndarray | None = None) -> Comparison:
     """Measure generated trajectories against the reference.
 
     Args:
@@ -307,38 +345,52 @@ def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float, weights: n
             RMSF (weighted mean position and mean square displacement; ``rmsf_pearson``), the contact
             frequencies (``contact_jsd``, ``contact_pearson``) and the ligand RMSD's mean and median
             (:func:`~hemeplm.evaluate.stats.weighted_median`). The validity checks (``bond_ok_fraction*``,
-            ``clashes_per_frame*``, ``ligand_valid_fraction``) stay unweighted per-frame fractions, and
-            ``tic1_decorrelation_ps`` stays a property of the unweighted time series. Equal weights are
-            the unweighted ensemble and give exactly the numbers of ``weights=None``.
+            ``clashes_per_frame*``, ``ligand_valid_fraction``, the backbone checks and physical filter) stay
+            unweighted per-frame fractions, and ``tic1_decorrelation_ps`` stays a property of the unweighted
+            time series. Equal weights are the unweighted ensemble and give exactly the numbers of ``weights=None``.
+        scored: optional, per trajectory, (F_s,) bool: the generated frames, the only ones measured (module
+            docstring); None: all. The weights of the others are dropped.
+        atoms: optional (A,) bool, the generated atoms (module docstring); None: all.
     Raises:
-        HemeplmError: when ``weights`` does not hold one weight per frame.
+        HemeplmError: when ``weights`` does not hold one weight per frame, or no frame is scored.
     """
     geom = ref.geom
-    frames = np.concatenate(segments)
+    everything = np.concatenate(segments)
+    scored = [np.ones(len(x), dtype=bool) for x in segments] if scored is None else [
+        np.asarray(k, dtype=bool) for k in scored]
+    keep = np.concatenate(scored)
+    if not keep.any():
+        raise HemeplmError("no generated frame to score: every frame was given (conditioned)")
+    frames = everything[keep]
     if weights is not None:
         weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(frames),):
-            raise HemeplmError(f"{weights.size} weights for {len(frames)} generated frames")
+        if weights.shape != (len(everything),):
+            raise HemeplmError(f"{weights.size} weights for {len(everything)} generated frames")
+        weights = weights[keep]
         if np.all(weights == weights[0]):
             weights = None          # the unweighted ensemble: take the unweighted path, bit for bit
     angles = [torsion_angles(s, geom.torsions) for s in segments]
-    jsd = jensen_shannon(ref.torsion_hist, binned(np.concatenate(angles)[..., None], [ref.torsion_edges], weights))
-    metrics = {"torsion_jsd": float(jsd.mean())}
+    counted = np.ones(len(geom.torsions), dtype=bool) if atoms is None else atoms[geom.torsions].any(1)
+    jsd = jensen_shannon(ref.torsion_hist, binned(np.concatenate(angles)[keep][..., None], [ref.torsion_edges],
+                                                  weights))
+    metrics = {"torsion_jsd": float(jsd[counted].mean()) if counted.any() else math.nan}
     for t in TORSION_TYPES:
-        sel = geom.torsion_type == t
+        sel = (geom.torsion_type == t) & counted
         metrics[f"torsion_jsd_{t}"] = float(jsd[sel].mean()) if sel.any() else math.nan
     projections = tica_hist = None
     metrics["tica_jsd"] = math.nan
-    if ref.tica is not None:
+    if ref.tica is not None and counted.any():
         projections = [ref.tica.transform(_sin_cos(a)[:, ref.tica_features])[:, :2] for a in angles]
-        tica_hist = _tica_histogram(projections, ref.tica_edges, weights)
+        tica_hist = _tica_histogram([np.concatenate(projections)[keep]], ref.tica_edges, weights)
         metrics["tica_jsd"] = float(jensen_shannon(ref.tica_hist.ravel(), tica_hist.ravel()))
     fluct = rmsf(frames[:, geom.ca], weights)
-    metrics["rmsf_pearson"] = pearson(fluct, ref.rmsf)
+    moving = np.ones(len(geom.ca), dtype=bool) if atoms is None else atoms[geom.ca]
+    metrics["rmsf_pearson"] = pearson(fluct[moving], ref.rmsf[moving]) if moving.sum() > 1 else math.nan
     contacts = None
     if len(geom.ligand):
         contacts = contact_frequency(frames, geom, weights=weights)
-        rmsd = ligand_rmsd(frames, ref.frames, geom)
+        paired = np.flatnonzero(keep) if len(everything) == len(ref.frames) else None
+        rmsd = ligand_rmsd(frames, ref.frames, geom, paired)
         metrics.update(contact_jsd=float(jensen_shannon(contacts, ref.contacts)),
                        contact_pearson=pearson(contacts, ref.contacts),
                        ligand_rmsd_mean_A=float(rmsd.mean() if weights is None else np.average(rmsd, weights=weights)),
@@ -347,7 +399,9 @@ def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float, weights: n
     else:
         metrics.update(contact_jsd=math.nan, contact_pearson=math.nan,
                        ligand_rmsd_mean_A=math.nan, ligand_rmsd_median_A=math.nan)
-    metrics["tic1_decorrelation_ps"] = tic1_decorrelation(projections, dt_ps)
-    metrics.update(validity(frames, ref))
+    runs = scored_runs(projections, scored)
+    metrics["tic1_decorrelation_ps"] = tic1_decorrelation(runs or None, dt_ps)
+    metrics.update(validity(frames, ref, atoms))
     metrics.update(tps_success_fraction=math.nan, tps_path_frames_mean=math.nan)  # set by --task tps
-    return Comparison(metrics=metrics, rmsf=fluct, contacts=contacts, tica_hist=tica_hist, projections=projections)
+    return Comparison(metrics=metrics, rmsf=fluct, contacts=contacts, tica_hist=tica_hist, projections=projections,
+                      scored=scored, runs=runs)

@@ -21,6 +21,14 @@ its frames then become known to the next window:
 
 All samples of a call run as one batch through the denoiser.
 
+Every generated window is then projected (:func:`hemeplm.geometry.structure.project`,
+``structure.project_steps``; 0 keeps the network's raw output): inter-token bonds, clashes and the
+peptide bonds (ω planar, the two backbone angles across the bond). With a fold hold
+(``sample.py --fold-hold SIGMAS``, ``structure.fold_sigmas``; off by default) the projection also
+keeps the Cα-Cα distances of each window's key frame (its conditioning frame, for a forecast the
+last frame of the previous window) within SIGMAS training-MD standard deviations. What the
+projection moved is recorded per window (:attr:`Sampler.projection_log`, the summary's ``projection``).
+
 The model knows one frame spacing, ``data.lag`` times the training data's
 (:attr:`Sampler.frame_ps`): inpainting and upsampling take the given file's
 frames at that spacing (k times it for upsampling) and refuse a file whose
@@ -41,9 +49,10 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +74,9 @@ from hemeplm.generate.fragment import denoiser_for
 from hemeplm.generate.energies import predict
 
 log = logging.getLogger(__name__)
+
+#: Å; the summary's ``projection.moved_fraction`` counts generated atoms the projection moved farther than this
+PROJECTION_MOVED_A = 0.5
 
 
 def sampler_settings(cfg: Config, sampler: str | None = None, steps: int | None = None, path=None
@@ -88,6 +100,12 @@ class Sampler:
         steps: DDIM steps (ignored by ``ancestral``); sampler: one of :data:`~hemeplm.diffusion.SAMPLERS`.
         project_steps: steps of the structure projection of every generated window
             (:func:`hemeplm.geometry.structure.project`); None: the config's ``structure.project_steps``.
+        fold_sigmas: the fold hold's tolerance (training-MD standard deviations of each Cα-Cα distance
+            about its value in the window's key frame; 0: off); None: the config's ``structure.fold_sigmas``.
+    Attributes:
+        projection_log: one entry per :meth:`window_sample` call: per window of the batch, the mean and
+            max displacement (Å) of the generated atoms by the projection and the fraction moved farther
+            than :data:`PROJECTION_MOVED_A` (:func:`projection_summary` condenses it).
     """
 
     model: HemePLM
@@ -97,6 +115,8 @@ class Sampler:
     sampler: str = "ddim"
     progress: bool = False
     project_steps: int | None = None
+    fold_sigmas: float | None = None
+    projection_log: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
@@ -106,6 +126,9 @@ class Sampler:
         for name, value, low in (("steps", steps, 1), ("project_steps", kw.get("project_steps"), 0)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise HemeplmError(f"{name} must be an integer of at least {low}, got {value!r}")
+        fold = kw.get("fold_sigmas")
+        if fold is not None and not (isinstance(fold, (int, float)) and math.isfinite(fold) and fold >= 0):
+            raise HemeplmError(f"the fold hold must be a number of at least 0 (0: off), got {fold!r}")
         device = resolve_device(device)
         ckpt = load_checkpoint(path, map_location=device)
         model, cfg = build_model(ckpt)
@@ -132,6 +155,11 @@ class Sampler:
         return self.cfg.structure.project_steps if self.project_steps is None else self.project_steps
 
     @property
+    def fold_hold(self) -> float:
+        """The fold hold's tolerance in standard deviations (0: off)."""
+        return self.cfg.structure.fold_sigmas if self.fold_sigmas is None else self.fold_sigmas
+
+    @property
     def frame_ps(self) -> float:
         """Time between the model's frames (ps): ``data.lag`` times the training data's frame spacing."""
         return self.cfg.data.lag * self.model.static_info["timestep_ps"]
@@ -142,15 +170,13 @@ class Sampler:
         return len(self.diffusion.step_sequence(self.sampler, self.steps))
 
     @torch.no_grad()
-    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
-                      fold: torch.Tensor | None = None) -> torch.Tensor:
-        """Generate one window per sample.
+    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Generate one window per sample, projected (:attr:`projection_steps`; with :attr:`fold_hold` > 0
+        keeping the fold of the window's key frame, ``coords[:, 0]``); appends to :attr:`projection_log`.
 
         Args:
             coords: (S, T, A, 3) Å, known entries filled (others ignored).
             mask: (T, N) or (S, T, N) bool, True = known.
-            fold: None, or (A, 3) / (S, A, 3) frame whose fold the projection keeps
-                (``structure.fold_sigmas``; :func:`hemeplm.geometry.structure.fold_penalty`).
         Returns:
             (S, T, A, 3); the atoms of known tokens are returned exactly.
         """
@@ -167,20 +193,26 @@ class Sampler:
                                   sampler=self.sampler, generator=generator, progress=self.progress,
                                   clip_x0=float(m.value_limit))
         st = self.cfg.structure
-        x = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
-                    restraint=st.project_restraint, fold=fold, fold_sigmas=st.fold_sigmas)
-        out = m.coordinates(x, key)
+        projected = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
+                            restraint=st.project_restraint, fold=key if self.fold_hold > 0 else None,
+                            fold_sigmas=self.fold_hold, peptide=m.peptide)
+        out = m.coordinates(projected, key)
+        moved = (out - m.coordinates(x, key)).norm(dim=-1) if projected is not x else out.new_zeros(out.shape[:-1])
+        generated = (~atom_known).to(moved.dtype)  # (S, T, A)
+        count = generated.sum((1, 2)).clamp(min=1)
+        self.projection_log.append({
+            "mean_A": (moved * generated).sum((1, 2)) / count, "max_A": (moved * generated).amax((1, 2)),
+            "moved_fraction": ((moved > PROJECTION_MOVED_A).to(moved.dtype) * generated).sum((1, 2)) / count})
         return torch.where(atom_known[..., None], coords, out)
 
     def fill(self, coords: torch.Tensor, known: torch.Tensor, starts: list[int], generator: torch.Generator,
-             desc: str = "windows", fold: torch.Tensor | None = None) -> torch.Tensor:
+             desc: str = "windows") -> torch.Tensor:
         """Fill a timeline window by window.
 
         Args:
             coords: (S, F, A, 3) with known entries set; F >= start + T for every start.
             known: (F, N) bool.
             starts: window start frames, in order.
-            fold: passed to :meth:`window_sample`.
         Returns:
             (S, F, A, 3) with every window generated.
         """
@@ -189,32 +221,39 @@ class Sampler:
         t = self.window
         known = known.clone()
         for s in tqdm(starts, desc=desc, disable=not self.progress or len(starts) < 2):
-            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator, fold)
+            out = self.window_sample(coords[:, s:s + t], known[s:s + t], generator)
             coords[:, s:s + t] = out
             known[s:s + t] = True
         return coords
 
-    def window_starts(self, n_frames: int) -> list[int]:
-        """Start frames of the windows of :attr:`window` frames, overlapping by one frame, that cover
+    def window_starts(self, n_frames: int, overlap: int = 1) -> list[int]:
+        """Start frames of the windows of :attr:`window` frames, overlapping by ``overlap`` frames, that cover
         ``n_frames`` frames (the last window may reach past them)."""
-        return list(range(0, max(1, n_frames - 1), self.window - 1))
+        return list(range(0, max(1, n_frames - overlap), self.window - overlap))
 
-    def _timeline(self, n_samples: int, n_frames: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    @property
+    def history(self) -> int:
+        """Frames a forecast window continues from (``tasks.history``)."""
+        return self.cfg.tasks.history
+
+    def _timeline(self, n_samples: int, n_frames: int, device, overlap: int = 1
+                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         """Empty (S, F', A, 3) coordinates and (F', N) known mask covering ``n_frames`` frames with
-        windows that overlap by one frame, and the windows' start frames (F' >= n_frames)."""
-        starts = self.window_starts(n_frames)
+        windows that overlap by ``overlap`` frames, and the windows' start frames (F' >= n_frames)."""
+        starts = self.window_starts(n_frames, overlap)
         total = starts[-1] + self.window
         coords = torch.zeros(n_samples, total, self.model.n_atoms, 3, device=device)
         known = torch.zeros(total, self.model.tokens.kind.numel(), dtype=torch.bool, device=device)
         return coords, known, starts
 
     def forecast(self, start: torch.Tensor, num_frames: int, n_samples: int, generator) -> torch.Tensor:
-        """start (A, 3) -> (S, num_frames, A, 3); frame 0 is ``start``."""
-        coords, known, starts = self._timeline(n_samples, num_frames, start.device)
+        """start (A, 3) -> (S, num_frames, A, 3); frame 0 is ``start``. The first window is given ``start``;
+        each later one its first :attr:`history` frames, the last ones its predecessor generated."""
+        coords, known, starts = self._timeline(n_samples, num_frames, start.device, self.history)
         coords[:, 0] = start
         known[0] = True
-        # every window is keyed on the last generated frame; the projection keeps the start frame's fold
-        return self.fill(coords, known, starts, generator, "forecast windows", start)[:, :num_frames]
+        # every window is keyed on the last generated frame (the fold hold, when on, keeps that frame's fold)
+        return self.fill(coords, known, starts, generator, "forecast windows")[:, :num_frames]
 
     def upsample(self, coarse: torch.Tensor, n_samples: int, generator) -> torch.Tensor:
         """coarse (Fc, A, 3) -> (S, (Fc-1)*k+1, A, 3) with the coarse frames every k-th frame.
@@ -275,6 +314,45 @@ class Sampler:
                 break
         idx = torch.linspace(0, path.shape[1] - 1, num_frames).round().long()
         return path[:, idx]
+
+
+def projection_summary(log_entries: list[dict], n_samples: int, steps: int) -> dict:
+    """The summary's ``projection``: what the projection did, per generated window and in all.
+
+    Args:
+        log_entries: :attr:`Sampler.projection_log` of one task; each entry's rows are the task's samples
+            outer, so a call of R rows covers R / ``n_samples`` windows (upsampling and transition paths
+            generate several windows in one call); n_samples: samples of the task; steps: projection steps.
+    Returns:
+        ``steps``, ``moved_threshold_A``, ``windows`` (one per window, in generation order: ``mean_A``,
+        the mean displacement of its generated atoms over its frames and the samples; ``max_A``, the
+        largest; ``moved_fraction``, the fraction of them moved farther than ``moved_threshold_A``)
+        and ``mean_A``, ``max_A``, ``moved_fraction`` over all windows.
+    """
+    windows = []
+    for entry in log_entries:
+        rows = {k: v.detach().cpu().double().view(n_samples, -1) for k, v in entry.items()}
+        for w in range(rows["mean_A"].shape[1]):
+            windows.append({"mean_A": float(rows["mean_A"][:, w].mean()), "max_A": float(rows["max_A"][:, w].max()),
+                            "moved_fraction": float(rows["moved_fraction"][:, w].mean())})
+    overall = {"mean_A": float(np.mean([w["mean_A"] for w in windows])) if windows else 0.0,
+               "max_A": max((w["max_A"] for w in windows), default=0.0),
+               "moved_fraction": float(np.mean([w["moved_fraction"] for w in windows])) if windows else 0.0}
+    rounded = [{k: round(v, 4) for k, v in w.items()} for w in windows]
+    return {"steps": steps, "moved_threshold_A": PROJECTION_MOVED_A, **{k: round(v, 4) for k, v in overall.items()},
+            "windows": rounded}
+
+
+def conditioned_frames(task: str, n_frames: int, upsample_factor: int) -> list[int]:
+    """Output frames a task gives exactly: forecast 0; tps 0 and the last; upsample every k-th; inpaint none
+    (it gives the protein, all atoms but the summary's ``inpainted_atoms``, in every frame)."""
+    if task == "forecast":
+        return [0]
+    if task == "tps":
+        return [0, n_frames - 1]
+    if task == "upsample":
+        return list(range(0, n_frames, upsample_factor))
+    return []
 
 
 def _check_atoms(gen: Sampler, topology, where) -> None:
@@ -504,6 +582,8 @@ class Generated:
         stride, given_frames, inpainted: inpainting and upsampling: file frames between given frames, the
             first and last given frame; inpainting: the indices of the atoms generated (else None).
         uncertainty: (S, F) Å (:func:`~hemeplm.generate.confidence.frame_uncertainty`), or None when not computed.
+        projection: what the structure projection moved (:func:`projection_summary`).
+        conditioned_frames: the output frames the task gave exactly (:func:`conditioned_frames`).
         wall_seconds: sampling time; confidence_seconds: the uncertainty's time (None when not computed).
     """
 
@@ -516,6 +596,8 @@ class Generated:
     uncertainty: torch.Tensor | None = None
     wall_seconds: float = 0.0
     confidence_seconds: float | None = None
+    projection: dict | None = None
+    conditioned_frames: list[int] | None = None
 
 
 def generate(gen: Sampler, task: str, given: Given, end_given: Given | None = None, start: int | None = None,
@@ -538,6 +620,7 @@ def generate(gen: Sampler, task: str, given: Given, end_given: Given | None = No
     the model's spacing of the path before resampling (:func:`tps_length`).
     """
     check_request(gen, task, num_frames, num_samples, has_end=end is not None or end_given is not None)
+    gen.projection_log.clear()
     frames, dt = given.frames, given.timestep_ps
     generator = torch.Generator().manual_seed(seed)
     n_out = num_frames or gen.window
@@ -579,13 +662,15 @@ def generate(gen: Sampler, task: str, given: Given, end_given: Given | None = No
         else:
             result = gen.upsample(frames[first:hi:stride], num_samples, generator)
     wall = time.time() - began
+    projection = projection_summary(gen.projection_log, num_samples, gen.projection_steps)
     uncertainty = seconds = None
     if confidence:
         began = time.time()
         uncertainty = frame_uncertainty(gen, result, accumulate=task == "forecast", seed=seed)
         seconds = time.time() - began
     times = first * dt + np.arange(result.shape[1]) * spacing
-    return Generated(result, times, spacing, stride, given_frames, inpainted, uncertainty, wall, seconds)
+    return Generated(result, times, spacing, stride, given_frames, inpainted, uncertainty, wall, seconds, projection,
+                     conditioned_frames(task, int(result.shape[1]), gen.cfg.tasks.upsample_factor))
 
 
 def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | None = None, end: int | None = None,
@@ -612,6 +697,9 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
     sample and frame the uncertainty of :func:`hemeplm.generate.confidence.frame_uncertainty` (``uncertainty_A``, Å;
     higher = less confident; accumulated along the chained windows of a forecast). Without ``confidence``
     the summary has no ``uncertainty_A`` and its ``confidence`` says it was not computed.
+    ``conditioned_frames`` lists the output frames the task gives exactly (:func:`conditioned_frames`;
+    ``hemeplm evaluate`` leaves them out of every metric), ``projection`` what the structure projection
+    moved (:func:`projection_summary`) and ``fold_hold`` the fold hold's tolerance (0: off).
     """
     import mdtraj
 
@@ -641,6 +729,8 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
                "stride": made.stride, "given_frames": made.given_frames,
                "num_frames": int(result.shape[1]), "num_samples": num_samples, "seed": seed,
                "sampler": gen.sampler, "steps": gen.denoiser_steps, "project_steps": gen.projection_steps,
+               "fold_hold": gen.fold_hold, "projection": made.projection,
+               "conditioned_frames": made.conditioned_frames,
                "timestep_ps": made.timestep_ps, "start_time_ps": float(made.time_ps[0]),
                "trajectories": [str(p) for p in trajs], "topology_pdb": str(pdb_path),
                "wall_seconds": round(made.wall_seconds, 3), "inpaint_atoms": inpaint_atoms,

@@ -13,16 +13,25 @@ frames, to the diffusion loss (weighted toward low noise):
   Waals radii: the clash definition of ``hemeplm evaluate``, made soft.
 
 Both are ~0 on MD frames and grow as the geometry is perturbed. Sampling can
-also :func:`project` its output: a short minimisation of the same terms over
-the generated internal coordinates (``structure.project_steps``).
+also :func:`project` its output: a short minimisation of the same terms, plus the
+peptide-bond terms of :func:`peptide_penalty` (ω planar, the two backbone angles
+across the bond), over the generated internal coordinates (``structure.project_steps``).
+
+Peptide bonds (:func:`peptide_quads`, :func:`peptide_geometry`) are the topology's C(i)–N(i+1)
+bonds no longer than :data:`PEPTIDE_BOND_MAX_A` in the first frame (a longer one is a chain break
+that the topology bonded anyway), each described by its quad CA(i), C(i), N(i+1), CA(i+1).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import torch
+
+from hemeplm.geometry.rigid import residue_frames
+from hemeplm.geometry.torsion import bond_angle, dihedral_angle
 
 #: a non-bonded pair closer than this times the sum of the van der Waals radii clashes
 CLASH_SCALE = 0.75
@@ -32,6 +41,25 @@ PROJECT_CLASH_SCALE = 0.8
 FOLD_CUTOFF = 10.0
 #: Å; the smallest spread a fold pair is allowed
 FOLD_MIN_SPREAD = 0.1
+#: Å; a topology bond C(i)-N(i+1) longer than this in the first frame is a chain break, not a peptide bond
+PEPTIDE_BOND_MAX_A = 3.0
+#: the two backbone angles across the peptide bond: (mean, σ) in degrees; means of Engh & Huber (1991), spreads
+#: of AlphaFold's between-residue angle statistics (residue_constants: 1.995° and 2.315°, rounded)
+PEPTIDE_ANGLES = {"ca_c_n": (116.2, 2.0), "c_n_ca": (121.7, 2.3)}
+#: the projection's flat bottom for those angles: a deviation within this many σ costs nothing (AlphaFold's
+#: violation tolerance, ``violation_tolerance_factor`` 12: only gross distortions; the evaluation's outliers are 4 σ)
+PROJECT_ANGLE_SIGMAS = 12.0
+#: degrees; the projection's ω tolerance: ω within this of 180° (trans) or 0° (cis) costs nothing
+PROJECT_OMEGA_TOLERANCE = 15.0
+#: training's peptide term: ω within this many degrees of planar costs nothing (MD: ~6° spread; the
+#: evaluation's outliers are 30° off), and each angle across the bond within this many σ
+TRAIN_OMEGA_TOLERANCE = 10.0
+TRAIN_ANGLE_SIGMAS = 4.0
+#: Å; AlphaFold's FAPE clamp: an atom further off than this counts as this far
+FAPE_CLAMP_A = 10.0
+#: Å²/rad²; the weight of the projection's peptide terms: 10° beyond a tolerance costs 0.3 Å², as much as a
+#: 0.55 Å bond-length error (with weight 1 the restraint on the values held a 60° twist at 20°, not 15°)
+PROJECT_PEPTIDE_WEIGHT = 10.0
 
 
 def fold_pairs(frames: np.ndarray, ca: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -120,29 +148,113 @@ def fold_penalty(x: torch.Tensor, reference: torch.Tensor, internal: dict[str, t
     return (torch.relu((d - d_ref).abs() - sigmas * internal["fold_spread"].to(d.dtype)) ** 2).sum(-1)
 
 
-def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """(B, T, A, 3) -> ``bond`` and ``clash``, each (B,), means over frames (and pairs; see module docstring)."""
+def peptide_quads(omega: torch.Tensor, pair_index: torch.Tensor, pair_length: torch.Tensor) -> torch.Tensor:
+    """The peptide bonds of a model's system.
+
+    Args:
+        omega: (R, 4) ω atom quads CA(i-1), C(i-1), N(i), CA(i) per residue, -1 where undefined (the
+            token layout's ``torsion_atoms[:, 2]``); pair_index (2, P), sorted, and pair_length (P,) Å: the
+            inter-token 1-2/1-3 pairs and their first-frame lengths (:class:`~hemeplm.data.internal.InternalLayout`).
+    Returns:
+        (Q, 4) int64 quads of the bonds C-N listed there no longer than :data:`PEPTIDE_BOND_MAX_A`.
+    """
+    quads = omega[(omega >= 0).all(-1)].long()
+    if not len(quads) or not pair_index.shape[-1]:
+        return quads[:0]
+    n = int(max(int(pair_index.max()), int(quads.max()))) + 1
+    keys = pair_index[0].long() * n + pair_index[1].long()
+    c, nn = quads[:, 1], quads[:, 2]
+    want = torch.minimum(c, nn) * n + torch.maximum(c, nn)
+    at = torch.searchsorted(keys, want).clamp(max=len(keys) - 1)
+    listed = keys[at] == want
+    short = pair_length.to(torch.float64)[at] <= PEPTIDE_BOND_MAX_A
+    return quads[listed & short]
+
+
+def peptide_geometry(x: torch.Tensor, quads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(..., A, 3), (Q, 4) peptide quads -> (..., Q) each, radians: ω's distance from planar (from 0 or ±π,
+    whichever is nearer: in [0, π/2]), the angle CA(i)-C(i)-N(i+1) and the angle C(i)-N(i+1)-CA(i+1)."""
+    p = [x[..., quads[:, k], :] for k in range(4)]
+    omega = dihedral_angle(*p).abs()
+    return torch.minimum(omega, math.pi - omega), bond_angle(p[0], p[1], p[2]), bond_angle(p[1], p[2], p[3])
+
+
+def peptide_penalty(x: torch.Tensor, quads: torch.Tensor, omega_tolerance: float = PROJECT_OMEGA_TOLERANCE,
+                    angle_sigmas: float = PROJECT_ANGLE_SIGMAS) -> torch.Tensor:
+    """(..., A, 3) -> (...): flat-bottomed peptide-bond terms (rad², summed over the bonds).
+
+    ``max(0, δω - tol)²`` with δω the distance of ω from planar (:func:`peptide_geometry`) and tol
+    ``omega_tolerance`` degrees, plus for each angle of :data:`PEPTIDE_ANGLES`
+    ``max(0, |θ - θ0| - angle_sigmas · σ)²``: zero while the bond is planar and its angles are
+    within tolerance, as in AlphaFold's between-residue violation terms.
+    """
+    if not len(quads):
+        return x.new_zeros(x.shape[:-2])
+    dev, ca_c_n, c_n_ca = peptide_geometry(x, quads)
+    pen = torch.relu(dev - math.radians(omega_tolerance)) ** 2
+    for theta, (mean, sigma) in zip((ca_c_n, c_n_ca), PEPTIDE_ANGLES.values()):
+        pen = pen + torch.relu((theta - math.radians(mean)).abs() - math.radians(angle_sigmas * sigma)) ** 2
+    return pen.sum(-1)
+
+
+def frame_aligned_error(x: torch.Tensor, truth: torch.Tensor, frame_atoms: torch.Tensor,
+                        clamp: float = FAPE_CLAMP_A) -> torch.Tensor:
+    """AlphaFold's frame-aligned point error: every atom seen from every given residue frame.
+
+    Args:
+        x, truth: (B, T, A, 3) Å, predicted and true coordinates.
+        frame_atoms: (K, 3) N, CA, C atom indices of the residue frames to look from.
+    Returns:
+        (B,) mean over frames, residue frames and atoms of ``min(clamp, |F̂⁻¹ x̂ - F⁻¹ x|)`` (Å), with F the
+        N-CA-C frame built from the same coordinates: invariant to a rigid motion of either structure.
+    """
+    def local(c: torch.Tensor) -> torch.Tensor:
+        rot = residue_frames(c, frame_atoms)  # (B, T, K, 3, 3)
+        rel = c[..., None, :, :] - c[..., frame_atoms[:, 1], :][..., None, :]  # (B, T, K, A, 3)
+        return torch.einsum("...kji,...kaj->...kai", rot, rel)
+
+    err = ((local(x) - local(truth)).pow(2).sum(-1) + 1e-8).sqrt().clamp(max=clamp)
+    return err.mean(dim=(-1, -2, -3))
+
+
+def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor], peptide: torch.Tensor | None = None,
+                    truth: torch.Tensor | None = None, frame_atoms: torch.Tensor | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """(B, T, A, 3) -> ``bond`` and ``clash``, each (B,), means over frames (and pairs; see module docstring);
+    with ``peptide`` quads also ``peptide`` (rad², mean over frames and bonds of :func:`peptide_penalty` at
+    :data:`TRAIN_OMEGA_TOLERANCE` and :data:`TRAIN_ANGLE_SIGMAS`), and with the ``truth`` (B, T, A, 3) and
+    residue ``frame_atoms`` (K, 3) also ``fape`` (Å, :func:`frame_aligned_error`)."""
     bond = bond_deviation(x, internal)
-    return {"bond": bond.mean(dim=(-1, -2)) if bond.shape[-1] else x.new_zeros(x.shape[0]),
-            "clash": clash_penalty(x, internal).mean(-1)}
+    out = {"bond": bond.mean(dim=(-1, -2)) if bond.shape[-1] else x.new_zeros(x.shape[0]),
+           "clash": clash_penalty(x, internal).mean(-1)}
+    if peptide is not None:
+        pen = peptide_penalty(x, peptide, TRAIN_OMEGA_TOLERANCE, TRAIN_ANGLE_SIGMAS)  # (B, T), summed over bonds
+        out["peptide"] = pen.mean(-1) / max(1, len(peptide))
+    if truth is not None and frame_atoms is not None and len(frame_atoms):
+        out["fape"] = frame_aligned_error(x, truth, frame_atoms)
+    return out
 
 
 def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, free: torch.Tensor,
             internal: dict[str, torch.Tensor], steps: int = 50, lr: float = 0.1,
-            restraint: float = 0.01, fold: torch.Tensor | None = None, fold_sigmas: float = 0.0) -> torch.Tensor:
-    """Move generated internal values the least that removes inter-token bond errors and clashes.
+            restraint: float = 0.01, fold: torch.Tensor | None = None, fold_sigmas: float = 0.0,
+            peptide: torch.Tensor | None = None) -> torch.Tensor:
+    """Move generated internal values the least that removes inter-token bond errors, clashes and
+    peptide-bond distortions.
 
     Minimises, over the values of the ``free`` tokens, the sum over frames of the squared
-    inter-token 1-2/1-3 deviations and clash penalties (Å²) plus ``restraint`` times the squared
-    change of the (normalised) values, with Adam. The values stay internal coordinates, so what
-    is exact inside a token stays exact; given tokens do not move. With a ``fold`` reference,
-    the :func:`fold_penalty` is added too (a long forecast keeps its start frame's fold within
-    the training MD's fluctuations).
+    inter-token 1-2/1-3 deviations and clash penalties (Å²), the :func:`peptide_penalty` of the
+    ``peptide`` bonds (rad², times :data:`PROJECT_PEPTIDE_WEIGHT`: ω planar, the two angles across the bond) plus
+    ``restraint`` times the squared change of the (normalised) values, with Adam. The values stay
+    internal coordinates, so what is exact inside a token stays exact; given tokens do not move.
+    With a ``fold`` reference and ``fold_sigmas`` > 0, the :func:`fold_penalty` is added too
+    (the sampler passes each window's key frame: ``sample.py --fold-hold``).
 
     Args:
         coordinates: normalised values (B, T, N, D) -> coordinates (B, T, A, 3).
         values: (B, T, N, D) generated values; free: (B, T, N) bool, tokens that may move.
         fold: None, or (A, 3) / (B, A, 3) reference coordinates of the fold; fold_sigmas: its tolerance.
+        peptide: None, or (Q, 4) peptide quads (:func:`peptide_quads`).
     Returns:
         (B, T, N, D) projected values.
     """
@@ -159,6 +271,8 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
             energy = bond_deviation(x, internal).sum() + clash_penalty(x, internal, PROJECT_CLASH_SCALE).sum()
             if fold is not None and fold_sigmas > 0:
                 energy = energy + fold_penalty(x, fold, internal, fold_sigmas).sum()
+            if peptide is not None:
+                energy = energy + PROJECT_PEPTIDE_WEIGHT * peptide_penalty(x, peptide).sum()
             energy = energy + restraint * (delta * move).pow(2).sum()
             opt.zero_grad()
             energy.backward()

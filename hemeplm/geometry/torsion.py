@@ -1,4 +1,4 @@
-"""Dihedral (torsion) angles of point quadruples."""
+"""Dihedral (torsion) angles of point quadruples, and bond angles of triples."""
 
 from __future__ import annotations
 
@@ -23,3 +23,9 @@ def dihedrals(x: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:
     """
     q = quads.clamp(min=0)
     return dihedral_angle(*(x[..., q[..., k], :] for k in range(4)))
+
+
+def bond_angle(p0: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """Angles (radians, in [0, π]) at ``p1`` of points (..., 3) -> (...)."""
+    a, b = p0 - p1, p2 - p1
+    return torch.atan2(torch.cross(a, b, dim=-1).norm(dim=-1), (a * b).sum(-1))

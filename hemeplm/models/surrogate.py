@@ -20,6 +20,7 @@ from hemeplm.data import internal as ic
 from hemeplm.data import tokens as tok
 from hemeplm.data.ligand import ELEMENTS, N_LIGAND_FEATURES
 from hemeplm.data.residues import N_RES_TYPES
+from hemeplm.geometry.structure import peptide_quads
 from hemeplm.models.denoiser import Conditioning, VideoDenoiser
 from hemeplm.models.encoder import AtomEncoder
 from hemeplm.models.energy import EnergyModel
@@ -110,6 +111,9 @@ class HemePLM(nn.Module):
         self.atoms = Buffers({k: static[k] for k in STATIC_KEYS})
         self.tokens = Buffers(static["layout"])
         self.internal = Buffers(static["internal"])
+        # (Q, 4) CA(i), C(i), N(i+1), CA(i+1) of each peptide bond: training's and the projection's peptide terms
+        self.register_buffer("peptide", peptide_quads(self.tokens.torsion_atoms[:, 2], self.internal.pair_index,
+                                                      self.internal.pair_length), persistent=False)
         self.register_buffer("pocket", torch.as_tensor(static["pocket"], dtype=torch.long), persistent=False)
         self.register_buffer("domain", torch.as_tensor(static["domain"], dtype=torch.long), persistent=False)
         plm = static.get("plm")

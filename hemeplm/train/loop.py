@@ -50,6 +50,9 @@ from hemeplm.evaluate.report import log_to_wandb
 
 log = logging.getLogger(__name__)
 
+#: residue frames the FAPE term looks from in each step (drawn at random: its cost stays linear in atoms)
+FAPE_FRAMES = 32
+
 
 class Objective(nn.Module):
     """Loss of one step: diffusion ε loss with the structure terms on its clean-data estimate, plus,
@@ -57,8 +60,9 @@ class Objective(nn.Module):
 
     ``forward(coords (B, T, A, 3), mask (B, T, N), t (B,), generator, labelled)`` returns a dict of
     scalar losses; ``loss`` is the total. The structure terms (:mod:`hemeplm.geometry.structure`: inter-token
-    bonds and angles, clashes) are computed on the decoded x̂0 of each window and weighted by ᾱ_t,
-    toward low noise. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
+    bonds and angles, clashes, peptide planarity and angles, the frame-aligned point error against the
+    true frames from :data:`FAPE_FRAMES` random residue frames; all in Å or rad) are computed on the
+    decoded x̂0 of each window and weighted by ᾱ_t, toward low noise. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
     (``coords`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R),
     ``has_interaction`` (F,)) or None; its losses are mean squared errors on normalised scales
     (energy standard deviation, force RMS, interaction fluctuation scale of the training frames).
@@ -66,11 +70,11 @@ class Objective(nn.Module):
 
     def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float = 1.0,
                  force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
-                 clash_weight: float = 0.0):
+                 clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0):
         super().__init__()
         self.model, self.diffusion = model, diffusion
         self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
-        self.bond_weight, self.clash_weight = bond_weight, clash_weight
+        self.weights = {"bond": bond_weight, "clash": clash_weight, "peptide": peptide_weight, "fape": fape_weight}
         self.structure: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -78,7 +82,7 @@ class Objective(nn.Module):
         """Build from a run's Config (energy and structure loss weights)."""
         e, s = cfg.energy, cfg.structure
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
-                   s.clash_weight)
+                   s.clash_weight, s.peptide_weight, s.fape_weight)
 
     def diffusion_loss(self, coords, mask, t, generator=None) -> torch.Tensor:
         """ε loss plus weighted structure terms of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on
@@ -89,11 +93,18 @@ class Objective(nn.Module):
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
 
         def structure(x0_hat: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-            terms = structure_terms(m.coordinates(x0_hat, key), m.internal)
+            frames = None
+            if self.weights["fape"] > 0:
+                residues = m.tokens.frame_atoms.shape[0]
+                pick = torch.randperm(residues, generator=generator, device=coords.device if generator is None
+                                      else generator.device)[:FAPE_FRAMES].to(coords.device)
+                frames = m.tokens.frame_atoms[pick]
+            terms = structure_terms(m.coordinates(x0_hat, key), m.internal,
+                                    m.peptide if self.weights["peptide"] > 0 else None, coords, frames)
             self.structure = {k: (alpha_bar * v).sum().detach() / alpha_bar.sum() for k, v in terms.items()}
-            return self.bond_weight * terms["bond"] + self.clash_weight * terms["clash"]
+            return sum(self.weights[k] * v for k, v in terms.items())
 
-        use = self.bond_weight > 0 or self.clash_weight > 0
+        use = any(w > 0 for w in self.weights.values())
         return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.value_mask, t=t,
                                    generator=generator, x0_loss=structure if use else None)
 
@@ -219,7 +230,8 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
         idx = [rng.randrange(len(ds)) for _ in range(cfg.optim.batch_size)]
         b = {k: v.to(device) for k, v in collate([ds[j] for j in idx]).items()}
         task = tasks[i % len(tasks)]
-        mask = task_mask(task, cfg.data.window, model.token_is_ligand, cfg.tasks.upsample_factor)
+        mask = task_mask(task, cfg.data.window, model.token_is_ligand, cfg.tasks.upsample_factor,
+                         history=cfg.tasks.history)
         mask = mask.expand(len(idx), -1, -1)
         t = torch.randint(0, objective.diffusion.timesteps, (len(idx),), generator=gen).to(device)
         with torch.no_grad():
@@ -385,7 +397,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
         while step < cfg.max_steps:
             rng, _ = _step_rng(cfg, step)
             task, mask = draw_training_mask(rng, vars(cfg.tasks), cfg.data.window, model.token_is_ligand,
-                                            cfg.tasks.upsample_factor)
+                                            cfg.tasks.upsample_factor, cfg.tasks.history)
             b = {k: v.to(device) for k, v in _batch(train_ds, cfg, rng, rank, world).items()}
             _, noise_gen = _step_rng(cfg, step, rank)
             t = torch.randint(0, diffusion.timesteps, (len(b["coords"]),), generator=noise_gen).to(device)
