@@ -61,7 +61,7 @@ import torch
 from hemeplm.train.checkpoint import build_model, load_checkpoint
 from hemeplm.generate.confidence import frame_uncertainty
 from hemeplm.config import Config
-from hemeplm.data.load import kabsch, load_system, select_ligand
+from hemeplm.data.load import load_system, select_ligand
 from hemeplm.data.numbering import kept_insertion_codes, topology_pdb, write_pdb
 from hemeplm.device import resolve_device
 from hemeplm.diffusion import SAMPLERS, GaussianDiffusion
@@ -72,6 +72,7 @@ from hemeplm.tasks import TASKS, task_mask
 from hemeplm.io import atomic_save, atomic_write_text, check_outputs, output_paths
 from hemeplm.generate.fragment import denoiser_for
 from hemeplm.generate.energies import predict
+from hemeplm.geometry.rigid import superposition
 
 log = logging.getLogger(__name__)
 
@@ -445,7 +446,7 @@ def given_from_trajectories(gen: Sampler, trajs: list, chunk: int = 1024) -> lis
             xyz = traj.xyz[lo:lo + chunk, keep].astype(np.float64) * 10.0
             if reference is None:
                 reference = xyz[0, ca]
-            rot, trans = kabsch(xyz[:, ca], reference)
+            rot, trans = superposition(xyz[:, ca], reference)
             frames[lo:lo + chunk] = np.einsum("fij,faj->fai", rot, xyz) + trans[:, None]
         dt = float(traj.time[1] - traj.time[0]) if traj.n_frames > 1 else 1.0
         if not dt > 0:
