@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -282,3 +283,19 @@ def test_torchrun_two_ranks_train_in_step(tiny_system, tmp_path):
     assert ckpt["step"] == 3
     assert all(torch.equal(ckpt["model"][k], v) for k, v in trained.items())
     assert [r["step"] for r in metrics(run_dir) if "train_loss" in r] == [1, 2, 3]  # rank 0 alone logs
+
+
+def test_angstrom_losses_train_and_are_logged(tiny_system, tmp_path):
+    """structure.peptide_weight and structure.fape_weight add their terms to the loss (finite, logged each step)
+    and tasks.history trains forecasts from more than one given frame."""
+    cfg = tiny_config(tiny_system, tmp_path, "max_steps=3", "structure.peptide_weight=10",
+                      "structure.fape_weight=0.2", "tasks.history=2", "tasks.tps=0", "tasks.inpaint=0",
+                      "tasks.upsample=0")
+    run_dir = training.train(cfg)
+    rows = [r for r in metrics(run_dir) if "train_loss" in r]
+    assert len(rows) == 3
+    for r in rows:
+        keys = {k for k in r if "peptide" in k or "fape" in k}
+        assert keys and all(math.isfinite(r[k]) and r[k] >= 0 for k in keys), r
+    with pytest.raises(HemeplmError, match="tasks.history"):
+        tiny_config(tiny_system, tmp_path, "tasks.history=5")
