@@ -311,7 +311,7 @@ def test_fold_hold_option(tiny_run, tiny_system, tmp_path, capsys):
               "--frames", str(tiny_system["trajectory"]), "--num-frames", "5"]
     with pytest.raises(SystemExit) as exc:
         cli_sample.main([*common, "--out", str(tmp_path / "bad.dcd"), "--fold-hold", "-1"])
-    assert exc.value.code == 2 and "--fold-hold must be 0 (off) or more, got -1" in capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --fold-hold: must be a finite number of at least 0, got -1" in capsys.readouterr().err
     cli_sample.main([*common, "--out", str(tmp_path / "held.dcd"), "--fold-hold", "2"])
     assert json.loads((tmp_path / "held.json").read_text())["fold_hold"] == 2.0
 
