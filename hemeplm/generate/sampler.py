@@ -732,7 +732,7 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
                "sampler": gen.sampler, "steps": gen.denoiser_steps, "project_steps": gen.projection_steps,
                "fold_hold": gen.fold_hold, "projection": made.projection,
                "conditioned_frames": made.conditioned_frames,
-               "timestep_ps": made.timestep_ps, "start_time_ps": float(made.time_ps[0]),
+               "timestep_ps": made.timestep_ps, "start_time_ps": round(float(made.time_ps[0]), 6),
                "trajectories": [str(p) for p in trajs], "topology_pdb": str(pdb_path),
                "wall_seconds": round(made.wall_seconds, 3), "inpaint_atoms": inpaint_atoms,
                "inpainted_atoms": made.inpainted}
