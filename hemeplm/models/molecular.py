@@ -4,7 +4,7 @@ The system is an input here, not a buffer: ``model(numbers, pos)`` takes the ato
 and positions (B, A, 3) Å of any molecule, so the prediction depends on elements and positions
 alone (permuting the atoms permutes the forces and leaves the energy as it is). The atoms are
 encoded with the project's ViSNet-style layers (:class:`~hemeplm.models.encoder.ViSLayer`) on an
-element embedding and a plain radius graph (no neighbour cap: every pair within the cutoff, so the
+element embedding (plus a distance-weighted embedding of the neighbours' elements) and a plain radius graph (no neighbour cap: every pair within the cutoff, so the
 energy is a smooth function of the coordinates), and the energy is a sum over atoms::
 
     E(x) = Σ_i [ shift(z_i) + scale · u(h_i) ]
@@ -40,6 +40,11 @@ class MolecularEnergy(nn.Module):
         self.cutoff, self.lmax = cutoff, lmax
         self.n_sh = (lmax + 1) ** 2 - 1
         self.embed = nn.Embedding(MAX_Z + 1, hidden)
+        # neighbour embedding (as in TorchMD-Net and ViSNet): each atom starts from its element and its
+        # neighbours' elements weighted by their distances, so the first layer already sees the geometry
+        self.neighbour_embed = nn.Embedding(MAX_Z + 1, hidden)
+        self.neighbour_filter = nn.Linear(num_rbf, hidden)
+        self.combine = nn.Linear(2 * hidden, hidden)
         self.rbf = GaussianRBF(num_rbf, cutoff)
         self.edge_in = nn.Linear(num_rbf, hidden)
         self.layers = nn.ModuleList(ViSLayer(hidden, update_edges=i < layers - 1) for i in range(layers))
@@ -74,9 +79,12 @@ class MolecularEnergy(nn.Module):
         sh = o3.spherical_harmonics(list(range(1, self.lmax + 1)), rhat, normalize=False, normalization="component")
         cut = cosine_cutoff(d, self.cutoff)
         z = numbers.repeat(b)
+        rbf = self.rbf(d)
         h = self.embed(z)
+        around = self.neighbour_embed(z)[src] * self.neighbour_filter(rbf) * cut[:, None]
+        h = self.combine(torch.cat([h, torch.zeros_like(h).index_add_(0, dst, around)], dim=-1))
         vec = h.new_zeros(b * a, self.n_sh, h.shape[-1])
-        f = self.edge_in(self.rbf(d)) * cut[:, None]
+        f = self.edge_in(rbf) * cut[:, None]
         for layer in self.layers:
             h, vec, f = layer(h, vec, f, sh, cut, rhat, ei)
         atom = self.shift[z].to(pos.dtype) + self.scale.to(pos.dtype) * self.out(self.norm(h)).squeeze(-1)
