@@ -144,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     if molecules:
         rows = benchmark(molecules, args.seconds, args.max_steps)
         out["models"] = rows
-        print(f"\nHeld-out test block (last 10% of each run), budget {args.seconds:g} s per model ({machine})")
+        steps = args.max_steps or "the config's max_steps"
+        print(f"\nHeld-out test block (last 10% of each run); budget per model: {args.seconds:g} s or {steps} steps, "
+              f"whichever ends first ({machine})")
         print(f"{'molecule':<18} {'model':<18} {'steps':>6} {'train s':>8} {'E MAE':>8} {'E R2':>7} {'F MAE':>7}")
         for r in rows:
             print(f"{r['molecule']:<18} {r['model']:<18} {r['steps']:>6} {r['seconds']:>8.0f} "
@@ -154,12 +156,12 @@ def main(argv: list[str] | None = None) -> None:
         rows = fragmentation(args.fragmentation)
         out["fragmentation"] = rows
         print(f"\nChignolin: fragmentation vs direct GFN2-xTB on {args.fragmentation} frames ({machine})")
+        print("(energies compared after removing each method's mean offset from the direct energies)")
         print(f"{'method':<34} {'s/frame':>8} {'offset':>9} {'E MAE':>8} {'E R2':>7} {'F MAE':>7}")
         for r in rows[:-1]:
             print(f"{r['method']:<34} {r['s_per_frame']:>8.2f} {r['energy_offset']:>9.1f} "
                   f"{r['energy_mae_after_offset']:>8.2f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.2f}")
-        print(f"mean |F| of the direct labels: {rows[-1]['force_mae']:.2f} kcal/mol/Å; E MAE after removing "
-              "the mean offset (kcal/mol)")
+        print(f"(kcal/mol and kcal/mol/Å; mean |F| of the direct labels: {rows[-1]['force_mae']:.2f} kcal/mol/Å)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
