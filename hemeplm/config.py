@@ -120,6 +120,22 @@ class StructureConfig:
 
 
 @dataclass
+class QMConfig:
+    """A molecular energy model (:mod:`hemeplm.models.molecular`) trained on a molecule data set
+    (``hemeplm dataset``) instead of the generative model: set ``molecule`` to train one. ``dataset``
+    is the data set folder (unset: data/qm/MOLECULE, made on the fly when missing); the loss is
+    ``energy_weight`` · MSE(E)/var(E) + ``force_weight`` · MSE(F)/RMS(F)² on the training block;
+    ``train_frames`` > 0 keeps that many training frames, evenly spaced in time (0: all). The encoder
+    section sets the network (``max_neighbors`` is unused: a plain radius graph), optim the optimiser."""
+
+    molecule: str | None = None
+    dataset: str | None = None
+    energy_weight: float = 1.0
+    force_weight: float = 10.0
+    train_frames: int = 0
+
+
+@dataclass
 class OptimConfig:
     lr: float = 1e-3
     batch_size: int = 8
@@ -154,6 +170,7 @@ class Config:
     tasks: TaskConfig = field(default_factory=TaskConfig)
     energy: EnergyConfig = field(default_factory=EnergyConfig)
     structure: StructureConfig = field(default_factory=StructureConfig)
+    qm: QMConfig = field(default_factory=QMConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 
 from hemeplm import __version__
-from hemeplm.cli import (bench, energies, evaluate, inspect, label, relax, sample, simulate, train,
-                         view)
+from hemeplm.cli import (bench, dataset, energies, evaluate, inspect, label, relax, sample, simulate,
+                         train, view)
 from hemeplm.cli.options import COMPLETE_FILES_HINTS, HelpFormatter, exit_on_error
 
 #: in the order ``hemeplm --help`` lists them
-SUBCOMMANDS = (inspect, simulate, label, train, sample, evaluate, view, energies, relax, bench)
+SUBCOMMANDS = (inspect, simulate, label, dataset, train, sample, evaluate, view, energies, relax, bench)
 EPILOG = """training and sampling are also scripts in the repository root:
   python train.py [--config configs/demo.yaml] [key=value ...]   as hemeplm train
   python sample.py --ckpt runs/NAME/ckpt.pt --task forecast ...   as hemeplm sample

@@ -5,10 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from hemeplm.cli.options import HelpFormatter, add_output_flags, add_truncated_option, count, positive
+from hemeplm.device import resolve_device
 from hemeplm.errors import HemeplmError
-from hemeplm.generate import energies
+from hemeplm.generate import energies, molecular
 from hemeplm.generate.sampler import load_checked, Sampler
 from hemeplm.io import check_outputs
+from hemeplm.train.checkpoint import load_checkpoint
+from hemeplm.train.molecular import KIND
 
 
 def add_parser(sub) -> None:
@@ -18,7 +21,10 @@ def add_parser(sub) -> None:
                         description="Predict with a checkpoint's energy model for any trajectory of its system "
                                     "(MD or generated). Writes OUT/energies.npz, residue_interaction.csv "
                                     "(per-residue mean and std), residue_interaction.png and "
-                                    "residue_interaction.pdb (mean in the B-factor column).")
+                                    "residue_interaction.pdb (mean in the B-factor column).\n\n"
+                                    "A molecular energy model (trained with qm.molecule set) writes OUT/energies.npz "
+                                    "with energy_kcal_mol and forces_kcal_mol_A for any frames of its molecule, "
+                                    "atoms in any order; --compare scores them into OUT/compare/metrics.json.")
     en.add_argument("--ckpt", required=True, help="checkpoint written by train.py (runs/NAME/ckpt.pt)")
     en.add_argument("--topology", required=True, help="topology of --frames (a generated file's PDB, or the MD's)")
     en.add_argument("--frames", required=True, help="trajectory to predict for")
@@ -41,6 +47,12 @@ def add_parser(sub) -> None:
 def run(args) -> None:
     import torch
 
+    if load_checkpoint(args.ckpt).get("kind") == KIND:
+        device = resolve_device(args.device)
+        for path in molecular.write(args.ckpt, args.topology, args.frames, args.out, args.start, args.stop,
+                                    args.compare, args.force, device):
+            print(path)
+        return
     out = Path(args.out)
     check_outputs([out / f for f in energies.FILES] + ([out / "compare" / "metrics.json"] if args.compare else []),
                   args.force, out)

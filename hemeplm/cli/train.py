@@ -4,6 +4,8 @@
     hemeplm train   (the same options)
 
 Writes runs/NAME/: ckpt.pt, config.yaml, metrics.jsonl (and wandb, offline by default).
+A config that sets qm.molecule (configs/qm_*.yaml) trains the molecular energy model instead and
+also writes runs/NAME/test_metrics.json.
 Under torchrun, every rank trains and rank 0 logs and saves.
 """
 
@@ -15,6 +17,7 @@ import logging
 from hemeplm.cli.options import HelpFormatter, exit_on_error
 from hemeplm.config import load_config
 from hemeplm.train.loop import train
+from hemeplm.train.molecular import train_molecular
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -37,7 +40,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(load_config(args.config, args.overrides), resume=args.resume, dry_run=args.dry_run)
+    cfg = load_config(args.config, args.overrides)
+    # a config with qm.molecule trains the molecular energy model on that molecule's data set
+    (train_molecular if cfg.qm.molecule else train)(cfg, resume=args.resume, dry_run=args.dry_run)
 
 
 def main(argv: list[str] | None = None) -> None:

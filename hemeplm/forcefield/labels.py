@@ -13,7 +13,8 @@ kcal/mol. Protein–ligand pairs that the force field treats as exceptions
 (a covalently bound ligand) use the exception's parameters.
 
 ``hemeplm label TOPOLOGY TRAJ... --out DIR`` reruns an existing all-atom
-trajectory through OpenMM: for every frame the potential energy, all-atom forces
+trajectory through OpenMM (``--level mm``, the default; ``--level gfn2`` computes GFN2-xTB
+energies and forces of the whole molecule instead, :mod:`hemeplm.forcefield.qm`): for every frame the potential energy, all-atom forces
 and these interaction energies, written with the frames (DCD, full float32
 precision) into one directory per trajectory, where the data loader finds them.
 The labels are computed at exactly the coordinates written, so inputs and labels
@@ -33,6 +34,7 @@ import numpy as np
 from hemeplm.data.load import ENERGY_FILE, load_topology, load_trajectory, select_ligand
 from hemeplm.errors import HemeplmError, require_file
 from hemeplm.data.parameters import PairParameters, coulomb_lj, openmm_system, pair_parameters, residue_labels
+from hemeplm.forcefield.qm import check_spin, gfn2_frames
 from hemeplm.io import atomic_write_bytes, check_outputs
 
 log = logging.getLogger(__name__)
@@ -104,19 +106,33 @@ def frame_labels(system, positions_a: np.ndarray, box_nm=None, progress: bool = 
     return energies, forces
 
 
+LEVELS = ("mm", "gfn2")
+
+
 def label_trajectories(topology: str | Path, trajectories: list[str | Path], out: str | Path,
                        forcefield: list[str] | None = None, solvent: str | None = None, cutoff_nm: float = 1.2,
-                       ligand: str | None = None, force: bool = False, progress: bool = True) -> list[Path]:
-    """Rerun trajectories through OpenMM and write their labels (what ``hemeplm label`` does).
+                       ligand: str | None = None, force: bool = False, progress: bool = True, level: str = "mm",
+                       charge: int = 0, multiplicity: int = 1) -> list[Path]:
+    """Label trajectories and write their labels (what ``hemeplm label`` does).
 
-    Each trajectory ``X.ext`` gets ``out/X/`` with ``traj.dcd`` (the frames as read),
-    ``topology.pdb`` and ``energies_forces.npz``: ``time_ps`` (F,), ``energy_kcal_mol`` (F,),
-    ``forces_kcal_mol_A`` (F, A, 3), ``residue_interaction_kcal_mol`` (F, R), ``residues`` (R,)
-    and ``ligand_atoms`` (L,). ``solvent`` None: implicit (OBC2) for a prmtop, vacuum otherwise,
-    explicit when the frames have a box. Returns the directories written.
+    Each trajectory ``X.ext`` gets ``out/X/`` with ``traj.dcd`` (the frames labelled),
+    ``topology.pdb``, ``labels.json`` and ``energies_forces.npz``: ``time_ps`` (F,),
+    ``energy_kcal_mol`` (F,) and ``forces_kcal_mol_A`` (F, A, 3).
+
+    ``level="mm"`` reruns the frames through OpenMM and adds ``residue_interaction_kcal_mol``
+    (F, R), ``residues`` (R,) and ``ligand_atoms`` (L,). ``solvent`` None: implicit (OBC2) for a
+    prmtop, vacuum otherwise, explicit when the frames have a box.
+
+    ``level="gfn2"`` computes GFN2-xTB (:mod:`hemeplm.forcefield.qm`) for the whole molecule in
+    vacuum with total ``charge`` and spin ``multiplicity``. A frame GFN2-xTB cannot compute is left
+    out of ``traj.dcd`` and the npz and listed in ``labels.json`` (``failed_frames``, with the
+    message); ``frame_index`` (F,) in the npz gives each written frame's index in the input.
+    Returns the directories written.
     """
     import mdtraj
 
+    if level not in LEVELS:
+        raise HemeplmError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
     top_path = require_file(topology)
     if not trajectories:
         raise HemeplmError("give the trajectory files to label")
@@ -126,13 +142,38 @@ def label_trajectories(topology: str | Path, trajectories: list[str | Path], out
     if len(set(stems)) != len(stems):
         raise HemeplmError(f"trajectory file names must differ (they name the output folders): {stems}")
     dirs = [out / s for s in stems]
+    if level == "gfn2":
+        numbers = _gfn2_numbers(md_top, top_path, charge, multiplicity, forcefield, solvent)
     check_outputs([d / f for d in dirs for f in (ENERGY_FILE, "traj.dcd", "topology.pdb", "labels.json")], force, out)
-    lig = select_ligand(md_top, ligand, top_path)
-    if not len(lig):
-        log.warning("%s: no ligand: only energies and forces are labelled", top_path)
-    residue, names = residue_labels(md_top)
+    if level == "mm":
+        lig = select_ligand(md_top, ligand, top_path)
+        if not len(lig):
+            log.warning("%s: no ligand: only energies and forces are labelled", top_path)
+        residue, names = residue_labels(md_top)
     for traj_path, d in zip(trajectories, dirs):
         traj = load_trajectory(traj_path, md_top, top_path)
+        xyz = traj.xyz.astype(np.float64) * 10.0
+        if level == "gfn2":
+            if traj.unitcell_vectors is not None and solvent != "vacuum":
+                raise HemeplmError("the frames have a periodic box, but GFN2-xTB labels are for one molecule in "
+                                   "vacuum: strip the solvent first, or pass --solvent vacuum to ignore the box",
+                                   traj_path)
+            energy, forces, failed = gfn2_frames(numbers, xyz, charge, multiplicity, progress)
+            keep = np.setdiff1d(np.arange(traj.n_frames), [f for f, _ in failed])
+            if not len(keep):
+                raise HemeplmError(f"GFN2-xTB failed on every frame (frame 0: {failed[0][1]})", traj_path)
+            arrays = {"time_ps": np.asarray(traj.time, dtype=np.float64)[keep], "energy_kcal_mol": energy[keep],
+                      "forces_kcal_mol_A": forces[keep].astype(np.float32), "frame_index": keep}
+            meta = {"level": "gfn2", "method": "GFN2-xTB (tblite), vacuum", "charge": int(charge),
+                    "multiplicity": int(multiplicity), "n_frames_read": int(traj.n_frames),
+                    "failed_frames": [{"frame": int(f), "error": m} for f, m in failed]}
+            _write_labelled(d, traj[keep], None, arrays, {"topology": str(top_path), "trajectory": str(traj_path),
+                                                          **meta, "n_frames": int(len(keep))})
+            if failed:
+                log.warning("%s: %d of %d frames failed and were left out (labels.json lists them)", d,
+                            len(failed), traj.n_frames)
+            log.info("%s: %d frames labelled with GFN2-xTB", d, len(keep))
+            continue
         periodic = traj.unitcell_vectors is not None and solvent != "vacuum"
         solv = solvent or ("explicit" if periodic else "implicit" if top_path.name.lower().endswith(
             (".prmtop", ".parm7")) else "vacuum")
@@ -140,28 +181,56 @@ def label_trajectories(topology: str | Path, trajectories: list[str | Path], out
         if omm_top.getNumAtoms() != md_top.n_atoms:
             raise HemeplmError(f"the force field system has {omm_top.getNumAtoms()} atoms but the topology "
                                f"has {md_top.n_atoms}", top_path)
-        xyz = traj.xyz.astype(np.float64) * 10.0
         params = pair_parameters(system)
         box = traj.unitcell_vectors if periodic else None
         energy, forces = frame_labels(system, xyz, box, progress)
         inter = residue_interactions(params, xyz, residue, lig, len(names))
-        d.mkdir(parents=True, exist_ok=True)
-        with mdtraj.formats.DCDTrajectoryFile(str(d / ".traj.tmp.dcd"), "w", force_overwrite=True) as fh:
-            fh.write(traj.xyz * 10.0, cell_lengths=None if box is None else traj.unitcell_lengths * 10.0,
-                     cell_angles=None if box is None else traj.unitcell_angles)
-        (d / ".traj.tmp.dcd").replace(d / "traj.dcd")
-        traj[0].save_pdb(str(d / ".topology.tmp.pdb"))
-        (d / ".topology.tmp.pdb").replace(d / "topology.pdb")
-        buf = io.BytesIO()
-        np.savez_compressed(buf, time_ps=np.asarray(traj.time, dtype=np.float64), energy_kcal_mol=energy,
-                            forces_kcal_mol_A=forces, residue_interaction_kcal_mol=inter,
-                            residues=np.asarray(names), ligand_atoms=lig)
-        atomic_write_bytes(d / ENERGY_FILE, buf.getvalue())
-        atomic_write_bytes(d / "labels.json", json.dumps({
-            "topology": str(top_path), "trajectory": str(traj_path), "forcefield": forcefield,
+        arrays = {"time_ps": np.asarray(traj.time, dtype=np.float64), "energy_kcal_mol": energy,
+                  "forces_kcal_mol_A": forces, "residue_interaction_kcal_mol": inter,
+                  "residues": np.asarray(names), "ligand_atoms": lig}
+        _write_labelled(d, traj, box, arrays, {
+            "topology": str(top_path), "trajectory": str(traj_path), "level": "mm", "forcefield": forcefield,
             "solvent": solv, "cutoff_nm": cutoff_nm, "n_frames": int(traj.n_frames),
             "interaction_energy": "per protein residue with the ligand: Coulomb (332.0637 q_i q_j / r) + "
-                                  "Lennard-Jones, all atoms, no cutoff, vacuum, kcal/mol"}, indent=2).encode())
+                                  "Lennard-Jones, all atoms, no cutoff, vacuum, kcal/mol"})
         log.info("%s: %d frames labelled", d, traj.n_frames)
     return dirs
 
+
+def _gfn2_numbers(md_top, top_path: Path, charge: int, multiplicity: int, forcefield, solvent) -> np.ndarray:
+    """Atomic numbers (A,) of a topology for GFN2-xTB labels, after checking the options fit them."""
+    if forcefield:
+        raise HemeplmError("--forcefield is for --level mm; GFN2-xTB needs no force field")
+    if solvent not in (None, "vacuum"):
+        raise HemeplmError(f"GFN2-xTB labels are computed in vacuum; --solvent {solvent} is for --level mm")
+    numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in md_top.atoms])
+    if (numbers <= 0).any():
+        bad = next(a for a, z in zip(md_top.atoms, numbers) if z <= 0)
+        raise HemeplmError(f"atom {bad} has no chemical element; GFN2-xTB needs every atom's element", top_path)
+    if not (numbers == 1).any() and (numbers == 6).any():
+        raise HemeplmError("the topology has no hydrogens; GFN2-xTB needs every atom", top_path)
+    if numbers.max() > 86:
+        raise HemeplmError("GFN2-xTB covers elements up to radon (Z = 86)", top_path)
+    try:
+        check_spin(numbers, charge, multiplicity)
+    except HemeplmError as exc:
+        raise HemeplmError(str(exc), top_path) from None
+    return numbers
+
+
+def _write_labelled(d: Path, traj, box, arrays: dict, meta: dict) -> None:
+    """Write ``traj.dcd`` (full float32 precision), ``topology.pdb``, ``energies_forces.npz`` (``arrays``) and
+    ``labels.json`` (``meta``) into ``d``, each file atomically."""
+    import mdtraj
+
+    d.mkdir(parents=True, exist_ok=True)
+    with mdtraj.formats.DCDTrajectoryFile(str(d / ".traj.tmp.dcd"), "w", force_overwrite=True) as fh:
+        fh.write(traj.xyz * 10.0, cell_lengths=None if box is None else traj.unitcell_lengths * 10.0,
+                 cell_angles=None if box is None else traj.unitcell_angles)
+    (d / ".traj.tmp.dcd").replace(d / "traj.dcd")
+    traj[0].save_pdb(str(d / ".topology.tmp.pdb"))
+    (d / ".topology.tmp.pdb").replace(d / "topology.pdb")
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(d / ENERGY_FILE, buf.getvalue())
+    atomic_write_bytes(d / "labels.json", json.dumps(meta, indent=2).encode())

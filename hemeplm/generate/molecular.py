@@ -1,0 +1,79 @@
+"""A molecular energy model's energies and forces for any frames of its molecule: ``hemeplm energies``
+with a checkpoint trained on a molecule data set (``qm.molecule``).
+
+The model sees elements and positions only, so the topology may list the atoms in any order: the
+forces come back in the topology's order. The topology must hold the same elements as the training
+molecule (the energy zero is fitted to that composition). Writes ``OUT/energies.npz`` with
+``energy_kcal_mol`` (F,) and ``forces_kcal_mol_A`` (F, A, 3); with ``compare``, frames whose labels
+lie beside them (``energies_forces.npz``, as ``hemeplm dataset`` and ``hemeplm label`` write) are
+also scored into ``OUT/compare/metrics.json`` (energy MAE and R², force MAE, beside predicting the
+training mean energy and zero forces).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hemeplm.data.load import ENERGY_FILE, load_topology, load_trajectory
+from hemeplm.errors import HemeplmError, require_file
+from hemeplm.io import atomic_write_bytes, check_outputs
+from hemeplm.train.molecular import load_molecular, predict, score
+
+
+def _formula(numbers) -> str:
+    import mdtraj
+
+    counts = Counter(int(z) for z in numbers)
+    return "".join(f"{mdtraj.element.Element.getByAtomicNumber(z).symbol}{n if n > 1 else ''}"
+                   for z, n in sorted(counts.items(), key=lambda kv: (kv[0] != 6, kv[0] != 1, kv[0])))
+
+
+def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: str | Path, start: int | None = None,
+          stop: int | None = None, compare: bool = False, force: bool = False, device: str = "cpu") -> list[Path]:
+    """Predict energies and forces of ``frames[start:stop]`` and write them (module docstring); returns the paths."""
+    out = Path(out)
+    paths = [out / "energies.npz"] + ([out / "compare" / "metrics.json"] if compare else [])
+    check_outputs(paths, force, out)
+    model, ckpt = load_molecular(ckpt_path, device)
+    top_path = require_file(topology)
+    top = load_topology(top_path)
+    numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in top.atoms])
+    trained = np.asarray(ckpt["static"]["numbers"])
+    if sorted(numbers.tolist()) != sorted(trained.tolist()):
+        raise HemeplmError(f"holds {_formula(numbers)}, but the model was trained on {ckpt['static']['molecule']} "
+                           f"({_formula(trained)}); it predicts for that molecule's frames only", top_path)
+    traj = load_trajectory(frames, top, top_path)
+    span = slice(start, stop)
+    xyz = traj.xyz[span].astype(np.float64) * 10.0
+    if not len(xyz):
+        raise HemeplmError(f"no frames in [{start}:{stop}] of its {traj.n_frames}", frames)
+    energy, forces = predict(model, numbers, xyz, device=device)
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, energy_kcal_mol=energy, forces_kcal_mol_A=forces.astype(np.float32),
+                        frame_index=np.arange(traj.n_frames)[span])
+    atomic_write_bytes(paths[0], buf.getvalue())
+    if compare:
+        labels = Path(frames).parent / ENERGY_FILE
+        if not labels.exists():
+            raise HemeplmError(f"has no {ENERGY_FILE} beside it to compare with", frames)
+        with np.load(labels) as z:
+            true_e, true_f = z["energy_kcal_mol"], z["forces_kcal_mol_A"]
+        if true_e.shape != (traj.n_frames,) or true_f.shape != (traj.n_frames, len(numbers), 3):
+            raise HemeplmError(f"its labels do not match the {traj.n_frames} frames of {len(numbers)} atoms", labels)
+        true_e, true_f = true_e[span].astype(np.float64), true_f[span].astype(np.float64)
+        zero = model.shift[torch.as_tensor(numbers, dtype=torch.long)].sum().item()  # the training mean
+        metrics = score(energy, forces, true_e, true_f)
+        metrics |= {f"mean_baseline_{k}": v for k, v in
+                    score(np.full(len(true_e), zero), np.zeros_like(true_f), true_e, true_f).items()}
+        metrics["n_frames"] = int(len(true_e))
+        paths[1].parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(paths[1], json.dumps(metrics, indent=2).encode())
+    return paths
+

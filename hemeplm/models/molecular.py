@@ -1,0 +1,100 @@
+"""A molecular energy model: elements and positions in, energy out, forces by autograd.
+
+The system is an input here, not a buffer: ``model(numbers, pos)`` takes the atomic numbers (A,)
+and positions (B, A, 3) Å of any molecule, so the prediction depends on elements and positions
+alone (permuting the atoms permutes the forces and leaves the energy as it is). The atoms are
+encoded with the project's ViSNet-style layers (:class:`~hemeplm.models.encoder.ViSLayer`) on an
+element embedding (plus a distance-weighted embedding of the neighbours' elements) and a plain radius graph (no neighbour cap: every pair within the cutoff, so the
+energy is a smooth function of the coordinates), and the energy is a sum over atoms::
+
+    E(x) = Σ_i [ shift(z_i) + scale · u(h_i) ]
+
+``shift`` (per element, kcal/mol) and ``scale`` (kcal/mol) are statistics of the training labels
+(:meth:`MolecularEnergy.fit_statistics`); ``u`` is an MLP on the encoder's invariant atom features.
+Forces are ``−∂E/∂x``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hemeplm.models.encoder import GaussianRBF, ViSLayer, cosine_cutoff
+from hemeplm.models.energy import radius_pairs
+
+MAX_Z = 100
+
+
+class MolecularEnergy(nn.Module):
+    """Energy of molecules from atomic numbers and positions.
+
+    Args:
+        hidden, layers, lmax, num_rbf, cutoff (Å): the encoder (as :class:`~hemeplm.config.EncoderConfig`).
+
+    ``forward(numbers (A,), pos (B, A, 3))`` returns energies (B,) kcal/mol;
+    :meth:`energy_and_forces` adds the forces (B, A, 3) kcal/mol/Å.
+    """
+
+    def __init__(self, hidden: int = 64, layers: int = 3, lmax: int = 1, num_rbf: int = 32, cutoff: float = 5.0):
+        super().__init__()
+        self.cutoff, self.lmax = cutoff, lmax
+        self.n_sh = (lmax + 1) ** 2 - 1
+        self.embed = nn.Embedding(MAX_Z + 1, hidden)
+        # neighbour embedding (as in TorchMD-Net and ViSNet): each atom starts from its element and its
+        # neighbours' elements weighted by their distances, so the first layer already sees the geometry
+        self.neighbour_embed = nn.Embedding(MAX_Z + 1, hidden)
+        self.neighbour_filter = nn.Linear(num_rbf, hidden)
+        self.combine = nn.Linear(2 * hidden, hidden)
+        self.rbf = GaussianRBF(num_rbf, cutoff)
+        self.edge_in = nn.Linear(num_rbf, hidden)
+        self.layers = nn.ModuleList(ViSLayer(hidden, update_edges=i < layers - 1) for i in range(layers))
+        self.norm = nn.LayerNorm(hidden)
+        self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        self.register_buffer("shift", torch.zeros(MAX_Z + 1))
+        self.register_buffer("scale", torch.ones(()))
+
+    @torch.no_grad()
+    def fit_statistics(self, numbers: torch.Tensor, energy: torch.Tensor, forces: torch.Tensor) -> None:
+        """Set ``shift`` so that the model starts at the training mean (the mean energy per atom for every
+        element of the molecule) and ``scale`` to the RMS of the training force components.
+
+        Args: numbers (A,); energy (F,) kcal/mol; forces (F, A, 3) kcal/mol/Å.
+        """
+        self.shift.zero_()
+        self.shift[numbers] = energy.double().mean().item() / len(numbers)
+        self.scale.fill_(forces.double().pow(2).mean().sqrt().clamp(min=1e-3).item())
+
+    def forward(self, numbers: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        from e3nn import o3
+
+        b, a, _ = pos.shape
+        numbers = numbers.to(pos.device).long()
+        flat = pos.reshape(b * a, 3)
+        batch = torch.arange(b, device=pos.device).repeat_interleave(a)
+        ei = radius_pairs(flat, self.cutoff, batch)
+        src, dst = ei
+        rij = flat[dst] - flat[src]
+        d = rij.norm(dim=-1)
+        rhat = rij / d.clamp(min=1e-6)[:, None]
+        sh = o3.spherical_harmonics(list(range(1, self.lmax + 1)), rhat, normalize=False, normalization="component")
+        cut = cosine_cutoff(d, self.cutoff)
+        z = numbers.repeat(b)
+        rbf = self.rbf(d)
+        h = self.embed(z)
+        around = self.neighbour_embed(z)[src] * self.neighbour_filter(rbf) * cut[:, None]
+        h = self.combine(torch.cat([h, torch.zeros_like(h).index_add_(0, dst, around)], dim=-1))
+        vec = h.new_zeros(b * a, self.n_sh, h.shape[-1])
+        f = self.edge_in(rbf) * cut[:, None]
+        for layer in self.layers:
+            h, vec, f = layer(h, vec, f, sh, cut, rhat, ei)
+        atom = self.shift[z].to(pos.dtype) + self.scale.to(pos.dtype) * self.out(self.norm(h)).squeeze(-1)
+        return atom.view(b, a).sum(-1)
+
+    def energy_and_forces(self, numbers: torch.Tensor, pos: torch.Tensor, create_graph: bool = False
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Energies (B,) and forces (B, A, 3) ``−∂E/∂x``; ``create_graph`` to train on the forces."""
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            energy = self(numbers, pos)
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+        return energy, -grad

@@ -1,0 +1,260 @@
+"""Training the molecular energy model (:mod:`hemeplm.models.molecular`) on a molecule data set.
+
+``python train.py --config configs/qm_ethanol.yaml name=NAME`` comes here when the config sets
+``qm.molecule`` (:class:`~hemeplm.config.QMConfig`). The data set is ``qm.dataset`` (unset:
+``data/qm/MOLECULE``), made with :func:`hemeplm.forcefield.qm.make_dataset` when it is missing.
+Training draws ``optim.batch_size`` frames of the training block per step and minimises
+
+    energy_weight · MSE(E) / var(E_train) + force_weight · MSE(F) / RMS(F_train)²
+
+with Adam (warm-up, then cosine decay to a tenth) and an exponential moving average of the
+weights, which is what is evaluated and used. Every ``eval_every`` steps the validation block is
+scored (energy MAE and R², force MAE, beside predicting the training mean); at the end the test
+block too, into ``runs/NAME/test_metrics.json``. ``runs/NAME/ckpt.pt`` rebuilds the model on its own
+(:func:`hemeplm.train.checkpoint.build_molecular`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hemeplm.config import Config, from_dict, save_config, to_dict
+from hemeplm.data.molecules import MoleculeData, read_dataset
+from hemeplm.device import resolve_device
+from hemeplm.errors import HemeplmError
+from hemeplm.forcefield.qm import make_dataset
+from hemeplm.io import atomic_write_bytes
+from hemeplm.models.molecular import MolecularEnergy
+from hemeplm.train.checkpoint import load_checkpoint, load_state, save_checkpoint
+
+log = logging.getLogger(__name__)
+KIND = "molecular"
+
+
+def dataset_folder(cfg: Config) -> Path:
+    """The run's data set folder: ``qm.dataset`` or data/qm/MOLECULE."""
+    return Path(cfg.qm.dataset or f"data/qm/{cfg.qm.molecule}")
+
+
+def load_molecule_data(cfg: Config, progress: bool = True) -> MoleculeData:
+    """The run's data set, made first when its folder holds none."""
+    folder = dataset_folder(cfg)
+    if not (folder / "dataset.json").exists():
+        log.info("%s: no data set yet; making it (hemeplm dataset --molecule %s)", folder, cfg.qm.molecule)
+        make_dataset(cfg.qm.molecule, folder, progress=progress)
+    data = read_dataset(folder)
+    if data.meta.get("molecule") != cfg.qm.molecule:
+        raise HemeplmError(f"holds {data.meta.get('molecule')!r}, not qm.molecule={cfg.qm.molecule!r}", folder)
+    return data
+
+
+def build_model(cfg: Config) -> MolecularEnergy:
+    """The molecular energy model the config describes (its encoder section)."""
+    e = cfg.encoder
+    return MolecularEnergy(hidden=e.hidden, layers=e.layers, lmax=e.lmax, num_rbf=e.num_rbf, cutoff=e.cutoff)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, numbers: np.ndarray, positions: np.ndarray, batch: int = 64,
+            device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Energies (F,) and forces (F, A, 3) of frames (F, A, 3) Å, in batches; any model with
+    ``energy_and_forces(numbers, pos)``."""
+    z = torch.as_tensor(numbers, device=device)
+    es, fs = [], []
+    for i in range(0, len(positions), batch):
+        pos = torch.as_tensor(positions[i:i + batch], dtype=torch.float32, device=device)
+        e, f = model.energy_and_forces(z, pos)
+        es.append(e.double().cpu().numpy())
+        fs.append(f.double().cpu().numpy())
+    return np.concatenate(es), np.concatenate(fs)
+
+
+def score(energy: np.ndarray, forces: np.ndarray, true_energy: np.ndarray, true_forces: np.ndarray) -> dict:
+    """Energy MAE (kcal/mol) and R² (against the frames' own mean), force MAE (kcal/mol/Å, over components)."""
+    ss_tot = float(((true_energy - true_energy.mean()) ** 2).sum())
+    return {"energy_mae": float(np.abs(energy - true_energy).mean()),
+            "energy_r2": 1.0 - float(((energy - true_energy) ** 2).sum()) / max(ss_tot, 1e-12),
+            "force_mae": float(np.abs(forces - true_forces).mean())}
+
+
+def mean_baseline(train: dict, frames: dict) -> dict:
+    """:func:`score` of predicting the training mean (energy) and mean force (per atom and component)."""
+    e = np.full(len(frames["energy"]), train["energy"].mean())
+    f = np.broadcast_to(train["forces"].mean(0), frames["forces"].shape)
+    return score(e, f, frames["energy"], frames["forces"])
+
+
+def evaluate_split(model: nn.Module, data: MoleculeData, split: str, device="cpu") -> dict:
+    """The model's scores on one split, with ``mean_baseline_*`` twins."""
+    train, frames = data.subset("train"), data.subset(split)
+    e, f = predict(model, data.numbers, frames["positions"], device=device)
+    found = score(e, f, frames["energy"], frames["forces"])
+    found |= {f"mean_baseline_{k}": v for k, v in mean_baseline(train, frames).items()}
+    return found
+
+
+def thin(frames: dict, n: int) -> dict:
+    """``n`` frames evenly spaced in time (all when ``n`` <= 0 or there are fewer)."""
+    total = len(frames["energy"])
+    if n <= 0 or n >= total:
+        return frames
+    idx = np.linspace(0, total - 1, n).round().astype(int)
+    return {k: v[idx] for k, v in frames.items()}
+
+
+def fit(model: nn.Module, numbers: np.ndarray, train: dict, cfg: Config, device: torch.device | str = "cpu",
+        max_seconds: float | None = None, start: dict | None = None, on_step=None) -> dict:
+    """Train ``model`` (``energy_and_forces`` and ``fit_statistics``) on training frames.
+
+    Args:
+        train: ``positions`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3).
+        cfg: ``max_steps``, ``seed``, ``optim`` and the ``qm`` loss weights.
+        max_seconds: also stop after this much wall time (the learning-rate schedule follows whichever
+            of steps and seconds runs out first).
+        start: a state to continue from (``model``, ``ema``, ``optimizer``, ``step``).
+        on_step: called as ``on_step(step, ema, losses)`` after every step; returns True to stop.
+    Returns:
+        ``{"ema", "optimizer", "step", "seconds"}``: the averaged model and the state to save.
+    """
+    device = torch.device(device)
+    z = torch.as_tensor(numbers, device=device)
+    pos = torch.as_tensor(train["positions"], dtype=torch.float32)
+    energy = torch.as_tensor(train["energy"], dtype=torch.float64)
+    forces = torch.as_tensor(train["forces"], dtype=torch.float32)
+    if start is None:
+        model.fit_statistics(z, energy.to(device), forces.to(device))
+    model.to(device)
+    e_var = float(energy.var()) if len(energy) > 1 else 1.0
+    f_ms = float(forces.pow(2).mean())
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    step = 0
+    if start is not None:
+        model.load_state_dict(start["model"])
+        ema.load_state_dict(start["ema"])
+        opt.load_state_dict(start["optimizer"])
+        step = int(start["step"])
+    t0 = time.perf_counter()
+    while step < cfg.max_steps:
+        elapsed = time.perf_counter() - t0
+        if max_seconds is not None and elapsed >= max_seconds:
+            break
+        progress = max(step / max(1, cfg.max_steps), elapsed / max_seconds if max_seconds else 0.0)
+        warm = min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
+        lr = cfg.optim.lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.randint(0, len(pos), (cfg.optim.batch_size,), generator=gen)
+        e_pred, f_pred = model.energy_and_forces(z, pos[idx].to(device), create_graph=True)
+        loss_e = ((e_pred.double() - energy[idx].to(device)) ** 2).mean() / e_var
+        loss_f = ((f_pred - forces[idx].to(device)) ** 2).mean() / f_ms
+        loss = cfg.qm.energy_weight * loss_e.float() + cfg.qm.force_weight * loss_f
+        if not torch.isfinite(loss):
+            raise HemeplmError(f"training diverged: loss {float(loss)} at step {step}; lower optim.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            decay = min(cfg.optim.ema_decay, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm.detach(), 1 - decay)
+            for be, bm in zip(ema.buffers(), model.buffers()):
+                be.copy_(bm)
+        if on_step is not None and on_step(step, ema, {"loss": float(loss.detach()), "energy": float(loss_e.detach()),
+                                                       "force": float(loss_f.detach()), "lr": lr}):
+            break
+    return {"model": model, "ema": ema, "optimizer": opt, "step": step, "seconds": time.perf_counter() - t0}
+
+
+def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, progress: bool = True) -> Path | None:
+    """Train the molecular energy model per ``cfg`` (``qm.molecule`` set); returns the run folder
+    (None for a dry run)."""
+    from tqdm import tqdm
+
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    run_dir = cfg.run_dir
+    ckpt_path = run_dir / "ckpt.pt"
+    if not dry_run and not resume and ckpt_path.exists():
+        raise HemeplmError("a run with this name exists; pass --resume to continue it or choose another name=",
+                           run_dir)
+    data = load_molecule_data(cfg, progress)
+    train = thin(data.subset("train"), cfg.qm.train_frames)
+    model = build_model(cfg)
+    print(f"parameters: {sum(p.numel() for p in model.parameters())}; {data.meta['molecule']}: "
+          f"{len(train['energy'])} training frames of {len(data.numbers)} atoms")
+    if dry_run:
+        return None
+    start, history = None, []
+    if resume:
+        ckpt = load_checkpoint(ckpt_path)
+        if ckpt.get("kind") != KIND:
+            raise HemeplmError("is not a molecular energy model's checkpoint", ckpt_path)
+        load_state(model, ckpt["model"], "model", ckpt_path)
+        start, history = ckpt, list(ckpt.get("metrics", []))
+        print(f"resumed {ckpt_path} at step {int(ckpt['step'])}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    static = {"numbers": data.numbers, "molecule": data.meta["molecule"], "dataset": str(data.folder)}
+    bar = tqdm(total=cfg.max_steps, initial=0 if start is None else int(start["step"]), desc=f"train {cfg.name}",
+               unit="step", disable=not progress)
+    state: dict = {}
+
+    def save(step: int, ema: nn.Module) -> None:
+        save_checkpoint(ckpt_path, {"kind": KIND, "config": to_dict(cfg), "static": static,
+                                    "model": model.state_dict(), "ema": ema.state_dict(),
+                                    "optimizer": state["optimizer"].state_dict() if state else {},
+                                    "step": step, "metrics": history})
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+
+    def on_step(step: int, ema: nn.Module, losses: dict) -> bool:
+        bar.update(1)
+        record = None
+        if step % cfg.log_every == 0:
+            record = {"step": step, **{f"train_{k}": v for k, v in losses.items()}}
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            record = (record or {"step": step}) | {f"val_{k}": v for k, v in
+                                                   evaluate_split(ema, data, "val", device).items()}
+            bar.set_postfix(val_energy_mae=f"{record['val_energy_mae']:.3f}",
+                            val_force_mae=f"{record['val_force_mae']:.3f}")
+        if record is not None:
+            history.append(record)
+        return False
+
+    result = fit(model, data.numbers, train, cfg, device, start=start, on_step=on_step,
+                 max_seconds=None)
+    bar.close()
+    state["optimizer"] = result["optimizer"]
+    save(result["step"], result["ema"])
+    test = evaluate_split(result["ema"], data, "test", device) | {"n_test_frames": int((data.split == 2).sum()),
+                                                                  "steps": result["step"],
+                                                                  "train_seconds": round(result["seconds"], 1)}
+    atomic_write_bytes(run_dir / "test_metrics.json", json.dumps(test, indent=2).encode())
+    print(f"test block ({test['n_test_frames']} frames): energy MAE {test['energy_mae']:.3f} kcal/mol "
+          f"(mean baseline {test['mean_baseline_energy_mae']:.3f}), R² {test['energy_r2']:.3f}, force MAE "
+          f"{test['force_mae']:.3f} kcal/mol/Å (mean baseline {test['mean_baseline_force_mae']:.3f})")
+    return run_dir
+
+
+def load_molecular(path: str | Path, device: str | torch.device = "cpu") -> tuple[MolecularEnergy, dict]:
+    """Rebuild a trained molecular energy model (its averaged weights, in eval mode) from ``runs/NAME/ckpt.pt``
+    alone; returns (model, checkpoint)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("kind") != KIND:
+        raise HemeplmError("is not a molecular energy model's checkpoint (qm.molecule unset when trained)", path)
+    cfg = from_dict(ckpt["config"])
+    model = build_model(cfg)
+    load_state(model, ckpt["ema"], "ema", path)
+    return model.to(device).eval(), ckpt

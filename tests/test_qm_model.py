@@ -1,0 +1,100 @@
+"""The molecular energy model: depends on elements and positions only (atoms in any order, any rotation),
+forces are its gradient, ``train.py`` trains it on a data set made on the fly, ``hemeplm energies`` predicts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hemeplm.data import molecules
+from hemeplm.forcefield import qm
+from hemeplm.models.molecular import MolecularEnergy
+from conftest import random_rotations, write_dcd
+
+pytest.importorskip("tblite")
+
+
+def _model() -> MolecularEnergy:
+    torch.manual_seed(0)
+    model = MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0).double()
+    for p in model.out.parameters():  # the last layer starts at zero: give the test something to see
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+def test_energy_depends_on_elements_and_positions_only():
+    mol = molecules.build_molecule("ethanol")
+    z = torch.as_tensor(mol.numbers)
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(mol.positions[None] + rng.normal(0, 0.1, (3, *mol.positions.shape)))
+    model = _model()
+    e, f = model.energy_and_forces(z, x)
+    perm = torch.as_tensor(rng.permutation(len(z)))
+    e_p, f_p = model.energy_and_forces(z[perm], x[:, perm])
+    torch.testing.assert_close(e_p, e)
+    torch.testing.assert_close(f_p, f[:, perm])
+    rot = torch.as_tensor(random_rotations(1, rng)[0])
+    e_r, f_r = model.energy_and_forces(z, x @ rot.T + 3.0)
+    torch.testing.assert_close(e_r, e)
+    torch.testing.assert_close(f_r, f @ rot.T)
+    # forces are minus the gradient: central differences in float64
+    h = 1e-5
+    for atom, k in [(0, 0), (4, 2), (8, 1)]:
+        xp, xm = x[:1].clone(), x[:1].clone()
+        xp[0, atom, k] += h
+        xm[0, atom, k] -= h
+        fd = -(model(z, xp) - model(z, xm)) / (2 * h)
+        assert float(fd.detach()) == pytest.approx(float(f[0, atom, k]), abs=1e-6)
+    assert float(f.abs().max()) > 1e-3
+
+
+def test_train_py_makes_the_data_set_trains_and_energies_predict_in_any_atom_order(tmp_path, monkeypatch, capsys):
+    from hemeplm.cli import main
+    from hemeplm.cli.train import main as train_main
+
+    monkeypatch.setitem(qm.SAMPLING, "small", {**qm.SAMPLING["small"], "frames": 20, "stride": 2,
+                                               "equilibration": 10})
+    data = tmp_path / "data" / "ethanol"
+    train_main(["--config", "configs/qm_ethanol.yaml", "name=t", f"out_dir={tmp_path / 'runs'}", "max_steps=20",
+                "eval_every=10", f"qm.dataset={data}", "encoder.hidden=16", "encoder.layers=2", "optim.batch_size=4",
+                "optim.warmup_steps=2", "optim.lr=5e-3"])
+    printed = capsys.readouterr().out
+    assert "test block (4 frames)" in printed and (data / "dataset.json").exists()
+    run = tmp_path / "runs" / "t"
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert test["steps"] == 20 and np.isfinite(test["energy_mae"]) and "mean_baseline_force_mae" in test
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "val_energy_mae" in r] == [10, 20]
+    # the same frames with the atoms in another order (topology and coordinates permuted together)
+    ds = molecules.read_dataset(data)
+    perm = np.random.default_rng(1).permutation(len(ds.numbers))
+    import mdtraj
+
+    top = mdtraj.Topology()
+    residue = top.add_residue("MOL", top.add_chain())
+    old = list(ds.topology.atoms)
+    new = {int(i): top.add_atom(old[i].name, old[i].element, residue) for i in perm}
+    for a, b in ds.topology.bonds:
+        top.add_bond(new[a.index], new[b.index])
+    mdtraj.Trajectory((ds.positions[:, perm] / 10).astype(np.float32), top).save_pdb(str(tmp_path / "perm.pdb"))
+    write_dcd(tmp_path / "perm.dcd", ds.positions[:, perm] / 10)
+    main(["energies", "--ckpt", str(run / "ckpt.pt"), "--topology", str(data / "topology.pdb"), "--frames",
+          str(data / "traj.dcd"), "--out", str(tmp_path / "a"), "--compare"])
+    main(["energies", "--ckpt", str(run / "ckpt.pt"), "--topology", str(tmp_path / "perm.pdb"), "--frames",
+          str(tmp_path / "perm.dcd"), "--out", str(tmp_path / "b")])
+    with np.load(tmp_path / "a" / "energies.npz") as a, np.load(tmp_path / "b" / "energies.npz") as b:
+        assert a["energy_kcal_mol"].shape == (40,) and a["forces_kcal_mol_A"].shape == (40, 9, 3)
+        np.testing.assert_allclose(b["energy_kcal_mol"], a["energy_kcal_mol"], atol=5e-3)  # float32 sums of ~-7000
+        np.testing.assert_allclose(b["forces_kcal_mol_A"], a["forces_kcal_mol_A"][:, perm], rtol=1e-3, atol=1e-5)
+        assert np.abs(a["forces_kcal_mol_A"]).max() > 1e-2  # (20 steps: the forces are still small)
+    metrics = json.loads((tmp_path / "a" / "compare" / "metrics.json").read_text())
+    assert metrics["n_frames"] == 40 and metrics["force_mae"] < metrics["mean_baseline_force_mae"]
+    # another molecule is refused, naming both
+    molecules.build_molecule("propane").save_pdb(tmp_path / "propane.pdb")
+    with pytest.raises(SystemExit):
+        main(["energies", "--ckpt", str(run / "ckpt.pt"), "--topology", str(tmp_path / "propane.pdb"), "--frames",
+              str(tmp_path / "perm.dcd"), "--out", str(tmp_path / "c")])
+    assert "holds C3H8, but the model was trained on ethanol (C2H6O)" in capsys.readouterr().err

@@ -1,0 +1,170 @@
+"""Molecular energy models on the GFN2-xTB molecule data sets, and AI2BMD-style fragmentation of chignolin.
+
+    python tools/qm_benchmark.py [--molecules ethanol propane ...] [--seconds 240] [--max-steps 3000]
+    python tools/qm_benchmark.py --fragmentation 20 [--molecules none]
+
+For each molecule (its data set under data/qm/, made when missing) three predictors are scored on the
+held-out test block (the last 10 % of each sampling run, in time): predicting the training mean
+(energy) and mean force, this project's molecular energy model (:mod:`hemeplm.models.molecular`, the
+settings of configs/qm_<molecule>.yaml) and PyG's ViSNet (``torch_geometric.nn.models.ViSNet``, the same
+width, depth, lmax, radial basis and cutoff), both trained by the same loop
+(:func:`hemeplm.train.molecular.fit`: same training frames, batches, loss, optimiser, EMA) for the same
+wall-clock budget (``--seconds``) or ``--max-steps``, whichever ends first. One table is printed:
+energy MAE (kcal/mol), energy R² (against the test block's own mean), force MAE (kcal/mol/Å).
+
+``--fragmentation N`` takes N frames spread over chignolin's data set and compares AI2BMD-style
+fragmentation (:mod:`hemeplm.forcefield.fragmentation`: ACE-X-NME units minus ACE-NME overlaps, with and
+without the Amber14 Coulomb + LJ between atoms that share no fragment) with the direct GFN2-xTB labels:
+energy MAE after removing the mean offset, R², force MAE and seconds per frame.
+
+Timings depend on the machine: the script prints the thread count and CPU count beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hemeplm.config import load_config  # noqa: E402
+from hemeplm.data.molecules import MOLECULES, read_dataset  # noqa: E402
+from hemeplm.train.molecular import (build_model, evaluate_split, fit, load_molecule_data, mean_baseline,  # noqa: E402
+                                     predict, score, thin)
+
+
+class PyGViSNet(torch.nn.Module):
+    """PyG's ViSNet behind the interface :func:`~hemeplm.train.molecular.fit` trains: ``energy_and_forces`` and
+    ``fit_statistics`` (the training mean energy and force RMS as its ``mean`` and ``std``)."""
+
+    def __init__(self, hidden: int, layers: int, lmax: int, num_rbf: int, cutoff: float, max_neighbors: int = 256):
+        super().__init__()
+        import torch_cluster
+        from torch_geometric.nn.models import visnet
+
+        # PyG's radius_graph needs pyg-lib here; torch_cluster's takes the same arguments
+        visnet.radius_graph = torch_cluster.radius_graph
+        self.net = visnet.ViSNet(lmax=lmax, num_heads=8, num_layers=layers, hidden_channels=hidden, num_rbf=num_rbf,
+                                 cutoff=cutoff, max_num_neighbors=max_neighbors, derivative=False)
+
+    @torch.no_grad()
+    def fit_statistics(self, numbers, energy, forces) -> None:
+        self.net.mean.fill_(energy.double().mean().item())
+        self.net.std.fill_(forces.double().pow(2).mean().sqrt().item())
+
+    def energy_and_forces(self, numbers, pos, create_graph: bool = False):
+        b, a, _ = pos.shape
+        with torch.enable_grad():
+            pos = pos.detach().requires_grad_(True)
+            z = numbers.long().repeat(b)
+            batch = torch.arange(b, device=pos.device).repeat_interleave(a)
+            energy, _ = self.net(z, pos.reshape(b * a, 3), batch)
+            energy = energy.view(b)
+            (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
+        return energy, -grad
+
+
+def benchmark(molecules: list[str], seconds: float, max_steps: int | None) -> list[dict]:
+    rows = []
+    for name in molecules:
+        cfg = load_config(ROOT / "configs" / f"qm_{name}.yaml")
+        cfg.qm.dataset = str(ROOT / "data" / "qm" / name)
+        if max_steps is not None:
+            cfg.max_steps = max_steps
+        data = load_molecule_data(cfg)
+        train = thin(data.subset("train"), cfg.qm.train_frames)
+        test = data.subset("test")
+        base = mean_baseline(train, test)
+        common = {"molecule": name, "atoms": len(data.numbers), "train_frames": len(train["energy"]),
+                  "test_frames": len(test["energy"])}
+        rows.append(common | {"model": "training mean", "steps": 0, "seconds": 0.0} | base)
+        e = cfg.encoder
+        for label, model in (("HemePLM molecular", build_model(cfg)),
+                             ("PyG ViSNet", PyGViSNet(e.hidden, e.layers, e.lmax, e.num_rbf, e.cutoff))):
+            torch.manual_seed(cfg.seed)
+            params = sum(p.numel() for p in model.parameters())
+            result = fit(model, data.numbers, train, cfg, max_seconds=seconds)
+            found = evaluate_split(result["ema"], data, "test")
+            rows.append(common | {"model": label, "params": params, "steps": result["step"],
+                                  "seconds": round(result["seconds"], 1)}
+                        | {k: found[k] for k in ("energy_mae", "energy_r2", "force_mae")})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def fragmentation(n_frames: int) -> list[dict]:
+    from hemeplm.forcefield.fragmentation import Fragmented
+
+    data = read_dataset(ROOT / "data" / "qm" / "chignolin")
+    idx = np.linspace(0, len(data.energy) - 1, n_frames).round().astype(int)
+    true_e, true_f = data.energy[idx], data.forces[idx]
+    cost = data.meta["cost_s"]["labelling"] / max(1, len(data.energy) + len(data.meta["failed_frames"]))
+    rows = [{"method": "direct GFN2-xTB (labels)", "frames": n_frames, "s_per_frame": round(cost, 2),
+             "energy_offset": 0.0, "energy_mae_after_offset": 0.0, "energy_r2": 1.0, "force_mae": 0.0}]
+    for label, long_range in (("fragments (ACE-X-NME − ACE-NME)", None), ("fragments + Amber14 long-range", "mm")):
+        frag = Fragmented(data.topology, data.numbers, long_range)
+        t = time.perf_counter()
+        out = [frag(x) for x in data.positions[idx]]
+        per = (time.perf_counter() - t) / n_frames
+        e = np.array([o[0] for o in out])
+        f = np.stack([o[1] for o in out])
+        offset = float((e - true_e).mean())
+        s = score(e - offset, f, true_e, true_f)
+        rows.append({"method": label, "frames": n_frames, "s_per_frame": round(per, 2), "energy_offset": offset,
+                     "energy_mae_after_offset": s["energy_mae"], "energy_r2": s["energy_r2"],
+                     "force_mae": s["force_mae"]})
+        print(json.dumps(rows[-1]), flush=True)
+    rows.append({"method": "(force scale: mean |F| of the labels)", "frames": n_frames,
+                 "force_mae": float(np.abs(true_f).mean())})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--molecules", nargs="+", default=["ethanol", "propane", "acetone", "p-xylene"],
+                   help=f"of {', '.join(MOLECULES)}; 'none' for no model benchmark")
+    p.add_argument("--seconds", type=float, default=240.0, help="training wall-clock budget per model")
+    p.add_argument("--max-steps", type=int, default=None, help="step budget (unset: the config's max_steps)")
+    p.add_argument("--fragmentation", type=int, default=0, metavar="N",
+                   help="also compare fragmentation with direct GFN2-xTB on N chignolin frames")
+    p.add_argument("--json", default=None, help="also write the rows to this file")
+    args = p.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    machine = f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}"
+    out = {"machine": machine}
+    molecules = [] if args.molecules == ["none"] else args.molecules
+    if molecules:
+        rows = benchmark(molecules, args.seconds, args.max_steps)
+        out["models"] = rows
+        steps = args.max_steps or "the config's max_steps"
+        print(f"\nHeld-out test block (last 10% of each run); budget per model: {args.seconds:g} s or {steps} steps, "
+              f"whichever ends first ({machine})")
+        print(f"{'molecule':<18} {'model':<18} {'steps':>6} {'train s':>8} {'E MAE':>8} {'E R2':>7} {'F MAE':>7}")
+        for r in rows:
+            print(f"{r['molecule']:<18} {r['model']:<18} {r['steps']:>6} {r['seconds']:>8.0f} "
+                  f"{r['energy_mae']:>8.3f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.3f}")
+        print("(kcal/mol and kcal/mol/Å)")
+    if args.fragmentation:
+        rows = fragmentation(args.fragmentation)
+        out["fragmentation"] = rows
+        print(f"\nChignolin: fragmentation vs direct GFN2-xTB on {args.fragmentation} frames ({machine})")
+        print("(energies compared after removing each method's mean offset from the direct energies)")
+        print(f"{'method':<34} {'s/frame':>8} {'offset':>9} {'E MAE':>8} {'E R2':>7} {'F MAE':>7}")
+        for r in rows[:-1]:
+            print(f"{r['method']:<34} {r['s_per_frame']:>8.2f} {r['energy_offset']:>9.1f} "
+                  f"{r['energy_mae_after_offset']:>8.2f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.2f}")
+        print(f"(kcal/mol and kcal/mol/Å; mean |F| of the direct labels: {rows[-1]['force_mae']:.2f} kcal/mol/Å)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
