@@ -31,7 +31,7 @@ import numpy as np
 
 from hemeplm.data.parameters import residue_labels
 from hemeplm.evaluate.stats import pearson
-from hemeplm import plots
+from hemeplm.plots import energy_histograms, parity_plot, residue_heatmap, write_bfactor_pdb
 
 
 def regression_metrics(pred: np.ndarray, true: np.ndarray, name: str, unit: str) -> dict:
@@ -131,10 +131,10 @@ def evaluate_energies(predict: Callable[[np.ndarray], dict], coords: np.ndarray,
     force_err = np.linalg.norm(pf - true_forces, axis=-1).mean(0)          # (A,)
     per_res = np.bincount(atom_res, force_err, topology.n_residues) / np.maximum(
         np.bincount(atom_res, minlength=topology.n_residues), 1)
-    files = [plots.parity_plot(pe, true_energy, out / "energy_parity.png", "energy", "kcal/mol"),
-             plots.parity_plot(pf, true_forces, out / "force_parity.png", "force component", "kcal/mol/Å"),
-             plots.energy_histograms(pe, np.asarray(true_energy), out / "energy_histogram.png"),
-             plots.write_bfactor_pdb(topology, coords[0], per_res, out / "force_error.pdb")]
+    files = [parity_plot(pe, true_energy, out / "energy_parity.png", "energy", "kcal/mol"),
+             parity_plot(pf, true_forces, out / "force_parity.png", "force component", "kcal/mol/Å"),
+             energy_histograms(pe, np.asarray(true_energy), out / "energy_histogram.png"),
+             write_bfactor_pdb(topology, coords[0], per_res, out / "force_error.pdb")]
     if true_interaction is not None:
         pi = np.concatenate([_as_numpy(p["interaction"]) for p in preds])
         metrics.update(interaction_metrics(pi, true_interaction, true_interaction.mean(0) if train_mean is None
@@ -142,9 +142,9 @@ def evaluate_energies(predict: Callable[[np.ndarray], dict], coords: np.ndarray,
         names = residue_labels(topology)[1]
         values = np.zeros(topology.n_residues)
         values[[r.index for r in topology.residues if r.is_protein]] = np.abs(pi - true_interaction).mean(0)
-        files += [plots.parity_plot(pi - pi.mean(0), true_interaction - true_interaction.mean(0),
+        files += [parity_plot(pi - pi.mean(0), true_interaction - true_interaction.mean(0),
                                     out / "interaction_parity.png", "interaction fluctuation", "kcal/mol"),
-                  plots.residue_heatmap(pi - true_interaction, out / "interaction_error.png", names,
+                  residue_heatmap(pi - true_interaction, out / "interaction_error.png", names,
                                         "predicted − true interaction energy (kcal/mol)"),
-                  plots.write_bfactor_pdb(topology, coords[0], values, out / "interaction_error.pdb")]
+                  write_bfactor_pdb(topology, coords[0], values, out / "interaction_error.pdb")]
     return metrics, files

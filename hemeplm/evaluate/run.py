@@ -75,7 +75,7 @@ from hemeplm.evaluate.report import METHODS, json_ready, print_table
 from hemeplm.evaluate.stats import effective_sample_size, evenly_spaced
 from hemeplm.evaluate.trajectory import CONTACT_CUTOFF_A, TICA_BINS, TORSION_BINS, Comparison, Reference, compare, fit_reference, rmsd_pairing, tic1_decorrelation, transition_paths
 from hemeplm.io import check_outputs, sample_output
-from hemeplm import plots
+from hemeplm.plots import contact_plot, rmsf_plot, tica_fes
 from hemeplm.data.load import load_system
 from hemeplm.forcefield.relax import load_weights
 from hemeplm.tasks import TASKS
@@ -333,11 +333,11 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
     if ref.tica is not None:
         fes = {"reference": ref.tica_hist, **{k: results[k].tica_hist for k in sampled
                                               if results[k].tica_hist is not None}}
-        figures.append(plots.tica_fes(fes, ref.tica_edges, out / "tica_fes.png"))
-    figures.append(plots.rmsf_plot({"reference": ref.rmsf, **{k: r.rmsf for k, r in results.items()}},
+        figures.append(tica_fes(fes, ref.tica_edges, out / "tica_fes.png"))
+    figures.append(rmsf_plot({"reference": ref.rmsf, **{k: r.rmsf for k, r in results.items()}},
                                    geom.residue_numbers, out / "rmsf.png"))
     if len(geom.ligand):
-        figures.append(plots.contact_plot({"reference": ref.contacts, **{k: r.contacts for k, r in results.items()}},
+        figures.append(contact_plot({"reference": ref.contacts, **{k: r.contacts for k, r in results.items()}},
                                           geom.residue_labels, out / "contacts.png"))
     info["figures"] = [f.name for f in figures]
     if template is not None:

@@ -27,7 +27,7 @@ import torch
 from hemeplm.errors import HemeplmError
 from hemeplm.models.surrogate import HemePLM
 from hemeplm.io import atomic_write_bytes, check_outputs
-from hemeplm import plots
+from hemeplm.plots import residue_heatmap, write_bfactor_pdb
 from hemeplm.evaluate.energy import evaluate_energies
 
 FILES = ("energies.npz", "residue_interaction.csv", "residue_interaction.png", "residue_interaction.pdb")
@@ -75,11 +75,11 @@ def write(model: HemePLM, frames: torch.Tensor, out: str | Path, force: bool = F
     mean, std = inter.mean(0), inter.std(0)
     rows = ["residue,mean_kcal_mol,std_kcal_mol"] + [f"{n},{m:.4f},{s:.4f}" for n, m, s in zip(names, mean, std)]
     atomic_write_bytes(paths[1], ("\n".join(rows) + "\n").encode())
-    plots.residue_heatmap(inter, paths[2], names, "interaction energy with the ligand (kcal/mol)")
+    residue_heatmap(inter, paths[2], names, "interaction energy with the ligand (kcal/mol)")
     top = model.topology()
     per_residue = np.zeros(top.n_residues)
     per_residue[[r.index for r in top.residues if r.is_protein]] = mean
-    plots.write_bfactor_pdb(top, frames[0].cpu().numpy(), per_residue, paths[3])
+    write_bfactor_pdb(top, frames[0].cpu().numpy(), per_residue, paths[3])
     return paths
 
 
