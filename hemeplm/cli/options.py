@@ -4,6 +4,7 @@ and the one-line error exit."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Callable
 
@@ -59,26 +60,25 @@ def count(minimum: int = 1) -> Callable[[str], int]:
     return parse
 
 
-def positive(text: str) -> float:
-    """An argparse type: a finite number above 0."""
+def _number(text: str, ok: Callable[[float], bool], bound: str) -> float:
+    """``text`` as a finite float satisfying ``ok``, else an argparse usage error naming ``bound``."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
     return value
+
+
+def positive(text: str) -> float:
+    """An argparse type: a finite number above 0."""
+    return _number(text, lambda v: v > 0, "above 0")
 
 
 def non_negative(text: str) -> float:
     """An argparse type: a finite number of at least 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, got {text}")
-    return value
+    return _number(text, lambda v: v >= 0, "of at least 0")
 
 
 def exit_on_error(prog: str, action: Callable[[], None], hints: dict[str, str] | None = None) -> None:
