@@ -199,13 +199,13 @@ def tiny_run(tiny_system, tmp_path_factory) -> dict:
 
     cfg = tiny_config(tiny_system, tmp_path_factory.mktemp("tiny_run"))
     seen = {}
-    original = training._ema_update
+    original = training.ema_update
 
     def capture(ema, model, decay):
         seen.update(ema=ema, model=model)
         original(ema, model, decay)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(training, "_ema_update", capture)
+        mp.setattr(training, "ema_update", capture)
         run_dir = training.train(cfg)
     return {"cfg": cfg, "run_dir": run_dir, "ckpt": run_dir / "ckpt.pt", **seen}

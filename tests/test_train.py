@@ -246,7 +246,7 @@ from hemeplm.config import load_config
 from hemeplm.train import loop as training
 
 seen = {}
-build, ema_update = training.build, training._ema_update
+build, ema_update = training.build, training.ema_update
 
 def capture_build(cfg, device):
     out = build(cfg, device)
@@ -257,7 +257,7 @@ def capture_model(ema, model, decay):
     seen["model"] = model
     ema_update(ema, model, decay)
 
-training.build, training._ema_update = capture_build, capture_model
+training.build, training.ema_update = capture_build, capture_model
 training.train(load_config(None, sys.argv[2:]))
 trained = {k: p.detach().clone() for k, p in seen["model"].named_parameters()}
 torch.save({"built": seen["built"], "trained": trained}, f"{sys.argv[1]}/rank{os.environ['RANK']}.pt")

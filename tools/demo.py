@@ -45,6 +45,7 @@ from hemeplm.evaluate.report import json_ready, print_table
 from hemeplm.evaluate.run import evaluate_trajectories
 from hemeplm.evaluate.trajectory import fit_reference
 from hemeplm.generate.sampler import Sampler, load_frames, run_task
+from hemeplm.train.checkpoint import load_checkpoint
 
 #: the long forecast's validity is also reported over its last this many frames
 LONG_TAIL = 100
@@ -168,7 +169,7 @@ def write_results(path: Path, tables: dict[str, str], headings: dict[str, str], 
     if BEGIN not in text or END not in text.split(BEGIN, 1)[1]:
         raise HemeplmError(f"has no {BEGIN} ... {END} section to write the tables into", path)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    ckpt = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=True)
+    ckpt = load_checkpoint(run / "ckpt.pt")
     body = [f"Written by `make demo` on {time.strftime('%Y-%m-%d')} at commit `{commit or 'unknown'}`: "
             f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, checkpoint "
             f"`{run / 'ckpt.pt'}` at step {ckpt['step']}.", ""]

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hemeplm.config import load_config  # noqa: E402
-from hemeplm.data.molecules import MOLECULES, read_dataset  # noqa: E402
+from hemeplm.data.molecules import MOLECULES, SMALL, read_dataset  # noqa: E402
 from hemeplm.train.molecular import (build_model, evaluate_split, fit, load_molecule_data, mean_baseline,  # noqa: E402
                                      predict, score, thin)
 
@@ -129,7 +129,7 @@ def fragmentation(n_frames: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--molecules", nargs="+", default=["ethanol", "propane", "acetone", "p-xylene"],
+    p.add_argument("--molecules", nargs="+", default=list(SMALL),
                    help=f"of {', '.join(MOLECULES)}; 'none' for no model benchmark")
     p.add_argument("--seconds", type=float, default=240.0, help="training wall-clock budget per model")
     p.add_argument("--max-steps", type=int, default=None, help="step budget (unset: the config's max_steps)")

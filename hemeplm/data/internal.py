@@ -41,11 +41,10 @@ import torch.nn.functional as F
 
 from hemeplm.data.tokens import KIND_LIGAND, KIND_RESIDUE, scatter_atom14
 from hemeplm.geometry.torsion import dihedral_angle
-from hemeplm.geometry.rigid import residue_frames
+from hemeplm.geometry.rigid import kabsch, matrix_to_rotvec, residue_frames, rotvec_to_matrix
 from hemeplm.geometry.structure import fold_pairs, near_pairs, vdw_radii
 
 log = logging.getLogger(__name__)
-from hemeplm.geometry.rigid import kabsch, matrix_to_rotvec, rotvec_to_matrix
 
 #: torsions per token: N-CA-C-O and chi1-4 for a residue; a ligand group's first five
 N_TORSIONS = 5

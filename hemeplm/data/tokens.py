@@ -20,8 +20,6 @@ import numpy as np
 import torch
 
 from hemeplm.data.residues import ATOM14, ATOM_ALIASES, CHI, TORSION_NAMES, UNK, residue_type, standard_name
-from hemeplm.geometry.torsion import dihedral_angle, dihedrals
-from hemeplm.geometry.rigid import residue_frames
 
 log = logging.getLogger(__name__)
 

@@ -69,8 +69,6 @@ RAMACHANDRAN_REGIONS = {
     "glycine": ((-180, -15, -180, 180), (15, 180, -180, 180)),
     "proline": ((-120, -15, -80, 180), (-120, -15, -180, -150)),
 }
-#: the backbone checks of :func:`backbone_checks`
-BACKBONE_KEYS = ("omega_outlier_fraction", "peptide_angle_outlier_fraction", "ramachandran_outlier_fraction")
 
 
 def bond_lengths(x: np.ndarray, geom: Geometry) -> np.ndarray:

@@ -269,9 +269,9 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
     for name, (system, _) in systems.items():
         scored[name], conditioned[name] = _scored(system.files, [len(x) for x in system.segments], summaries[name],
                                                   task, conditioned_frames)
-    model = [superpose(x, geom.ca, target) for x in gen_sys.segments]
     ensembles = {name: [superpose(x, geom.ca, target) for x in system.segments] for name, (system, _) in
                  systems.items()}
+    model = ensembles["model"]
     ensembles.update(baselines(model, ref, seed, atoms))
     for name in ("static", "random_walk"):
         scored[name], conditioned[name] = scored["model"], conditioned["model"]

@@ -194,14 +194,17 @@ def _labelled_batch(frames: LabelledFrames, cfg: Config, rng: random.Random, dev
     return {k: v.to(device) for k, v in collate(items).items()}
 
 
-def _lr(cfg: Config, step: int) -> float:
+def learning_rate(cfg: Config, step: int, progress: float | None = None) -> float:
+    """Linear warm-up over ``optim.warmup_steps``, then cosine decay to 0.1 × ``optim.lr`` as ``progress`` goes
+    from 0 to 1 (None: ``step / max_steps``)."""
     warm = min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
-    progress = min(1.0, step / max(1, cfg.max_steps))
+    progress = min(1.0, step / max(1, cfg.max_steps) if progress is None else progress)
     return cfg.optim.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 @torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """Move ``ema``'s parameters toward ``model``'s by ``1 - decay``; copy its buffers."""
     for pe, pm in zip(ema.parameters(), model.parameters()):
         pe.lerp_(pm.detach(), 1 - decay)
     for be, bm in zip(ema.buffers(), model.buffers()):
@@ -402,7 +405,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
             _, noise_gen = _step_rng(cfg, step, rank)
             t = torch.randint(0, diffusion.timesteps, (len(b["coords"]),), generator=noise_gen).to(device)
             for group in optimizer.param_groups:
-                group["lr"] = _lr(cfg, step) * group["lr_scale"]
+                group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
             frames = _labelled_batch(labelled["train"], cfg, rng, device)
             losses = runner(b["coords"], mask.expand(len(b["coords"]), -1, -1), t, noise_gen, frames)
             loss = losses["loss"]
@@ -422,11 +425,11 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
                                 ckpt_path)
             optimizer.step()
             step += 1
-            _ema_update(ema, model, min(cfg.optim.ema_decay, (1 + step) / (10 + step)))
+            ema_update(ema, model, min(cfg.optim.ema_decay, (1 + step) / (10 + step)))
             bar.update(1)
             if rank == 0 and (step % cfg.log_every == 0 or step == cfg.max_steps):
                 logger.log(step, {f"train_{k}": float(v.detach()) for k, v in losses.items()}
-                           | {"lr": _lr(cfg, step - 1), "task": task})
+                           | {"lr": learning_rate(cfg, step - 1), "task": task})
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             if rank == 0 and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 ema_obj = Objective.from_config(ema, diffusion, cfg)

@@ -11,7 +11,7 @@ with Adam (warm-up, then cosine decay to a tenth) and an exponential moving aver
 weights, which is what is evaluated and used. Every ``eval_every`` steps the validation block is
 scored (energy MAE and R², force MAE, beside predicting the training mean); at the end the test
 block too, into ``runs/NAME/test_metrics.json``. ``runs/NAME/ckpt.pt`` rebuilds the model on its own
-(:func:`hemeplm.train.checkpoint.build_molecular`).
+(:func:`load_molecular`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -28,13 +27,14 @@ import torch
 from torch import nn
 
 from hemeplm.config import Config, from_dict, save_config, to_dict
-from hemeplm.data.molecules import MoleculeData, read_dataset
+from hemeplm.data.molecules import SPLITS, MoleculeData, read_dataset
 from hemeplm.device import resolve_device
 from hemeplm.errors import HemeplmError
 from hemeplm.forcefield.qm import make_dataset
-from hemeplm.io import atomic_write_bytes
+from hemeplm.io import atomic_write_bytes, atomic_write_text
 from hemeplm.models.molecular import MolecularEnergy
 from hemeplm.train.checkpoint import load_checkpoint, load_state, save_checkpoint
+from hemeplm.train.loop import ema_update, learning_rate
 
 log = logging.getLogger(__name__)
 KIND = "molecular"
@@ -127,19 +127,18 @@ def fit(model: nn.Module, numbers: np.ndarray, train: dict, cfg: Config, device:
     """
     device = torch.device(device)
     z = torch.as_tensor(numbers, device=device)
-    pos = torch.as_tensor(train["positions"], dtype=torch.float32)
-    energy = torch.as_tensor(train["energy"], dtype=torch.float64)
-    forces = torch.as_tensor(train["forces"], dtype=torch.float32)
-    if start is None:
-        model.fit_statistics(z, energy.to(device), forces.to(device))
+    pos = torch.as_tensor(train["positions"], dtype=torch.float32, device=device)
+    energy = torch.as_tensor(train["energy"], dtype=torch.float64, device=device)
+    forces = torch.as_tensor(train["forces"], dtype=torch.float32, device=device)
     model.to(device)
+    if start is None:
+        model.fit_statistics(z, energy, forces)
     e_var = float(energy.var()) if len(energy) > 1 else 1.0
     f_ms = float(forces.pow(2).mean())
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     step = 0
-    if start is not None:
-        model.load_state_dict(start["model"])
+    if start is not None:  # the caller has loaded start["model"] into ``model`` (checked, with a clear error)
         ema.load_state_dict(start["ema"])
         opt.load_state_dict(start["optimizer"])
         step = int(start["step"])
@@ -149,15 +148,15 @@ def fit(model: nn.Module, numbers: np.ndarray, train: dict, cfg: Config, device:
         if max_seconds is not None and elapsed >= max_seconds:
             break
         progress = max(step / max(1, cfg.max_steps), elapsed / max_seconds if max_seconds else 0.0)
-        warm = min(1.0, (step + 1) / max(1, cfg.optim.warmup_steps))
-        lr = cfg.optim.lr * warm * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, progress))))
+        lr = learning_rate(cfg, step, progress)
         for g in opt.param_groups:
             g["lr"] = lr
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, len(pos), (cfg.optim.batch_size,), generator=gen)
-        e_pred, f_pred = model.energy_and_forces(z, pos[idx].to(device), create_graph=True)
-        loss_e = ((e_pred.double() - energy[idx].to(device)) ** 2).mean() / e_var
-        loss_f = ((f_pred - forces[idx].to(device)) ** 2).mean() / f_ms
+        idx = idx.to(device)
+        e_pred, f_pred = model.energy_and_forces(z, pos[idx], create_graph=True)
+        loss_e = ((e_pred.double() - energy[idx]) ** 2).mean() / e_var
+        loss_f = ((f_pred - forces[idx]) ** 2).mean() / f_ms
         loss = cfg.qm.energy_weight * loss_e.float() + cfg.qm.force_weight * loss_f
         if not torch.isfinite(loss):
             raise HemeplmError(f"training diverged: loss {float(loss)} at step {step}; lower optim.lr")
@@ -166,12 +165,7 @@ def fit(model: nn.Module, numbers: np.ndarray, train: dict, cfg: Config, device:
         nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         step += 1
-        with torch.no_grad():
-            decay = min(cfg.optim.ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm.detach(), 1 - decay)
-            for be, bm in zip(ema.buffers(), model.buffers()):
-                be.copy_(bm)
+        ema_update(ema, model, min(cfg.optim.ema_decay, (1 + step) / (10 + step)))
         if on_step is not None and on_step(step, ema, {"loss": float(loss.detach()), "energy": float(loss_e.detach()),
                                                        "force": float(loss_f.detach()), "lr": lr}):
             break
@@ -210,14 +204,6 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
     static = {"numbers": data.numbers, "molecule": data.meta["molecule"], "dataset": str(data.folder)}
     bar = tqdm(total=cfg.max_steps, initial=0 if start is None else int(start["step"]), desc=f"train {cfg.name}",
                unit="step", disable=not progress)
-    state: dict = {}
-
-    def save(step: int, ema: nn.Module) -> None:
-        save_checkpoint(ckpt_path, {"kind": KIND, "config": to_dict(cfg), "static": static,
-                                    "model": model.state_dict(), "ema": ema.state_dict(),
-                                    "optimizer": state["optimizer"].state_dict() if state else {},
-                                    "step": step, "metrics": history})
-        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
 
     def on_step(step: int, ema: nn.Module, losses: dict) -> bool:
         bar.update(1)
@@ -236,9 +222,12 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
     result = fit(model, data.numbers, train, cfg, device, start=start, on_step=on_step,
                  max_seconds=None)
     bar.close()
-    state["optimizer"] = result["optimizer"]
-    save(result["step"], result["ema"])
-    test = evaluate_split(result["ema"], data, "test", device) | {"n_test_frames": int((data.split == 2).sum()),
+    save_checkpoint(ckpt_path, {"kind": KIND, "config": to_dict(cfg), "static": static, "model": model.state_dict(),
+                                "ema": result["ema"].state_dict(), "optimizer": result["optimizer"].state_dict(),
+                                "step": result["step"], "metrics": history})
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    n_test = int((data.split == SPLITS.index("test")).sum())
+    test = evaluate_split(result["ema"], data, "test", device) | {"n_test_frames": n_test,
                                                                   "steps": result["step"],
                                                                   "train_seconds": round(result["seconds"], 1)}
     atomic_write_bytes(run_dir / "test_metrics.json", json.dumps(test, indent=2).encode())
