@@ -36,6 +36,3 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     exit_on_error(f"hemeplm {args.command}", lambda: args.func(args), getattr(args, "hints", COMPLETE_FILES_HINTS))
 
-
-if __name__ == "__main__":
-    main()

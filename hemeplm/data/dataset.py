@@ -28,7 +28,7 @@ from hemeplm.data.parameters import residue_labels
 from hemeplm.io import load_plain, to_numpy, to_plain
 from hemeplm.data.ligand import ELEMENTS, element_index, ligand_features, N_LIGAND_FEATURES
 from hemeplm.data.load import ENERGY_FILE, load_system
-from hemeplm.data.numbering import insertion_codes, topology_pdb
+from hemeplm.data.numbering import kept_insertion_codes, topology_pdb
 from hemeplm.data.residues import N_RES_TYPES
 from hemeplm.data.internal import build_internal
 from hemeplm.data.tokens import build_layout
@@ -159,16 +159,9 @@ def build_features(cfg: DataConfig) -> dict:
         "interaction_residues": interaction_residues,
         "files": system.files,
         "timestep_ps": system.timestep_ps,
-        "topology_pdb": topology_pdb(top, first, _kept_insertion_codes(cfg.topology, system)),
+        "topology_pdb": topology_pdb(top, first, kept_insertion_codes(cfg.topology, system.full_topology, system.source_index,
+                                                                      system.topology)),
     }
-
-
-def _kept_insertion_codes(topology: str | Path, system) -> list[str]:
-    """Insertion code of each kept residue of ``system`` (read from the ``topology`` file)."""
-    full = system.full_topology
-    codes = insertion_codes(topology, full.n_residues)
-    return [codes[full.atom(int(system.source_index[r.atom(0).index])).residue.index]
-            for r in system.topology.residues]
 
 
 @contextlib.contextmanager

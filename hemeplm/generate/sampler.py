@@ -6,7 +6,7 @@ is generated conditioned on what is known inside it (frame 0's protein is
 always known and is the window's key frame); in a forecast and in inpainting
 its frames then become known to the next window:
 
-* forecast: windows start at the last generated frame (T-1 new frames each);
+* forecast: each window starts at the last `tasks.history` generated frames (T - history new frames each);
 * upsample: the coarse frames sit every ``upsample_factor`` (k) frames; windows
   start at coarse frames and know only the coarse frames inside them, exactly
   the mask training draws; they are independent (one batch), and each output
@@ -253,7 +253,7 @@ class Sampler:
         coords, known, starts = self._timeline(n_samples, num_frames, start.device, self.history)
         coords[:, 0] = start
         known[0] = True
-        # every window is keyed on the last generated frame (the fold hold, when on, keeps that frame's fold)
+        # every window is keyed on the first of its given frames (the fold hold, when on, keeps that frame's fold)
         return self.fill(coords, known, starts, generator, "forecast windows")[:, :num_frames]
 
     def upsample(self, coarse: torch.Tensor, n_samples: int, generator) -> torch.Tensor:
@@ -511,10 +511,11 @@ def tps_length(window: int, num_frames: int) -> tuple[int, int]:
     return length, previous
 
 
-def _timeline_frames(window: int, n_frames: int) -> int:
-    """Frames of :meth:`Sampler._timeline` for ``n_frames`` frames (windows overlapping by one frame)."""
-    n_windows = -(-max(1, n_frames - 1) // (window - 1))
-    return (n_windows - 1) * (window - 1) + window
+def _timeline_frames(window: int, n_frames: int, overlap: int = 1) -> int:
+    """Frames of :meth:`Sampler._timeline` for ``n_frames`` frames (windows overlapping by ``overlap`` frames),
+    without listing the windows (:meth:`Sampler.window_starts`) of a request that may be absurdly long."""
+    n_windows = -(-max(1, n_frames - overlap) // (window - overlap))
+    return (n_windows - 1) * (window - overlap) + window
 
 
 def _bytes(n: float) -> str:
@@ -544,7 +545,7 @@ def check_memory(gen: Sampler, task: str, n_frames: int, num_samples: int) -> No
     elif task == "upsample":
         frames = 2 * n_frames
     else:
-        frames = _timeline_frames(t, n_frames)
+        frames = _timeline_frames(t, n_frames, gen.history if task == "forecast" else 1)
     need = num_samples * frames * gen.model.n_atoms * 3 * 4
     limit = memory_limit(gen.model.norm_mean.device)
     if need > limit:
