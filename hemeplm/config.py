@@ -79,6 +79,10 @@ class TaskConfig:
     #: frames a forecast window is given (the first one only its start frame): 1 keys each window on one
     #: frame; 2-3 give the model velocities. Training draws 1..history.
     history: int = 1
+    #: training only: each window's key frame has its tokens' rigid-body values moved by Gaussian noise of up
+    #: to this many of their training standard deviations (drawn per window, uniform from 0), so the network
+    #: learns to continue from an imperfect frame, as a long forecast's keys (its own output) are. 0: off.
+    key_noise: float = 0.0
 
 
 @dataclass
@@ -108,6 +112,7 @@ class StructureConfig:
     the projection then also keeps the Cα-Cα distances of each window's key frame within that many
     training-MD standard deviations. Off (0) by default; a checkpoint keeps the value it was trained with."""
 
+    #: inter-token 1-2/1-3 distances: mean absolute deviation from their length (Å)
     bond_weight: float = 1.0
     clash_weight: float = 0.1
     #: peptide bonds: ω within 10° of planar and the two angles across the bond within 4 σ (rad², mean per bond)
@@ -197,6 +202,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "diffusion.timesteps": (2, None, True), "diffusion.sample_steps": (1, None, True),
     "tasks.forecast": (0, None, True), "tasks.tps": (0, None, True), "tasks.inpaint": (0, None, True),
     "tasks.upsample": (0, None, True), "tasks.upsample_factor": (2, None, True), "tasks.history": (1, None, True),
+    "tasks.key_noise": (0, None, True),
     "energy.hidden": (1, None, True), "energy.layers": (1, None, True), "energy.n_rbf": (1, None, True),
     "energy.cutoff": (0, None, False), "energy.energy_weight": (0, None, True), "energy.force_weight": (0, None, True),
     "energy.interaction_weight": (0, None, True), "energy.frames_per_step": (1, None, True),

@@ -776,3 +776,29 @@ def test_inpainting_scores_only_the_inpainted_atoms(short_pocket, tmp_path):
     assert metrics["info"]["generated_atoms"].endswith(f"({len(ligand)} atoms)")
     assert metrics["info"]["scored_frames"]["model"] == [6]
     assert metrics["info"]["reference"]["omega_outlier_fraction"] is None
+
+
+def test_drift_measures_rmsd_from_the_start_and_the_pocket_kept(pocket_geometry):
+    """A trajectory that only turns rigidly has drifted 0 Å and keeps its pocket; one whose ligand leaves by 20 Å
+    keeps none of it; a Cα shift of known size gives that RMSD; only frames in the last tenth of the span count."""
+    from scipy.spatial.transform import Rotation
+
+    from hemeplm.evaluate.trajectory import drift
+
+    geom, x0 = pocket_geometry
+    turns = Rotation.random(21, random_state=0).as_matrix()
+    rigid = np.einsum("fij,aj->fai", turns, x0) + 3.0
+    found = drift([rigid], geom, 1.0, 20.0)
+    assert found["ca_rmsd_end_A"] < 1e-6 and found["pocket_kept_end_fraction"] == 1.0
+    gone = rigid.copy()
+    gone[18:, geom.ligand] += 20.0
+    assert drift([gone], geom, 1.0, 20.0)["pocket_kept_end_fraction"] == 0.0
+    assert drift([gone], geom, 1.0, 10.0)["pocket_kept_end_fraction"] == 1.0    # frames 9-10: not gone yet
+    shifted = np.repeat(x0[None], 21, 0)
+    one = geom.ca[0]
+    shifted[19:, one] += np.array([0.0, 0.0, 2.0])   # one Cα of K moves 2 Å; superposition shares it out
+    k = len(geom.ca)
+    translated = 2.0 * np.sqrt((k - 1) / k) / np.sqrt(k)  # RMSD after the best translation; a rotation lowers it
+    found = drift([shifted], geom, 1.0, 20.0)["ca_rmsd_end_A"]  # frames 18 (still), 19 and 20 (moved)
+    assert 0.8 * translated * 2 / 3 < found <= translated * 2 / 3
+    assert math.isnan(drift([shifted], geom, 1.0, 40.0)["ca_rmsd_end_A"])      # no trajectory that long

@@ -286,11 +286,11 @@ def test_torchrun_two_ranks_train_in_step(tiny_system, tmp_path):
 
 
 def test_angstrom_losses_train_and_are_logged(tiny_system, tmp_path):
-    """structure.peptide_weight and structure.fape_weight add their terms to the loss (finite, logged each step)
-    and tasks.history trains forecasts from more than one given frame."""
+    """structure.peptide_weight and structure.fape_weight add their terms to the loss (finite, logged each step),
+    tasks.history trains forecasts from more than one given frame and tasks.key_noise from perturbed keys."""
     cfg = tiny_config(tiny_system, tmp_path, "max_steps=3", "structure.peptide_weight=10",
-                      "structure.fape_weight=0.2", "tasks.history=2", "tasks.tps=0", "tasks.inpaint=0",
-                      "tasks.upsample=0")
+                      "structure.fape_weight=0.2", "tasks.history=2", "tasks.key_noise=0.3", "tasks.tps=0",
+                      "tasks.inpaint=0", "tasks.upsample=0")
     run_dir = training.train(cfg)
     rows = [r for r in metrics(run_dir) if "train_loss" in r]
     assert len(rows) == 3
@@ -299,3 +299,27 @@ def test_angstrom_losses_train_and_are_logged(tiny_system, tmp_path):
         assert keys and all(math.isfinite(r[k]) and r[k] >= 0 for k in keys), r
     with pytest.raises(HemeplmError, match="tasks.history"):
         tiny_config(tiny_system, tmp_path, "tasks.history=5")
+
+
+def test_perturbed_keys_break_only_the_junctions_between_tokens(tiny_run):
+    """tasks.key_noise moves each token's rigid body: distances inside a token stay, the bonds between tokens
+    stretch more the larger the noise, and no noise gives the key back."""
+    model, cfg = build_model(load_checkpoint(tiny_run["ckpt"]))
+    key = torch.as_tensor(featurize(cfg.data)["segments"][0][:2], dtype=torch.float32)
+    token = model.tokens.atom_token
+    a, b = torch.triu_indices(model.n_atoms, model.n_atoms, 1)
+    inside = (token[a] == token[b]) & (token[a] >= 0)
+    a, b = a[inside], b[inside]
+    i, j = model.internal.pair_index
+    error = []
+    for noise in (0.0, 0.3, 1.0):
+        objective = training.Objective(model, GaussianDiffusion(100), key_noise=noise)
+        moved = objective.perturbed_key(key, torch.Generator().manual_seed(0))
+        if noise == 0:  # the key decoded from its own values (a ligand group takes its template's shape)
+            base = moved
+            protein = ~model.atoms.is_ligand.bool()
+            assert float((moved - key)[:, protein].norm(dim=-1).max()) < 1e-4
+        within = (moved[:, a] - moved[:, b]).norm(dim=-1) - (base[:, a] - base[:, b]).norm(dim=-1)
+        assert float(within.abs().max()) < 1e-3
+        error.append(float(((moved[:, i] - moved[:, j]).norm(dim=-1) - (base[:, i] - base[:, j]).norm(dim=-1)).abs().mean()))
+    assert error[0] < 1e-6 < 0.01 < error[1] < error[2], error

@@ -34,7 +34,7 @@ from hemeplm.data.internal import build_internal
 from hemeplm.data.tokens import build_layout
 
 log = logging.getLogger(__name__)
-FEATURE_VERSION = 6
+FEATURE_VERSION = 7
 #: training frames (evenly spaced) over which the fold pairs' distance spread is measured
 FOLD_FRAMES = 200
 SPLITS = ("train", "val", "test")

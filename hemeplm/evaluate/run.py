@@ -73,7 +73,7 @@ from hemeplm.evaluate.posebusters import MAX_FRAMES as POSEBUSTERS_FRAMES
 from hemeplm.evaluate.posebusters import ligand_template, posebusters_checks, write_poses
 from hemeplm.evaluate.report import METHODS, json_ready, print_table
 from hemeplm.evaluate.stats import effective_sample_size, evenly_spaced
-from hemeplm.evaluate.trajectory import CONTACT_CUTOFF_A, TICA_BINS, TORSION_BINS, Comparison, Reference, compare, fit_reference, rmsd_pairing, tic1_decorrelation, transition_paths
+from hemeplm.evaluate.trajectory import CONTACT_CUTOFF_A, TICA_BINS, TORSION_BINS, Comparison, Reference, compare, drift, drift_span, fit_reference, rmsd_pairing, tic1_decorrelation, transition_paths
 from hemeplm.io import check_outputs, sample_output
 from hemeplm.plots import contact_plot, rmsf_plot, tica_fes
 from hemeplm.data.load import load_system
@@ -308,7 +308,8 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         "tica_histogram": f"2-D, {TICA_BINS}x{TICA_BINS} bins over the reference's TIC1/TIC2 range",
         "torsion_bins": TORSION_BINS, "contact_cutoff_A": CONTACT_CUTOFF_A,
         "ligand_rmsd_pairing": rmsd_pairing(sum(map(len, model)), len(ref.frames)),
-        "reference": {**_reference_info(ref, atoms),
+        "drift_span_ps": drift_span(model, dt_gen),
+        "reference": {**_reference_info(ref, atoms), **drift(ref_sys.segments, geom, dt_ref, drift_span(model, dt_gen)),
                       **(kinetics.reference if kinetics else kinetics_metrics(None, None, dt_ref))},
         "kinetics": kinetics_note, "posebusters": posebusters_note, "confidence": uncertainty["model"][1],
         "weights": None if frame_weights is None else {

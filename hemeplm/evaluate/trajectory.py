@@ -39,6 +39,8 @@ decorrelation time are not:
 | ``contact_jsd`` | JSD between per-residue protein–ligand contact frequencies (fraction of frames with any protein–ligand heavy-atom pair within 4.5 Å), each vector normalised to sum 1; null without ligand | lower |
 | ``contact_pearson`` | Pearson r of the same contact-frequency vectors; null without ligand | higher |
 | ``ligand_rmsd_mean_A``, ``ligand_rmsd_median_A`` | ligand heavy-atom RMSD (Å, no fit on the ligand) to the reference after superposing protein Cα: generated frame i against reference frame i when both have the same number of frames (each pair superposed on Cα), else against the nearest reference frame in the common Cα frame (``info.ligand_rmsd_pairing``); null without ligand | lower |
+| ``ca_rmsd_end_A`` | Cα RMSD (Å, superposed on Cα) from each trajectory's first frame over the frames in the last :data:`END_FRACTION` of its time (the shortest trajectory's span, the same for every trajectory), pooled; the reference's own over the same span is ``info.reference.ca_rmsd_end_A`` (null when no reference trajectory is that long) | closer to reference |
+| ``pocket_kept_end_fraction`` | over the same frames, the fraction of the first frame's pocket residues (a heavy atom within 4.5 Å of a ligand heavy atom) still in contact with the ligand; null without ligand | higher |
 | ``tic1_decorrelation_ps`` | time (ps) at which the autocorrelation of TIC1 (pooled over trajectories) first falls below 1/e, linearly interpolated; null if it does not within half the longest trajectory or TIC1 is constant, or when TICA is skipped (as ``tica_jsd``); the reference's value is ``info.reference.tic1_decorrelation_ps`` | closer to reference |
 """
 
@@ -65,6 +67,8 @@ TICA_MAX_FEATURES = 256
 #: TICA is fitted only with at least this many time-lagged reference frame pairs per feature (module docstring)
 TICA_PAIRS_PER_FEATURE = 4
 CONTACT_CUTOFF_A = 4.5
+#: ``ca_rmsd_end_A`` and ``pocket_kept_end_fraction`` average over the last this fraction of the time span
+END_FRACTION = 0.1
 
 
 def torsion_angles(x: np.ndarray, quads: np.ndarray) -> np.ndarray:
@@ -109,6 +113,40 @@ def contact_frequency(x: np.ndarray, geom: Geometry, cutoff: float = CONTACT_CUT
         dist, _ = cKDTree(frame[geom.ligand]).query(frame[atoms], distance_upper_bound=cutoff)
         counts[np.unique(res[np.isfinite(dist)])] += wf
     return counts / (len(x) if weights is None else w.sum())
+
+
+def drift(segments: list[np.ndarray], geom: Geometry, dt_ps: float, span_ps: float,
+          scored: list[np.ndarray] | None = None) -> dict:
+    """How far trajectories have gone from their first frames by ``span_ps``: ``ca_rmsd_end_A`` and
+    ``pocket_kept_end_fraction`` (module table) over the frames at times in
+    [(1 - :data:`END_FRACTION`) · span_ps, span_ps] of every trajectory at least that long.
+
+    Args:
+        segments: per trajectory, (F_s, A, 3) Å; dt_ps: time between their frames.
+        scored: optional, per trajectory, (F_s,) bool: only these frames count (frame 0 is the start either way).
+    Returns:
+        the two metrics, NaN when no trajectory reaches ``span_ps`` (the pocket also without ligand).
+    """
+    last = int(round(span_ps / dt_ps))
+    first = min(last, max(1, int(math.ceil((1 - END_FRACTION) * last - 1e-9))))
+    rmsd, kept = [], []
+    for s, x in enumerate(segments):
+        end = np.arange(first, last + 1)
+        end = end[end < len(x)] if last < len(x) else end[:0]
+        if scored is not None:
+            end = end[np.asarray(scored[s], dtype=bool)[end]]
+        if not len(end):
+            continue
+        start = x[0, geom.ca].astype(np.float64)
+        rot, trans = superposition(x[end][:, geom.ca].astype(np.float64), start)
+        moved = np.einsum("fkj,fij->fki", x[end][:, geom.ca], rot) + trans[:, None]
+        rmsd.append(np.sqrt(((moved - start) ** 2).sum(-1).mean(-1)))
+        if len(geom.ligand):
+            pocket = contact_frequency(x[:1], geom) > 0
+            if pocket.any():
+                kept.append(np.full(len(end), contact_frequency(x[end], geom)[pocket].mean()))
+    return {"ca_rmsd_end_A": float(np.concatenate(rmsd).mean()) if rmsd else math.nan,
+            "pocket_kept_end_fraction": float(np.concatenate(kept).mean()) if kept else math.nan}
 
 
 def rmsd_pairing(n_generated: int, n_reference: int) -> str:
@@ -332,6 +370,11 @@ class Comparison:
     runs: list | None
 
 
+def drift_span(segments: list[np.ndarray], dt_ps: float) -> float:
+    """The time span (ps) the drift metrics look at: the shortest trajectory's."""
+    return (min(len(x) for x in segments) - 1) * dt_ps
+
+
 def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float, weights: np.ndarray | None = None,
             scored: list[np.ndarray] | None = None, atoms: np.ndarray | None = None) -> Comparison:
     """Measure generated trajectories against the reference.
@@ -402,6 +445,7 @@ def compare(ref: Reference, segments: list[np.ndarray], dt_ps: float, weights: n
     runs = scored_runs(projections, scored)
     metrics["tic1_decorrelation_ps"] = tic1_decorrelation(runs or None, dt_ps)
     metrics.update(validity(frames, ref, atoms))
+    metrics.update(drift(segments, geom, dt_ps, drift_span(segments, dt_ps), scored))
     metrics.update(tps_success_fraction=math.nan, tps_path_frames_mean=math.nan)  # set by --task tps
     return Comparison(metrics=metrics, rmsf=fluct, contacts=contacts, tica_hist=tica_hist, projections=projections,
                       scored=scored, runs=runs)

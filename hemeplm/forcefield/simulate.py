@@ -84,7 +84,8 @@ def file_id(path: str | Path) -> dict:
 
 
 def prepare_pdb(pdb: str | Path, cfg: SimulateConfig, constraints: bool = True):
-    """PDB -> (topology, system, positions) with PDBFixer and CHARMM36.
+    """PDB -> (topology, system, positions) with PDBFixer and CHARMM36 (explicit TIP3P or vacuum), or
+    Amber14 (ff14SB) with OBC2 implicit solvent for a protein without heme (``cfg.solvent="implicit"``).
 
     Protein residues are completed (missing heavy atoms, hydrogens at pH 7),
     heme groups kept with CHARMM36 ``HEME`` parameters, every other
@@ -112,29 +113,33 @@ def prepare_pdb(pdb: str | Path, cfg: SimulateConfig, constraints: bool = True):
     keep = set(PROTEIN_RESIDUES) | set(HEME_PDB_NAMES)
     modeller.delete([r for r in modeller.topology.residues() if r.name not in keep])
     fixer.topology, fixer.positions = modeller.topology, modeller.positions
+    implicit = cfg.solvent == "implicit"
+    if implicit and any(r.name in HEME_PDB_NAMES for r in modeller.topology.residues()):
+        raise HemeplmError("implicit solvent for a PDB is Amber14 + OBC2, which has no heme parameters; "
+                           "use --solvent explicit or vacuum (CHARMM36)", path)
     fixer.findMissingAtoms()
     fixer.addMissingAtoms()
     modeller = app.Modeller(fixer.topology, fixer.positions)
     prepare_heme(modeller)
     modeller.loadHydrogenDefinitions(io.BytesIO(heme_hydrogen_definitions()))
-    files = ["charmm36.xml"] + (["charmm36/water.xml"] if cfg.solvent == "explicit" else [])
+    if implicit:
+        files = ["amber14-all.xml", "implicit/obc2.xml"]
+    else:
+        files = ["charmm36.xml"] + (["charmm36/water.xml"] if cfg.solvent == "explicit" else [])
     forcefield = app.ForceField(*files)
     modeller.addHydrogens(forcefield, pH=7.0)
     if cfg.solvent == "explicit":
         modeller.addSolvent(forcefield, model="tip3p", padding=cfg.padding_nm * unit.nanometer,
                             ionicStrength=0.15 * unit.molar)
         method = app.PME
-    elif cfg.solvent == "vacuum":
-        method = app.NoCutoff
     else:
-        raise HemeplmError(f"solvent {cfg.solvent!r} is not available for a PDB input; "
-                           "use 'explicit' or 'vacuum'", path)
+        method = app.NoCutoff
     kwargs = {"nonbondedCutoff": cfg.cutoff_nm * unit.nanometer} if method is app.PME else {}
     try:
         system = forcefield.createSystem(modeller.topology, nonbondedMethod=method,
                                          constraints=app.HBonds if constraints else None, **_hmr(cfg), **kwargs)
     except ValueError as exc:
-        raise HemeplmError(f"CHARMM36 cannot parameterise this structure: {exc}", path) from exc
+        raise HemeplmError(f"{files[0]} cannot parameterise this structure: {exc}", path) from exc
     return modeller.topology, system, modeller.positions
 
 

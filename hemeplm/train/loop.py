@@ -62,7 +62,8 @@ class Objective(nn.Module):
     scalar losses; ``loss`` is the total. The structure terms (:mod:`hemeplm.geometry.structure`: inter-token
     bonds and angles, clashes, peptide planarity and angles, the frame-aligned point error against the
     true frames from :data:`FAPE_FRAMES` random residue frames; all in Å or rad) are computed on the
-    decoded x̂0 of each window and weighted by ᾱ_t, toward low noise. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
+    decoded x̂0 of each window and weighted by ᾱ_t, toward low noise. With ``key_noise`` (``tasks.key_noise``)
+    each training window starts from a :meth:`perturbed_key`. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
     (``coords`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R),
     ``has_interaction`` (F,)) or None; its losses are mean squared errors on normalised scales
     (energy standard deviation, force RMS, interaction fluctuation scale of the training frames).
@@ -70,9 +71,10 @@ class Objective(nn.Module):
 
     def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float = 1.0,
                  force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
-                 clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0):
+                 clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
+                 key_noise: float = 0.0):
         super().__init__()
-        self.model, self.diffusion = model, diffusion
+        self.model, self.diffusion, self.key_noise = model, diffusion, key_noise
         self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
         self.weights = {"bond": bond_weight, "clash": clash_weight, "peptide": peptide_weight, "fape": fape_weight}
         self.structure: dict[str, torch.Tensor] = {}
@@ -82,12 +84,26 @@ class Objective(nn.Module):
         """Build from a run's Config (energy and structure loss weights)."""
         e, s = cfg.energy, cfg.structure
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
-                   s.clash_weight, s.peptide_weight, s.fape_weight)
+                   s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise)
 
-    def diffusion_loss(self, coords, mask, t, generator=None) -> torch.Tensor:
-        """ε loss plus weighted structure terms of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on
-        frame 0. The unweighted structure terms (Å², means over the batch) are left in ``self.structure``."""
+    def perturbed_key(self, key: torch.Tensor, generator=None) -> torch.Tensor:
+        """(B, A, 3) key frames with every token's rigid body moved by N(0, s²) in normalised values, s drawn
+        per window from U(0, ``key_noise``): bonds and angles inside tokens stay, those between them break."""
         m = self.model
+        values = m.values(key[:, None], key)  # (B, 1, N, D): the key itself
+        dev = key.device if generator is None else generator.device
+        s = torch.rand(len(key), generator=generator, device=dev).to(key) * self.key_noise
+        noise = torch.randn(values.shape, generator=generator, device=dev).to(key)
+        noise[..., 6:] = 0.0  # torsions stay: a generated frame's torsions are valid, its junctions are not
+        return m.coordinates(values + noise * s[:, None, None, None], key)[:, 0]
+
+    def diffusion_loss(self, coords, mask, t, generator=None, perturb_key: bool = False) -> torch.Tensor:
+        """ε loss plus weighted structure terms of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on
+        frame 0 (with ``perturb_key``, on :meth:`perturbed_key` of it). The unweighted structure terms (means
+        over the batch) are left in ``self.structure``."""
+        m = self.model
+        if perturb_key and self.key_noise > 0:  # the window starts from a perturbed key; the frames after it stay
+            coords = torch.cat([self.perturbed_key(coords[:, 0], generator)[:, None], coords[:, 1:]], 1)
         key = coords[:, 0]
         node_mask = mask[:, 0][:, m.tokens.atom_token]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
@@ -122,7 +138,7 @@ class Objective(nn.Module):
 
     def forward(self, coords, mask, t, generator=None, labelled: dict | None = None):
         m = self.model
-        out = {"diffusion": self.diffusion_loss(coords, mask, t, generator)}
+        out = {"diffusion": self.diffusion_loss(coords, mask, t, generator, perturb_key=True)}
         out.update({f"structure_{k}": v for k, v in self.structure.items()})
         total = out["diffusion"]
         if m.energy_model is not None and labelled is not None and bool(m.has_energy_stats):
@@ -217,7 +233,7 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
     and the energy model on every labelled validation frame.
 
     Returns the metrics, ``val_loss`` (diffusion with the weighted structure terms), ``val_loss_<task>``,
-    ``val_structure_bond`` and ``val_structure_clash`` (Å², ᾱ-weighted means) and, when ``labelled``
+    ``val_structure_<term>`` (ᾱ-weighted means, keys unperturbed) and, when ``labelled``
     frames exist, ``val_energy_*``, ``val_force_*`` and ``val_interaction_*`` (with their
     ``val_mean_baseline_*`` twins) from :func:`hemeplm.evaluate.evaluate_energies`, and the figures
     written to ``figures_dir`` (parity plots, histograms, heatmap, B-factor PDBs).
