@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import INPCRD, N_ATOMS, PRMTOP, heme_pdb
+from conftest import INPCRD, N_ATOMS, PRMTOP, ROOT, heme_pdb
 
 from hemeplm.cli import main
 from hemeplm.errors import HemeplmError
@@ -210,8 +210,21 @@ def test_other_settings_refused(heme, tmp_path):
     assert str(out) in str(info.value)
 
 
-def test_unknown_solvent(heme):
+def test_implicit_solvent_for_a_pdb_is_amber14_obc2_without_heme(heme):
+    """A protein PDB (villin headpiece, 1VII) in implicit solvent gets Amber14 + OBC2 and runs; a heme PDB is
+    refused, naming the file, as Amber14 has no heme."""
+    import openmm
+    from openmm import unit
+
+    topology, system, positions = prepare_pdb(ROOT / "data" / "villin" / "1vii.pdb", SimulateConfig(solvent="implicit"))
+    assert topology.getNumAtoms() == system.getNumParticles() == 596
+    assert "CustomGBForce" in {f.__class__.__name__ for f in system.getForces()}
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.002 * unit.picoseconds)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(positions)
+    integrator.step(10)
+    assert np.isfinite(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
     path, _ = heme
-    with pytest.raises(HemeplmError, match="solvent 'implicit'") as info:
+    with pytest.raises(HemeplmError, match="no heme parameters") as info:
         prepare_pdb(path, SimulateConfig(solvent="implicit"))
     assert str(path) in str(info.value)
