@@ -416,6 +416,11 @@ def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
     assert long[1].split() == ["metric", "better", "model", "reference"]
     found = json.loads((run / "eval" / "long_forecast_validity.json").read_text())
     assert found["frames"] == 12 and found["all"]["model"]["clashes_per_frame"] >= 0
+    drifted = found["drift"]   # the tiny MD is 40 frames: the 11-step forecast is shorter, so at that span it is null
+    assert drifted["md"]["ca_rmsd_end_A"] > 0 and drifted["forecast_at_end"]["ca_rmsd_end_A"] > 0
+    assert drifted["forecast_at_md_span"]["ca_rmsd_end_A"] is None
+    assert 0 <= drifted["forecast_at_end"]["pocket_kept_end_fraction"] <= 1
+    assert long[-1].startswith("Cα RMSD from the start")
     assert read(run / "eval" / "long_forecast.xtc").shape[0] == 12
 
 

@@ -16,8 +16,10 @@ projected pair, then the static and random-walk baselines and the held-out MD it
 moves atoms toward the validity checks, so the raw columns are what the network learnt. Frames a task
 gave (the forecast's frame 0, the inpainting's protein) are not scored. A long forecast by the model
 (``--long-frames``, one sample from the first held-out frame, projected; no prior, to keep it short) is
-checked for validity only: every check of :mod:`hemeplm.evaluate.checks` over its generated frames and
-over its last :data:`LONG_TAIL`, beside the held-out MD's own (``long_forecast_validity.json``). The
+checked for validity (every check of :mod:`hemeplm.evaluate.checks` over its generated frames and
+over its last :data:`LONG_TAIL`, beside the held-out MD's own) and for drift: its Cα RMSD from its start and
+the pocket residues it keeps, at its end and at the length of the training MD, beside that MD's own
+(``long_forecast_validity.json``). The
 tables are printed and saved in ``RUN/eval/`` (``tables.json``).
 """
 
@@ -43,7 +45,7 @@ from hemeplm.evaluate.checks import validity
 from hemeplm.evaluate.geometry import build_geometry
 from hemeplm.evaluate.report import json_ready, print_table
 from hemeplm.evaluate.run import evaluate_trajectories
-from hemeplm.evaluate.trajectory import fit_reference
+from hemeplm.evaluate.trajectory import END_FRACTION, drift, fit_reference
 from hemeplm.generate.sampler import Sampler, load_frames, run_task
 from hemeplm.train.checkpoint import load_checkpoint
 
@@ -78,21 +80,35 @@ def held_out(gen: Sampler, ev: Path) -> tuple[Path, Path, Path, int, float]:
     return topology, *paths, hi - lo, dt
 
 
-def long_validity(topology: Path, reference: Path, trajectory: str | Path) -> dict[str, dict]:
+def long_validity(topology: Path, reference: Path, trajectory: str | Path, frame_ps: float,
+                  md: np.ndarray, md_ps: float) -> dict[str, dict]:
     """Validity of a long generated forecast, its generated frames (all but the given frame 0) and its last
-    :data:`LONG_TAIL`, against the held-out MD.
+    :data:`LONG_TAIL`, against the held-out MD; and how far it went from its start
+    (:func:`~hemeplm.evaluate.trajectory.drift`) at its end and at the length of the training MD ``md``
+    (F, A, 3) Å, beside that MD's own from its first frame.
 
     Returns:
-        ``{"all": metrics, "last": metrics}``, each in :func:`~hemeplm.evaluate.print_table`'s layout:
-        ``model`` holds the trajectory's validity, ``info.reference`` the held-out MD's own.
+        ``{"all": metrics, "last": metrics, "drift": ...}``, the first two in
+        :func:`~hemeplm.evaluate.print_table`'s layout: ``model`` holds the trajectory's validity,
+        ``info.reference`` the held-out MD's own.
     """
-    md = load_system(topology, [reference])
-    geom = build_geometry(md.topology, md.ligand, md.segments[0][0], topology)
-    ref = fit_reference(geom, md.segments, md.timestep_ps, 1, md.timestep_ps, reference)
+    held = load_system(topology, [reference])
+    geom = build_geometry(held.topology, held.ligand, held.segments[0][0], topology)
+    ref = fit_reference(geom, held.segments, held.timestep_ps, 1, held.timestep_ps, reference)
     info = {"reference": validity(ref.frames, ref)}
-    frames = load_system(topology, [trajectory]).segments[0][1:]
+    forecast = load_system(topology, [trajectory]).segments[0]
+    frames = forecast[1:]
+    md_span = (len(md) - 1) * md_ps
+    drifted = {"md_span_ps": md_span, "md": drift([md], geom, md_ps, md_span),
+               "forecast_at_md_span": drift([forecast], geom, frame_ps, md_span),
+               "forecast_at_end": drift([forecast], geom, frame_ps, (len(forecast) - 1) * frame_ps)}
     return {"all": {"model": validity(frames, ref), "info": info},
-            "last": {"model": validity(frames[-LONG_TAIL:], ref), "info": info}}
+            "last": {"model": validity(frames[-LONG_TAIL:], ref), "info": info}, "drift": drifted}
+
+
+def _drift_text(d: dict) -> str:
+    kept = d["pocket_kept_end_fraction"]
+    return f"{d['ca_rmsd_end_A']:.2f} Å" + ("" if np.isnan(kept) else f", {kept:.0%} kept")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -143,11 +159,16 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         out = run_task(gen, "forecast", topology, ref, ev / "long_forecast.xtc", start=0, num_frames=args.long_frames,
                        seed=0, force=True)
-        found = long_validity(topology, ref, out["trajectories"][0])
+        md, md_ps = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
+        found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, md[0].cpu().numpy(), md_ps)
         span = (args.long_frames - 1) * gen.frame_ps
+        d = found["drift"]
         tables["long_forecast"] = "\n".join([
             f"all {args.long_frames - 1} generated frames:", print_table(found["all"]),
-            f"last {min(LONG_TAIL, args.long_frames - 1)} frames:", print_table(found["last"])])
+            f"last {min(LONG_TAIL, args.long_frames - 1)} frames:", print_table(found["last"]),
+            f"Cα RMSD from the start (Å, last {END_FRACTION:.0%} of the span) and pocket residues kept: "
+            f"at {d['md_span_ps']:.0f} ps {_drift_text(d['forecast_at_md_span'])} (the training MD from its first "
+            f"frame: {_drift_text(d['md'])}); at {span:.0f} ps {_drift_text(d['forecast_at_end'])}"])
         wall = round(time.time() - t0, 1)
         (ev / "long_forecast_validity.json").write_text(json.dumps(json_ready(
             {"frames": args.long_frames, "span_ps": span, "sampling_wall_seconds": out["wall_seconds"],
