@@ -112,7 +112,7 @@ class StructureConfig:
     the projection then also keeps the Cα-Cα distances of each window's key frame within that many
     training-MD standard deviations. Off (0) by default; a checkpoint keeps the value it was trained with."""
 
-    #: inter-token 1-2/1-3 distances: mean absolute deviation from their length (Å)
+    #: inter-token 1-2/1-3 distances: mean squared deviation from their length (Å²)
     bond_weight: float = 1.0
     clash_weight: float = 0.1
     #: peptide bonds: ω within 10° of planar and the two angles across the bond within 4 σ (rad², mean per bond)

@@ -6,10 +6,8 @@ C(i)-N(i+1) and its angles, bonds between ligand groups, and steric clashes.
 Training adds these terms, computed on the decoded estimate of the clean
 frames, to the diffusion loss (weighted toward low noise):
 
-* ``bond``: mean absolute deviation (Å, smoothed below :data:`BOND_SMOOTH_A`) of the distances
-  of 1-2 and 1-3 atom pairs that join two tokens from their length in the first training frame:
-  linear, as AlphaFold's violation losses are, so that a 0.05 Å error still pulls (a squared term
-  hardly does);
+* ``bond``: mean squared deviation (Å²) of the distances of 1-2 and 1-3 atom pairs that
+  join two tokens from their length in the first training frame;
 * ``clash``: per frame, the sum over non-bonded atom pairs (1-2 and 1-3 neighbours and
   metals left out) of ``max(0, CLASH_SCALE · (r_i + r_j) - d)²`` (Å²), with r the van der
   Waals radii: the clash definition of ``hemeplm evaluate``, made soft.
@@ -57,8 +55,6 @@ PROJECT_OMEGA_TOLERANCE = 15.0
 #: evaluation's outliers are 30° off), and each angle across the bond within this many σ
 TRAIN_OMEGA_TOLERANCE = 10.0
 TRAIN_ANGLE_SIGMAS = 4.0
-#: Å; the training bond term is sqrt(δ² + s²) - s: linear beyond s, smooth (and zero) at δ = 0
-BOND_SMOOTH_A = 0.01
 #: Å; AlphaFold's FAPE clamp: an atom further off than this counts as this far
 FAPE_CLAMP_A = 10.0
 #: Å²/rad²; the weight of the projection's peptide terms: 10° beyond a tolerance costs 0.3 Å², as much as a
@@ -224,11 +220,11 @@ def frame_aligned_error(x: torch.Tensor, truth: torch.Tensor, frame_atoms: torch
 def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor], peptide: torch.Tensor | None = None,
                     truth: torch.Tensor | None = None, frame_atoms: torch.Tensor | None = None
                     ) -> dict[str, torch.Tensor]:
-    """(B, T, A, 3) -> ``bond`` (Å) and ``clash`` (Å²), each (B,), means over frames (and pairs; see module docstring);
+    """(B, T, A, 3) -> ``bond`` and ``clash`` (Å²), each (B,), means over frames (and pairs; see module docstring);
     with ``peptide`` quads also ``peptide`` (rad², mean over frames and bonds of :func:`peptide_penalty` at
     :data:`TRAIN_OMEGA_TOLERANCE` and :data:`TRAIN_ANGLE_SIGMAS`), and with the ``truth`` (B, T, A, 3) and
     residue ``frame_atoms`` (K, 3) also ``fape`` (Å, :func:`frame_aligned_error`)."""
-    bond = (bond_deviation(x, internal) + BOND_SMOOTH_A ** 2).sqrt() - BOND_SMOOTH_A  # |d - d0|, smooth at 0
+    bond = bond_deviation(x, internal)
     out = {"bond": bond.mean(dim=(-1, -2)) if bond.shape[-1] else x.new_zeros(x.shape[0]),
            "clash": clash_penalty(x, internal).mean(-1)}
     if peptide is not None:
