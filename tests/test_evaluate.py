@@ -239,6 +239,8 @@ def test_print_table(noisy, pocket):
     assert header == ["metric", "better", "model", "static", "random_walk", "reference"]
     assert "torsion_jsd" in table and "ligand_valid_fraction" in table and "bond_ok_fraction_peptide" in table
     assert "tps_success_fraction" not in table
+    drifted = next(line.split() for line in table.splitlines() if line.startswith("ca_rmsd_end_A"))
+    assert drifted[1] == "~ref" and drifted[-1] != "-"   # the reference's own drift over the same span
     table = print_table(pocket["metrics"])
     assert table.splitlines()[0].split() == ["metric", "better", "model", "prior", "static", "random_walk",
                                              "reference"]
