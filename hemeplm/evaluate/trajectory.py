@@ -131,8 +131,9 @@ def drift(segments: list[np.ndarray], geom: Geometry, dt_ps: float, span_ps: flo
     first = min(last, max(1, int(math.ceil((1 - END_FRACTION) * last - 1e-9))))
     rmsd, kept = [], []
     for s, x in enumerate(segments):
+        if last >= len(x):
+            continue
         end = np.arange(first, last + 1)
-        end = end[end < len(x)] if last < len(x) else end[:0]
         if scored is not None:
             end = end[np.asarray(scored[s], dtype=bool)[end]]
         if not len(end):
