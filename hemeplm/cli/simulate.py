@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     s.add_argument("--hmr-mass", type=positive, default=3.0, help="hydrogen mass (amu) for repartitioning")
     s.add_argument("--no-hmr", action="store_true", help="no hydrogen mass repartitioning (use <= 2 fs)")
     s.add_argument("--solvent", choices=["implicit", "vacuum", "explicit"],
-                   help="default: implicit (OBC2) for prmtop, explicit TIP3P for PDB")
+                   help="default: implicit (OBC2) for prmtop, explicit TIP3P for PDB (implicit for a PDB: "
+                        "Amber14 + OBC2, protein without heme)")
     s.add_argument("--seed", type=count(0), default=0, help="seed of the initial velocities and the Langevin noise")
     s.add_argument("--save-every", type=count(1), default=10, help="frames between checkpoints")
     s.add_argument("--threads", type=count(1), default=None, help="CPU platform threads (unset: OpenMM's choice)")
