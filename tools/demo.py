@@ -55,29 +55,29 @@ LONG_TAIL = 100
 BEGIN, END = "<!-- demo:begin -->", "<!-- demo:end -->"
 
 
-def held_out(gen: Sampler, ev: Path) -> tuple[Path, Path, Path, int, float]:
-    """Write the system's topology and the held-out frames of the first training trajectory.
+def held_out(gen: Sampler, ev: Path, md: torch.Tensor, dt: float) -> tuple[Path, Path, Path, int]:
+    """Write the system's topology and the held-out frames of ``md`` (F, A, 3) Å, the first training trajectory
+    (frames ``dt`` ps apart).
 
     Returns:
         topology PDB; the held-out XTC (kept atoms, Å superposed like training); the same frames
         every ``data.lag``-th, at the model's frame spacing (what inpainting is given, so that
-        inpainted frame i pairs with reference frame i); held-out frame count; dt (ps).
+        inpainted frame i pairs with reference frame i); held-out frame count.
     """
     import mdtraj
 
     data = gen.cfg.data
-    segs, dt = load_frames(gen, data.topology, [data.trajectories[0]])
-    lo, hi = split_bounds(len(segs[0]), data.split)[2]
+    lo, hi = split_bounds(len(md), data.split)[2]
     ev.mkdir(parents=True, exist_ok=True)
     topology = ev / "system.pdb"
     topology.write_text(gen.model.static_info["topology_pdb"])
     paths = []
     for name, stride in (("heldout", 1), ("heldout_model_dt", data.lag)):
-        xyz = segs[0][lo:hi:stride].cpu().numpy() / 10.0
+        xyz = md[lo:hi:stride].cpu().numpy() / 10.0
         paths.append(ev / f"{name}.xtc")
         mdtraj.Trajectory(xyz, gen.model.topology(), time=np.arange(len(xyz)) * stride * dt).save(
             str(paths[-1]), force_overwrite=True)
-    return topology, *paths, hi - lo, dt
+    return topology, *paths, hi - lo
 
 
 def long_validity(topology: Path, reference: Path, trajectory: str | Path, frame_ps: float,
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     generators = {"raw": dataclasses.replace(gen, project_steps=0),
                   "raw_prior": dataclasses.replace(prior, project_steps=0), "model": gen, "prior": prior}
     ev = run / "eval"
-    topology, ref, ref_model_dt, n_frames, dt = held_out(gen, ev)
+    segs, dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
+    topology, ref, ref_model_dt, n_frames = held_out(gen, ev, segs[0], dt)
 
     def generate(name: str, **kwargs) -> dict[str, dict]:
         """run_task for the model (``ev/NAME.xtc``), the prior (``ev/NAME_prior.xtc``) and both unprojected
@@ -159,8 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         out = run_task(gen, "forecast", topology, ref, ev / "long_forecast.xtc", start=0, num_frames=args.long_frames,
                        seed=0, force=True)
-        md, md_ps = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
-        found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, md[0].cpu().numpy(), md_ps)
+        found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, segs[0].cpu().numpy(), dt)
         span = (args.long_frames - 1) * gen.frame_ps
         d = found["drift"]
         tables["long_forecast"] = "\n".join([

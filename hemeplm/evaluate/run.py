@@ -291,6 +291,7 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         r.metrics.update(posebusters_checks(kept, geom, template, posebusters_frames))
         r.metrics.update(confidence_metrics(ensembles[name], uncertainty.get(name, (None,))[0], ref,
                                             ref_sys.segments, dt_gen, r.scored))
+    span = drift_span(model, dt_gen)
     info = {
         "topology": str(topology), "generated_topology": str(gen_top),
         "reference_files": ref_sys.files, "generated_files": gen_sys.files, "task": task, "seed": seed,
@@ -308,8 +309,8 @@ def evaluate_trajectories(topology: str | Path, reference: list[str | Path], gen
         "tica_histogram": f"2-D, {TICA_BINS}x{TICA_BINS} bins over the reference's TIC1/TIC2 range",
         "torsion_bins": TORSION_BINS, "contact_cutoff_A": CONTACT_CUTOFF_A,
         "ligand_rmsd_pairing": rmsd_pairing(sum(map(len, model)), len(ref.frames)),
-        "drift_span_ps": drift_span(model, dt_gen),
-        "reference": {**_reference_info(ref, atoms), **drift(ref_sys.segments, geom, dt_ref, drift_span(model, dt_gen)),
+        "drift_span_ps": span,
+        "reference": {**_reference_info(ref, atoms), **drift(ref_sys.segments, geom, dt_ref, span),
                       **(kinetics.reference if kinetics else kinetics_metrics(None, None, dt_ref))},
         "kinetics": kinetics_note, "posebusters": posebusters_note, "confidence": uncertainty["model"][1],
         "weights": None if frame_weights is None else {
