@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hemeplm.cli.options import HelpFormatter, add_output_flags, count, positive
 from hemeplm.errors import HemeplmError
-from hemeplm.forcefield.labels import label_trajectories
+from hemeplm.forcefield.labels import LEVELS, label_trajectories
 
 
 def add_parser(sub) -> None:
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
                           "implicit OBC2 for a prmtop, else vacuum)")
     lab.add_argument("--cutoff-nm", type=positive, default=1.2, help="non-bonded cutoff of implicit/explicit solvent")
     lab.add_argument("--ligand", default=None, help="mdtraj selection; unset = detect (as training does)")
-    lab.add_argument("--level", choices=["mm", "gfn2"], default="mm",
+    lab.add_argument("--level", choices=LEVELS, default="mm",
                      help="mm: the force field through OpenMM; gfn2: GFN2-xTB (tblite), kcal/mol and kcal/mol/Å")
     lab.add_argument("--charge", type=int, default=None, help="total charge of the molecule (--level gfn2; unset: 0)")
     lab.add_argument("--multiplicity", type=count(1), default=None,

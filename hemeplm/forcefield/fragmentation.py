@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hemeplm.data.molecules import residue_charges
-from hemeplm.data.parameters import COULOMB_KCAL_A, pair_parameters
+from hemeplm.data.parameters import COULOMB_KCAL_A, coulomb_lj, pair_parameters
 from hemeplm.forcefield.qm import GFN2, check_spin
 
 LINK_LENGTH = {6: 1.09, 7: 1.01, 8: 0.96}  # Å, X-H bond of a link atom on element X
@@ -161,20 +161,20 @@ class Fragmented:
             np.add.at(forces, f.atoms, f.sign * g[:len(f.atoms)])
             link_forces(x, f.links, self.numbers, g[len(f.atoms):], forces, f.sign)
         if self.pairs is not None:
-            e, g = self._long_range(x)
+            e, g = self.long_range(x)
             energy += e
             forces += g
         return energy, forces
 
-    def _long_range(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """Vacuum Coulomb + Lennard-Jones of the uncovered pairs: energy and forces (A, 3)."""
+    def long_range(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Vacuum Coulomb + Lennard-Jones of the uncovered pairs (``long_range="mm"``): energy and forces (A, 3)."""
         i, j, qq, sigma, eps = self.pairs
         if not len(i):
             return 0.0, np.zeros_like(x)
         rij = x[j] - x[i]
         r = np.linalg.norm(rij, axis=-1)
+        e = coulomb_lj(qq, sigma, eps, r)
         s6 = (sigma / r) ** 6
-        e = COULOMB_KCAL_A * qq / r + 4.0 * eps * (s6 * s6 - s6)
         de = -COULOMB_KCAL_A * qq / r ** 2 + 4.0 * eps * (-12.0 * s6 * s6 + 6.0 * s6) / r
         f_j = -(de / r)[:, None] * rij
         forces = np.zeros_like(x)
