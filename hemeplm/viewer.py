@@ -241,13 +241,16 @@ def view_files(topology: str | Path, trajectories: list[str | Path], out: str | 
     return write_view(out, panels, values, max_frames, force=force)
 
 
-def view_sample(summary: dict, out: str | Path, max_frames: int = MAX_FRAMES, force: bool = False) -> Path:
+def view_sample(summary: dict, out: str | Path, max_frames: int = MAX_FRAMES, force: bool = False,
+                truncated: str = "error", timestep_ps: float | None = None) -> Path:
     """``sample.py --view``: the generated trajectories of a :func:`~hemeplm.generate.sampler.run_task` summary
-    beside the given MD (its ``frames`` file from the first frame used, when it holds more than one frame)."""
+    beside the given MD (its ``frames`` file from the first frame used, when it holds more than one frame), read
+    with the ``truncated`` and ``timestep_ps`` the sampling read it with."""
     check_outputs([Path(out)], force, out)
     panels = [load_panel(Path(t).name, summary["topology_pdb"], t) for t in summary["trajectories"]]
     first = (summary.get("given_frames") or [summary.get("start") or 0])[0]
-    given = load_panel(f"given {Path(summary['frames']).name}", summary["topology"], summary["frames"], start=first)
+    given = load_panel(f"given {Path(summary['frames']).name}", summary["topology"], summary["frames"], start=first,
+                       timestep_ps=timestep_ps, truncated=truncated)
     if len(given.xyz) > 1:
         panels.append(given)
     return write_view(out, panels, "rmsf", max_frames, title=f"{summary['task']}: {Path(out).stem}", force=force)

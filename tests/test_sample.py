@@ -505,6 +505,20 @@ def test_outputs_checked_before_sampling_and_summary_written_last(tiny_run, tiny
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
 
 
+def test_view_reads_the_given_frames_as_sampling_did(tiny_run, tiny_system, tmp_path):
+    """``--truncated warn --view`` on a DCD cut mid-frame: the page's given-MD panel is read with the sampling's
+    --truncated (it used to fail after the trajectories were written, and no summary was)."""
+    from hemeplm.cli import main
+
+    cut = tmp_path / "cut.dcd"
+    cut.write_bytes(tiny_system["trajectory"].read_bytes()[:-100])
+    out = tmp_path / "fc.xtc"
+    main(["sample", "--ckpt", str(tiny_run["ckpt"]), "--topology", str(tiny_system["topology"]), "--frames", str(cut),
+          "--out", str(out), "--task", "forecast", "--num-frames", "3", "--truncated", "warn", "--view",
+          "--no-confidence"])
+    assert json.loads(out.with_suffix(".json").read_text())["view"] == str(out.with_suffix(".html"))
+
+
 def sampler_module():
     from hemeplm.generate import sampler
 

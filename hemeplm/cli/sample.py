@@ -114,7 +114,8 @@ def run(args) -> None:
                        energies=args.energies, confidence=not args.no_confidence, write_summary=False,
                        truncated=args.truncated, timestep_ps=args.timestep_ps)
     if args.view:
-        summary["view"] = str(view_sample(summary, html, force=args.force))
+        summary["view"] = str(view_sample(summary, html, force=args.force, timestep_ps=args.timestep_ps,
+                                          truncated=args.truncated or gen.cfg.data.truncated))
     if args.relax:
         forcefield = args.relax_forcefield_topology
         if forcefield is None and args.topology.lower().endswith((*AMBER_SUFFIXES, ".pdb", ".pdb.gz")):
