@@ -98,3 +98,9 @@ def test_train_py_makes_the_data_set_trains_and_energies_predict_in_any_atom_ord
         main(["energies", "--ckpt", str(run / "ckpt.pt"), "--topology", str(tmp_path / "propane.pdb"), "--frames",
               str(tmp_path / "perm.dcd"), "--out", str(tmp_path / "c")])
     assert "holds C3H8, but the model was trained on ethanol (C2H6O)" in capsys.readouterr().err
+    # a frame range past the end is refused as for the generative model's energies, nothing written
+    with pytest.raises(SystemExit):
+        main(["energies", "--ckpt", str(run / "ckpt.pt"), "--topology", str(tmp_path / "perm.pdb"), "--frames",
+              str(tmp_path / "perm.dcd"), "--out", str(tmp_path / "d"), "--stop", "41"])
+    assert capsys.readouterr().err.strip().endswith("--stop 41 is out of range: it has 40 frames (0..39)")
+    assert not (tmp_path / "d").exists()

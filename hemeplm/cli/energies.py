@@ -6,7 +6,7 @@ from pathlib import Path
 
 from hemeplm.cli.options import HelpFormatter, add_output_flags, add_truncated_option, count, positive
 from hemeplm.device import resolve_device
-from hemeplm.errors import HemeplmError
+from hemeplm.data.load import frame_span
 from hemeplm.generate import energies, molecular
 from hemeplm.generate.sampler import load_checked, Sampler
 from hemeplm.io import check_outputs
@@ -58,15 +58,7 @@ def run(args) -> None:
                   args.force, out)
     gen = Sampler.from_checkpoint(args.ckpt, device=args.device)
     system = load_checked(gen, args.topology, [args.frames], args.truncated, args.timestep_ps)
-    n = len(system.segments[0])
-    start = 0 if args.start is None else args.start
-    stop = n if args.stop is None else args.stop
-    if start >= n or stop > n:
-        given = " ".join(f"--{k} {v}" for k, v in (("start", args.start), ("stop", args.stop)) if v is not None)
-        raise HemeplmError(f"{given} is out of range: it has {n} frames (0..{n - 1})", args.frames)
-    if stop <= start:
-        raise HemeplmError(f"--stop {stop} must be above --start {start}", args.frames)
-    span = slice(start, stop)
+    span = frame_span(len(system.segments[0]), args.start, args.stop, args.frames)
     frames = torch.from_numpy(system.segments[0][span])
     paths = energies.write(gen.model, frames, args.out, force=args.force, progress=not args.quiet)
     if args.compare:

@@ -240,6 +240,19 @@ def load_trajectory(path: str | Path, topology, top_path: Path, truncated: str =
     return traj
 
 
+def frame_span(n_frames: int, start: int | None, stop: int | None, path: str | Path) -> slice:
+    """The frames ``--start``..``--stop`` (None: the first, the end) of a trajectory of ``n_frames``, as a
+    slice; a range that is out of the file or empty is a :class:`HemeplmError` naming ``path``."""
+    first = 0 if start is None else start
+    last = n_frames if stop is None else stop
+    if first >= n_frames or last > n_frames:
+        given = " ".join(f"--{k} {v}" for k, v in (("start", start), ("stop", stop)) if v is not None)
+        raise HemeplmError(f"{given} is out of range: it has {n_frames} frames (0..{n_frames - 1})", path)
+    if last <= first:
+        raise HemeplmError(f"--stop {last} must be above --start {first}", path)
+    return slice(first, last)
+
+
 def select_ligand(topology, selection: str | None, path: str | Path = "topology") -> np.ndarray:
     """Atom indices of the ligand in ``topology``.
 

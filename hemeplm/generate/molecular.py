@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hemeplm.data.load import ENERGY_FILE, load_topology, load_trajectory
+from hemeplm.data.load import ENERGY_FILE, frame_span, load_topology, load_trajectory
 from hemeplm.errors import HemeplmError, require_file
 from hemeplm.io import atomic_write_bytes, check_outputs
 from hemeplm.train.molecular import load_molecular, predict, score
@@ -49,10 +49,8 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
         raise HemeplmError(f"holds {_formula(numbers)}, but the model was trained on {ckpt['static']['molecule']} "
                            f"({_formula(trained)}); it predicts for that molecule's frames only", top_path)
     traj = load_trajectory(frames, top, top_path)
-    span = slice(start, stop)
+    span = frame_span(traj.n_frames, start, stop, frames)
     xyz = traj.xyz[span].astype(np.float64) * 10.0
-    if not len(xyz):
-        raise HemeplmError(f"no frames in [{start}:{stop}] of its {traj.n_frames}", frames)
     energy, forces = predict(model, numbers, xyz, device=device)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
