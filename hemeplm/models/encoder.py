@@ -98,6 +98,20 @@ class ViSLayer(nn.Module):
         return h, vec_new, f
 
 
+def edge_geometry(pos: torch.Tensor, edge_index: torch.Tensor, cutoff: float, lmax: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Edge lengths (E,), unit vectors (E, 3) from source to target, their spherical harmonics of degrees
+    1..``lmax`` (E, (lmax+1)²-1) and cosine cutoffs (E,), for atom positions (A, 3) and ``edge_index`` (2, E)."""
+    from e3nn import o3
+
+    src, dst = edge_index
+    rij = pos[dst] - pos[src]
+    d = rij.norm(dim=-1)
+    rhat = rij / d.clamp(min=1e-6)[:, None]
+    sh = o3.spherical_harmonics(list(range(1, lmax + 1)), rhat, normalize=False, normalization="component")
+    return d, rhat, sh, cosine_cutoff(d, cutoff)
+
+
 class AtomEncoder(nn.Module):
     """Encoder over the atoms of one or more key frames.
 
@@ -127,8 +141,6 @@ class AtomEncoder(nn.Module):
         self.n_sh = (lmax + 1) ** 2 - 1
 
     def forward(self, pos: torch.Tensor, static: dict, node_mask: torch.Tensor | None = None):
-        from e3nn import o3
-
         b, a, _ = pos.shape
         flat = pos.reshape(b * a, 3)
         rep = lambda t: t.repeat(b, *([1] * (t.ndim - 1)))  # noqa: E731
@@ -139,12 +151,7 @@ class AtomEncoder(nn.Module):
         g = build_graph(flat, bonds, rep(static["is_ligand"]), rep(static["polar"]),
                         rep(static["residue"]),  # edges never join two frames, so ids need no per-frame offset
                         self.cutoff, self.max_neighbors, batch=batch, node_mask=mask)
-        src, dst = g.edge_index
-        rij = flat[dst] - flat[src]
-        d = rij.norm(dim=-1)
-        rhat = rij / d.clamp(min=1e-6)[:, None]
-        sh = o3.spherical_harmonics(list(range(1, self.lmax + 1)), rhat, normalize=False, normalization="component")
-        cut = cosine_cutoff(d, self.cutoff)
+        d, rhat, sh, cut = edge_geometry(flat, g.edge_index, self.cutoff, self.lmax)
         # covalent edges beyond the cutoff still carry a message
         cut = torch.where(g.edge_type == 0, cut.clamp(min=0.5), cut)
         lig_in = torch.cat([static["ligand_features"], static["charge"][:, None]], dim=-1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hemeplm.models.encoder import GaussianRBF, ViSLayer, cosine_cutoff
+from hemeplm.models.encoder import GaussianRBF, ViSLayer, edge_geometry
 from hemeplm.models.energy import radius_pairs
 
 MAX_Z = 100
@@ -65,19 +65,13 @@ class MolecularEnergy(nn.Module):
         self.scale.fill_(forces.double().pow(2).mean().sqrt().clamp(min=1e-3).item())
 
     def forward(self, numbers: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        from e3nn import o3
-
         b, a, _ = pos.shape
         numbers = numbers.to(pos.device).long()
         flat = pos.reshape(b * a, 3)
         batch = torch.arange(b, device=pos.device).repeat_interleave(a)
         ei = radius_pairs(flat, self.cutoff, batch)
         src, dst = ei
-        rij = flat[dst] - flat[src]
-        d = rij.norm(dim=-1)
-        rhat = rij / d.clamp(min=1e-6)[:, None]
-        sh = o3.spherical_harmonics(list(range(1, self.lmax + 1)), rhat, normalize=False, normalization="component")
-        cut = cosine_cutoff(d, self.cutoff)
+        d, rhat, sh, cut = edge_geometry(flat, ei, self.cutoff, self.lmax)
         z = numbers.repeat(b)
         rbf = self.rbf(d)
         h = self.embed(z)
