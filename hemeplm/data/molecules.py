@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hemeplm.data.load import ENERGY_FILE
+from hemeplm.data.parameters import pair_parameters
 from hemeplm.errors import HemeplmError
 
 #: name -> ("smiles", SMILES) or ("peptide", one-letter sequence, capped)
@@ -154,25 +155,24 @@ def from_sequence(name: str, sequence: str, capped: bool) -> Molecule:
     ff = app.ForceField("amber14-all.xml")
     modeller = app.Modeller(pdb.topology, pdb.positions)
     modeller.addHydrogens(ff, pH=7.0)
-    system = ff.createSystem(modeller.topology)
-    nb = next(f for f in system.getForces() if f.__class__.__name__ == "NonbondedForce")
-    charge = sum(nb.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
-                 for i in range(system.getNumParticles()))
+    charge = pair_parameters(ff.createSystem(modeller.topology)).charge.sum()
     top = mdtraj.Topology.from_openmm(modeller.topology)
     xyz = np.array(modeller.positions.value_in_unit(unit.angstrom))
     numbers = np.array([a.element.atomic_number for a in top.atoms])
     return Molecule(name, top, xyz, numbers, int(round(charge)), sequence)
 
 
-def residue_charges(topology) -> np.ndarray:
-    """Formal charge (e) of each residue of an Amber14 peptide (the sum of its ff14SB charges, rounded)."""
-    from openmm import app, unit
+def amber14_system(topology):
+    """The vacuum Amber14 (ff14SB) OpenMM ``System`` of a peptide (mdtraj Topology with its hydrogens)."""
+    from openmm import app
 
-    omm = topology.to_openmm()
-    system = app.ForceField("amber14-all.xml").createSystem(omm)
-    nb = next(f for f in system.getForces() if f.__class__.__name__ == "NonbondedForce")
-    q = np.array([nb.getParticleParameters(i)[0].value_in_unit(unit.elementary_charge)
-                  for i in range(system.getNumParticles())])
+    return app.ForceField("amber14-all.xml").createSystem(topology.to_openmm(), nonbondedMethod=app.NoCutoff)
+
+
+def residue_charges(topology, system=None) -> np.ndarray:
+    """Formal charge (e) of each residue of an Amber14 peptide (the sum of its ff14SB charges, rounded), from
+    ``system`` (unset: :func:`amber14_system` of ``topology``)."""
+    q = pair_parameters(amber14_system(topology) if system is None else system).charge
     per = np.zeros(topology.n_residues)
     np.add.at(per, [a.residue.index for a in topology.atoms], q)
     return np.rint(per).astype(int)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hemeplm.data.molecules import residue_charges
+from hemeplm.data.molecules import amber14_system, residue_charges
 from hemeplm.data.parameters import COULOMB_KCAL_A, coulomb_lj, pair_parameters
 from hemeplm.forcefield.qm import GFN2, check_spin
 
@@ -132,23 +132,20 @@ class Fragmented:
 
     def __init__(self, topology, numbers: np.ndarray, long_range: str | None = None):
         self.numbers = np.asarray(numbers)
-        self.parts = fragments(topology, self.numbers)
+        system = amber14_system(topology)
+        self.parts = fragments(topology, self.numbers, residue_charges(topology, system))
         self.calcs = [GFN2(f.numbers, f.charge) for f in self.parts]
         self.pairs = None
         if long_range == "mm":
-            self.pairs = self._uncovered_pairs(topology)
+            self.pairs = self._uncovered_pairs(pair_parameters(system))
 
-    def _uncovered_pairs(self, topology):
-        """(i, j, qq, σ, ε) of the atom pairs that no fragment holds, from Amber14's NonbondedForce."""
-        from openmm import app
-
+    def _uncovered_pairs(self, p):
+        """(i, j, qq, σ, ε) of the atom pairs that no fragment holds, from Amber14's :class:`PairParameters` ``p``."""
         n = len(self.numbers)
         covered = np.zeros((n, n), dtype=bool)
         for f in self.parts:
             covered[np.ix_(f.atoms, f.atoms)] = True
         i, j = np.nonzero(np.triu(~covered, 1))
-        system = app.ForceField("amber14-all.xml").createSystem(topology.to_openmm(), nonbondedMethod=app.NoCutoff)
-        p = pair_parameters(system)
         return i, j, p.charge[i] * p.charge[j], 0.5 * (p.sigma[i] + p.sigma[j]), np.sqrt(p.epsilon[i] * p.epsilon[j])
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
