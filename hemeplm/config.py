@@ -54,6 +54,7 @@ class DenoiserConfig:
     domain_size: int = 24
     max_tokens: int | None = None
     fragment_halo: float = 12.0
+    refine_steps: int = 2
 
 
 @dataclass
@@ -199,6 +200,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "denoiser.pocket_radius": (0, None, False), "denoiser.cross_window": (0, None, True),
     "denoiser.local_neighbors": (1, None, True), "denoiser.domain_size": (1, None, True),
     "denoiser.max_tokens": (1, None, True), "denoiser.fragment_halo": (0, None, True),
+    "denoiser.refine_steps": (0, None, True),
     "diffusion.timesteps": (2, None, True), "diffusion.sample_steps": (1, None, True),
     "tasks.forecast": (0, None, True), "tasks.tps": (0, None, True), "tasks.inpaint": (0, None, True),
     "tasks.upsample": (0, None, True), "tasks.upsample_factor": (2, None, True), "tasks.history": (1, None, True),

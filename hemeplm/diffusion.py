@@ -102,6 +102,16 @@ class GaussianDiffusion(nn.Module):
             return out
         return self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * x_t + self._at(self.sqrt_alphas_cumprod, t, x_t) * out
 
+    def x0_from_output(self, x_t: torch.Tensor, t: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The clean estimate a denoiser output stands for (for a denoiser that refines its own estimate)."""
+        a, s = self._at(self.sqrt_alphas_cumprod, t, x_t), self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return (x_t - s * out) / a if self.parameterisation == "eps" else a * x_t - s * out
+
+    def output_from_x0(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """The denoiser output that stands for the clean estimate ``x0`` (inverse of :meth:`x0_from_output`)."""
+        a, s = self._at(self.sqrt_alphas_cumprod, t, x_t), self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return (x_t - a * x0) / s if self.parameterisation == "eps" else (a * x_t - x0) / s
+
     def _at(self, buf: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return _expand(buf[t].to(x.dtype), x)
 

@@ -125,14 +125,14 @@ def test_window_sample_is_equivariant(any_tiny, task):
     generated = ~mask[:, model.tokens.atom_token]  # (T, A)
     assert (out - coords)[:, generated].abs().max() > 0.05  # something was generated
     assert (out[0] - out[1]).abs().max() > 0.05  # independent samples
-    # the projection (50 Adam steps on float32 coordinates, clash pairs switching on and off) lets rounding
-    # grow to a few hundredths of an Å on this untrained model's wild output
-    torch.testing.assert_close(out_r, moved(out, rot, shift), atol=5e-2, rtol=0)
     # the network's own output, unprojected: float32 rounding only
     raw_out = raw.window_sample(coords, mask, torch.Generator().manual_seed(5))
     raw_r = raw.window_sample(moved(coords, rot, shift), mask, torch.Generator().manual_seed(5))
     torch.testing.assert_close(raw_r, moved(raw_out, rot, shift), atol=1e-3 + 1e-5 * float(raw_out.abs().max()),
                                rtol=0)
+    # the projection (50 Adam steps on float32 coordinates, clash pairs switching on and off) lets that rounding
+    # grow to a tenth of an Å on a few atoms of this untrained model's wild output
+    torch.testing.assert_close(out_r, moved(out, rot, shift), atol=0.15, rtol=0)
     values = model.values(raw_out, raw_out[:, 0])
     values_r = model.values(raw_r, raw_r[:, 0])
     torch.testing.assert_close(values_r, values, atol=1e-4, rtol=1e-4)
@@ -268,28 +268,65 @@ def test_long_forecast_keeps_its_geometry(tiny):
     assert float(drift) < 8.0, float(drift)
 
 
+# ----------------------------------------------------------------------------- junction refinement
+def test_refiner_reads_the_inter_token_geometry_of_its_estimate(tiny):
+    """On the key frame itself (every transform the identity) the refiner's force features vanish; a residue
+    pushed 0.5 Å along its anchor x axis feels a force back along -x, and the forces on all tokens sum to zero."""
+    model = tiny.model
+    coords = tiny.windows[0]["coords"][None, :1]
+    cond, _ = model.condition(coords[:, 0])
+    v = model.values(coords, coords[:, 0]) * model.norm_std + model.norm_mean
+    rigid = lambda v: (rotvec_to_matrix(v[..., :3]), v[..., 3:6])  # noqa: E731
+    pairs = model.junctions(cond.index)
+    feats = model.refiner.geometry(*rigid(v), cond, pairs)  # (1, T, N, 8)
+    assert float(feats[..., :6].abs().max()) < 1e-4
+    residues = torch.nonzero(~model.token_is_ligand).flatten()
+    i = int(residues[len(residues) // 2])
+    pushed = v.clone()
+    pushed[..., i, 3] += 0.5
+    moved = model.refiner.geometry(*rigid(pushed), cond, pairs)
+    force = moved[0, :, i, :3] - feats[0, :, i, :3]
+    assert bool((force[:, 0] < -0.2).all()), force
+    # the pulls come in pairs: in the key frame's axes they sum to zero over the tokens
+    total = torch.einsum("nij,tnj->ti", cond.frames[0], moved[0, :, :, :3])
+    assert float(total.abs().max()) < 1e-4, total
+
+
+def test_junctions_of_a_fragment_are_those_inside_it(tiny):
+    model = tiny.model
+    everything = model.junctions(torch.arange(model.tokens.kind.numel()))
+    index = torch.arange(3, 9)
+    part = model.junctions(index)
+    inside = ((everything["pair_token"] >= 3) & (everything["pair_token"] < 9)).all(0)
+    assert part["pair_token"].shape[1] == int(inside.sum()) > 0
+    assert torch.equal(part["pair_token"] + 3, everything["pair_token"][:, inside])
+    assert torch.equal(part["pair_slot"], everything["pair_slot"][:, inside])
+    assert torch.equal(part["pair_length"], everything["pair_length"][inside])
+    quads = ((everything["quad_token"] >= 3) & (everything["quad_token"] < 9)).all(0)
+    assert torch.equal(part["quad_token"] + 3, everything["quad_token"][:, quads])
+
+
 # ----------------------------------------------------------------------------- projection and prior
 def test_prior_zeroes_the_denoisers_last_layer(tiny):
-    """``denoiser.out`` is the denoiser's last layer (its output is what the denoiser returns); the prior zeroes it,
-    so the prior's network output is exactly zero, and leaves the model's own weights alone."""
+    """``denoiser.out`` and ``refiner.out`` are the network's last layers (the transformer's output, and the
+    refiner's update of the clean estimate that output stands for); the prior zeroes both, so the prior's network
+    output (what ``model.denoise`` returns) is exactly zero, and leaves the model's own weights alone."""
     gen = dataclasses.replace(tiny.generator(), project_steps=0)
-    assert {"denoiser.out.weight", "denoiser.out.bias"} <= {n for n, _ in gen.model.named_parameters()}
+    last = ("denoiser.out", "refiner.out")
+    assert {f"{n}.{p}" for n in last for p in ("weight", "bias")} <= {n for n, _ in gen.model.named_parameters()}
     prior = gen.prior()
-    assert float(gen.model.denoiser.out.weight.detach().abs().max()) > 0
-    out = prior.model.denoiser.out
-    assert float(out.weight.detach().abs().max()) == 0 and float(out.bias.detach().abs().max()) == 0
-    seen = {"out": [], "denoiser": []}
-    hooks = [prior.model.denoiser.out.register_forward_hook(lambda m, i, o: seen["out"].append(o)),
-             prior.model.denoiser.register_forward_hook(lambda m, i, o: seen["denoiser"].append(o))]
-    try:
-        coords = tiny.windows[0]["coords"][None]
-        prior.window_sample(coords, task_mask("forecast", coords.shape[1], tiny.model.token_is_ligand),
-                            torch.Generator().manual_seed(0))
-    finally:
-        for h in hooks:
-            h.remove()
-    assert len(seen["denoiser"]) == len(seen["out"]) == gen.denoiser_steps
-    assert all(d is o and not d.any() for d, o in zip(seen["denoiser"], seen["out"]))
+    for name in last:
+        assert float(gen.model.get_submodule(name).weight.detach().abs().max()) > 0
+        out = prior.model.get_submodule(name)
+        assert float(out.weight.detach().abs().max()) == 0 and float(out.bias.detach().abs().max()) == 0
+    seen = []
+    denoise = prior.model.denoise
+    prior.model.denoise = lambda *a: seen.append(denoise(*a)) or seen[-1]
+    coords = tiny.windows[0]["coords"][None]
+    prior.window_sample(coords, task_mask("forecast", coords.shape[1], tiny.model.token_is_ligand),
+                        torch.Generator().manual_seed(0))
+    assert len(seen) == gen.denoiser_steps
+    assert all(not d.any() for d in seen)
 
 
 def _omega_deviation_deg(x: torch.Tensor, quads: torch.Tensor) -> torch.Tensor:

@@ -139,11 +139,13 @@ class Sampler:
 
     def prior(self) -> "Sampler":
         """The same generator with nothing learnt: a copy of the model whose denoiser's output layer
-        is zero, so that every sample is what the sampler and conditioning give by themselves (a baseline)."""
+        (and its refiner's) is zero, so that every sample is what the sampler and conditioning give by
+        themselves (a baseline)."""
         model = copy.deepcopy(self.model)
         with torch.no_grad():
-            model.denoiser.out.weight.zero_()
-            model.denoiser.out.bias.zero_()
+            for layer in [model.denoiser.out] + ([model.refiner.out] if model.refiner is not None else []):
+                layer.weight.zero_()
+                layer.bias.zero_()
         return dataclasses.replace(self, model=model)
 
     @property

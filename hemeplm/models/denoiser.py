@@ -54,6 +54,9 @@ class Conditioning:
         frames: (B, N, 3, 3) the axes of each token's anchor frame in the key frame.
         seq: (N,) residue index along the chain of residue tokens, -1 for ligand groups.
         known: (B, N) bool, tokens whose key-frame position is known.
+        origins: (B, N, 3) Å, the origin of each token's anchor frame in the key frame.
+        body: (B, N, W, 3) Å, each token's body coordinates (:func:`hemeplm.data.internal.body_coordinates`).
+        index: (N,) each token's index in the whole system (a fragment holds some of them).
     """
 
     tokens: torch.Tensor
@@ -65,11 +68,15 @@ class Conditioning:
     frames: torch.Tensor
     seq: torch.Tensor
     known: torch.Tensor
+    origins: torch.Tensor
+    body: torch.Tensor
+    index: torch.Tensor
 
     def select(self, tokens: torch.Tensor) -> dict:
         """The per-token fields of the sub-system ``tokens`` (N',) (for fragments)."""
         return dict(tokens=self.tokens[:, tokens], centres=self.centres[:, tokens], frames=self.frames[:, tokens],
-                    seq=self.seq[tokens], known=self.known[:, tokens])
+                    seq=self.seq[tokens], known=self.known[:, tokens], origins=self.origins[:, tokens],
+                    body=self.body[:, tokens], index=self.index[tokens])
 
 
 #: sequence offsets beyond this share a bucket; one more bucket for pairs with a ligand group
@@ -425,7 +432,8 @@ class VideoDenoiser(nn.Module):
             overlapping spatial fragments (:func:`hemeplm.generate.fragment.denoiser_for`). None: no limit.
         fragment_halo: Å of context around each fragment's core (blended away toward its border).
 
-    ``forward(x_t (B, T, N, D), t (B,), cond, mask (B, T, N)) -> (B, T, N, D)``.
+    ``forward(x_t (B, T, N, D), t (B,), cond, mask (B, T, N)) -> (B, T, N, D)``; with ``hidden=True``
+    also the last hidden states (B, T, N, dim) the output layer reads.
     """
 
     def __init__(self, value_dim: int, token_dim: int, dim: int = 128, depth: int = 4, heads: int = 4,
@@ -446,7 +454,8 @@ class VideoDenoiser(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning, mask: torch.Tensor,
+                hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         b, nt, n, _ = x_t.shape
         frames = torch.arange(nt, device=x_t.device).clamp(max=self.frame_pos.num_embeddings - 1)
         x = (self.value_in(x_t) + self.given(mask.long()) + self.token_in(cond.tokens)[:, None]
@@ -456,4 +465,4 @@ class VideoDenoiser(nn.Module):
         for block in self.blocks:
             x = block(x, c, cond, pair)
         h, _ = self.final(x, c)
-        return self.out(h)
+        return (self.out(h), h) if hidden else self.out(h)

@@ -22,8 +22,10 @@ from hemeplm.data.ligand import ELEMENTS, N_LIGAND_FEATURES
 from hemeplm.data.residues import N_RES_TYPES
 from hemeplm.geometry.structure import peptide_quads
 from hemeplm.models.denoiser import Conditioning, VideoDenoiser
+from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.models.encoder import AtomEncoder
 from hemeplm.models.energy import EnergyModel
+from hemeplm.models.refine import JunctionRefiner, rigid_pairs
 
 #: rotation-vector, translation and sin/cos values: the smallest standard deviation normalisation divides by
 #: (so that a value that hardly moves in training is not blown up into a large normalised value)
@@ -152,6 +154,12 @@ class HemePLM(nn.Module):
         self.denoiser = VideoDenoiser(ic.N_VALUES, e.hidden, dim=d.dim, depth=d.depth, heads=d.heads,
                                       mlp_ratio=d.mlp_ratio, max_tau=d.max_tau, cross_window=d.cross_window,
                                       max_tokens=d.max_tokens, fragment_halo=d.fragment_halo)
+        # the denoiser's last layers refine its clean estimate from the estimate's inter-token geometry;
+        # they work on x0, so the model keeps the noise schedule that converts the output to it and back
+        self.refiner = JunctionRefiner(d.dim, d.refine_steps) if d.refine_steps else None
+        self.schedule = GaussianDiffusion.from_config(cfg.diffusion)
+        for name, val in rigid_pairs(self.tokens, self.internal, self.peptide).items():
+            self.register_buffer(name, val, persistent=False)
         en = cfg.energy
         self.energy_model = EnergyModel(static, n_res, n_atom_types, n_elements, hidden=en.hidden, layers=en.layers,
                                         n_rbf=en.n_rbf, cutoff=en.cutoff) if en.enabled else None
@@ -269,7 +277,7 @@ class HemePLM(nn.Module):
         from e3nn import o3
 
         h, vec = self.encoder(key, self.static, node_mask)
-        rot, _ = ic.anchors(key, self.layout)  # (B, N, 3, 3), columns = axes
+        rot, origins = ic.anchors(key, self.layout)  # (B, N, 3, 3), columns = axes; (B, N, 3)
         body = ic.body_coordinates(key, self.layout, self.internal)  # (B, N, W, 3)
         idx, present = self.tokens.atom_index.clamp(min=0), (self.tokens.atom_index >= 0)[..., None]
         axes = o3.spherical_harmonics(1, rot.transpose(-1, -2), normalize=False, normalization="component")
@@ -288,7 +296,8 @@ class HemePLM(nn.Module):
         seq = torch.where(self.token_is_ligand, -1, self.tokens.residue)
         cond = Conditioning(tokens=tokens, neighbors=neighbors, domain=self.domain,
                             ligand=torch.nonzero(self.token_is_ligand).flatten(), pocket=self.pocket,
-                            centres=centres, frames=rot, seq=seq, known=known)
+                            centres=centres, frames=rot, seq=seq, known=known, origins=origins, body=body,
+                            index=torch.arange(seq.numel(), device=seq.device))
         return cond, h
 
     def token_positions(self, key: torch.Tensor, node_mask: torch.Tensor | None = None
@@ -339,8 +348,34 @@ class HemePLM(nn.Module):
         return torch.where(known[..., None], table, table[:, anchor])
 
     def denoise(self, x_t, t, cond, mask):
-        """The denoiser interface ``denoiser(x_t, t, cond, mask)`` (see :mod:`hemeplm.diffusion`)."""
-        return self.denoiser(x_t, t, cond, mask)
+        """The denoiser interface ``denoiser(x_t, t, cond, mask)`` (see :mod:`hemeplm.diffusion`): the video
+        transformer, then (``denoiser.refine_steps`` > 0) the :class:`~hemeplm.models.refine.JunctionRefiner`
+        on the clean estimate its output stands for."""
+        if self.refiner is None:
+            return self.denoiser(x_t, t, cond, mask)
+        out, hidden = self.denoiser(x_t, t, cond, mask, hidden=True)
+        x0 = self.schedule.x0_from_output(x_t, t, out)
+        x0 = self.refiner(x0, hidden, cond, mask, self.norm_mean[cond.index], self.norm_std[cond.index],
+                          self.junctions(cond.index))
+        return self.schedule.output_from_x0(x_t, t, x0)
+
+    def junctions(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The refiner's pairs and peptide bonds among the tokens ``index`` (N',), renumbered to them
+        (a fragment keeps those with all their atoms inside)."""
+        names = ("pair_token", "pair_slot", "pair_length", "quad_token", "quad_slot")
+        pairs = {k: getattr(self, k) for k in names}
+        if index.numel() == self.tokens.kind.numel():
+            return pairs
+        pos = torch.full((self.tokens.kind.numel(),), -1, dtype=torch.long, device=index.device)
+        pos[index] = torch.arange(index.numel(), device=index.device)
+        out = {}
+        for kind in ("pair", "quad"):
+            tok = pos[pairs[f"{kind}_token"]]
+            inside = (tok >= 0).all(0)
+            out[f"{kind}_token"], out[f"{kind}_slot"] = tok[:, inside], pairs[f"{kind}_slot"][:, inside]
+            if kind == "pair":
+                out["pair_length"] = pairs["pair_length"][inside]
+        return out
 
     # ------------------------------------------------------------------ energies and forces
     def predict_energy(self, pos: torch.Tensor, create_graph: bool = False) -> dict[str, torch.Tensor]:

@@ -108,7 +108,10 @@ def build_model(ckpt: dict, use_ema: bool = True):
         (model in eval mode, Config).
     """
 
-    cfg: Config = from_dict(ckpt["config"])
+    saved = ckpt["config"]
+    if "refine_steps" not in saved.get("denoiser", {}):  # trained before the refiner existed: built without it
+        saved = {**saved, "denoiser": {**saved.get("denoiser", {}), "refine_steps": 0}}
+    cfg: Config = from_dict(saved)
     model = HemePLM(cfg, ckpt["static"])
     which = "ema" if use_ema else "model"
     load_state(model, ckpt[which], which, ckpt.get("path"))
