@@ -17,6 +17,7 @@ from hemeplm.data.dataset import WindowDataset
 from hemeplm.data.ligand import ELEMENTS, N_LIGAND_FEATURES
 from hemeplm.data.residues import N_RES_TYPES
 from hemeplm.diffusion import GaussianDiffusion
+from hemeplm.data.internal import set_torsions
 from hemeplm.geometry.rigid import rotvec_to_matrix
 from hemeplm.geometry.structure import (PEPTIDE_ANGLES, PROJECT_ANGLE_SIGMAS, bond_deviation, peptide_geometry,
                                         peptide_penalty, peptide_quads, project)
@@ -269,41 +270,57 @@ def test_long_forecast_keeps_its_geometry(tiny):
 
 
 # ----------------------------------------------------------------------------- junction refinement
-def test_refiner_reads_the_inter_token_geometry_of_its_estimate(tiny):
-    """On the key frame itself (every transform the identity) the refiner's force features vanish; a residue
-    pushed 0.5 Å along its anchor x axis feels a force back along -x, and the forces on all tokens sum to zero."""
+def _refiner_features(model, coords: torch.Tensor, values: torch.Tensor, cond) -> torch.Tensor:
+    """The refiner's features (B, T, N, 14) of physical ``values`` (B, T, N, D) keyed on ``coords[:, 0]``."""
+    sc = values[..., 6:].unflatten(-1, (-1, 2))
+    body = set_torsions(cond.body[:, None].expand(*values.shape[:3], *cond.body.shape[-2:]),
+                        torch.atan2(sc[..., 0], sc[..., 1]), model.internal)
+    return model.refiner.geometry(rotvec_to_matrix(values[..., :3]), values[..., 3:6], body, cond, model.links(cond),
+                                  model.slot_radius)
+
+
+def test_refiner_reads_the_geometry_between_tokens_of_its_estimate(tiny):
+    """On the key frame itself (every transform the identity) the refiner's bond forces vanish; a residue pushed
+    0.5 Å along its anchor x axis feels a bond force back along -x; a residue pushed into its neighbour feels a
+    contact force away from it; bond and contact forces on all tokens each sum to zero (they come in pairs)."""
     model = tiny.model
     coords = tiny.windows[0]["coords"][None, :1]
     cond, _ = model.condition(coords[:, 0])
+    assert cond.contacts.shape[1] > 0
     v = model.values(coords, coords[:, 0]) * model.norm_std + model.norm_mean
-    rigid = lambda v: (rotvec_to_matrix(v[..., :3]), v[..., 3:6])  # noqa: E731
-    pairs = model.junctions(cond.index)
-    feats = model.refiner.geometry(*rigid(v), cond, pairs)  # (1, T, N, 8)
+    feats = _refiner_features(model, coords, v, cond)  # (1, 1, N, 14)
     assert float(feats[..., :6].abs().max()) < 1e-4
     residues = torch.nonzero(~model.token_is_ligand).flatten()
     i = int(residues[len(residues) // 2])
     pushed = v.clone()
     pushed[..., i, 3] += 0.5
-    moved = model.refiner.geometry(*rigid(pushed), cond, pairs)
-    force = moved[0, :, i, :3] - feats[0, :, i, :3]
-    assert bool((force[:, 0] < -0.2).all()), force
-    # the pulls come in pairs: in the key frame's axes they sum to zero over the tokens
-    total = torch.einsum("nij,tnj->ti", cond.frames[0], moved[0, :, :, :3])
-    assert float(total.abs().max()) < 1e-4, total
+    moved = _refiner_features(model, coords, pushed, cond)
+    assert float(moved[0, 0, i, 0] - feats[0, 0, i, 0]) < -0.2
+    # into the next residue's Cα, along i's anchor axes
+    toward = torch.einsum("ji,j->i", cond.frames[0, i], cond.centres[0, i + 1] - cond.centres[0, i])
+    crushed = v.clone()
+    crushed[..., i, 3:6] += 0.6 * toward
+    hit = _refiner_features(model, coords, crushed, cond)
+    assert float((hit[0, 0, i, 6:9] - feats[0, 0, i, 6:9]) @ toward) < 0
+    for part in (slice(0, 3), slice(6, 9)):
+        total = torch.einsum("nij,nj->i", cond.frames[0], hit[0, 0, :, part])
+        assert float(total.abs().max()) < 1e-3, total
 
 
-def test_junctions_of_a_fragment_are_those_inside_it(tiny):
+def test_links_of_a_fragment_are_those_inside_it(tiny):
     model = tiny.model
-    everything = model.junctions(torch.arange(model.tokens.kind.numel()))
+    coords = tiny.windows[0]["coords"][None, :1]
+    cond, _ = model.condition(coords[:, 0])
+    everything = model.links(cond)
     index = torch.arange(3, 9)
-    part = model.junctions(index)
-    inside = ((everything["pair_token"] >= 3) & (everything["pair_token"] < 9)).all(0)
-    assert part["pair_token"].shape[1] == int(inside.sum()) > 0
-    assert torch.equal(part["pair_token"] + 3, everything["pair_token"][:, inside])
-    assert torch.equal(part["pair_slot"], everything["pair_slot"][:, inside])
-    assert torch.equal(part["pair_length"], everything["pair_length"][inside])
-    quads = ((everything["quad_token"] >= 3) & (everything["quad_token"] < 9)).all(0)
-    assert torch.equal(part["quad_token"] + 3, everything["quad_token"][:, quads])
+    part = model.links(dataclasses.replace(cond, **cond.select(index)))
+    for kind in ("pair", "quad", "contact"):
+        inside = ((everything[f"{kind}_token"] >= 3) & (everything[f"{kind}_token"] < 9)).all(0)
+        assert part[f"{kind}_token"].shape[1] == int(inside.sum()) > 0, kind
+        assert torch.equal(part[f"{kind}_token"] + 3, everything[f"{kind}_token"][:, inside])
+        assert torch.equal(part[f"{kind}_slot"], everything[f"{kind}_slot"][:, inside])
+    assert torch.equal(part["pair_length"], everything["pair_length"][(everything["pair_token"] >= 3).all(0)
+                                                                       & (everything["pair_token"] < 9).all(0)])
 
 
 # ----------------------------------------------------------------------------- projection and prior

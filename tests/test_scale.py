@@ -45,7 +45,7 @@ def _geometry(centres: torch.Tensor, n_ligand: int = 0) -> dict:
     seq[n - n_ligand:] = -1
     return dict(centres=centres, frames=torch.eye(3).expand(b, n, 3, 3), seq=seq,
                 known=torch.ones(b, n, dtype=torch.bool), origins=centres, body=torch.zeros(b, n, 1, 3),
-                index=torch.arange(n))
+                index=torch.arange(n), contacts=torch.zeros(3, 0, dtype=torch.long))
 
 
 def _toy_conditioning(b: int, n: int, k: int, seed: int = 0, c: int = 8) -> Conditioning:

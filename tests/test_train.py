@@ -93,6 +93,18 @@ def test_resume_continues_from_the_saved_step(tiny_system, tmp_path, capsys, mon
     assert runs[2]["id"] != runs[0]["id"] and runs[2]["id"].startswith("tiny-")
 
 
+def test_checkpoint_from_before_the_refiner_loads_without_it(tiny_run, tmp_path):
+    """A checkpoint whose config has no ``denoiser.refine_steps`` (and whose weights no refiner) was trained
+    without one: it is rebuilt so, and samples."""
+    ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
+    config = {**ckpt["config"], "denoiser": {k: v for k, v in ckpt["config"]["denoiser"].items() if k != "refine_steps"}}
+    strip = lambda state: {k: v for k, v in state.items() if not k.startswith("refiner.")}  # noqa: E731
+    torch.save({**ckpt, "config": config, "model": strip(ckpt["model"]), "ema": strip(ckpt["ema"])}, tmp_path / "old.pt")
+    model, cfg = build_model(load_checkpoint(tmp_path / "old.pt"))
+    assert model.refiner is None and cfg.denoiser.refine_steps == 0
+    assert build_model(load_checkpoint(tiny_run["ckpt"]))[0].refiner is not None
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_checkpoint_from_another_version_or_incomplete(tiny_run, tmp_path):
     ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
@@ -195,7 +207,7 @@ def test_unknown_or_mistyped_config_keys(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"train.py: error: {bad}: unknown config key 'denoiser.depht' (known here: "
                                    "cross_window, depth, dim, domain_size, fragment_halo, heads, local_neighbors, "
-                                   "max_tau, max_tokens, mlp_ratio, pocket_radius, spatial)")
+                                   "max_tau, max_tokens, mlp_ratio, pocket_radius, refine_steps, spatial)")
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tiny_system, tmp_path, monkeypatch):

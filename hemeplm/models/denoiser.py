@@ -57,6 +57,8 @@ class Conditioning:
         origins: (B, N, 3) Å, the origin of each token's anchor frame in the key frame.
         body: (B, N, W, 3) Å, each token's body coordinates (:func:`hemeplm.data.internal.body_coordinates`).
         index: (N,) each token's index in the whole system (a fragment holds some of them).
+        contacts: (3, C) long, window and two atoms (whole-system numbering) of each candidate contact the
+            refiner measures (:func:`hemeplm.models.refine.contacts`).
     """
 
     tokens: torch.Tensor
@@ -71,12 +73,13 @@ class Conditioning:
     origins: torch.Tensor
     body: torch.Tensor
     index: torch.Tensor
+    contacts: torch.Tensor
 
     def select(self, tokens: torch.Tensor) -> dict:
         """The per-token fields of the sub-system ``tokens`` (N',) (for fragments)."""
         return dict(tokens=self.tokens[:, tokens], centres=self.centres[:, tokens], frames=self.frames[:, tokens],
                     seq=self.seq[tokens], known=self.known[:, tokens], origins=self.origins[:, tokens],
-                    body=self.body[:, tokens], index=self.index[tokens])
+                    body=self.body[:, tokens], index=self.index[tokens], contacts=self.contacts)
 
 
 #: sequence offsets beyond this share a bucket; one more bucket for pairs with a ligand group

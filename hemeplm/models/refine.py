@@ -2,20 +2,25 @@
 
 The video transformer reads each token's values (a rigid-body transform and torsions) but never the
 atoms they place, so it must hold the bonds *between* tokens (the peptide C-N, the angles across it,
-ω, bonds between ligand groups) to 0.1 Å by predicting every token's transform independently of its
-neighbours' errors; it does not (two thirds of the peptide bonds of its raw samples are more than
-0.1 Å off). As AlphaFold's structure module updates its frames from features of the current frames,
-:class:`JunctionRefiner` decodes the estimate of the clean frames, measures each inter-token bond
-and angle pair against its reference length, and turns the per-token sums of these errors (a force
-and a torque on the rigid body, and the signed ω of its two peptide bonds) together with the token's
-hidden state into an update of its transform, a few times in turn. The update is learnt (its output
-layer starts at zero, so an untrained refiner changes nothing) and trained only by the diffusion and
-structure losses; nothing here moves an atom toward a target by a fixed rule.
+ω, bonds between ligand groups) to 0.1 Å, and keep tokens from overlapping, by predicting every
+token's transform without seeing its neighbours' errors; it does not (two thirds of the peptide bonds
+of its raw samples were more than 0.1 Å off). As AlphaFold's structure module updates its frames from
+features of the current frames, :class:`JunctionRefiner` places the atoms of its estimate of the
+clean frames and measures, per token,
 
-Only atoms that no torsion of their token moves take part, so the estimate is decoded from the
-rigid transforms alone (cheap: no torsion is applied).
+* the pulls of its inter-token 1-2 and 1-3 pairs toward their reference lengths, summed into a force
+  and a torque on the token's rigid body (in its anchor axes),
+* the pushes of atom pairs of different tokens closer than :data:`CONTACT_SCALE` × the sum of their
+  van der Waals radii, as a second force and torque (candidate pairs: :func:`contacts`, from the key frame),
+* sin ω of the peptide bonds before and after it,
 
-Shapes: B windows, T frames, N tokens, W slots, D values per token, P pairs, Q peptide bonds.
+and turns them with the token's hidden state into an update of its transform, a few times in turn
+(weights shared). The update is learnt (its output layer starts at zero, so an untrained refiner
+changes nothing) and trained only by the diffusion and structure losses; no rule moves an atom
+toward a target.
+
+Shapes: B windows, T frames, N tokens, W slots, D values per token, A atoms, P pairs, C contacts,
+Q peptide bonds.
 """
 
 from __future__ import annotations
@@ -23,38 +28,50 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hemeplm.data import internal as ic
 from hemeplm.geometry.rigid import matrix_to_rotvec, rotvec_to_matrix
 from hemeplm.geometry.torsion import dihedral_angle
 
-#: per-token features: force (3), torque (3) on the rigid body, sin ω of the bond before and after
-N_FEATURES = 8
+#: per-token features: bond force (3) and torque (3), contact force (3) and torque (3), sin ω before and after
+N_FEATURES = 14
 #: rad and Å per unit of the output layer: the refiner makes corrections of tenths of an Å, and a smaller scale
 #: keeps each optimiser step on its weights (about the learning rate per weight) from moving tokens by more
 STEP_SCALE = 0.1
+#: a contact pushes when its atoms are closer than this times the sum of their radii (the projection's margin
+#: over the evaluation's clash definition, 0.75)
+CONTACT_SCALE = 0.8
+#: Å; key-frame pairs within CONTACT_SCALE (r_i + r_j) plus this are the window's candidate contacts
+CONTACT_MARGIN = 2.0
 
 
-def rigid_pairs(layout: dict, internal: dict, quads: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The inter-token pairs and peptide bonds the refiner reads, as (token, slot) of each atom.
+def contacts(key: torch.Tensor, known: torch.Tensor, atom_token: torch.Tensor, radius: torch.Tensor,
+             excluded: torch.Tensor) -> torch.Tensor:
+    """Candidate contacts of a window: atom pairs of different tokens, neither bonded nor sharing a bonded
+    neighbour, both with a radius and a known key position, within ``CONTACT_SCALE (r_i + r_j) + CONTACT_MARGIN``
+    Å in the key frame.
 
     Args:
-        layout: token layout (``atom_token``, ``atom_slot``); internal: ``pair_index`` (2, P),
-            ``pair_length`` (P,), ``torsion_moving`` (N, K, W); quads: (Q, 4) peptide atom quads.
+        key: (B, A, 3) Å; known: (B, A) bool; atom_token: (A,); radius: (A,) Å; excluded: sorted keys ``i * A + j``.
     Returns:
-        ``pair_token``, ``pair_slot`` (2, P'), ``pair_length`` (P',) for the pairs whose atoms no torsion
-        moves, and ``quad_token``, ``quad_slot`` (4, Q).
+        (3, C) long: window, atom i, atom j (i < j).
     """
-    tok, slot = layout["atom_token"], layout["atom_slot"]
-    moved = internal["torsion_moving"].any(1)  # (N, W)
-    index = internal["pair_index"].long()
-    rigid = ~moved[tok[index], slot[index]].any(0)
-    pairs = index[:, rigid]
-    q = quads.long().T
-    return {"pair_token": tok[pairs], "pair_slot": slot[pairs], "pair_length": internal["pair_length"][rigid].float(),
-            "quad_token": tok[q], "quad_slot": slot[q]}
+    from torch_cluster import radius_graph
+
+    b, a, _ = key.shape
+    reach = CONTACT_SCALE * 2 * float(radius.max()) + CONTACT_MARGIN
+    batch = torch.arange(b, device=key.device).repeat_interleave(a)
+    src, dst = radius_graph(key.reshape(-1, 3).detach(), reach, batch=batch, max_num_neighbors=64)
+    keep = src < dst
+    src, dst = src[keep], dst[keep]
+    w, i, j = src // a, src % a, dst % a
+    d = (key[w, i] - key[w, j]).norm(dim=-1)
+    keep = ((atom_token[i] != atom_token[j]) & (radius[i] > 0) & (radius[j] > 0) & known[w, i] & known[w, j]
+            & (d < CONTACT_SCALE * (radius[i] + radius[j]) + CONTACT_MARGIN) & ~torch.isin(i * a + j, excluded))
+    return torch.stack([w[keep], i[keep], j[keep]])
 
 
 class JunctionRefiner(nn.Module):
-    """Update each token's rigid transform from its hidden state and its inter-token bond errors.
+    """Update each token's rigid transform from its hidden state and the geometry it makes with its neighbours.
 
     Args:
         dim: width of the denoiser's hidden states; steps: refinement rounds (weights shared).
@@ -71,60 +88,84 @@ class JunctionRefiner(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     @staticmethod
-    def place(rot: torch.Tensor, shift: torch.Tensor, cond, token: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
-        """Positions (B, T, M, 3) Å of atoms (token (M,), slot (M,)) placed by per-token rotations (B, T, N, 3, 3)
-        and translations (B, T, N, 3) in their anchor axes (``cond.frames``, ``cond.origins``)."""
-        body = cond.body[:, token, slot][:, None]  # (B, 1, M, 3)
-        local = torch.einsum("btmij,btmj->btmi", rot[:, :, token], body) + shift[:, :, token]
-        return torch.einsum("bmij,btmj->btmi", cond.frames[:, token], local) + cond.origins[:, None, token]
+    def _moments(pull: torch.Tensor, frames: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
+        """Pulls (..., 3) on atoms (global axes), their tokens' anchor axes (..., 3, 3) and the atoms' arms
+        (..., 3) from their token's origin (anchor axes) -> (..., 6) force and torque in anchor axes."""
+        force = torch.einsum("...ji,...j->...i", frames, pull)
+        return torch.cat([force, torch.cross(arm, force, dim=-1)], -1)
 
-    def geometry(self, rot: torch.Tensor, shift: torch.Tensor, cond, pairs: dict) -> torch.Tensor:
-        """(B, T, N, :data:`N_FEATURES`) per-token features of the estimate's inter-token geometry.
+    def geometry(self, rot: torch.Tensor, shift: torch.Tensor, body: torch.Tensor, cond, links: dict,
+                 radius: torch.Tensor) -> torch.Tensor:
+        """(B, T, N, :data:`N_FEATURES`) per-token features of the estimate's geometry between tokens.
 
-        For each pair (a, b) the error ``(|x_b - x_a| - L) (x_b - x_a)/|x_b - x_a|`` pulls a toward b and b
-        toward a; each token sums the pulls on its atoms (a force, in its anchor axes) and their moments
-        about its origin (a torque); each peptide bond gives its two residues sin ω (0 when planar).
+        Args:
+            rot, shift: (B, T, N, 3, 3) rotations and (B, T, N, 3) Å translations of the tokens in their anchor axes.
+            body: (B, T, N, W, 3) body coordinates with the estimate's torsions set.
+            links: :meth:`~hemeplm.models.surrogate.HemePLM.links` of ``cond``'s tokens; radius: (N, W) Å.
         """
         b, t, n = shift.shape[:3]
-        pulls, omegas = shift.new_zeros(b, t, n, 6), shift.new_zeros(b, t, n, 2)
-        tok, slot = pairs["pair_token"], pairs["pair_slot"]
+        arm = torch.einsum("btnij,btnwj->btnwi", rot, body)  # atoms about their token's origin, anchor axes
+        x = torch.einsum("bnij,btnwj->btnwi", cond.frames, arm + shift[..., None, :]) + cond.origins[:, None, :, None]
+        feats = []
+        tok, slot = links["pair_token"], links["pair_slot"]
+        sums = shift.new_zeros(b, t, n, 6)
         if tok.shape[1]:
-            xa, xb = (self.place(rot, shift, cond, tok[i], slot[i]) for i in range(2))
-            d = xb - xa
+            d = x[:, :, tok[1], slot[1]] - x[:, :, tok[0], slot[0]]
             length = d.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-            pull = (length - pairs["pair_length"][:, None]) * d / length  # on a; -pull on b
+            pull = (length - links["pair_length"][:, None]) * d / length  # on the first atom; the second feels -pull
             for side, sign in ((0, 1.0), (1, -1.0)):
-                force = sign * torch.einsum("bpji,btpj->btpi", cond.frames[:, tok[side]], pull)
-                arm = torch.einsum("btpij,bpj->btpi", rot[:, :, tok[side]], cond.body[:, tok[side], slot[side]])
-                pulls = pulls.index_add(2, tok[side], torch.cat([force, torch.cross(arm, force, dim=-1)], -1))
-        qt, qs = pairs["quad_token"], pairs["quad_slot"]
+                moments = self._moments(sign * pull, cond.frames[:, None, tok[side]], arm[:, :, tok[side], slot[side]])
+                sums = sums.index_add(2, tok[side], moments)
+        feats.append(sums)
+        w, ct, cs = links["contact_window"], links["contact_token"], links["contact_slot"]
+        sums = shift.new_zeros(b, n, t, 6)
+        if w.numel():
+            d = x[w, :, ct[1], cs[1]] - x[w, :, ct[0], cs[0]]  # (C, T, 3)
+            length = d.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+            limit = CONTACT_SCALE * (radius[ct[0], cs[0]] + radius[ct[1], cs[1]])[:, None, None]
+            push = torch.relu(limit - length) * d / length  # the second atom is pushed along d, the first against it
+            flat = sums.view(b * n, t, 6)
+            for side, sign in ((0, -1.0), (1, 1.0)):
+                moments = self._moments(sign * push, cond.frames[w, ct[side]][:, None],
+                                        arm[w, :, ct[side], cs[side]])
+                flat = flat.index_add(0, w * n + ct[side], moments)
+            sums = flat.view(b, n, t, 6)
+        feats.append(sums.transpose(1, 2))
+        omegas = shift.new_zeros(b, t, n, 2)
+        qt, qs = links["quad_token"], links["quad_slot"]
         if qt.shape[1]:
-            sin_omega = dihedral_angle(*(self.place(rot, shift, cond, qt[i], qs[i]) for i in range(4))).sin()
-            omegas = omegas.index_add(2, qt[2], torch.stack([sin_omega, torch.zeros_like(sin_omega)], -1))
-            omegas = omegas.index_add(2, qt[1], torch.stack([torch.zeros_like(sin_omega), sin_omega], -1))
-        return torch.cat([pulls, omegas], -1)
+            sin_omega = dihedral_angle(*(x[:, :, qt[i], qs[i]] for i in range(4))).sin()
+            zero = torch.zeros_like(sin_omega)
+            omegas = omegas.index_add(2, qt[2], torch.stack([sin_omega, zero], -1))  # the bond before residue i+1
+            omegas = omegas.index_add(2, qt[1], torch.stack([zero, sin_omega], -1))  # the bond after residue i
+        feats.append(omegas)
+        return torch.cat(feats, -1)
 
     def forward(self, x0: torch.Tensor, hidden: torch.Tensor, cond, mask: torch.Tensor, mean: torch.Tensor,
-                std: torch.Tensor, pairs: dict) -> torch.Tensor:
+                std: torch.Tensor, internal: dict, links: dict, radius: torch.Tensor) -> torch.Tensor:
         """Refine a clean estimate.
 
         Args:
             x0: (B, T, N, D) normalised values (``value * std + mean`` is the rotation vector, translation in Å, ...).
             hidden: (B, T, N, dim) the denoiser's last hidden states; mask: (B, T, N) True where given (kept).
-            mean, std: (N, D) normalisation; pairs: :func:`rigid_pairs` (token indices of ``cond``'s system).
+            mean, std: (N, D) normalisation; internal: the torsion trees of ``cond``'s tokens
+                (``torsion_slots``, ``torsion_moving``); links, radius: see :meth:`geometry`.
         Returns:
             (B, T, N, D) the estimate with updated rotation vectors and translations.
         """
         free = (~mask)[..., None].to(x0.dtype)
-        rigid = x0[..., :6] * std[:, :6] + mean[:, :6]
-        start = rotvec_to_matrix(rigid[..., :3])
-        rot, shift = start, rigid[..., 3:]
+        values = x0 * std + mean
+        sc = values[..., 6:].unflatten(-1, (ic.N_TORSIONS, 2))
+        body = ic.set_torsions(cond.body[:, None].expand(*x0.shape[:3], *cond.body.shape[-2:]),
+                               torch.atan2(sc[..., 0], sc[..., 1]), internal)
+        start = rotvec_to_matrix(values[..., :3])
+        rot, shift = start, values[..., 3:6]
         for _ in range(self.steps):
-            feats = self.geometry(rot, shift, cond, pairs)
+            feats = self.geometry(rot, shift, body, cond, links, radius)
             step = self.out(self.mlp(self.norm(hidden + self.features(feats)))) * (STEP_SCALE * free)
             rot = rotvec_to_matrix(step[..., :3]) @ rot
             shift = shift + step[..., 3:]
         # the change only (exactly zero when every step is): an untrained refiner returns x0 itself
         turn = matrix_to_rotvec(rot) - matrix_to_rotvec(start)
-        return x0 + torch.cat([turn, shift - rigid[..., 3:], torch.zeros_like(x0[..., 6:])], -1) / torch.cat(
+        return x0 + torch.cat([turn, shift - values[..., 3:6], torch.zeros_like(x0[..., 6:])], -1) / torch.cat(
             [std[:, :6], torch.ones_like(std[:, 6:])], -1)

@@ -25,7 +25,7 @@ from hemeplm.models.denoiser import Conditioning, VideoDenoiser
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.models.encoder import AtomEncoder
 from hemeplm.models.energy import EnergyModel
-from hemeplm.models.refine import JunctionRefiner, rigid_pairs
+from hemeplm.models.refine import JunctionRefiner, contacts
 
 #: rotation-vector, translation and sin/cos values: the smallest standard deviation normalisation divides by
 #: (so that a value that hardly moves in training is not blown up into a large normalised value)
@@ -158,7 +158,13 @@ class HemePLM(nn.Module):
         # they work on x0, so the model keeps the noise schedule that converts the output to it and back
         self.refiner = JunctionRefiner(d.dim, d.refine_steps) if d.refine_steps else None
         self.schedule = GaussianDiffusion.from_config(cfg.diffusion)
-        for name, val in rigid_pairs(self.tokens, self.internal, self.peptide).items():
+        tok_of, slot_of = self.tokens.atom_token, self.tokens.atom_slot
+        pairs, quads = self.internal.pair_index.long(), self.peptide.long().T
+        for name, val in {"pair_token": tok_of[pairs], "pair_slot": slot_of[pairs], "quad_token": tok_of[quads],
+                          "quad_slot": slot_of[quads],
+                          "slot_radius": torch.where(self.tokens.atom_index >= 0,
+                                                     self.internal.radius[self.tokens.atom_index.clamp(min=0)], 0.0)
+                          }.items():
             self.register_buffer(name, val, persistent=False)
         en = cfg.energy
         self.energy_model = EnergyModel(static, n_res, n_atom_types, n_elements, hidden=en.hidden, layers=en.layers,
@@ -297,7 +303,8 @@ class HemePLM(nn.Module):
         cond = Conditioning(tokens=tokens, neighbors=neighbors, domain=self.domain,
                             ligand=torch.nonzero(self.token_is_ligand).flatten(), pocket=self.pocket,
                             centres=centres, frames=rot, seq=seq, known=known, origins=origins, body=body,
-                            index=torch.arange(seq.numel(), device=seq.device))
+                            index=torch.arange(seq.numel(), device=seq.device),
+                            contacts=self.contacts(key, node_mask))
         return cond, h
 
     def token_positions(self, key: torch.Tensor, node_mask: torch.Tensor | None = None
@@ -355,26 +362,40 @@ class HemePLM(nn.Module):
             return self.denoiser(x_t, t, cond, mask)
         out, hidden = self.denoiser(x_t, t, cond, mask, hidden=True)
         x0 = self.schedule.x0_from_output(x_t, t, out)
-        x0 = self.refiner(x0, hidden, cond, mask, self.norm_mean[cond.index], self.norm_std[cond.index],
-                          self.junctions(cond.index))
+        index = cond.index
+        internal = {"torsion_slots": self.internal.torsion_slots[index],
+                    "torsion_moving": self.internal.torsion_moving[index]}
+        x0 = self.refiner(x0, hidden, cond, mask, self.norm_mean[index], self.norm_std[index], internal,
+                          self.links(cond), self.slot_radius[index])
         return self.schedule.output_from_x0(x_t, t, x0)
 
-    def junctions(self, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The refiner's pairs and peptide bonds among the tokens ``index`` (N',), renumbered to them
-        (a fragment keeps those with all their atoms inside)."""
-        names = ("pair_token", "pair_slot", "pair_length", "quad_token", "quad_slot")
-        pairs = {k: getattr(self, k) for k in names}
-        if index.numel() == self.tokens.kind.numel():
-            return pairs
-        pos = torch.full((self.tokens.kind.numel(),), -1, dtype=torch.long, device=index.device)
-        pos[index] = torch.arange(index.numel(), device=index.device)
-        out = {}
-        for kind in ("pair", "quad"):
-            tok = pos[pairs[f"{kind}_token"]]
-            inside = (tok >= 0).all(0)
-            out[f"{kind}_token"], out[f"{kind}_slot"] = tok[:, inside], pairs[f"{kind}_slot"][:, inside]
+    def contacts(self, key: torch.Tensor, node_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """(3, C) the refiner's candidate contacts of key frames (B, A, 3) (:func:`~hemeplm.models.refine.contacts`);
+        none without a refiner."""
+        if self.refiner is None:
+            return torch.zeros(3, 0, dtype=torch.long, device=key.device)
+        known = torch.ones(key.shape[:2], dtype=torch.bool, device=key.device) if node_mask is None else node_mask
+        return contacts(key, known, self.tokens.atom_token, self.internal.radius, self.internal.excluded)
+
+    def links(self, cond: Conditioning) -> dict[str, torch.Tensor]:
+        """What the refiner measures among ``cond``'s tokens, as (token, slot) of each atom, tokens numbered as in
+        ``cond`` (a fragment keeps what lies wholly inside it): ``pair_token``, ``pair_slot`` (2, P) and
+        ``pair_length`` (P,), the inter-token 1-2/1-3 pairs; ``quad_token``, ``quad_slot`` (4, Q), the peptide
+        bonds; ``contact_window`` (C,), ``contact_token``, ``contact_slot`` (2, C), the candidate contacts."""
+        n = self.tokens.kind.numel()
+        pos = torch.full((n,), -1, dtype=torch.long, device=cond.index.device)
+        pos[cond.index] = torch.arange(cond.index.numel(), device=cond.index.device)
+        atoms = cond.contacts[1:]
+        out = {"pair_length": self.internal.pair_length.float()}
+        for kind, tok, slot in (("pair", self.pair_token, self.pair_slot), ("quad", self.quad_token, self.quad_slot),
+                                ("contact", self.tokens.atom_token[atoms], self.tokens.atom_slot[atoms])):
+            local = pos[tok]
+            inside = (local >= 0).all(0)
+            out[f"{kind}_token"], out[f"{kind}_slot"] = local[:, inside], slot[:, inside]
             if kind == "pair":
-                out["pair_length"] = pairs["pair_length"][inside]
+                out["pair_length"] = out["pair_length"][inside]
+            if kind == "contact":
+                out["contact_window"] = cond.contacts[0, inside]
         return out
 
     # ------------------------------------------------------------------ energies and forces
