@@ -41,7 +41,7 @@ STEP_SCALE = 0.1
 #: over the evaluation's clash definition, 0.75)
 CONTACT_SCALE = 0.8
 #: Å; key-frame pairs within CONTACT_SCALE (r_i + r_j) plus this are the window's candidate contacts
-CONTACT_MARGIN = 2.0
+CONTACT_MARGIN = 1.0
 
 
 def contacts(key: torch.Tensor, known: torch.Tensor, atom_token: torch.Tensor, radius: torch.Tensor,
@@ -87,13 +87,6 @@ class JunctionRefiner(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    @staticmethod
-    def _moments(pull: torch.Tensor, frames: torch.Tensor, arm: torch.Tensor) -> torch.Tensor:
-        """Pulls (..., 3) on atoms (global axes), their tokens' anchor axes (..., 3, 3) and the atoms' arms
-        (..., 3) from their token's origin (anchor axes) -> (..., 6) force and torque in anchor axes."""
-        force = torch.einsum("...ji,...j->...i", frames, pull)
-        return torch.cat([force, torch.cross(arm, force, dim=-1)], -1)
-
     def geometry(self, rot: torch.Tensor, shift: torch.Tensor, body: torch.Tensor, cond, links: dict,
                  radius: torch.Tensor) -> torch.Tensor:
         """(B, T, N, :data:`N_FEATURES`) per-token features of the estimate's geometry between tokens.
@@ -102,43 +95,54 @@ class JunctionRefiner(nn.Module):
             rot, shift: (B, T, N, 3, 3) rotations and (B, T, N, 3) Å translations of the tokens in their anchor axes.
             body: (B, T, N, W, 3) body coordinates with the estimate's torsions set.
             links: :meth:`~hemeplm.models.surrogate.HemePLM.links` of ``cond``'s tokens; radius: (N, W) Å.
+
+        Forces and torques (about each token's origin) are summed in the key frame's axes and turned into the
+        token's anchor axes at the end (a cross product turns with its factors).
         """
-        b, t, n = shift.shape[:3]
-        arm = torch.einsum("btnij,btnwj->btnwi", rot, body)  # atoms about their token's origin, anchor axes
-        x = torch.einsum("bnij,btnwj->btnwi", cond.frames, arm + shift[..., None, :]) + cond.origins[:, None, :, None]
+        b, t, n, w = body.shape[:4]
+        turn = cond.frames[:, None] @ rot  # (B, T, N, 3, 3): body -> key-frame axes
+        origin = torch.einsum("bnij,btnj->btni", cond.frames, shift) + cond.origins[:, None]
+        x = (turn[..., None, :, :] * body[..., None, :]).sum(-1) + origin[..., None, :]  # (B, T, N, W, 3)
+        rows = x.permute(0, 2, 3, 1, 4).reshape(b * n * w, t, 3)  # one row per atom slot, its T frames
+        centre = origin.permute(0, 2, 1, 3).reshape(b * n, t, 3)
+        windows = torch.arange(b, device=x.device)
+
+        def atoms(window: torch.Tensor, tok: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+            return rows.index_select(0, (window * n + tok) * w + slot)  # (M, T, 3)
+
+        def moments(window: torch.Tensor, tok: torch.Tensor, slot: torch.Tensor, force: torch.Tensor) -> torch.Tensor:
+            """(B·N, T, 6) the force on atoms (M, T, 3) summed per token, with its torque about the token's origin."""
+            arm = atoms(window, tok, slot) - centre.index_select(0, window * n + tok)
+            both = torch.cat([force, torch.linalg.cross(arm, force)], -1)
+            return both.new_zeros(b * n, t, 6).index_add_(0, window * n + tok, both)
+
+        def pairwise(window, tok, slot, along):
+            """``along(d (M, T, 3), length (M, T, 1)) -> (M, T, 3)`` the force on the first atom of each pair
+            (the second feels its opposite) -> (B·N, T, 6)."""
+            d = atoms(window, tok[1], slot[1]) - atoms(window, tok[0], slot[0])
+            force = along(d, d.norm(dim=-1, keepdim=True).clamp(min=1e-6))
+            return moments(window, tok[0], slot[0], force) + moments(window, tok[1], slot[1], -force)
+
         feats = []
         tok, slot = links["pair_token"], links["pair_slot"]
-        sums = shift.new_zeros(b, t, n, 6)
-        if tok.shape[1]:
-            d = x[:, :, tok[1], slot[1]] - x[:, :, tok[0], slot[0]]
-            length = d.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-            pull = (length - links["pair_length"][:, None]) * d / length  # on the first atom; the second feels -pull
-            for side, sign in ((0, 1.0), (1, -1.0)):
-                moments = self._moments(sign * pull, cond.frames[:, None, tok[side]], arm[:, :, tok[side], slot[side]])
-                sums = sums.index_add(2, tok[side], moments)
-        feats.append(sums)
-        w, ct, cs = links["contact_window"], links["contact_token"], links["contact_slot"]
-        sums = shift.new_zeros(b, n, t, 6)
-        if w.numel():
-            d = x[w, :, ct[1], cs[1]] - x[w, :, ct[0], cs[0]]  # (C, T, 3)
-            length = d.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-            limit = CONTACT_SCALE * (radius[ct[0], cs[0]] + radius[ct[1], cs[1]])[:, None, None]
-            push = torch.relu(limit - length) * d / length  # the second atom is pushed along d, the first against it
-            flat = sums.view(b * n, t, 6)
-            for side, sign in ((0, -1.0), (1, 1.0)):
-                moments = self._moments(sign * push, cond.frames[w, ct[side]][:, None],
-                                        arm[w, :, ct[side], cs[side]])
-                flat = flat.index_add(0, w * n + ct[side], moments)
-            sums = flat.view(b, n, t, 6)
-        feats.append(sums.transpose(1, 2))
-        omegas = shift.new_zeros(b, t, n, 2)
+        window = windows.repeat_interleave(tok.shape[1])
+        ref = links["pair_length"].repeat(b)[:, None, None]
+        feats.append(pairwise(window, tok.repeat(1, b), slot.repeat(1, b),
+                              lambda d, length: (length - ref) * d / length))  # stretched pairs pull together
+        ct, cs = links["contact_token"], links["contact_slot"]
+        limit = CONTACT_SCALE * (radius[ct[0], cs[0]] + radius[ct[1], cs[1]])[:, None, None]
+        feats.append(pairwise(links["contact_window"], ct, cs,
+                              lambda d, length: -torch.relu(limit - length) * d / length))  # close pairs push apart
+        # forces and torques into each token's anchor axes
+        feats = [torch.einsum("bnji,bntkj->btnki", cond.frames, f.view(b, n, t, 2, 3)).flatten(-2) for f in feats]
         qt, qs = links["quad_token"], links["quad_slot"]
-        if qt.shape[1]:
-            sin_omega = dihedral_angle(*(x[:, :, qt[i], qs[i]] for i in range(4))).sin()
-            zero = torch.zeros_like(sin_omega)
-            omegas = omegas.index_add(2, qt[2], torch.stack([sin_omega, zero], -1))  # the bond before residue i+1
-            omegas = omegas.index_add(2, qt[1], torch.stack([zero, sin_omega], -1))  # the bond after residue i
-        feats.append(omegas)
+        window = windows.repeat_interleave(qt.shape[1])
+        sin_omega = dihedral_angle(*(atoms(window, qt[i].repeat(b), qs[i].repeat(b)) for i in range(4))).sin()
+        omegas = x.new_zeros(b * n, t, 2)
+        zero = torch.zeros_like(sin_omega)
+        omegas = omegas.index_add(0, window * n + qt[2].repeat(b), torch.stack([sin_omega, zero], -1))  # before i+1
+        omegas = omegas.index_add(0, window * n + qt[1].repeat(b), torch.stack([zero, sin_omega], -1))  # after i
+        feats.append(omegas.view(b, n, t, 2).transpose(1, 2))
         return torch.cat(feats, -1)
 
     def forward(self, x0: torch.Tensor, hidden: torch.Tensor, cond, mask: torch.Tensor, mean: torch.Tensor,
