@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from typing import NamedTuple
@@ -275,7 +276,7 @@ def _refiner_features(model, coords: torch.Tensor, values: torch.Tensor, cond) -
     sc = values[..., 6:].unflatten(-1, (-1, 2))
     body = set_torsions(cond.body[:, None].expand(*values.shape[:3], *cond.body.shape[-2:]),
                         torch.atan2(sc[..., 0], sc[..., 1]), model.internal)
-    return model.refiner.geometry(rotvec_to_matrix(values[..., :3]), values[..., 3:6], body, cond, model.links(cond),
+    return model.refiner.geometry(rotvec_to_matrix(values[..., :3]), values[..., 3:6], body, cond, model.links(cond, 1),
                                   model.slot_radius)
 
 
@@ -307,13 +308,33 @@ def test_refiner_reads_the_geometry_between_tokens_of_its_estimate(tiny):
         assert float(total.abs().max()) < 1e-3, total
 
 
+def test_refiner_moves_only_the_generated_tokens_rigidly(tiny):
+    """With a refiner whose output layer is not zero, inpainting's given protein keeps its values exactly, the
+    generated ligand moves, and no torsion changes; a key shared by two windows lends its contacts to both."""
+    model = copy.deepcopy(tiny.model)
+    torch.nn.init.normal_(model.refiner.out.weight, std=0.5, generator=torch.Generator().manual_seed(0))
+    coords = tiny.windows[0]["coords"][None]
+    cond, _ = model.condition(coords[:, 0])
+    x0 = model.values(coords, coords[:, 0])
+    mask = task_mask("inpaint", coords.shape[1], model.token_is_ligand)[None]
+    hidden = torch.randn(1, *mask.shape[1:], model.denoiser.dim, generator=torch.Generator().manual_seed(1))
+    out = model.refiner(x0, hidden, cond, mask, model.norm_mean, model.norm_std, model.internal,
+                        model.links(cond, 1), model.slot_radius)
+    assert torch.equal(out[mask], x0[mask]) and torch.equal(out[..., 6:], x0[..., 6:])
+    assert float((out[~mask] - x0[~mask]).abs().max()) > 1e-3
+    shared = model.links(cond, 2)
+    one = model.links(cond, 1)
+    assert shared["contact_token"].shape[1] == 2 * one["contact_token"].shape[1]
+    assert torch.equal(shared["contact_window"].unique(), torch.tensor([0, 1]))
+
+
 def test_links_of_a_fragment_are_those_inside_it(tiny):
     model = tiny.model
     coords = tiny.windows[0]["coords"][None, :1]
     cond, _ = model.condition(coords[:, 0])
-    everything = model.links(cond)
+    everything = model.links(cond, 1)
     index = torch.arange(3, 9)
-    part = model.links(dataclasses.replace(cond, **cond.select(index)))
+    part = model.links(dataclasses.replace(cond, **cond.select(index)), 1)
     for kind in ("pair", "quad", "contact"):
         inside = ((everything[f"{kind}_token"] >= 3) & (everything[f"{kind}_token"] < 9)).all(0)
         assert part[f"{kind}_token"].shape[1] == int(inside.sum()) > 0, kind

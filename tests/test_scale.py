@@ -325,7 +325,7 @@ def test_generator_uses_fragments_above_token_budget(t4l_features, monkeypatch):
                              "data.window=4", "energy.enabled=false"])
     model = HemePLM(cfg, system_static(t4l_features, 8.0, 24)).eval()
     _randomise(model.denoiser, std=0.1)
-    diffusion = GaussianDiffusion(100)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
     start = torch.as_tensor(t4l_features["segments"][0][0])
     calls, original = [], FragmentedDenoiser.__call__
     monkeypatch.setattr(fragment.FragmentedDenoiser, "__call__",

@@ -102,7 +102,10 @@ def test_checkpoint_from_before_the_refiner_loads_without_it(tiny_run, tmp_path)
     torch.save({**ckpt, "config": config, "model": strip(ckpt["model"]), "ema": strip(ckpt["ema"])}, tmp_path / "old.pt")
     model, cfg = build_model(load_checkpoint(tmp_path / "old.pt"))
     assert model.refiner is None and cfg.denoiser.refine_steps == 0
-    assert build_model(load_checkpoint(tiny_run["ckpt"]))[0].refiner is not None
+    model, cfg = build_model(load_checkpoint(tiny_run["ckpt"]))
+    assert model.refiner is not None
+    with pytest.raises(ValueError, match="noise schedule"):
+        training.Objective(model, GaussianDiffusion(100))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -325,7 +328,7 @@ def test_perturbed_keys_break_only_the_junctions_between_tokens(tiny_run):
     i, j = model.internal.pair_index
     error = []
     for noise in (0.0, 0.3, 1.0):
-        objective = training.Objective(model, GaussianDiffusion(100), key_noise=noise)
+        objective = training.Objective(model, GaussianDiffusion.from_config(cfg.diffusion), key_noise=noise)
         moved = objective.perturbed_key(key, torch.Generator().manual_seed(0))
         if noise == 0:  # the key decoded from its own values (a ligand group takes its template's shape)
             base = moved

@@ -119,6 +119,9 @@ class Sampler:
     fold_sigmas: float | None = None
     projection_log: list = field(default_factory=list, init=False, repr=False, compare=False)
 
+    def __post_init__(self):
+        self.model.check_schedule(self.diffusion)
+
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
                         sampler: str | None = None, **kw) -> "Sampler":

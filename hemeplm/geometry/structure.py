@@ -116,23 +116,39 @@ def clash_penalty(x: torch.Tensor, internal: dict[str, torch.Tensor], scale: flo
     Candidate pairs come from a radius search (``torch_cluster``) on the detached coordinates,
     so the cost is linear in atoms.
     """
-    from torch_cluster import radius_graph
-
     b, t, a, _ = x.shape
     radius = internal["radius"].to(x.dtype)
     flat = x.reshape(-1, 3)
-    batch = torch.arange(b * t, device=x.device).repeat_interleave(a)
-    reach = scale * 2 * float(radius.max())
-    src, dst = radius_graph(flat.detach(), reach, batch=batch, max_num_neighbors=max_neighbors)
-    keep = src < dst
-    src, dst = src[keep], dst[keep]
+    src, dst = nonbonded_candidates(x.reshape(b * t, a, 3), internal, scale * 2 * float(radius.max()),
+                                    max_neighbors=max_neighbors)
     ai, aj = src % a, dst % a
-    lo, hi = torch.minimum(ai, aj), torch.maximum(ai, aj)
-    keep = (radius[ai] > 0) & (radius[aj] > 0) & ~torch.isin(lo * a + hi, internal["excluded"])
-    src, dst, ai, aj = src[keep], dst[keep], ai[keep], aj[keep]
     d = (flat[src] - flat[dst]).norm(dim=-1)
     pen = torch.relu(scale * (radius[ai] + radius[aj]) - d) ** 2
     return x.new_zeros(b * t).index_add_(0, src // a, pen).view(b, t)
+
+
+def nonbonded_candidates(x: torch.Tensor, internal: dict[str, torch.Tensor], reach: float,
+                         known: torch.Tensor | None = None, max_neighbors: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Atom pairs of each frame within ``reach`` Å that may clash: neither bonded nor sharing a bonded neighbour
+    (``internal["excluded"]``), both with a radius, both ``known``.
+
+    A radius search (``torch_cluster``) on the detached coordinates over the known atoms only, so the cost is
+    linear in atoms. Args: x (F, A, 3); known (F, A) bool or None (all). Returns flat indices ``f * A + i``
+    (src < dst within a frame).
+    """
+    from torch_cluster import radius_graph
+
+    f, a, _ = x.shape
+    radius = internal["radius"]
+    atoms = torch.arange(f * a, device=x.device)
+    keep = radius.gt(0).repeat(f) if known is None else radius.gt(0).repeat(f) & known.reshape(-1)
+    atoms = atoms[keep]
+    src, dst = radius_graph(x.reshape(-1, 3)[atoms].detach(), reach, batch=atoms // a, max_num_neighbors=max_neighbors)
+    src, dst = atoms[src], atoms[dst]
+    keep = src < dst
+    src, dst = src[keep], dst[keep]
+    keep = ~torch.isin((src % a) * a + dst % a, internal["excluded"])
+    return src[keep], dst[keep]
 
 
 def fold_penalty(x: torch.Tensor, reference: torch.Tensor, internal: dict[str, torch.Tensor],

@@ -10,8 +10,9 @@ clean frames and measures, per token,
 
 * the pulls of its inter-token 1-2 and 1-3 pairs toward their reference lengths, summed into a force
   and a torque on the token's rigid body (in its anchor axes),
-* the pushes of atom pairs of different tokens closer than :data:`CONTACT_SCALE` × the sum of their
-  van der Waals radii, as a second force and torque (candidate pairs: :func:`contacts`, from the key frame),
+* the pushes of atom pairs of different tokens closer than 0.8 × the sum of their van der Waals radii (the
+  projection's clash distance), as a second force and torque (candidate pairs: :func:`contacts`, from the key
+  frame),
 * sin ω of the peptide bonds before and after it,
 
 and turns them with the token's hidden state into an update of its transform, a few times in turn
@@ -30,6 +31,8 @@ from torch import nn
 
 from hemeplm.data import internal as ic
 from hemeplm.geometry.rigid import matrix_to_rotvec, rotvec_to_matrix
+from hemeplm.geometry.structure import PROJECT_CLASH_SCALE as CONTACT_SCALE
+from hemeplm.geometry.structure import nonbonded_candidates
 from hemeplm.geometry.torsion import dihedral_angle
 
 #: per-token features: bond force (3) and torque (3), contact force (3) and torque (3), sin ω before and after
@@ -37,36 +40,26 @@ N_FEATURES = 14
 #: rad and Å per unit of the output layer: the refiner makes corrections of tenths of an Å, and a smaller scale
 #: keeps each optimiser step on its weights (about the learning rate per weight) from moving tokens by more
 STEP_SCALE = 0.1
-#: a contact pushes when its atoms are closer than this times the sum of their radii (the projection's margin
-#: over the evaluation's clash definition, 0.75)
-CONTACT_SCALE = 0.8
 #: Å; key-frame pairs within CONTACT_SCALE (r_i + r_j) plus this are the window's candidate contacts
 CONTACT_MARGIN = 1.0
 
 
-def contacts(key: torch.Tensor, known: torch.Tensor, atom_token: torch.Tensor, radius: torch.Tensor,
-             excluded: torch.Tensor) -> torch.Tensor:
+def contacts(key: torch.Tensor, known: torch.Tensor, atom_token: torch.Tensor, internal: dict) -> torch.Tensor:
     """Candidate contacts of a window: atom pairs of different tokens, neither bonded nor sharing a bonded
     neighbour, both with a radius and a known key position, within ``CONTACT_SCALE (r_i + r_j) + CONTACT_MARGIN``
     Å in the key frame.
 
     Args:
-        key: (B, A, 3) Å; known: (B, A) bool; atom_token: (A,); radius: (A,) Å; excluded: sorted keys ``i * A + j``.
+        key: (B, A, 3) Å; known: (B, A) bool; atom_token: (A,); internal: ``radius`` (A,) Å and ``excluded``.
     Returns:
         (3, C) long: window, atom i, atom j (i < j).
     """
-    from torch_cluster import radius_graph
-
     b, a, _ = key.shape
-    reach = CONTACT_SCALE * 2 * float(radius.max()) + CONTACT_MARGIN
-    batch = torch.arange(b, device=key.device).repeat_interleave(a)
-    src, dst = radius_graph(key.reshape(-1, 3).detach(), reach, batch=batch, max_num_neighbors=64)
-    keep = src < dst
-    src, dst = src[keep], dst[keep]
+    radius = internal["radius"]
+    src, dst = nonbonded_candidates(key, internal, CONTACT_SCALE * 2 * float(radius.max()) + CONTACT_MARGIN, known)
     w, i, j = src // a, src % a, dst % a
     d = (key[w, i] - key[w, j]).norm(dim=-1)
-    keep = ((atom_token[i] != atom_token[j]) & (radius[i] > 0) & (radius[j] > 0) & known[w, i] & known[w, j]
-            & (d < CONTACT_SCALE * (radius[i] + radius[j]) + CONTACT_MARGIN) & ~torch.isin(i * a + j, excluded))
+    keep = (atom_token[i] != atom_token[j]) & (d < CONTACT_SCALE * (radius[i] + radius[j]) + CONTACT_MARGIN)
     return torch.stack([w[keep], i[keep], j[keep]])
 
 
@@ -100,8 +93,9 @@ class JunctionRefiner(nn.Module):
         token's anchor axes at the end (a cross product turns with its factors).
         """
         b, t, n, w = body.shape[:4]
-        turn = cond.frames[:, None] @ rot  # (B, T, N, 3, 3): body -> key-frame axes
-        origin = torch.einsum("bnij,btnj->btni", cond.frames, shift) + cond.origins[:, None]
+        frames = cond.frames.expand(b, -1, -1, -1)  # a conditioning of one key may serve several windows
+        turn = frames[:, None] @ rot  # (B, T, N, 3, 3): body -> key-frame axes
+        origin = torch.einsum("bnij,btnj->btni", frames, shift) + cond.origins[:, None]
         x = (turn[..., None, :, :] * body[..., None, :]).sum(-1) + origin[..., None, :]  # (B, T, N, W, 3)
         rows = x.permute(0, 2, 3, 1, 4).reshape(b * n * w, t, 3)  # one row per atom slot, its T frames
         centre = origin.permute(0, 2, 1, 3).reshape(b * n, t, 3)
@@ -134,7 +128,7 @@ class JunctionRefiner(nn.Module):
         feats.append(pairwise(links["contact_window"], ct, cs,
                               lambda d, length: -torch.relu(limit - length) * d / length))  # close pairs push apart
         # forces and torques into each token's anchor axes
-        feats = [torch.einsum("bnji,bntkj->btnki", cond.frames, f.view(b, n, t, 2, 3)).flatten(-2) for f in feats]
+        feats = [torch.einsum("bnji,bntkj->btnki", frames, f.view(b, n, t, 2, 3)).flatten(-2) for f in feats]
         qt, qs = links["quad_token"], links["quad_slot"]
         window = windows.repeat_interleave(qt.shape[1])
         sin_omega = dihedral_angle(*(atoms(window, qt[i].repeat(b), qs[i].repeat(b)) for i in range(4))).sin()

@@ -361,13 +361,28 @@ class HemePLM(nn.Module):
         if self.refiner is None:
             return self.denoiser(x_t, t, cond, mask)
         out, hidden = self.denoiser(x_t, t, cond, mask, hidden=True)
-        x0 = self.schedule.x0_from_output(x_t, t, out)
+        given = mask[..., None]
+        # given tokens are where x_t holds them (the output there is never trained); the refiner measures
+        # the generated ones against them, in float32 whatever autocast the caller runs
+        x0 = torch.where(given, x_t, self.schedule.x0_from_output(x_t, t, out)).float()
         index = cond.index
         internal = {"torsion_slots": self.internal.torsion_slots[index],
                     "torsion_moving": self.internal.torsion_moving[index]}
-        x0 = self.refiner(x0, hidden, cond, mask, self.norm_mean[index], self.norm_std[index], internal,
-                          self.links(cond), self.slot_radius[index])
-        return self.schedule.output_from_x0(x_t, t, x0)
+        with torch.autocast(x_t.device.type, enabled=False):
+            x0 = self.refiner(x0, hidden.float(), cond, mask, self.norm_mean[index], self.norm_std[index], internal,
+                              self.links(cond, x_t.shape[0]), self.slot_radius[index])
+        return torch.where(given, out, self.schedule.output_from_x0(x_t, t, x0.to(x_t.dtype)))
+
+    def check_schedule(self, diffusion: GaussianDiffusion) -> None:
+        """Refuse a diffusion whose noise schedule is not the one the refiner reads x̂₀ through (the config's)."""
+        same = (self.refiner is None or (diffusion.parameterisation == self.schedule.parameterisation
+                                         and diffusion.timesteps == self.schedule.timesteps
+                                         and torch.allclose(diffusion.alphas_cumprod.cpu(),
+                                                            self.schedule.alphas_cumprod.cpu())))
+        if not same:
+            raise ValueError("this model refines its clean estimate through its config's noise schedule "
+                             f"({self.schedule.timesteps} steps, {self.schedule.parameterisation}); train and sample "
+                             "it with GaussianDiffusion.from_config of that config")
 
     def contacts(self, key: torch.Tensor, node_mask: torch.Tensor | None = None) -> torch.Tensor:
         """(3, C) the refiner's candidate contacts of key frames (B, A, 3) (:func:`~hemeplm.models.refine.contacts`);
@@ -375,17 +390,22 @@ class HemePLM(nn.Module):
         if self.refiner is None:
             return torch.zeros(3, 0, dtype=torch.long, device=key.device)
         known = torch.ones(key.shape[:2], dtype=torch.bool, device=key.device) if node_mask is None else node_mask
-        return contacts(key, known, self.tokens.atom_token, self.internal.radius, self.internal.excluded)
+        return contacts(key, known, self.tokens.atom_token, self.internal)
 
-    def links(self, cond: Conditioning) -> dict[str, torch.Tensor]:
-        """What the refiner measures among ``cond``'s tokens, as (token, slot) of each atom, tokens numbered as in
-        ``cond`` (a fragment keeps what lies wholly inside it): ``pair_token``, ``pair_slot`` (2, P) and
-        ``pair_length`` (P,), the inter-token 1-2/1-3 pairs; ``quad_token``, ``quad_slot`` (4, Q), the peptide
-        bonds; ``contact_window`` (C,), ``contact_token``, ``contact_slot`` (2, C), the candidate contacts."""
+    def links(self, cond: Conditioning, windows: int) -> dict[str, torch.Tensor]:
+        """What the refiner measures among ``cond``'s tokens in a batch of ``windows``, as (token, slot) of each
+        atom, tokens numbered as in ``cond`` (a fragment keeps what lies wholly inside it): ``pair_token``,
+        ``pair_slot`` (2, P) and ``pair_length`` (P,), the inter-token 1-2/1-3 pairs; ``quad_token``, ``quad_slot``
+        (4, Q), the peptide bonds; ``contact_window`` (C,), ``contact_token``, ``contact_slot`` (2, C), the
+        candidate contacts (a conditioning of one key serving several windows lends its contacts to each)."""
         n = self.tokens.kind.numel()
         pos = torch.full((n,), -1, dtype=torch.long, device=cond.index.device)
         pos[cond.index] = torch.arange(cond.index.numel(), device=cond.index.device)
-        atoms = cond.contacts[1:]
+        contacts = cond.contacts
+        if cond.frames.shape[0] == 1 < windows:
+            contacts = torch.cat([torch.arange(windows, device=contacts.device).repeat_interleave(contacts.shape[1])[None],
+                                  contacts[1:].repeat(1, windows)])
+        atoms = contacts[1:]
         out = {"pair_length": self.internal.pair_length.float()}
         for kind, tok, slot in (("pair", self.pair_token, self.pair_slot), ("quad", self.quad_token, self.quad_slot),
                                 ("contact", self.tokens.atom_token[atoms], self.tokens.atom_slot[atoms])):
@@ -395,7 +415,7 @@ class HemePLM(nn.Module):
             if kind == "pair":
                 out["pair_length"] = out["pair_length"][inside]
             if kind == "contact":
-                out["contact_window"] = cond.contacts[0, inside]
+                out["contact_window"] = contacts[0, inside]
         return out
 
     # ------------------------------------------------------------------ energies and forces

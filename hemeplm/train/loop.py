@@ -74,6 +74,7 @@ class Objective(nn.Module):
                  clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
                  key_noise: float = 0.0):
         super().__init__()
+        model.check_schedule(diffusion)
         self.model, self.diffusion, self.key_noise = model, diffusion, key_noise
         self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
         self.weights = {"bond": bond_weight, "clash": clash_weight, "peptide": peptide_weight, "fape": fape_weight}
