@@ -318,8 +318,9 @@ def test_refiner_moves_only_the_generated_tokens_rigidly(tiny):
     x0 = model.values(coords, coords[:, 0])
     mask = task_mask("inpaint", coords.shape[1], model.token_is_ligand)[None]
     hidden = torch.randn(1, *mask.shape[1:], model.denoiser.dim, generator=torch.Generator().manual_seed(1))
-    out = model.refiner(x0, hidden, cond, mask, model.norm_mean, model.norm_std, model.internal,
-                        model.links(cond, 1), model.slot_radius)
+    with torch.no_grad():
+        out = model.refiner(x0, hidden, cond, mask, model.norm_mean, model.norm_std, model.internal,
+                            model.links(cond, 1), model.slot_radius)
     assert torch.equal(out[mask], x0[mask]) and torch.equal(out[..., 6:], x0[..., 6:])
     assert float((out[~mask] - x0[~mask]).abs().max()) > 1e-3
     shared = model.links(cond, 2)
