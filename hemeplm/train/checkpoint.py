@@ -97,7 +97,10 @@ def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as exc:
-        raise HemeplmError(f"its {what} state does not fit this model (was the config changed?): "
+        older = (what in ("model", "ema") and any(k.startswith("refiner.") for k in module.state_dict())
+                 and not any(k.startswith("refiner.") for k in state))
+        hint = " (trained before the junction refiner: resume it with denoiser.refine_steps=0)" if older else ""
+        raise HemeplmError(f"its {what} state does not fit this model (was the config changed?){hint}: "
                            f"{_one_line(exc)[:300]}", path) from exc
 
 
