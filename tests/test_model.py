@@ -18,7 +18,7 @@ from hemeplm.data.dataset import WindowDataset
 from hemeplm.data.ligand import ELEMENTS, N_LIGAND_FEATURES
 from hemeplm.data.residues import N_RES_TYPES
 from hemeplm.diffusion import GaussianDiffusion
-from hemeplm.data.internal import set_torsions
+from hemeplm.data.internal import posed_body
 from hemeplm.geometry.rigid import rotvec_to_matrix
 from hemeplm.geometry.structure import (PEPTIDE_ANGLES, PROJECT_ANGLE_SIGMAS, bond_deviation, peptide_geometry,
                                         peptide_penalty, peptide_quads, project)
@@ -273,9 +273,7 @@ def test_long_forecast_keeps_its_geometry(tiny):
 # ----------------------------------------------------------------------------- junction refinement
 def _refiner_features(model, coords: torch.Tensor, values: torch.Tensor, cond) -> torch.Tensor:
     """The refiner's features (B, T, N, 14) of physical ``values`` (B, T, N, D) keyed on ``coords[:, 0]``."""
-    sc = values[..., 6:].unflatten(-1, (-1, 2))
-    body = set_torsions(cond.body[:, None].expand(*values.shape[:3], *cond.body.shape[-2:]),
-                        torch.atan2(sc[..., 0], sc[..., 1]), model.internal)
+    body = posed_body(cond.body, values, model.internal)
     return model.refiner.geometry(rotvec_to_matrix(values[..., :3]), values[..., 3:6], body, cond, model.links(cond, 1),
                                   model.slot_radius)
 

@@ -290,14 +290,19 @@ def encode(x: torch.Tensor, key: torch.Tensor, layout: dict[str, torch.Tensor],
     return torch.cat([matrix_to_rotvec(rel), shift, tors.flatten(-2)], -1)
 
 
+def posed_body(body: torch.Tensor, values: torch.Tensor, internal: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Body coordinates (..., N, W, 3) with the torsions of values (..., T, N, D) set -> (..., T, N, W, 3)."""
+    body = body.unsqueeze(-4)
+    sc = values[..., 6:].unflatten(-1, (N_TORSIONS, 2))
+    return set_torsions(body.expand(*values.shape[:-1], *body.shape[-2:]), torch.atan2(sc[..., 0], sc[..., 1]),
+                        internal)
+
+
 def decode(values: torch.Tensor, key: torch.Tensor, layout: dict[str, torch.Tensor],
            internal: dict[str, torch.Tensor], n_atoms: int) -> torch.Tensor:
     """Internal values (..., T, N, D) and key frame (..., A, 3) -> coordinates (..., T, A, 3)."""
     rot_a, origin = anchors(key, layout)
-    body = body_coordinates(key, layout, internal).unsqueeze(-4)
-    sc = values[..., 6:].unflatten(-1, (N_TORSIONS, 2))
-    body = set_torsions(body.expand(*values.shape[:-1], *body.shape[-2:]), torch.atan2(sc[..., 0], sc[..., 1]),
-                        internal)
+    body = posed_body(body_coordinates(key, layout, internal), values, internal)
     placed = torch.einsum("...nij,...nwj->...nwi", rotvec_to_matrix(values[..., :3]), body) + values[..., None, 3:6]
     xs = torch.einsum("...nij,...tnwj->...tnwi", rot_a, placed) + origin[..., None, :, None, :]
     return scatter_atom14(xs, layout, n_atoms)

@@ -44,13 +44,13 @@ STEP_SCALE = 0.1
 CONTACT_MARGIN = 1.0
 
 
-def contacts(key: torch.Tensor, known: torch.Tensor, atom_token: torch.Tensor, internal: dict) -> torch.Tensor:
+def contacts(key: torch.Tensor, known: torch.Tensor | None, atom_token: torch.Tensor, internal: dict) -> torch.Tensor:
     """Candidate contacts of a window: atom pairs of different tokens, neither bonded nor sharing a bonded
     neighbour, both with a radius and a known key position, within ``CONTACT_SCALE (r_i + r_j) + CONTACT_MARGIN``
     Å in the key frame.
 
     Args:
-        key: (B, A, 3) Å; known: (B, A) bool; atom_token: (A,); internal: ``radius`` (A,) Å and ``excluded``.
+        key: (B, A, 3) Å; known: (B, A) bool or None (all); atom_token: (A,); internal: ``radius`` (A,) Å and ``excluded``.
     Returns:
         (3, C) long: window, atom i, atom j (i < j).
     """
@@ -153,9 +153,7 @@ class JunctionRefiner(nn.Module):
         """
         free = (~mask)[..., None].to(x0.dtype)
         values = x0 * std + mean
-        sc = values[..., 6:].unflatten(-1, (ic.N_TORSIONS, 2))
-        body = ic.set_torsions(cond.body[:, None].expand(*x0.shape[:3], *cond.body.shape[-2:]),
-                               torch.atan2(sc[..., 0], sc[..., 1]), internal)
+        body = ic.posed_body(cond.body.expand(x0.shape[0], -1, -1, -1), values, internal)
         start = rotvec_to_matrix(values[..., :3])
         rot, shift = start, values[..., 3:6]
         for _ in range(self.steps):
@@ -164,6 +162,5 @@ class JunctionRefiner(nn.Module):
             rot = rotvec_to_matrix(step[..., :3]) @ rot
             shift = shift + step[..., 3:]
         # the change only (exactly zero when every step is): an untrained refiner returns x0 itself
-        turn = matrix_to_rotvec(rot) - matrix_to_rotvec(start)
-        return x0 + torch.cat([turn, shift - values[..., 3:6], torch.zeros_like(x0[..., 6:])], -1) / torch.cat(
-            [std[:, :6], torch.ones_like(std[:, 6:])], -1)
+        change = torch.cat([matrix_to_rotvec(rot) - matrix_to_rotvec(start), shift - values[..., 3:6]], -1)
+        return torch.cat([x0[..., :6] + change / std[:, :6], x0[..., 6:]], -1)

@@ -389,8 +389,7 @@ class HemePLM(nn.Module):
         none without a refiner."""
         if self.refiner is None:
             return torch.zeros(3, 0, dtype=torch.long, device=key.device)
-        known = torch.ones(key.shape[:2], dtype=torch.bool, device=key.device) if node_mask is None else node_mask
-        return contacts(key, known, self.tokens.atom_token, self.internal)
+        return contacts(key, node_mask, self.tokens.atom_token, self.internal)
 
     def links(self, cond: Conditioning, windows: int) -> dict[str, torch.Tensor]:
         """What the refiner measures among ``cond``'s tokens in a batch of ``windows``, as (token, slot) of each
