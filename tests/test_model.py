@@ -272,7 +272,7 @@ def test_long_forecast_keeps_its_geometry(tiny):
 
 # ----------------------------------------------------------------------------- junction refinement
 def _refiner_features(model, coords: torch.Tensor, values: torch.Tensor, cond) -> torch.Tensor:
-    """The refiner's features (B, T, N, 14) of physical ``values`` (B, T, N, D) keyed on ``coords[:, 0]``."""
+    """The refiner's features (B, T, N, N_FEATURES) of physical ``values`` (B, T, N, D) keyed on ``coords[:, 0]``."""
     body = posed_body(cond.body, values, model.internal)
     return model.refiner.geometry(rotvec_to_matrix(values[..., :3]), values[..., 3:6], body, cond, model.links(cond, 1),
                                   model.slot_radius)
@@ -281,13 +281,14 @@ def _refiner_features(model, coords: torch.Tensor, values: torch.Tensor, cond) -
 def test_refiner_reads_the_geometry_between_tokens_of_its_estimate(tiny):
     """On the key frame itself (every transform the identity) the refiner's bond forces vanish; a residue pushed
     0.5 Å along its anchor x axis feels a bond force back along -x; a residue pushed into its neighbour feels a
-    contact force away from it; bond and contact forces on all tokens each sum to zero (they come in pairs)."""
+    contact force away from it; bond and contact forces, and the ω twists, on all tokens each sum to zero (they come
+    in pairs)."""
     model = tiny.model
     coords = tiny.windows[0]["coords"][None, :1]
     cond, _ = model.condition(coords[:, 0])
     assert cond.contacts.shape[1] > 0
     v = model.values(coords, coords[:, 0]) * model.norm_std + model.norm_mean
-    feats = _refiner_features(model, coords, v, cond)  # (1, 1, N, 14)
+    feats = _refiner_features(model, coords, v, cond)  # (1, 1, N, N_FEATURES)
     assert float(feats[..., :6].abs().max()) < 1e-4
     residues = torch.nonzero(~model.token_is_ligand).flatten()
     i = int(residues[len(residues) // 2])
@@ -301,7 +302,8 @@ def test_refiner_reads_the_geometry_between_tokens_of_its_estimate(tiny):
     crushed[..., i, 3:6] += 0.6 * toward
     hit = _refiner_features(model, coords, crushed, cond)
     assert float((hit[0, 0, i, 6:9] - feats[0, 0, i, 6:9]) @ toward) < 0
-    for part in (slice(0, 3), slice(6, 9)):
+    assert float(hit[..., 14:].abs().max()) > 1e-3
+    for part in (slice(0, 3), slice(6, 9), slice(14, 17)):
         total = torch.einsum("nij,nj->i", cond.frames[0], hit[0, 0, :, part])
         assert float(total.abs().max()) < 1e-3, total
 

@@ -13,11 +13,15 @@ clean frames and measures, per token,
 * the pushes of atom pairs of different tokens closer than 0.8 × the sum of their van der Waals radii (the
   projection's clash distance), as a second force and torque (candidate pairs: :func:`contacts`, from the key
   frame),
-* sin ω of the peptide bonds before and after it,
+* sin ω of the peptide bonds before and after it, and the twist they need: sin ω about each C-N axis
+  (residue i+1 turned one way, residue i the other),
 
 and turns them with the token's hidden state into an update of its transform, a few times in turn
-(weights shared). The update is learnt (its output layer starts at zero, so an untrained refiner
-changes nothing) and trained only by the diffusion and structure losses; no rule moves an atom
+(weights shared). The features are measured in their natural units (a tenth of an Å for a stretch or a
+push) and saturate; the output layer reads the MLP's state *and* these features themselves, so a learnt
+linear response to the pulls (a step along them, as a gradient step would take) is one layer away rather
+than buried under the hidden state. The update is learnt (its output layer starts at zero, so an untrained
+refiner changes nothing) and trained only by the diffusion and structure losses; no rule moves an atom
 toward a target.
 
 Shapes: B windows, T frames, N tokens, W slots, D values per token, A atoms, P pairs, C contacts,
@@ -35,8 +39,13 @@ from hemeplm.geometry.structure import PROJECT_CLASH_SCALE as CONTACT_SCALE
 from hemeplm.geometry.structure import nonbonded_candidates
 from hemeplm.geometry.torsion import dihedral_angle
 
-#: per-token features: bond force (3) and torque (3), contact force (3) and torque (3), sin ω before and after
-N_FEATURES = 14
+#: per-token features: bond force (3) and torque (3), contact force (3) and torque (3), sin ω before and after (2),
+#: ω twist (3)
+N_FEATURES = 17
+#: the features' natural units: Å for forces (a 0.1 Å stretch or push is one unit), Å² for torques (that force on a
+#: 3 Å arm), sin ω (about 10°); features are divided by these, then saturate at FEATURE_LIMIT units
+FEATURE_UNITS = (0.1,) * 3 + (0.3,) * 3 + (0.1,) * 3 + (0.3,) * 3 + (0.2,) * 5
+FEATURE_LIMIT = 10.0
 #: rad and Å per unit of the output layer: the refiner makes corrections of tenths of an Å, and a smaller scale
 #: keeps each optimiser step on its weights (about the learning rate per weight) from moving tokens by more
 STEP_SCALE = 0.1
@@ -76,13 +85,15 @@ class JunctionRefiner(nn.Module):
         self.features = nn.Linear(N_FEATURES, dim)
         self.norm = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim), nn.SiLU())
-        self.out = nn.Linear(dim, 6)
+        self.out = nn.Linear(dim + N_FEATURES, 6)
+        self.register_buffer("units", torch.tensor(FEATURE_UNITS), persistent=False)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def geometry(self, rot: torch.Tensor, shift: torch.Tensor, body: torch.Tensor, cond, links: dict,
                  radius: torch.Tensor) -> torch.Tensor:
-        """(B, T, N, :data:`N_FEATURES`) per-token features of the estimate's geometry between tokens.
+        """(B, T, N, :data:`N_FEATURES`) per-token features of the estimate's geometry between tokens, in Å, Å² and
+        sin ω.
 
         Args:
             rot, shift: (B, T, N, 3, 3) rotations and (B, T, N, 3) Å translations of the tokens in their anchor axes.
@@ -131,13 +142,18 @@ class JunctionRefiner(nn.Module):
         feats = [torch.einsum("bnji,bntkj->btnki", frames, f.view(b, n, t, 2, 3)).flatten(-2) for f in feats]
         qt, qs = links["quad_token"], links["quad_slot"]
         window = windows.repeat_interleave(qt.shape[1])
-        sin_omega = dihedral_angle(*(atoms(window, qt[i].repeat(b), qs[i].repeat(b)) for i in range(4))).sin()
-        omegas = x.new_zeros(b * n, t, 2)
+        quad = [atoms(window, qt[i].repeat(b), qs[i].repeat(b)) for i in range(4)]
+        sin_omega = dihedral_angle(*quad).sin()
+        axis = quad[2] - quad[1]
+        twist = sin_omega[..., None] * axis / axis.norm(dim=-1, keepdim=True).clamp(min=1e-6)  # (Q·B, T, 3) C -> N
         zero = torch.zeros_like(sin_omega)
-        omegas = omegas.index_add(0, window * n + qt[2].repeat(b), torch.stack([sin_omega, zero], -1))  # before i+1
-        omegas = omegas.index_add(0, window * n + qt[1].repeat(b), torch.stack([zero, sin_omega], -1))  # after i
-        feats.append(omegas.view(b, n, t, 2).transpose(1, 2))
-        return torch.cat(feats, -1)
+        after, before = window * n + qt[1].repeat(b), window * n + qt[2].repeat(b)  # residue i and residue i+1
+        omegas = x.new_zeros(b * n, t, 5)
+        omegas = omegas.index_add(0, before, torch.cat([torch.stack([sin_omega, zero], -1), twist], -1))
+        omegas = omegas.index_add(0, after, torch.cat([torch.stack([zero, sin_omega], -1), -twist], -1))
+        omegas = omegas.view(b, n, t, 5).transpose(1, 2)
+        turned = torch.einsum("bnji,btnj->btni", frames, omegas[..., 2:])
+        return torch.cat(feats + [omegas[..., :2], turned], -1)
 
     def forward(self, x0: torch.Tensor, hidden: torch.Tensor, cond, mask: torch.Tensor, mean: torch.Tensor,
                 std: torch.Tensor, internal: dict, links: dict, radius: torch.Tensor) -> torch.Tensor:
@@ -157,8 +173,10 @@ class JunctionRefiner(nn.Module):
         start = rotvec_to_matrix(values[..., :3])
         rot, shift = start, values[..., 3:6]
         for _ in range(self.steps):
-            feats = self.geometry(rot, shift, body, cond, links, radius)
-            step = self.out(self.mlp(self.norm(hidden + self.features(feats)))) * (STEP_SCALE * free)
+            feats = self.geometry(rot, shift, body, cond, links, radius) / self.units
+            feats = feats / (1 + feats.abs() / FEATURE_LIMIT)
+            state = self.mlp(self.norm(hidden + self.features(feats)))
+            step = self.out(torch.cat([state, feats], -1)) * (STEP_SCALE * free)
             rot = rotvec_to_matrix(step[..., :3]) @ rot
             shift = shift + step[..., 3:]
         # the change only (exactly zero when every step is): an untrained refiner returns x0 itself

@@ -97,9 +97,13 @@ def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as exc:
-        older = (what in ("model", "ema") and any(k.startswith("refiner.") for k in module.state_dict())
-                 and not any(k.startswith("refiner.") for k in state))
-        hint = " (trained before the junction refiner: resume it with denoiser.refine_steps=0)" if older else ""
+        ours = {k: v.shape for k, v in module.state_dict().items() if k.startswith("refiner.")}
+        theirs = {k: v.shape for k, v in state.items() if k.startswith("refiner.")}
+        hint = ""
+        if what in ("model", "ema") and ours and not theirs:
+            hint = " (trained before the junction refiner: resume it with denoiser.refine_steps=0)"
+        elif what in ("model", "ema") and ours and theirs != ours:
+            hint = " (trained with an earlier design of the junction refiner: retrain it)"
         raise HemeplmError(f"its {what} state does not fit this model (was the config changed?){hint}: "
                            f"{_one_line(exc)[:300]}", path) from exc
 
