@@ -122,7 +122,8 @@ class GaussianDiffusion(nn.Module):
     def loss(self, denoiser: Denoiser, x0: torch.Tensor, cond: Any, mask: torch.Tensor,
              weight: torch.Tensor | None = None, t: torch.Tensor | None = None,
              generator: torch.Generator | None = None,
-             x0_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+             x0_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             input_perturbation: float = 0.0) -> torch.Tensor:
         """Mean of ``||ε - ε_θ(x_t, t)||²`` over the entries to generate.
 
         Args:
@@ -133,13 +134,18 @@ class GaussianDiffusion(nn.Module):
             x0_loss: optional ``f(x0_hat, alpha_bar) -> (B,)`` added to the loss, weighted by ᾱ_t
                 (so toward low noise): a term on the network's estimate of the clean data
                 ``x0_hat`` (B, ...) (given entries set to their values), e.g. a structure term.
+            input_perturbation: γ of input perturbation (Ning et al. 2023, "Input perturbation reduces exposure
+                bias in diffusion models"): x_t is made with ε + γ ξ (ξ a second Gaussian) while the target stays
+                ε, so the denoiser learns to take out more error than the noise level says, as a sampler's inputs
+                (built from its own earlier estimates) carry. 0: the plain loss.
         """
         b = x0.shape[0]
         if t is None:
             t = _randn_like_gen((b,), x0, generator, integers=self.timesteps).long()
         noise = _randn_like_gen(x0.shape, x0, generator)
         given = _expand(mask, x0)
-        x_t = torch.where(given, x0, self.q_sample(x0, t, noise))
+        extra = input_perturbation * _randn_like_gen(x0.shape, x0, generator) if input_perturbation > 0 else 0.0
+        x_t = torch.where(given, x0, self.q_sample(x0, t, noise + extra))
         eps = self.eps(denoiser, x_t, t, cond, mask)
         w = (~given).to(x0.dtype)
         if weight is not None:

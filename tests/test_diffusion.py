@@ -89,6 +89,24 @@ def test_loss_ignores_given_entries():
     assert d.loss(wrong_in_second, x0, None, mask, t=t, generator=torch.Generator().manual_seed(0)) > 10
 
 
+def test_input_perturbation_noises_inputs_beyond_the_target():
+    """With input perturbation γ, x_t is made with ε + γ ξ but the target stays ε: a denoiser that reads back
+    exactly the noise in its input misses by γ ξ, a loss of γ²; without it, nothing."""
+    d = GaussianDiffusion(100)
+    x0 = torch.randn(8, 50, 4, 3)
+    mask = torch.zeros(8, 50, 4, dtype=torch.bool)
+    t = torch.randint(0, 100, (8,), generator=torch.Generator().manual_seed(1))
+
+    def reads_its_input(x_t, t_, cond, m):
+        a, s = d.sqrt_alphas_cumprod[t_].view(-1, 1, 1, 1), d.sqrt_one_minus_alphas_cumprod[t_].view(-1, 1, 1, 1)
+        return (x_t - a * x0) / s
+
+    for gamma in (0.0, 0.3):
+        loss = d.loss(reads_its_input, x0, None, mask, t=t, generator=torch.Generator().manual_seed(0),
+                      input_perturbation=gamma)
+        assert abs(float(loss) - gamma ** 2) < 0.1 * gamma ** 2 + 1e-6, (gamma, float(loss))
+
+
 @pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
 def test_given_entries_come_back_exactly(sampler):
     d = GaussianDiffusion(50)

@@ -72,10 +72,11 @@ class Objective(nn.Module):
     def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float = 1.0,
                  force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
                  clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
-                 key_noise: float = 0.0):
+                 key_noise: float = 0.0, input_perturbation: float = 0.0):
         super().__init__()
         model.check_schedule(diffusion)
         self.model, self.diffusion, self.key_noise = model, diffusion, key_noise
+        self.input_perturbation = input_perturbation
         self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
         self.weights = {"bond": bond_weight, "clash": clash_weight, "peptide": peptide_weight, "fape": fape_weight}
         self.structure: dict[str, torch.Tensor] = {}
@@ -85,7 +86,7 @@ class Objective(nn.Module):
         """Build from a run's Config (energy and structure loss weights)."""
         e, s = cfg.energy, cfg.structure
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
-                   s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise)
+                   s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise, cfg.diffusion.input_perturbation)
 
     def perturbed_key(self, key: torch.Tensor, generator=None) -> torch.Tensor:
         """(B, A, 3) key frames with every token's rigid body moved by N(0, s²) in normalised values, s drawn
@@ -123,7 +124,8 @@ class Objective(nn.Module):
 
         use = any(w > 0 for w in self.weights.values())
         return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.value_mask, t=t,
-                                   generator=generator, x0_loss=structure if use else None)
+                                   generator=generator, x0_loss=structure if use else None,
+                                   input_perturbation=self.input_perturbation)
 
     def energy_losses(self, labelled: dict) -> dict[str, torch.Tensor]:
         """Normalised ``energy``, ``force`` and (with labels) ``interaction`` losses of labelled frames."""
