@@ -205,7 +205,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "denoiser.max_tokens": (1, None, True), "denoiser.fragment_halo": (0, None, True),
     "denoiser.refine_steps": (0, None, True),
     "diffusion.timesteps": (2, None, True), "diffusion.sample_steps": (1, None, True),
-    "diffusion.input_perturbation": (0, None, False),
+    "diffusion.input_perturbation": (0, None, True),
     "tasks.forecast": (0, None, True), "tasks.tps": (0, None, True), "tasks.inpaint": (0, None, True),
     "tasks.upsample": (0, None, True), "tasks.upsample_factor": (2, None, True), "tasks.history": (1, None, True),
     "tasks.key_noise": (0, None, True),

@@ -319,11 +319,16 @@ def test_angstrom_losses_train_and_are_logged(tiny_system, tmp_path):
         tiny_config(tiny_system, tmp_path, "tasks.history=5")
 
 
-def test_perturbed_keys_break_only_the_junctions_between_tokens(tiny_run):
-    """tasks.key_noise moves each token's rigid body: distances inside a token stay, the bonds between tokens
-    stretch more the larger the noise, and no noise gives the key back."""
+def test_perturbed_starts_break_only_the_junctions_between_tokens(tiny_run):
+    """tasks.key_noise moves each token's rigid body in the key frame and in the given frames right after it (a
+    forecast's history): distances inside a token stay, the bonds between tokens stretch more the larger the
+    noise, no noise gives the frames back, and the frames after the given ones stay exactly as they were."""
     model, cfg = build_model(load_checkpoint(tiny_run["ckpt"]))
-    key = torch.as_tensor(featurize(cfg.data)["segments"][0][:2], dtype=torch.float32)
+    window = torch.as_tensor(featurize(cfg.data)["segments"][0][:4], dtype=torch.float32)
+    coords = torch.stack([window, window.flip(0)])  # (2, 4, A, 3)
+    mask = torch.zeros(2, 4, model.tokens.kind.numel(), dtype=torch.bool)
+    mask[0, :2] = True  # a forecast given two frames
+    mask[1, :, :3] = True  # inpainting: no frame wholly given, the key alone is perturbed
     token = model.tokens.atom_token
     a, b = torch.triu_indices(model.n_atoms, model.n_atoms, 1)
     inside = (token[a] == token[b]) & (token[a] >= 0)
@@ -332,12 +337,17 @@ def test_perturbed_keys_break_only_the_junctions_between_tokens(tiny_run):
     error = []
     for noise in (0.0, 0.3, 1.0):
         objective = training.Objective(model, GaussianDiffusion.from_config(cfg.diffusion), key_noise=noise)
-        moved = objective.perturbed_key(key, torch.Generator().manual_seed(0))
-        if noise == 0:  # the key decoded from its own values (a ligand group takes its template's shape)
-            base = moved
+        moved = objective.perturbed_start(coords, mask, torch.Generator().manual_seed(0))
+        assert torch.equal(moved[0, 2:], coords[0, 2:]) and torch.equal(moved[1, 1:], coords[1, 1:])
+        starts = torch.cat([moved[0, :2], moved[1, :1]])  # (3, A, 3) the perturbed frames
+        if noise == 0:  # the frames decoded from their values (a ligand group takes its template's shape)
+            base = starts
             protein = ~model.atoms.is_ligand.bool()
-            assert float((moved - key)[:, protein].norm(dim=-1).max()) < 1e-4
-        within = (moved[:, a] - moved[:, b]).norm(dim=-1) - (base[:, a] - base[:, b]).norm(dim=-1)
+            assert float((starts[:1] - coords[0, :1])[:, protein].norm(dim=-1).max()) < 1e-4
+        within = (starts[:, a] - starts[:, b]).norm(dim=-1) - (base[:, a] - base[:, b]).norm(dim=-1)
         assert float(within.abs().max()) < 1e-3
-        error.append(float(((moved[:, i] - moved[:, j]).norm(dim=-1) - (base[:, i] - base[:, j]).norm(dim=-1)).abs().mean()))
-    assert error[0] < 1e-6 < 0.01 < error[1] < error[2], error
+        error.append([float(((starts[k, i] - starts[k, j]).norm(dim=-1) - (base[k, i] - base[k, j]).norm(dim=-1))
+                            .abs().mean()) for k in range(3)])
+    error = torch.tensor(error)  # (noise, frame)
+    assert float(error[0].max()) < 1e-6 < 0.01 < float(error[1].min()), error
+    assert bool((error[1] < error[2]).all()), error

@@ -63,7 +63,7 @@ class Objective(nn.Module):
     bonds and angles, clashes, peptide planarity and angles, the frame-aligned point error against the
     true frames from :data:`FAPE_FRAMES` random residue frames; all in Å or rad) are computed on the
     decoded x̂0 of each window and weighted by ᾱ_t, toward low noise. With ``key_noise`` (``tasks.key_noise``)
-    each training window starts from a :meth:`perturbed_key`. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
+    each training window starts from :meth:`perturbed_start` frames. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
     (``coords`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R),
     ``has_interaction`` (F,)) or None; its losses are mean squared errors on normalised scales
     (energy standard deviation, force RMS, interaction fluctuation scale of the training frames).
@@ -88,24 +88,31 @@ class Objective(nn.Module):
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
                    s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise, cfg.diffusion.input_perturbation)
 
-    def perturbed_key(self, key: torch.Tensor, generator=None) -> torch.Tensor:
-        """(B, A, 3) key frames with every token's rigid body moved by N(0, s²) in normalised values, s drawn
-        per window from U(0, ``key_noise``): bonds and angles inside tokens stay, those between them break."""
+    def perturbed_start(self, coords: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
+        """Windows (B, T, A, 3) whose key frame and the given frames right after it (a forecast's history, wholly
+        given under ``mask`` (B, T, N)) have every token's rigid body moved by N(0, s²) in normalised values, s
+        drawn per window from U(0, ``key_noise``): bonds and angles inside tokens stay, those between them break,
+        as in a long forecast, whose given frames are all its own output. The frames after them stay as they are."""
         m = self.model
-        values = m.values(key[:, None], key)  # (B, 1, N, D): the key itself
+        key = coords[:, 0]
+        lead = mask.all(-1).long().cumprod(1).sum(1).clamp(min=1)  # (B,) the key and the history after it
+        h = int(lead.max())
+        values = m.values(coords[:, :h], key)  # (B, h, N, D) relative to the key
         dev = key.device if generator is None else generator.device
         s = torch.rand(len(key), generator=generator, device=dev).to(key) * self.key_noise
         noise = torch.randn(values.shape, generator=generator, device=dev).to(key)
         noise[..., 6:] = 0.0  # torsions stay: a generated frame's torsions are valid, its junctions are not
-        return m.coordinates(values + noise * s[:, None, None, None], key)[:, 0]
+        moved = m.coordinates(values + noise * s[:, None, None, None], key)
+        hit = (torch.arange(h, device=coords.device) < lead[:, None].to(coords.device))[..., None, None]
+        return torch.cat([torch.where(hit, moved, coords[:, :h]), coords[:, h:]], 1)
 
     def diffusion_loss(self, coords, mask, t, generator=None, perturb_key: bool = False) -> torch.Tensor:
         """ε loss plus weighted structure terms of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on
-        frame 0 (with ``perturb_key``, on :meth:`perturbed_key` of it). The unweighted structure terms (means
-        over the batch) are left in ``self.structure``."""
+        frame 0 (with ``perturb_key``, on :meth:`perturbed_start` of the window). The unweighted structure terms
+        (means over the batch) are left in ``self.structure``."""
         m = self.model
-        if perturb_key and self.key_noise > 0:  # the window starts from a perturbed key; the frames after it stay
-            coords = torch.cat([self.perturbed_key(coords[:, 0], generator)[:, None], coords[:, 1:]], 1)
+        if perturb_key and self.key_noise > 0:
+            coords = self.perturbed_start(coords, mask, generator)
         key = coords[:, 0]
         node_mask = mask[:, 0][:, m.tokens.atom_token]
         cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
