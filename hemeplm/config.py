@@ -54,7 +54,7 @@ class DenoiserConfig:
     domain_size: int = 24
     max_tokens: int | None = None
     fragment_halo: float = 12.0
-    refine_steps: int = 4
+    refine_steps: int = 8
 
 
 @dataclass
