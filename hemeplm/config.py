@@ -83,9 +83,10 @@ class TaskConfig:
     #: frames a forecast window is given (the first one only its start frame): 1 keys each window on one
     #: frame; 2-3 give the model velocities. Training draws 1..history.
     history: int = 1
-    #: training only: each window's key frame has its tokens' rigid-body values moved by Gaussian noise of up
-    #: to this many of their training standard deviations (drawn per window, uniform from 0), so the network
-    #: learns to continue from an imperfect frame, as a long forecast's keys (its own output) are. 0: off.
+    #: training only: each window's key frame, and the given frames right after it, have their tokens' rigid-body
+    #: values moved by Gaussian noise of up to this many of their training standard deviations (drawn per window,
+    #: uniform from 0), so the network learns to continue from imperfect frames, as a long forecast's given frames
+    #: (its own output) are. 0: off.
     key_noise: float = 0.0
 
 

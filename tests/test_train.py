@@ -96,7 +96,8 @@ def test_resume_continues_from_the_saved_step(tiny_system, tmp_path, capsys, mon
 def test_checkpoint_from_before_the_refiner_loads_without_it(tiny_run, tmp_path):
     """A checkpoint whose config has no ``denoiser.refine_steps`` (and whose weights no refiner) was trained
     without one: it is rebuilt so; loading its weights into a model with a refiner (``--resume`` with today's
-    default) says how to resume it; a diffusion with another schedule than the config's is refused."""
+    default) says how to resume it; one of the first refiner's design is told to retrain; a diffusion with another
+    schedule than the config's is refused."""
     ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
     config = {**ckpt["config"], "denoiser": {k: v for k, v in ckpt["config"]["denoiser"].items() if k != "refine_steps"}}
     strip = lambda state: {k: v for k, v in state.items() if not k.startswith("refiner.")}  # noqa: E731
@@ -105,6 +106,11 @@ def test_checkpoint_from_before_the_refiner_loads_without_it(tiny_run, tmp_path)
     assert model.refiner is None and cfg.denoiser.refine_steps == 0
     with pytest.raises(HemeplmError, match=r"old\.pt: its model state .* resume it with denoiser\.refine_steps=0"):
         load_state(build_model(load_checkpoint(tiny_run["ckpt"]))[0], strip(ckpt["model"]), "model", tmp_path / "old.pt")
+    # the first refiner's output layer read its MLP's state only
+    first = {**ckpt["ema"], "refiner.out.weight": ckpt["ema"]["refiner.out.weight"][:, :tiny_run["cfg"].denoiser.dim]}
+    torch.save({**ckpt, "ema": first}, tmp_path / "first.pt")
+    with pytest.raises(HemeplmError, match=r"first\.pt: its ema state .* earlier design of the junction refiner"):
+        build_model(load_checkpoint(tmp_path / "first.pt"))
     model, cfg = build_model(load_checkpoint(tiny_run["ckpt"]))
     assert model.refiner is not None
     with pytest.raises(ValueError, match="noise schedule"):
