@@ -95,9 +95,11 @@ def test_input_perturbation_noises_inputs_beyond_the_target():
     d = GaussianDiffusion(100)
     x0 = torch.randn(8, 50, 4, 3)
     mask = torch.zeros(8, 50, 4, dtype=torch.bool)
+    mask[:, :5] = True  # given entries: held clean whatever γ
     t = torch.randint(0, 100, (8,), generator=torch.Generator().manual_seed(1))
 
     def reads_its_input(x_t, t_, cond, m):
+        assert torch.equal(x_t[m], x0[m])
         a, s = d.sqrt_alphas_cumprod[t_].view(-1, 1, 1, 1), d.sqrt_one_minus_alphas_cumprod[t_].view(-1, 1, 1, 1)
         return (x_t - a * x0) / s
 

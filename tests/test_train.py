@@ -106,8 +106,9 @@ def test_checkpoint_from_before_the_refiner_loads_without_it(tiny_run, tmp_path)
     assert model.refiner is None and cfg.denoiser.refine_steps == 0
     with pytest.raises(HemeplmError, match=r"old\.pt: its model state .* resume it with denoiser\.refine_steps=0"):
         load_state(build_model(load_checkpoint(tiny_run["ckpt"]))[0], strip(ckpt["model"]), "model", tmp_path / "old.pt")
-    # the first refiner's output layer read its MLP's state only
-    first = {**ckpt["ema"], "refiner.out.weight": ckpt["ema"]["refiner.out.weight"][:, :tiny_run["cfg"].denoiser.dim]}
+    # the first refiner design read 14 features, its output layer its MLP's state only
+    first = {**ckpt["ema"], "refiner.out.weight": ckpt["ema"]["refiner.out.weight"][:, :tiny_run["cfg"].denoiser.dim],
+             "refiner.features.weight": ckpt["ema"]["refiner.features.weight"][:, :14]}
     torch.save({**ckpt, "ema": first}, tmp_path / "first.pt")
     with pytest.raises(HemeplmError, match=r"first\.pt: its ema state .* earlier design of the junction refiner"):
         build_model(load_checkpoint(tmp_path / "first.pt"))
@@ -311,7 +312,7 @@ def test_torchrun_two_ranks_train_in_step(tiny_system, tmp_path):
 
 def test_angstrom_losses_train_and_are_logged(tiny_system, tmp_path):
     """structure.peptide_weight and structure.fape_weight add their terms to the loss (finite, logged each step),
-    tasks.history trains forecasts from more than one given frame and tasks.key_noise from perturbed keys."""
+    tasks.history trains forecasts from more than one given frame and tasks.key_noise from perturbed starts."""
     cfg = tiny_config(tiny_system, tmp_path, "max_steps=3", "structure.peptide_weight=10",
                       "structure.fape_weight=0.2", "tasks.history=2", "tasks.key_noise=0.3", "tasks.tps=0",
                       "tasks.inpaint=0", "tasks.upsample=0")

@@ -13,8 +13,9 @@ clean frames and measures, per token,
 * the pushes of atom pairs of different tokens closer than 0.8 × the sum of their van der Waals radii (the
   projection's clash distance), as a second force and torque (candidate pairs: :func:`contacts`, from the key
   frame),
-* sin ω of the peptide bonds before and after it, and the twist they need: sin ω about each C-N axis
-  (residue i+1 turned one way, residue i the other),
+* sin ω of the peptide bonds before and after it, and sin ω along each C-N axis (the axis about which
+  turning the two residues changes ω; + for residue i+1, − for residue i: a direction the learnt layers
+  turn into the correction, not itself a restoring turn),
 
 and turns them with the token's hidden state into an update of its transform, a few times in turn
 (weights shared). The features are measured in their natural units (a tenth of an Å for a stretch or a
@@ -40,7 +41,7 @@ from hemeplm.geometry.structure import nonbonded_candidates
 from hemeplm.geometry.torsion import dihedral_angle
 
 #: per-token features: bond force (3) and torque (3), contact force (3) and torque (3), sin ω before and after (2),
-#: ω twist (3)
+#: sin ω along the C-N axes (3)
 N_FEATURES = 17
 #: the features' natural units: Å for forces (a 0.1 Å stretch or push is one unit), Å² for torques (that force on a
 #: 3 Å arm), sin ω (about 10°); features are divided by these, then saturate at FEATURE_LIMIT units

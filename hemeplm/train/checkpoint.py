@@ -99,10 +99,11 @@ def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path
     except (RuntimeError, ValueError, KeyError) as exc:
         ours = {k: v.shape for k, v in module.state_dict().items() if k.startswith("refiner.")}
         theirs = {k: v.shape for k, v in state.items() if k.startswith("refiner.")}
+        readings = lambda shapes: tuple(shapes.get("refiner.features.weight", ()))[1:]  # noqa: E731 (the first design read 14)
         hint = ""
         if what in ("model", "ema") and ours and not theirs:
             hint = " (trained before the junction refiner: resume it with denoiser.refine_steps=0)"
-        elif what in ("model", "ema") and ours and theirs != ours:
+        elif what in ("model", "ema") and ours and theirs and readings(theirs) != readings(ours):
             hint = " (trained with an earlier design of the junction refiner: retrain it)"
         raise HemeplmError(f"its {what} state does not fit this model (was the config changed?){hint}: "
                            f"{_one_line(exc)[:300]}", path) from exc

@@ -91,8 +91,9 @@ class Objective(nn.Module):
     def perturbed_start(self, coords: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
         """Windows (B, T, A, 3) whose key frame and the given frames right after it (a forecast's history, wholly
         given under ``mask`` (B, T, N)) have every token's rigid body moved by N(0, s²) in normalised values, s
-        drawn per window from U(0, ``key_noise``): bonds and angles inside tokens stay, those between them break,
-        as in a long forecast, whose given frames are all its own output. The frames after them stay as they are."""
+        drawn per window from U(0, ``key_noise``) and the noise drawn independently for each frame: bonds and angles
+        inside tokens stay, those between them break, as in a long forecast, whose given frames are all its own
+        output. The frames after them stay as they are."""
         m = self.model
         key = coords[:, 0]
         lead = mask.all(-1).long().cumprod(1).sum(1).clamp(min=1)  # (B,) the key and the history after it
@@ -108,8 +109,9 @@ class Objective(nn.Module):
 
     def diffusion_loss(self, coords, mask, t, generator=None, perturb_key: bool = False) -> torch.Tensor:
         """ε loss plus weighted structure terms of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on
-        frame 0 (with ``perturb_key``, on :meth:`perturbed_start` of the window). The unweighted structure terms
-        (means over the batch) are left in ``self.structure``."""
+        frame 0. ``perturb_key`` (training) applies the training-only perturbations: the window starts from
+        :meth:`perturbed_start` and x_t carries ``input_perturbation``; validation leaves both out. The unweighted
+        structure terms (means over the batch) are left in ``self.structure``."""
         m = self.model
         if perturb_key and self.key_noise > 0:
             coords = self.perturbed_start(coords, mask, generator)
@@ -132,7 +134,7 @@ class Objective(nn.Module):
         use = any(w > 0 for w in self.weights.values())
         return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.value_mask, t=t,
                                    generator=generator, x0_loss=structure if use else None,
-                                   input_perturbation=self.input_perturbation)
+                                   input_perturbation=self.input_perturbation if perturb_key else 0.0)
 
     def energy_losses(self, labelled: dict) -> dict[str, torch.Tensor]:
         """Normalised ``energy``, ``force`` and (with labels) ``interaction`` losses of labelled frames."""
