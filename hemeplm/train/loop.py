@@ -104,16 +104,16 @@ class Objective(nn.Module):
         noise = torch.randn(values.shape, generator=generator, device=dev).to(key)
         noise[..., 6:] = 0.0  # torsions stay: a generated frame's torsions are valid, its junctions are not
         moved = m.coordinates(values + noise * s[:, None, None, None], key)
-        hit = (torch.arange(h, device=coords.device) < lead[:, None].to(coords.device))[..., None, None]
+        hit = (torch.arange(h, device=coords.device) < lead[:, None])[..., None, None]
         return torch.cat([torch.where(hit, moved, coords[:, :h]), coords[:, h:]], 1)
 
-    def diffusion_loss(self, coords, mask, t, generator=None, perturb_key: bool = False) -> torch.Tensor:
+    def diffusion_loss(self, coords, mask, t, generator=None, training: bool = False) -> torch.Tensor:
         """ε loss plus weighted structure terms of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on
-        frame 0. ``perturb_key`` (training) applies the training-only perturbations: the window starts from
+        frame 0. ``training`` applies the training-only perturbations: the window starts from
         :meth:`perturbed_start` and x_t carries ``input_perturbation``; validation leaves both out. The unweighted
         structure terms (means over the batch) are left in ``self.structure``."""
         m = self.model
-        if perturb_key and self.key_noise > 0:
+        if training and self.key_noise > 0:
             coords = self.perturbed_start(coords, mask, generator)
         key = coords[:, 0]
         node_mask = mask[:, 0][:, m.tokens.atom_token]
@@ -134,7 +134,7 @@ class Objective(nn.Module):
         use = any(w > 0 for w in self.weights.values())
         return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.value_mask, t=t,
                                    generator=generator, x0_loss=structure if use else None,
-                                   input_perturbation=self.input_perturbation if perturb_key else 0.0)
+                                   input_perturbation=self.input_perturbation if training else 0.0)
 
     def energy_losses(self, labelled: dict) -> dict[str, torch.Tensor]:
         """Normalised ``energy``, ``force`` and (with labels) ``interaction`` losses of labelled frames."""
@@ -150,7 +150,7 @@ class Objective(nn.Module):
 
     def forward(self, coords, mask, t, generator=None, labelled: dict | None = None):
         m = self.model
-        out = {"diffusion": self.diffusion_loss(coords, mask, t, generator, perturb_key=True)}
+        out = {"diffusion": self.diffusion_loss(coords, mask, t, generator, training=True)}
         out.update({f"structure_{k}": v for k, v in self.structure.items()})
         total = out["diffusion"]
         if m.energy_model is not None and labelled is not None and bool(m.has_energy_stats):
