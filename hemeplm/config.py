@@ -131,15 +131,17 @@ class StructureConfig:
 
 @dataclass
 class QMConfig:
-    """A molecular energy model (:mod:`hemeplm.models.molecular`) trained on a molecule data set
-    (``hemeplm dataset``) instead of the generative model: set ``molecule`` to train one. ``dataset``
-    is the data set folder (unset: data/qm/MOLECULE, made on the fly when missing); the loss is
-    ``energy_weight`` · MSE(E)/var(E) + ``force_weight`` · MSE(F)/RMS(F)² on the training block;
-    ``train_frames`` > 0 keeps that many training frames, evenly spaced in time (0: all). The encoder
-    section sets the network (``max_neighbors`` is unused: a plain radius graph), optim the optimiser."""
+    """A molecular energy model (:mod:`hemeplm.models.molecular`) trained on molecule data sets
+    (``hemeplm dataset``) instead of the generative model: set ``molecule`` to train one, a name or a list
+    of names (one model across them all, each step's batch drawn from one molecule in turn). ``dataset``
+    lists their data set folders in the same order (unset: data/qm/MOLECULE each, made on the fly when
+    missing); the loss is ``energy_weight`` · MSE(E)/var(E) + ``force_weight`` · MSE(F)/RMS(F)² on each
+    molecule's training block, with its own variance and RMS; ``train_frames`` > 0 keeps that many training
+    frames of each molecule, evenly spaced in time (0: all). The encoder section sets the network
+    (``max_neighbors`` is unused: a plain radius graph), optim the optimiser."""
 
-    molecule: str | None = None
-    dataset: str | None = None
+    molecule: list[str] = field(default_factory=list)
+    dataset: list[str] = field(default_factory=list)
     energy_weight: float = 1.0
     force_weight: float = 10.0
     train_frames: int = 0
@@ -251,7 +253,8 @@ def check_value(key: str, value: Any, source: str) -> None:
 
 def check_config(cfg: "Config", source: str) -> "Config":
     """What no single key can say: ``data.split`` (three fractions that sum to 1), ``denoiser.dim``
-    divisible by ``denoiser.heads`` and ``tasks.history`` below ``data.window`` (a forecast window must
+    divisible by ``denoiser.heads``, one ``qm.dataset`` folder per ``qm.molecule`` and ``tasks.history`` below
+    ``data.window`` (a forecast window must
     generate a frame); a one-line :class:`HemeplmError` naming the key and ``source``."""
     split = cfg.data.split
     if len(split) != 3 or any(not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 <= x <= 1
@@ -261,6 +264,9 @@ def check_config(cfg: "Config", source: str) -> "Config":
     if cfg.denoiser.dim % cfg.denoiser.heads:
         raise HemeplmError(f"config key 'denoiser.dim' ({cfg.denoiser.dim}) must be divisible by "
                            f"'denoiser.heads' ({cfg.denoiser.heads})", source)
+    if cfg.qm.dataset and len(cfg.qm.dataset) != len(cfg.qm.molecule):
+        raise HemeplmError(f"config key 'qm.dataset' must name one folder per molecule of 'qm.molecule' "
+                           f"({len(cfg.qm.molecule)}), got {len(cfg.qm.dataset)}", source)
     if cfg.tasks.history >= cfg.data.window:
         raise HemeplmError(f"config key 'tasks.history' ({cfg.tasks.history}) must be below 'data.window' "
                            f"({cfg.data.window}): a forecast window has to generate at least one frame", source)
@@ -296,6 +302,8 @@ def _set(obj: Any, dotted: str, value: Any, source: str, prefix: str = "") -> No
     if isinstance(value, str) and value.strip().lower() in ("null", "~"):
         value = None
     expected = _field_types(obj, last)
+    if value is None and list in expected:
+        value = []  # null for a list: none
     if float in expected and isinstance(value, (int, str)) and not isinstance(value, bool):
         with contextlib.suppress(ValueError):
             value = float(value)  # YAML reads 1e-3 (no dot) as a string

@@ -38,13 +38,15 @@ def _save(fig, path: str | Path) -> Path:
     return path
 
 
-def parity_plot(pred: np.ndarray, true: np.ndarray, path: str | Path, quantity: str, unit: str) -> Path:
+def parity_plot(pred: np.ndarray, true: np.ndarray, path: str | Path, quantity: str, unit: str,
+                title: str | None = None) -> Path:
     """Predicted vs true scatter with the y = x diagonal.
 
     Args:
         pred, true: arrays of the same shape (flattened), e.g. (F,) energies or
             (F, A, 3) force components.
         quantity, unit: axis label parts, e.g. ``"energy"``, ``"kcal/mol"``.
+        title: above the plot (e.g. the data and the errors), when given.
     """
     pred, true = np.ravel(pred), np.ravel(true)
     take = np.linspace(0, len(true) - 1, min(len(true), MAX_SCATTER_POINTS)).astype(int)
@@ -56,6 +58,8 @@ def parity_plot(pred: np.ndarray, true: np.ndarray, path: str | Path, quantity: 
     ax.set_ylabel(f"predicted {quantity} ({unit})")
     ax.set_aspect("equal", adjustable="datalim")
     ax.legend(loc="upper left")
+    if title:
+        ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 

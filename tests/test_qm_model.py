@@ -65,9 +65,11 @@ def test_train_py_makes_the_data_set_trains_and_energies_predict_in_any_atom_ord
     assert "test block (4 frames)" in printed and (data / "dataset.json").exists()
     run = tmp_path / "runs" / "t"
     test = json.loads((run / "test_metrics.json").read_text())
-    assert test["steps"] == 20 and np.isfinite(test["energy_mae"]) and "mean_baseline_force_mae" in test
+    assert test["steps"] == 20 and list(test["molecules"]) == ["ethanol"]
+    test = test["molecules"]["ethanol"]
+    assert np.isfinite(test["energy_mae"]) and "mean_baseline_force_mae" in test and test["n_test_frames"] == 4
     assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-            if "val_energy_mae" in r] == [10, 20]
+            if "val" in r] == [10, 20]
     # the same frames with the atoms in another order (topology and coordinates permuted together)
     ds = molecules.read_dataset(data)
     perm = np.random.default_rng(1).permutation(len(ds.numbers))
@@ -104,3 +106,58 @@ def test_train_py_makes_the_data_set_trains_and_energies_predict_in_any_atom_ord
               str(tmp_path / "perm.dcd"), "--out", str(tmp_path / "d"), "--stop", "41"])
     assert capsys.readouterr().err.strip().endswith("--stop 41 is out of range: it has 40 frames (0..39)")
     assert not (tmp_path / "d").exists()
+
+
+def test_statistics_start_every_molecule_at_its_training_mean():
+    """Per-element energies fitted by least squares over the molecules' compositions: with more elements than
+    molecules (ethanol C2H6O, propane C3H8) both means are met exactly, and the model with its atom outputs zeroed
+    predicts them."""
+    model = MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0).double()
+    torch.nn.init.zeros_(model.out[-1].weight)
+    torch.nn.init.zeros_(model.out[-1].bias)
+    sets = []
+    for name, mean in (("ethanol", -7000.0), ("propane", -6300.0)):
+        mol = molecules.build_molecule(name)
+        z = torch.as_tensor(mol.numbers)
+        pos = torch.as_tensor(mol.positions[None].repeat(3, 0))
+        energy = torch.tensor([mean - 1.0, mean, mean + 1.0], dtype=torch.float64)
+        forces = torch.full(pos.shape, 2.0, dtype=torch.float64)
+        sets.append((z, pos, energy, forces))
+    model.fit_statistics([(z, energy, forces) for z, _, energy, forces in sets])
+    assert float(model.scale) == pytest.approx(2.0)
+    for z, pos, energy, _ in sets:
+        torch.testing.assert_close(model(z, pos), energy.mean().expand(3))
+
+
+def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
+    """``qm.molecule`` as a list trains one model on both data sets (each step one molecule's batch), scores each
+    test block, and ``hemeplm energies`` predicts for either molecule with the one checkpoint."""
+    from hemeplm.cli import main
+    from hemeplm.cli.train import main as train_main
+
+    monkeypatch.setitem(qm.SAMPLING, "small", {**qm.SAMPLING["small"], "frames": 20, "stride": 2,
+                                               "equilibration": 10})
+    data = [tmp_path / "data" / name for name in ("ethanol", "propane")]
+    train_main(["--config", "configs/qm_all.yaml", "name=t", f"out_dir={tmp_path / 'runs'}", "max_steps=20",
+                "eval_every=4", "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}, {data[1]}]", "optim.lr=5e-3",
+                "encoder.hidden=16", "encoder.layers=2", "optim.batch_size=4", "optim.warmup_steps=2"])
+    printed = capsys.readouterr().out
+    assert "ethanol, test block (4 frames)" in printed and "propane, test block (4 frames)" in printed
+    run = tmp_path / "runs" / "t"
+    test = json.loads((run / "test_metrics.json").read_text())
+    assert list(test["molecules"]) == ["ethanol", "propane"]
+    assert all((run / "figures" / f"{m}_{q}_parity.png").stat().st_size > 1000 for m in ("ethanol", "propane")
+               for q in ("energy", "force"))
+    val = [r["val"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "val" in r]
+    assert len(val) == 5 and all(list(v) == ["ethanol", "propane"] for v in val)
+    for folder in data:
+        out = tmp_path / "e" / folder.name
+        main(["energies", "--ckpt", str(run / "ckpt.pt"), "--topology", str(folder / "topology.pdb"), "--frames",
+              str(folder / "traj.dcd"), "--out", str(out), "--compare"])
+        metrics = json.loads((out / "compare" / "metrics.json").read_text())
+        assert metrics["n_frames"] == 40 and metrics["force_mae"] < metrics["mean_baseline_force_mae"]
+    # a list of folders that does not match the molecules is refused, naming the key
+    with pytest.raises(SystemExit):
+        train_main(["--config", "configs/qm_all.yaml", "name=u", f"out_dir={tmp_path / 'runs'}",
+                    "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}]"])
+    assert "'qm.dataset' must name one folder per molecule" in capsys.readouterr().err

@@ -43,7 +43,7 @@ from hemeplm.train.molecular import (build_model, evaluate_split, fit, load_mole
 
 class PyGViSNet(torch.nn.Module):
     """PyG's ViSNet behind the interface :func:`~hemeplm.train.molecular.fit` trains: ``energy_and_forces`` and
-    ``fit_statistics`` (the training mean energy and force RMS as its ``mean`` and ``std``)."""
+    ``fit_statistics`` (one molecule's training mean energy and force RMS as its ``mean`` and ``std``)."""
 
     def __init__(self, hidden: int, layers: int, lmax: int, num_rbf: int, cutoff: float, max_neighbors: int = 256):
         super().__init__()
@@ -56,7 +56,8 @@ class PyGViSNet(torch.nn.Module):
                                  cutoff=cutoff, max_num_neighbors=max_neighbors, derivative=False)
 
     @torch.no_grad()
-    def fit_statistics(self, numbers, energy, forces) -> None:
+    def fit_statistics(self, molecules) -> None:
+        ((_, energy, forces),) = molecules
         self.net.mean.fill_(energy.double().mean().item())
         self.net.std.fill_(forces.double().pow(2).mean().sqrt().item())
 
@@ -76,10 +77,10 @@ def benchmark(molecules: list[str], seconds: float, max_steps: int | None) -> li
     rows = []
     for name in molecules:
         cfg = load_config(ROOT / "configs" / f"qm_{name}.yaml")
-        cfg.qm.dataset = str(ROOT / "data" / "qm" / name)
+        cfg.qm.dataset = [str(ROOT / "data" / "qm" / name)]
         if max_steps is not None:
             cfg.max_steps = max_steps
-        data = load_molecule_data(cfg)
+        (data,) = load_molecule_data(cfg)
         train = thin(data.subset("train"), cfg.qm.train_frames)
         test = data.subset("test")
         base = mean_baseline(train, test)
@@ -91,7 +92,7 @@ def benchmark(molecules: list[str], seconds: float, max_steps: int | None) -> li
                              ("PyG ViSNet", PyGViSNet(e.hidden, e.layers, e.lmax, e.num_rbf, e.cutoff))):
             torch.manual_seed(cfg.seed)
             params = sum(p.numel() for p in model.parameters())
-            result = fit(model, data.numbers, train, cfg, max_seconds=seconds)
+            result = fit(model, [(data.numbers, train)], cfg, max_seconds=seconds)
             found = evaluate_split(result["ema"], data, "test")
             rows.append(common | {"model": label, "params": params, "steps": result["step"],
                                   "seconds": round(result["seconds"], 1)}

@@ -2,8 +2,8 @@
 with a checkpoint trained on a molecule data set (``qm.molecule``).
 
 The model sees elements and positions only, so the topology may list the atoms in any order: the
-forces come back in the topology's order. The topology must hold the same elements as the training
-molecule (the energy zero is fitted to that composition). Writes ``OUT/energies.npz`` with
+forces come back in the topology's order. The topology must hold the same elements as a training
+molecule (the energy zero is fitted to those compositions). Writes ``OUT/energies.npz`` with
 ``energy_kcal_mol`` (F,) and ``forces_kcal_mol_A`` (F, A, 3); with ``compare``, frames whose labels
 lie beside them (``energies_forces.npz``, as ``hemeplm dataset`` and ``hemeplm label`` write) are
 also scored into ``OUT/compare/metrics.json`` (energy MAE and R², force MAE, beside predicting the
@@ -44,10 +44,11 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
     top_path = require_file(topology)
     top = load_topology(top_path)
     numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in top.atoms])
-    trained = np.asarray(ckpt["static"]["numbers"])
-    if sorted(numbers.tolist()) != sorted(trained.tolist()):
-        raise HemeplmError(f"holds {_formula(numbers)}, but the model was trained on {ckpt['static']['molecule']} "
-                           f"({_formula(trained)}); it predicts for that molecule's frames only", top_path)
+    trained = ckpt["static"]["molecules"]
+    if not any(sorted(numbers.tolist()) == sorted(np.asarray(z).tolist()) for z in trained.values()):
+        names = ", ".join(f"{name} ({_formula(z)})" for name, z in trained.items())
+        raise HemeplmError(f"holds {_formula(numbers)}, but the model was trained on {names}; it predicts for "
+                           f"those molecules' frames only", top_path)
     traj = load_trajectory(frames, top, top_path)
     span = frame_span(traj.n_frames, start, stop, frames)
     xyz = traj.xyz[span].astype(np.float64) * 10.0

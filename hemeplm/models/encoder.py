@@ -44,9 +44,10 @@ class GaussianRBF(nn.Module):
         return torch.exp(-self.gamma * (d[:, None] - self.mu) ** 2)
 
 
-def reject(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Component of vectors ``v`` (E, 3, C) orthogonal to unit directions ``u`` (E, 3)."""
-    return v - u[:, :, None] * torch.einsum("esc,es->ec", v, u)[:, None, :]
+def rejected_dot(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Dot products (E, C) of the components of vectors ``a`` and ``b`` (E, 3, C) orthogonal to unit directions
+    ``u`` (E, 3): ``a·b − (a·u)(b·u)``, without forming the rejected vectors."""
+    return (a * b).sum(1) - torch.einsum("esc,es->ec", a, u) * torch.einsum("esc,es->ec", b, u)
 
 
 class ViSLayer(nn.Module):
@@ -92,9 +93,7 @@ class ViSLayer(nn.Module):
         vec_new = vec + vec3 * o1[:, None, :] + dvec
         if self.update_edges:
             l1 = vec[:, :3, :]
-            r_src = reject(self.w_src(l1)[src], rhat)
-            r_dst = reject(self.w_dst(l1)[dst], -rhat)
-            f = f + F.silu(self.f_proj(f)) * (r_src * r_dst).sum(1)
+            f = f + F.silu(self.f_proj(f)) * rejected_dot(self.w_src(l1)[src], self.w_dst(l1)[dst], rhat)
         return h, vec_new, f
 
 

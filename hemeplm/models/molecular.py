@@ -54,15 +54,20 @@ class MolecularEnergy(nn.Module):
         self.register_buffer("scale", torch.ones(()))
 
     @torch.no_grad()
-    def fit_statistics(self, numbers: torch.Tensor, energy: torch.Tensor, forces: torch.Tensor) -> None:
-        """Set ``shift`` so that the model starts at the training mean (the mean energy per atom for every
-        element of the molecule) and ``scale`` to the RMS of the training force components.
+    def fit_statistics(self, molecules: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """Set ``shift`` so that the model starts at each molecule's training mean as nearly as per-element
+        energies can (least squares over the molecules' compositions; exact for one molecule) and ``scale`` to
+        the RMS of all training force components.
 
-        Args: numbers (A,); energy (F,) kcal/mol; forces (F, A, 3) kcal/mol/Å.
+        Args: ``molecules``: (numbers (A,), energy (F,) kcal/mol, forces (F, A, 3) kcal/mol/Å) per molecule.
         """
+        elements = torch.unique(torch.cat([z.long().cpu() for z, _, _ in molecules]))
+        counts = torch.stack([(z.long().cpu()[:, None] == elements).sum(0) for z, _, _ in molecules]).double()
+        means = torch.stack([e.double().mean().cpu() for _, e, _ in molecules])
         self.shift.zero_()
-        self.shift[numbers] = energy.double().mean().item() / len(numbers)
-        self.scale.fill_(forces.double().pow(2).mean().sqrt().clamp(min=1e-3).item())
+        self.shift[elements.to(self.shift.device)] = (torch.linalg.pinv(counts) @ means).to(self.shift)
+        square = sum(float(f.double().pow(2).sum()) for _, _, f in molecules)
+        self.scale.fill_(max(1e-3, (square / sum(f.numel() for _, _, f in molecules)) ** 0.5))
 
     def forward(self, numbers: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         b, a, _ = pos.shape

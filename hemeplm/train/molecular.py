@@ -1,17 +1,19 @@
 """Training the molecular energy model (:mod:`hemeplm.models.molecular`) on a molecule data set.
 
 ``python train.py --config configs/qm_ethanol.yaml name=NAME`` comes here when the config sets
-``qm.molecule`` (:class:`~hemeplm.config.QMConfig`). The data set is ``qm.dataset`` (unset:
-``data/qm/MOLECULE``), made with :func:`hemeplm.forcefield.qm.make_dataset` when it is missing.
-Training draws ``optim.batch_size`` frames of the training block per step and minimises
+``qm.molecule`` (:class:`~hemeplm.config.QMConfig`): one molecule, or several for one model across them
+all. Each data set is its ``qm.dataset`` folder (unset: ``data/qm/MOLECULE``), made with
+:func:`hemeplm.forcefield.qm.make_dataset` when it is missing. Each step draws ``optim.batch_size``
+frames of one molecule's training block (the molecules in turn) and minimises
 
     energy_weight · MSE(E) / var(E_train) + force_weight · MSE(F) / RMS(F_train)²
 
-with Adam (warm-up, then cosine decay to a tenth) and an exponential moving average of the
-weights, which is what is evaluated and used. Every ``eval_every`` steps the validation block is
-scored (energy MAE and R², force MAE, beside predicting the training mean); at the end the test
-block too, into ``runs/NAME/test_metrics.json``. ``runs/NAME/ckpt.pt`` rebuilds the model on its own
-(:func:`load_molecular`).
+with that molecule's own variance and RMS, with Adam (warm-up, then cosine decay to a tenth) and an
+exponential moving average of the weights, which is what is evaluated and used. Every ``eval_every``
+steps each molecule's validation block is scored (energy MAE and R², force MAE, beside predicting the
+training mean); at the end the test blocks too, into ``runs/NAME/test_metrics.json`` (one entry per
+molecule), with predicted-vs-true energy and force plots of each in ``runs/NAME/figures/``.
+``runs/NAME/ckpt.pt`` rebuilds the model on its own (:func:`load_molecular`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from hemeplm.errors import HemeplmError
 from hemeplm.forcefield.qm import make_dataset
 from hemeplm.io import atomic_write_bytes, atomic_write_text
 from hemeplm.models.molecular import MolecularEnergy
+from hemeplm.plots import parity_plot
 from hemeplm.train.checkpoint import load_checkpoint, load_state, save_checkpoint
 from hemeplm.train.loop import ema_update, learning_rate
 
@@ -40,21 +43,20 @@ log = logging.getLogger(__name__)
 KIND = "molecular"
 
 
-def dataset_folder(cfg: Config) -> Path:
-    """The run's data set folder: ``qm.dataset`` or data/qm/MOLECULE."""
-    return Path(cfg.qm.dataset or f"data/qm/{cfg.qm.molecule}")
-
-
-def load_molecule_data(cfg: Config, progress: bool = True) -> MoleculeData:
-    """The run's data set, made first when its folder holds none."""
-    folder = dataset_folder(cfg)
-    if not (folder / "dataset.json").exists():
-        log.info("%s: no data set yet; making it (hemeplm dataset --molecule %s)", folder, cfg.qm.molecule)
-        make_dataset(cfg.qm.molecule, folder, progress=progress)
-    data = read_dataset(folder)
-    if data.meta.get("molecule") != cfg.qm.molecule:
-        raise HemeplmError(f"holds {data.meta.get('molecule')!r}, not qm.molecule={cfg.qm.molecule!r}", folder)
-    return data
+def load_molecule_data(cfg: Config, progress: bool = True) -> list[MoleculeData]:
+    """The run's data sets, one per ``qm.molecule`` (from ``qm.dataset`` or data/qm/MOLECULE), each made first
+    when its folder holds none."""
+    out = []
+    for i, name in enumerate(cfg.qm.molecule):
+        folder = Path(cfg.qm.dataset[i] if cfg.qm.dataset else f"data/qm/{name}")
+        if not (folder / "dataset.json").exists():
+            log.info("%s: no data set yet; making it (hemeplm dataset --molecule %s)", folder, name)
+            make_dataset(name, folder, progress=progress)
+        data = read_dataset(folder)
+        if data.meta.get("molecule") != name:
+            raise HemeplmError(f"holds {data.meta.get('molecule')!r}, not {name!r} of qm.molecule", folder)
+        out.append(data)
+    return out
 
 
 def build_model(cfg: Config) -> MolecularEnergy:
@@ -93,12 +95,21 @@ def mean_baseline(train: dict, frames: dict) -> dict:
     return score(e, f, frames["energy"], frames["forces"])
 
 
-def evaluate_split(model: nn.Module, data: MoleculeData, split: str, device="cpu") -> dict:
-    """The model's scores on one split, with ``mean_baseline_*`` twins."""
+def evaluate_split(model: nn.Module, data: MoleculeData, split: str, device="cpu", figures: Path | None = None
+                   ) -> dict:
+    """The model's scores on one split, with ``mean_baseline_*`` twins; with ``figures``, predicted-vs-true
+    plots of its energies and force components there (``MOLECULE_energy_parity.png``, ``..._force_parity.png``)."""
     train, frames = data.subset("train"), data.subset(split)
     e, f = predict(model, data.numbers, frames["positions"], device=device)
     found = score(e, f, frames["energy"], frames["forces"])
     found |= {f"mean_baseline_{k}": v for k, v in mean_baseline(train, frames).items()}
+    if figures is not None:
+        name, n = data.meta["molecule"], len(e)
+        parity_plot(e, frames["energy"], figures / f"{name}_energy_parity.png", "energy", "kcal/mol",
+                    f"{name}, {split} block ({n} frames): MAE {found['energy_mae']:.3f} kcal/mol, "
+                    f"R² {found['energy_r2']:.3f}")
+        parity_plot(f, frames["forces"], figures / f"{name}_force_parity.png", "force component", "kcal/mol/Å",
+                    f"{name}, {split} block ({n} frames): MAE {found['force_mae']:.3f} kcal/mol/Å")
     return found
 
 
@@ -111,12 +122,14 @@ def thin(frames: dict, n: int) -> dict:
     return {k: v[idx] for k, v in frames.items()}
 
 
-def fit(model: nn.Module, numbers: np.ndarray, train: dict, cfg: Config, device: torch.device | str = "cpu",
+def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, device: torch.device | str = "cpu",
         max_seconds: float | None = None, start: dict | None = None, on_step=None) -> dict:
-    """Train ``model`` (``energy_and_forces`` and ``fit_statistics``) on training frames.
+    """Train ``model`` (``energy_and_forces`` and ``fit_statistics``) on the training frames of one or more
+    molecules, step ``k`` on a batch of molecule ``k mod M``.
 
     Args:
-        train: ``positions`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3).
+        sets: per molecule, its atomic numbers (A,) and training frames: ``positions`` (F, A, 3),
+            ``energy`` (F,), ``forces`` (F, A, 3).
         cfg: ``max_steps``, ``seed``, ``optim`` and the ``qm`` loss weights.
         max_seconds: also stop after this much wall time (the learning-rate schedule follows whichever
             of steps and seconds runs out first).
@@ -126,15 +139,15 @@ def fit(model: nn.Module, numbers: np.ndarray, train: dict, cfg: Config, device:
         ``{"ema", "optimizer", "step", "seconds"}``: the averaged model and the state to save.
     """
     device = torch.device(device)
-    z = torch.as_tensor(numbers, device=device)
-    pos = torch.as_tensor(train["positions"], dtype=torch.float32, device=device)
-    energy = torch.as_tensor(train["energy"], dtype=torch.float64, device=device)
-    forces = torch.as_tensor(train["forces"], dtype=torch.float32, device=device)
+    tensors = [(torch.as_tensor(numbers, device=device),
+                torch.as_tensor(train["positions"], dtype=torch.float32, device=device),
+                torch.as_tensor(train["energy"], dtype=torch.float64, device=device),
+                torch.as_tensor(train["forces"], dtype=torch.float32, device=device)) for numbers, train in sets]
     model.to(device)
     if start is None:
-        model.fit_statistics(z, energy, forces)
-    e_var = float(energy.var()) if len(energy) > 1 else 1.0
-    f_ms = float(forces.pow(2).mean())
+        model.fit_statistics([(z, energy, forces) for z, _, energy, forces in tensors])
+    scales = [(float(energy.var()) if len(energy) > 1 else 1.0, float(forces.pow(2).mean()))
+              for _, _, energy, forces in tensors]
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     step = 0
@@ -151,6 +164,8 @@ def fit(model: nn.Module, numbers: np.ndarray, train: dict, cfg: Config, device:
         lr = learning_rate(cfg, step, progress)
         for g in opt.param_groups:
             g["lr"] = lr
+        z, pos, energy, forces = tensors[step % len(tensors)]
+        e_var, f_ms = scales[step % len(tensors)]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, len(pos), (cfg.optim.batch_size,), generator=gen)
         idx = idx.to(device)
@@ -184,11 +199,13 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
     if not dry_run and not resume and ckpt_path.exists():
         raise HemeplmError("a run with this name exists; pass --resume to continue it or choose another name=",
                            run_dir)
-    data = load_molecule_data(cfg, progress)
-    train = thin(data.subset("train"), cfg.qm.train_frames)
+    datasets = load_molecule_data(cfg, progress)
+    names = [d.meta["molecule"] for d in datasets]
+    sets = [(d.numbers, thin(d.subset("train"), cfg.qm.train_frames)) for d in datasets]
     model = build_model(cfg)
-    print(f"parameters: {sum(p.numel() for p in model.parameters())}; {data.meta['molecule']}: "
-          f"{len(train['energy'])} training frames of {len(data.numbers)} atoms")
+    print(f"parameters: {sum(p.numel() for p in model.parameters())}; " + "; ".join(
+        f"{name}: {len(train['energy'])} training frames of {len(numbers)} atoms"
+        for name, (numbers, train) in zip(names, sets)))
     if dry_run:
         return None
     start, history = None, []
@@ -201,9 +218,13 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
         print(f"resumed {ckpt_path} at step {int(ckpt['step'])}")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    static = {"numbers": data.numbers, "molecule": data.meta["molecule"], "dataset": str(data.folder)}
+    static = {"molecules": {name: d.numbers for name, d in zip(names, datasets)},
+              "datasets": {name: str(d.folder) for name, d in zip(names, datasets)}}
     bar = tqdm(total=cfg.max_steps, initial=0 if start is None else int(start["step"]), desc=f"train {cfg.name}",
                unit="step", disable=not progress)
+
+    def scores(ema: nn.Module, split: str, figures: Path | None = None) -> dict:
+        return {name: evaluate_split(ema, d, split, device, figures) for name, d in zip(names, datasets)}
 
     def on_step(step: int, ema: nn.Module, losses: dict) -> bool:
         bar.update(1)
@@ -211,29 +232,28 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
         if step % cfg.log_every == 0:
             record = {"step": step, **{f"train_{k}": v for k, v in losses.items()}}
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            record = (record or {"step": step}) | {f"val_{k}": v for k, v in
-                                                   evaluate_split(ema, data, "val", device).items()}
-            bar.set_postfix(val_energy_mae=f"{record['val_energy_mae']:.3f}",
-                            val_force_mae=f"{record['val_force_mae']:.3f}")
+            record = (record or {"step": step}) | {"val": scores(ema, "val")}
+            bar.set_postfix(val_energy_mae=" ".join(f"{v['energy_mae']:.3f}" for v in record["val"].values()),
+                            val_force_mae=" ".join(f"{v['force_mae']:.3f}" for v in record["val"].values()))
         if record is not None:
             history.append(record)
         return False
 
-    result = fit(model, data.numbers, train, cfg, device, start=start, on_step=on_step,
-                 max_seconds=None)
+    result = fit(model, sets, cfg, device, start=start, on_step=on_step)
     bar.close()
     save_checkpoint(ckpt_path, {"kind": KIND, "config": to_dict(cfg), "static": static, "model": model.state_dict(),
                                 "ema": result["ema"].state_dict(), "optimizer": result["optimizer"].state_dict(),
                                 "step": result["step"], "metrics": history})
     atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    n_test = int((data.split == SPLITS.index("test")).sum())
-    test = evaluate_split(result["ema"], data, "test", device) | {"n_test_frames": n_test,
-                                                                  "steps": result["step"],
-                                                                  "train_seconds": round(result["seconds"], 1)}
-    atomic_write_bytes(run_dir / "test_metrics.json", json.dumps(test, indent=2).encode())
-    print(f"test block ({test['n_test_frames']} frames): energy MAE {test['energy_mae']:.3f} kcal/mol "
-          f"(mean baseline {test['mean_baseline_energy_mae']:.3f}), R² {test['energy_r2']:.3f}, force MAE "
-          f"{test['force_mae']:.3f} kcal/mol/Å (mean baseline {test['mean_baseline_force_mae']:.3f})")
+    test = scores(result["ema"], "test", run_dir / "figures")
+    for name, d in zip(names, datasets):
+        test[name]["n_test_frames"] = int((d.split == SPLITS.index("test")).sum())
+    atomic_write_bytes(run_dir / "test_metrics.json", json.dumps(
+        {"steps": result["step"], "train_seconds": round(result["seconds"], 1), "molecules": test}, indent=2).encode())
+    for name, t in test.items():
+        print(f"{name}, test block ({t['n_test_frames']} frames): energy MAE {t['energy_mae']:.3f} kcal/mol "
+              f"(mean baseline {t['mean_baseline_energy_mae']:.3f}), R² {t['energy_r2']:.3f}, force MAE "
+              f"{t['force_mae']:.3f} kcal/mol/Å (mean baseline {t['mean_baseline_force_mae']:.3f})")
     return run_dir
 
 
@@ -243,6 +263,10 @@ def load_molecular(path: str | Path, device: str | torch.device = "cpu") -> tupl
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != KIND:
         raise HemeplmError("is not a molecular energy model's checkpoint (qm.molecule unset when trained)", path)
+    static = ckpt["static"]
+    if "molecules" not in static:  # written before one model could learn several molecules
+        ckpt["static"] = {"molecules": {static["molecule"]: static["numbers"]},
+                          "datasets": {static["molecule"]: static["dataset"]}}
     cfg = from_dict(ckpt["config"])
     model = build_model(cfg)
     load_state(model, ckpt["ema"], "ema", path)
