@@ -57,6 +57,7 @@ def parity_plot(pred: np.ndarray, true: np.ndarray, path: str | Path, quantity: 
     ax.set_xlabel(f"true {quantity} ({unit})")
     ax.set_ylabel(f"predicted {quantity} ({unit})")
     ax.set_aspect("equal", adjustable="datalim")
+    ax.locator_params(nbins=5)  # long tick labels (total energies) stay apart
     ax.legend(loc="upper left")
     if title:
         ax.set_title(title, fontsize=9)

@@ -96,7 +96,7 @@ def benchmark(molecules: list[str], seconds: float, max_steps: int | None) -> li
             found = evaluate_split(result["ema"], data, "test")
             rows.append(common | {"model": label, "params": params, "steps": result["step"],
                                   "seconds": round(result["seconds"], 1)}
-                        | {k: found[k] for k in ("energy_mae", "energy_r2", "force_mae")})
+                        | {k: found[k] for k in ("energy_mae", "energy_r2", "force_mae", "force_r2")})
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -109,7 +109,8 @@ def fragmentation(n_frames: int) -> list[dict]:
     true_e, true_f = data.energy[idx], data.forces[idx]
     cost = data.meta["cost_s"]["labelling"] / max(1, len(data.energy) + len(data.meta["failed_frames"]))
     rows = [{"method": "direct GFN2-xTB (the labels: reference)", "frames": n_frames, "s_per_frame": round(cost, 2),
-             "energy_offset": 0.0, "energy_mae_after_offset": 0.0, "energy_r2": 1.0, "force_mae": 0.0}]
+             "energy_offset": 0.0, "energy_mae_after_offset": 0.0, "energy_r2": 1.0, "force_mae": 0.0,
+             "force_r2": 1.0}]
     frag = Fragmented(data.topology, data.numbers, "mm")  # the fragments' GFN2-xTB runs once for both rows
     t = time.perf_counter()
     full = [frag(x) for x in data.positions[idx]]
@@ -125,7 +126,7 @@ def fragmentation(n_frames: int) -> list[dict]:
         s = score(e - offset, f, true_e, true_f)
         rows.append({"method": label, "frames": n_frames, "s_per_frame": round(per, 2), "energy_offset": offset,
                      "energy_mae_after_offset": s["energy_mae"], "energy_r2": s["energy_r2"],
-                     "force_mae": s["force_mae"]})
+                     "force_mae": s["force_mae"], "force_r2": s["force_r2"]})
         print(json.dumps(rows[-1]), flush=True)
     rows.append({"method": "(force scale: mean |F| of the labels)", "frames": n_frames,
                  "force_mae": float(np.abs(true_f).mean())})
@@ -152,20 +153,22 @@ def main(argv: list[str] | None = None) -> None:
         steps = args.max_steps or "the config's max_steps"
         print(f"\nHeld-out test block (last 10% of each run); budget per model: {args.seconds:g} s or {steps} steps, "
               f"whichever ends first ({machine})")
-        print(f"{'molecule':<18} {'model':<18} {'steps':>6} {'train s':>8} {'E MAE':>8} {'E R2':>7} {'F MAE':>7}")
+        print(f"{'molecule':<18} {'model':<18} {'steps':>6} {'train s':>8} {'E MAE':>8} {'E R2':>7} {'F MAE':>7} "
+              f"{'F R2':>7}")
         for r in rows:
             print(f"{r['molecule']:<18} {r['model']:<18} {r['steps']:>6} {r['seconds']:>8.0f} "
-                  f"{r['energy_mae']:>8.3f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.3f}")
+                  f"{r['energy_mae']:>8.3f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.3f} {r['force_r2']:>7.3f}")
         print("(kcal/mol and kcal/mol/Å)")
     if args.fragmentation:
         rows = fragmentation(args.fragmentation)
         out["fragmentation"] = rows
         print(f"\nChignolin: fragmentation vs direct GFN2-xTB on {args.fragmentation} frames ({machine})")
         print("(energies compared after removing each method's mean offset from the direct energies)")
-        print(f"{'method':<34} {'s/frame':>8} {'offset':>9} {'E MAE':>8} {'E R2':>7} {'F MAE':>7}")
+        print(f"{'method':<34} {'s/frame':>8} {'offset':>9} {'E MAE':>8} {'E R2':>7} {'F MAE':>7} {'F R2':>7}")
         for r in rows[:-1]:
             print(f"{r['method']:<34} {r['s_per_frame']:>8.2f} {r['energy_offset']:>9.1f} "
-                  f"{r['energy_mae_after_offset']:>8.2f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.2f}")
+                  f"{r['energy_mae_after_offset']:>8.2f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.2f} "
+                  f"{r['force_r2']:>7.3f}")
         print(f"(kcal/mol and kcal/mol/Å; mean |F| of the direct labels: {rows[-1]['force_mae']:.2f} kcal/mol/Å)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
                                     "(per-residue mean and std), residue_interaction.png and "
                                     "residue_interaction.pdb (mean in the B-factor column).\n\n"
                                     "A molecular energy model (trained with qm.molecule set) writes OUT/energies.npz "
-                                    "with energy_kcal_mol and forces_kcal_mol_A for any frames of its molecule, "
+                                    "with energy_kcal_mol and forces_kcal_mol_A for any frames of its molecules, "
                                     "atoms in any order; --compare scores them into OUT/compare/metrics.json.")
     en.add_argument("--ckpt", required=True, help="checkpoint written by train.py (runs/NAME/ckpt.pt)")
     en.add_argument("--topology", required=True, help="topology of --frames (a generated file's PDB, or the MD's)")

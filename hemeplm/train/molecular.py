@@ -81,11 +81,13 @@ def predict(model: nn.Module, numbers: np.ndarray, positions: np.ndarray, batch:
 
 
 def score(energy: np.ndarray, forces: np.ndarray, true_energy: np.ndarray, true_forces: np.ndarray) -> dict:
-    """Energy MAE (kcal/mol) and R² (against the frames' own mean), force MAE (kcal/mol/Å, over components)."""
-    ss_tot = float(((true_energy - true_energy.mean()) ** 2).sum())
-    return {"energy_mae": float(np.abs(energy - true_energy).mean()),
-            "energy_r2": 1.0 - float(((energy - true_energy) ** 2).sum()) / max(ss_tot, 1e-12),
-            "force_mae": float(np.abs(forces - true_forces).mean())}
+    """Energy MAE (kcal/mol) and R² (against the frames' own mean), force MAE (kcal/mol/Å) and R² (against the
+    mean component), both over components."""
+    def r2(pred, true):
+        return 1.0 - float(((pred - true) ** 2).sum()) / max(float(((true - true.mean()) ** 2).sum()), 1e-12)
+
+    return {"energy_mae": float(np.abs(energy - true_energy).mean()), "energy_r2": r2(energy, true_energy),
+            "force_mae": float(np.abs(forces - true_forces).mean()), "force_r2": r2(forces, true_forces)}
 
 
 def mean_baseline(train: dict, frames: dict) -> dict:
@@ -106,10 +108,11 @@ def evaluate_split(model: nn.Module, data: MoleculeData, split: str, device="cpu
     if figures is not None:
         name, n = data.meta["molecule"], len(e)
         parity_plot(e, frames["energy"], figures / f"{name}_energy_parity.png", "energy", "kcal/mol",
-                    f"{name}, {split} block ({n} frames): MAE {found['energy_mae']:.3f} kcal/mol, "
+                    f"{name}, {split} block ({n} frames)\nMAE {found['energy_mae']:.3f} kcal/mol, "
                     f"R² {found['energy_r2']:.3f}")
         parity_plot(f, frames["forces"], figures / f"{name}_force_parity.png", "force component", "kcal/mol/Å",
-                    f"{name}, {split} block ({n} frames): MAE {found['force_mae']:.3f} kcal/mol/Å")
+                    f"{name}, {split} block ({n} frames)\nMAE {found['force_mae']:.3f} kcal/mol/Å, "
+                    f"R² {found['force_r2']:.3f}")
     return found
 
 
