@@ -253,7 +253,7 @@ def check_value(key: str, value: Any, source: str) -> None:
 
 def check_config(cfg: "Config", source: str) -> "Config":
     """What no single key can say: ``data.split`` (three fractions that sum to 1), ``denoiser.dim``
-    divisible by ``denoiser.heads``, one ``qm.dataset`` folder per ``qm.molecule`` and ``tasks.history`` below
+    divisible by ``denoiser.heads``, ``qm.molecule`` without repeats and one ``qm.dataset`` folder per molecule, and ``tasks.history`` below
     ``data.window`` (a forecast window must
     generate a frame); a one-line :class:`HemeplmError` naming the key and ``source``."""
     split = cfg.data.split
@@ -264,6 +264,8 @@ def check_config(cfg: "Config", source: str) -> "Config":
     if cfg.denoiser.dim % cfg.denoiser.heads:
         raise HemeplmError(f"config key 'denoiser.dim' ({cfg.denoiser.dim}) must be divisible by "
                            f"'denoiser.heads' ({cfg.denoiser.heads})", source)
+    if len(set(cfg.qm.molecule)) != len(cfg.qm.molecule):
+        raise HemeplmError(f"config key 'qm.molecule' names a molecule twice: {cfg.qm.molecule!r}", source)
     if cfg.qm.dataset and len(cfg.qm.dataset) != len(cfg.qm.molecule):
         raise HemeplmError(f"config key 'qm.dataset' must name one folder per molecule of 'qm.molecule' "
                            f"({len(cfg.qm.molecule)}), got {len(cfg.qm.dataset)}", source)
@@ -302,8 +304,6 @@ def _set(obj: Any, dotted: str, value: Any, source: str, prefix: str = "") -> No
     if isinstance(value, str) and value.strip().lower() in ("null", "~"):
         value = None
     expected = _field_types(obj, last)
-    if value is None and list in expected:
-        value = []  # null for a list: none
     if float in expected and isinstance(value, (int, str)) and not isinstance(value, bool):
         with contextlib.suppress(ValueError):
             value = float(value)  # YAML reads 1e-3 (no dot) as a string

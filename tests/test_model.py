@@ -22,7 +22,7 @@ from hemeplm.data.internal import posed_body
 from hemeplm.geometry.rigid import rotvec_to_matrix
 from hemeplm.geometry.structure import (PEPTIDE_ANGLES, PROJECT_ANGLE_SIGMAS, bond_deviation, peptide_geometry,
                                         peptide_penalty, peptide_quads, project)
-from hemeplm.models.encoder import AtomEncoder
+from hemeplm.models.encoder import AtomEncoder, rejected_dot
 from hemeplm.models.refine import FEATURE_UNITS, N_FEATURES
 from hemeplm.models.surrogate import HemePLM
 from hemeplm.generate.sampler import Sampler
@@ -100,6 +100,21 @@ def test_encoder_scalars_invariant_vectors_rotate(tiny):
     h_t, vec_t = enc(key + shift, model.static)
     torch.testing.assert_close(h_t, h, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(vec_t, vec, atol=1e-4, rtol=1e-4)
+
+
+def test_rejected_dot_is_the_dot_product_of_the_rejected_vectors():
+    """a·b − (a·u)(b·u) equals the dot product of a and b with their components along the unit u removed (the
+    edge update's dihedral reading), for any u and both directions of it."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(5, 3, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    u = torch.nn.functional.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=-1)
+
+    def rejected(v, w):
+        return v - w[:, :, None] * torch.einsum("esc,es->ec", v, w)[:, None, :]
+
+    explicit = (rejected(a, u) * rejected(b, -u)).sum(1)
+    torch.testing.assert_close(rejected_dot(a, b, u), explicit)
+    assert float(explicit.abs().min()) > 0 and not torch.allclose(explicit, (a * b).sum(1))
 
 
 def test_encoder_ignores_masked_positions(tiny):

@@ -94,6 +94,19 @@ def test_train_py_makes_the_data_set_trains_and_energies_predict_in_any_atom_ord
         assert np.abs(a["forces_kcal_mol_A"]).max() > 1e-2  # (20 steps: the forces are still small)
     metrics = json.loads((tmp_path / "a" / "compare" / "metrics.json").read_text())
     assert metrics["n_frames"] == 40 and metrics["force_mae"] < metrics["mean_baseline_force_mae"]
+    # a checkpoint written before one model could learn several molecules predicts the same
+    from hemeplm.train.checkpoint import load_checkpoint, save_checkpoint
+
+    old = load_checkpoint(run / "ckpt.pt")
+    old["static"] = {"numbers": old["static"]["molecules"]["ethanol"], "molecule": "ethanol", "dataset": str(data)}
+    old["config"]["qm"] |= {"molecule": "ethanol", "dataset": None}
+    save_checkpoint(tmp_path / "old.pt", old)
+    main(["energies", "--ckpt", str(tmp_path / "old.pt"), "--topology", str(data / "topology.pdb"), "--frames",
+          str(data / "traj.dcd"), "--out", str(tmp_path / "old"), "--compare"])
+    with np.load(tmp_path / "a" / "energies.npz") as a, np.load(tmp_path / "old" / "energies.npz") as b:
+        np.testing.assert_array_equal(b["energy_kcal_mol"], a["energy_kcal_mol"])
+    old_metrics = json.loads((tmp_path / "old" / "compare" / "metrics.json").read_text())
+    assert old_metrics["mean_baseline_energy_mae"] == pytest.approx(metrics["mean_baseline_energy_mae"], abs=1e-2)
     # another molecule is refused, naming both
     molecules.build_molecule("propane").save_pdb(tmp_path / "propane.pdb")
     with pytest.raises(SystemExit):
@@ -127,6 +140,16 @@ def test_statistics_start_every_molecule_at_its_training_mean():
     assert float(model.scale) == pytest.approx(2.0)
     for z, pos, energy, _ in sets:
         torch.testing.assert_close(model(z, pos), energy.mean().expand(3))
+    # four molecules over three elements (C, H, O): the zeros are the least-squares fit, residuals orthogonal
+    # to every element's counts
+    names = ("ethanol", "propane", "acetone", "p-xylene")
+    means = torch.tensor([-7000.0, -6300.0, -8100.0, -13200.0], dtype=torch.float64)
+    numbers = [torch.as_tensor(molecules.build_molecule(n).numbers) for n in names]
+    model.fit_statistics([(z, m.expand(2), torch.ones(2, len(z), 3)) for z, m in zip(numbers, means)])
+    counts = torch.stack([torch.stack([(z == e).sum() for e in (1, 6, 8)]) for z in numbers]).double()
+    residual = torch.stack([model.shift[z].sum() for z in numbers]).double() - means
+    assert float(residual.abs().max()) > 1.0  # not met exactly ...
+    torch.testing.assert_close(counts.T @ residual, torch.zeros(3, dtype=torch.float64), atol=1e-6, rtol=0)
 
 
 def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
@@ -161,3 +184,11 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
         train_main(["--config", "configs/qm_all.yaml", "name=u", f"out_dir={tmp_path / 'runs'}",
                     "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}]"])
     assert "'qm.dataset' must name one folder per molecule" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["--config", "configs/qm_all.yaml", "name=u", "qm.molecule=[ethanol, ethanol]"])
+    assert "'qm.molecule' names a molecule twice" in capsys.readouterr().err
+    # resuming with other molecules is refused, naming those it was trained on
+    with pytest.raises(SystemExit):
+        train_main(["--config", "configs/qm_all.yaml", "--resume", "name=t", f"out_dir={tmp_path / 'runs'}",
+                    "qm.molecule=[ethanol]", f"qm.dataset=[{data[0]}]", "encoder.hidden=16", "encoder.layers=2"])
+    assert "was trained on ethanol, propane; resume it with the same qm.molecule" in capsys.readouterr().err

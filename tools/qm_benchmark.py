@@ -10,7 +10,7 @@ settings of configs/qm_<molecule>.yaml) and PyG's ViSNet (``torch_geometric.nn.m
 width, depth, lmax, radial basis and cutoff), both trained by the same loop
 (:func:`hemeplm.train.molecular.fit`: same training frames, batches, loss, optimiser, EMA) for the same
 wall-clock budget (``--seconds``) or ``--max-steps``, whichever ends first. One table is printed:
-energy MAE (kcal/mol), energy R² (against the test block's own mean), force MAE (kcal/mol/Å).
+energy MAE (kcal/mol), energy R² (against the test block's own mean), force MAE (kcal/mol/Å) and force R².
 
 ``--fragmentation N`` takes N frames spread over chignolin's data set and compares AI2BMD-style
 fragmentation (:mod:`hemeplm.forcefield.fragmentation`: ACE-X-NME units minus ACE-NME overlaps, with and

@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
 def run(args) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config, args.overrides)
-    # a config with qm.molecule trains the molecular energy model on that molecule's data set
+    # a config with qm.molecule trains the molecular energy model on those molecules' data sets
     (train_molecular if cfg.qm.molecule else train)(cfg, resume=args.resume, dry_run=args.dry_run)
 
 

@@ -1,13 +1,13 @@
-"""A molecular energy model's energies and forces for any frames of its molecule: ``hemeplm energies``
-with a checkpoint trained on a molecule data set (``qm.molecule``).
+"""A molecular energy model's energies and forces for any frames of its molecules: ``hemeplm energies``
+with a checkpoint trained on molecule data sets (``qm.molecule``).
 
 The model sees elements and positions only, so the topology may list the atoms in any order: the
 forces come back in the topology's order. The topology must hold the same elements as a training
 molecule (the energy zero is fitted to those compositions). Writes ``OUT/energies.npz`` with
 ``energy_kcal_mol`` (F,) and ``forces_kcal_mol_A`` (F, A, 3); with ``compare``, frames whose labels
 lie beside them (``energies_forces.npz``, as ``hemeplm dataset`` and ``hemeplm label`` write) are
-also scored into ``OUT/compare/metrics.json`` (energy MAE and R², force MAE, beside predicting the
-training mean energy and zero forces).
+also scored into ``OUT/compare/metrics.json`` (energy MAE and R², force MAE and R², beside predicting
+that molecule's training mean energy and zero forces).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from hemeplm.data.load import ENERGY_FILE, frame_span, load_topology, load_trajectory
 from hemeplm.errors import HemeplmError, require_file
@@ -45,7 +44,8 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
     top = load_topology(top_path)
     numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in top.atoms])
     trained = ckpt["static"]["molecules"]
-    if not any(sorted(numbers.tolist()) == sorted(np.asarray(z).tolist()) for z in trained.values()):
+    match = [name for name, z in trained.items() if sorted(numbers.tolist()) == sorted(np.asarray(z).tolist())]
+    if not match:
         names = ", ".join(f"{name} ({_formula(z)})" for name, z in trained.items())
         raise HemeplmError(f"holds {_formula(numbers)}, but the model was trained on {names}; it predicts for "
                            f"those molecules' frames only", top_path)
@@ -67,7 +67,7 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
         if true_e.shape != (traj.n_frames,) or true_f.shape != (traj.n_frames, len(numbers), 3):
             raise HemeplmError(f"its labels do not match the {traj.n_frames} frames of {len(numbers)} atoms", labels)
         true_e, true_f = true_e[span].astype(np.float64), true_f[span].astype(np.float64)
-        zero = model.shift[torch.as_tensor(numbers, dtype=torch.long)].sum().item()  # the training mean
+        zero = ckpt["static"]["energy_mean"][match[0]]
         metrics = score(energy, forces, true_e, true_f)
         metrics |= {f"mean_baseline_{k}": v for k, v in
                     score(np.full(len(true_e), zero), np.zeros_like(true_f), true_e, true_f).items()}

@@ -56,8 +56,9 @@ class MolecularEnergy(nn.Module):
     @torch.no_grad()
     def fit_statistics(self, molecules: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """Set ``shift`` so that the model starts at each molecule's training mean as nearly as per-element
-        energies can (least squares over the molecules' compositions; exact for one molecule) and ``scale`` to
-        the RMS of all training force components.
+        energies can (least squares over the molecules' compositions; exact for one molecule, or as many
+        molecules as elements; with more, each starts off by its residual, which the atom terms then learn) and
+        ``scale`` to the RMS of all training force components.
 
         Args: ``molecules``: (numbers (A,), energy (F,) kcal/mol, forces (F, A, 3) kcal/mol/Å) per molecule.
         """

@@ -137,7 +137,8 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
         max_seconds: also stop after this much wall time (the learning-rate schedule follows whichever
             of steps and seconds runs out first).
         start: a state to continue from (``model``, ``ema``, ``optimizer``, ``step``).
-        on_step: called as ``on_step(step, ema, losses)`` after every step; returns True to stop.
+        on_step: called as ``on_step(step, ema, losses)`` after every step (``losses``: the step's loss terms, its
+            learning rate and ``molecule``, the index into ``sets`` it trained on); returns True to stop.
     Returns:
         ``{"ema", "optimizer", "step", "seconds"}``: the averaged model and the state to save.
     """
@@ -184,8 +185,9 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
         opt.step()
         step += 1
         ema_update(ema, model, min(cfg.optim.ema_decay, (1 + step) / (10 + step)))
-        if on_step is not None and on_step(step, ema, {"loss": float(loss.detach()), "energy": float(loss_e.detach()),
-                                                       "force": float(loss_f.detach()), "lr": lr}):
+        losses = {"loss": float(loss.detach()), "energy": float(loss_e.detach()), "force": float(loss_f.detach()),
+                  "lr": lr, "molecule": (step - 1) % len(tensors)}
+        if on_step is not None and on_step(step, ema, losses):
             break
     return {"model": model, "ema": ema, "optimizer": opt, "step": step, "seconds": time.perf_counter() - t0}
 
@@ -216,13 +218,19 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
         ckpt = load_checkpoint(ckpt_path)
         if ckpt.get("kind") != KIND:
             raise HemeplmError("is not a molecular energy model's checkpoint", ckpt_path)
+        trained = upgrade_static(ckpt)["molecules"]
+        if [(k, np.asarray(v).tolist()) for k, v in trained.items()] != [(k, d.numbers.tolist())
+                                                                        for k, d in zip(names, datasets)]:
+            raise HemeplmError(f"was trained on {', '.join(trained)}; resume it with the same qm.molecule "
+                               f"(now {', '.join(names)}) and the same molecules' atoms", ckpt_path)
         load_state(model, ckpt["model"], "model", ckpt_path)
         start, history = ckpt, list(ckpt.get("metrics", []))
         print(f"resumed {ckpt_path} at step {int(ckpt['step'])}")
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     static = {"molecules": {name: d.numbers for name, d in zip(names, datasets)},
-              "datasets": {name: str(d.folder) for name, d in zip(names, datasets)}}
+              "datasets": {name: str(d.folder) for name, d in zip(names, datasets)},
+              "energy_mean": {name: float(train["energy"].mean()) for name, (_, train) in zip(names, sets)}}
     bar = tqdm(total=cfg.max_steps, initial=0 if start is None else int(start["step"]), desc=f"train {cfg.name}",
                unit="step", disable=not progress)
 
@@ -232,8 +240,9 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
     def on_step(step: int, ema: nn.Module, losses: dict) -> bool:
         bar.update(1)
         record = None
-        if step % cfg.log_every == 0:
+        if step % cfg.log_every == 0:  # the losses of this step's molecule, named
             record = {"step": step, **{f"train_{k}": v for k, v in losses.items()}}
+            record["train_molecule"] = names[losses["molecule"]]
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             record = (record or {"step": step}) | {"val": scores(ema, "val")}
             bar.set_postfix(val_energy_mae=" ".join(f"{v['energy_mae']:.3f}" for v in record["val"].values()),
@@ -260,16 +269,27 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
     return run_dir
 
 
+def upgrade_static(ckpt: dict) -> dict:
+    """A checkpoint written before one model could learn several molecules (``static`` with ``numbers``,
+    ``molecule`` and ``dataset``; ``qm.molecule`` a name, ``qm.dataset`` a folder or null) in today's form, in
+    place; returns its ``static``."""
+    static, qm = ckpt["static"], ckpt["config"].get("qm", {})
+    if "molecules" not in static:
+        name, numbers = static["molecule"], torch.as_tensor(np.asarray(static["numbers"]), dtype=torch.long)
+        mean = float(ckpt["ema"]["shift"][numbers].sum())  # its per-element zero met the one training mean
+        ckpt["static"] = {"molecules": {name: static["numbers"]}, "datasets": {name: static["dataset"]},
+                          "energy_mean": {name: mean}}
+        qm["dataset"] = [qm["dataset"]] if qm.get("dataset") else []
+    return ckpt["static"]
+
+
 def load_molecular(path: str | Path, device: str | torch.device = "cpu") -> tuple[MolecularEnergy, dict]:
     """Rebuild a trained molecular energy model (its averaged weights, in eval mode) from ``runs/NAME/ckpt.pt``
     alone; returns (model, checkpoint)."""
     ckpt = load_checkpoint(path)
     if ckpt.get("kind") != KIND:
         raise HemeplmError("is not a molecular energy model's checkpoint (qm.molecule unset when trained)", path)
-    static = ckpt["static"]
-    if "molecules" not in static:  # written before one model could learn several molecules
-        ckpt["static"] = {"molecules": {static["molecule"]: static["numbers"]},
-                          "datasets": {static["molecule"]: static["dataset"]}}
+    upgrade_static(ckpt)
     cfg = from_dict(ckpt["config"])
     model = build_model(cfg)
     load_state(model, ckpt["ema"], "ema", path)
