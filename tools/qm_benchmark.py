@@ -10,7 +10,9 @@ settings of configs/qm_<molecule>.yaml) and PyG's ViSNet (``torch_geometric.nn.m
 width, depth, lmax, radial basis and cutoff), both trained by the same loop
 (:func:`hemeplm.train.molecular.fit`: same training frames, batches, loss, optimiser, EMA) for the same
 wall-clock budget (``--seconds``) or ``--max-steps``, whichever ends first. One table is printed:
-energy MAE (kcal/mol), energy R² (against the test block's own mean), force MAE (kcal/mol/Å) and force R².
+energy MAE (kcal/mol), energy R² (against the test block's own mean), force MAE (kcal/mol/Å) and force R²,
+with each model's training time per step and inference time per frame (energy and forces of the test block,
+64 frames per batch).
 
 ``--fragmentation N`` takes N frames spread over chignolin's data set and compares AI2BMD-style
 fragmentation (:mod:`hemeplm.forcefield.fragmentation`: ACE-X-NME units minus ACE-NME overlaps, with and
@@ -86,16 +88,22 @@ def benchmark(molecules: list[str], seconds: float, max_steps: int | None) -> li
         base = mean_baseline(train, test)
         common = {"molecule": name, "atoms": len(data.numbers), "train_frames": len(train["energy"]),
                   "test_frames": len(test["energy"])}
-        rows.append(common | {"model": "training mean", "steps": 0, "seconds": 0.0} | base)
+        rows.append(common | {"model": "training mean", "steps": 0, "seconds": 0.0, "ms_per_step": 0.0,
+                              "ms_per_frame": 0.0} | base)
         e = cfg.encoder
-        for label, model in (("HemePLM molecular", build_model(cfg)),
-                             ("PyG ViSNet", PyGViSNet(e.hidden, e.layers, e.lmax, e.num_rbf, e.cutoff))):
-            torch.manual_seed(cfg.seed)
+        for label, make in (("HemePLM molecular", lambda: build_model(cfg)),
+                            ("PyG ViSNet", lambda: PyGViSNet(e.hidden, e.layers, e.lmax, e.num_rbf, e.cutoff))):
+            torch.manual_seed(cfg.seed)  # each model's initial weights from the config's seed
+            model = make()
             params = sum(p.numel() for p in model.parameters())
             result = fit(model, [(data.numbers, train)], cfg, max_seconds=seconds)
+            t = time.perf_counter()
             found = evaluate_split(result["ema"], data, "test")
+            infer = (time.perf_counter() - t) / len(test["energy"])
             rows.append(common | {"model": label, "params": params, "steps": result["step"],
-                                  "seconds": round(result["seconds"], 1)}
+                                  "seconds": round(result["seconds"], 1),
+                                  "ms_per_step": round(1000 * result["seconds"] / max(1, result["step"]), 1),
+                                  "ms_per_frame": round(1000 * infer, 2)}
                         | {k: found[k] for k in ("energy_mae", "energy_r2", "force_mae", "force_r2")})
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -153,10 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         steps = args.max_steps or "the config's max_steps"
         print(f"\nHeld-out test block (last 10% of each run); budget per model: {args.seconds:g} s or {steps} steps, "
               f"whichever ends first ({machine})")
-        print(f"{'molecule':<18} {'model':<18} {'steps':>6} {'train s':>8} {'E MAE':>8} {'E R2':>7} {'F MAE':>7} "
-              f"{'F R2':>7}")
+        print(f"{'molecule':<18} {'model':<18} {'steps':>6} {'train s':>8} {'ms/step':>8} {'ms/frame':>9} "
+              f"{'E MAE':>8} {'E R2':>7} {'F MAE':>7} {'F R2':>7}")
         for r in rows:
             print(f"{r['molecule']:<18} {r['model']:<18} {r['steps']:>6} {r['seconds']:>8.0f} "
+                  f"{r['ms_per_step']:>8.1f} {r['ms_per_frame']:>9.2f} "
                   f"{r['energy_mae']:>8.3f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.3f} {r['force_r2']:>7.3f}")
         print("(kcal/mol and kcal/mol/Å)")
     if args.fragmentation:
