@@ -253,9 +253,9 @@ def check_value(key: str, value: Any, source: str) -> None:
 
 def check_config(cfg: "Config", source: str) -> "Config":
     """What no single key can say: ``data.split`` (three fractions that sum to 1), ``denoiser.dim``
-    divisible by ``denoiser.heads``, ``qm.molecule`` without repeats and one ``qm.dataset`` folder per molecule, and ``tasks.history`` below
-    ``data.window`` (a forecast window must
-    generate a frame); a one-line :class:`HemeplmError` naming the key and ``source``."""
+    divisible by ``denoiser.heads``, ``qm.molecule`` without repeats and one ``qm.dataset`` folder per
+    molecule, and ``tasks.history`` below ``data.window`` (a forecast window must generate a frame); a
+    one-line :class:`HemeplmError` naming the key and ``source``."""
     split = cfg.data.split
     if len(split) != 3 or any(not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 <= x <= 1
                               for x in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):

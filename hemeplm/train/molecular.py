@@ -1,4 +1,4 @@
-"""Training the molecular energy model (:mod:`hemeplm.models.molecular`) on a molecule data set.
+"""Training the molecular energy model (:mod:`hemeplm.models.molecular`) on one or more molecule data sets.
 
 ``python train.py --config configs/qm_ethanol.yaml name=NAME`` comes here when the config sets
 ``qm.molecule`` (:class:`~hemeplm.config.QMConfig`): one molecule, or several for one model across them
