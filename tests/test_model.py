@@ -331,7 +331,8 @@ def test_refiner_reads_the_geometry_between_tokens_of_its_estimate(tiny):
     # the C-N axis reading is a unit axis times sin ω: on a token with one peptide bond its length is that |sin ω|
     one = (hit[0, 0, :, 12] == 0) ^ (hit[0, 0, :, 13] == 0)
     assert bool(one.any())
-    torch.testing.assert_close(hit[0, 0, one, 14:].norm(dim=-1), hit[0, 0, one, 12:14].abs().sum(-1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(hit[0, 0, one, 14:].norm(dim=-1), hit[0, 0, one, 12:14].abs().sum(-1),
+                               atol=1e-5, rtol=1e-4)
     assert bool((hit[0, 0, :, 14:].norm(dim=-1) <= hit[0, 0, :, 12:14].abs().sum(-1) + 1e-5).all())
     for part in (slice(0, 3), slice(6, 9), slice(14, 17)):
         total = torch.einsum("nij,nj->i", cond.frames[0], hit[0, 0, :, part])

@@ -241,8 +241,8 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
         bar.update(1)
         record = None
         if step % cfg.log_every == 0:  # the losses of this step's molecule, named
-            record = {"step": step, **{f"train_{k}": v for k, v in losses.items()}}
-            record["train_molecule"] = names[losses["molecule"]]
+            record = {"step": step, **{f"train_{k}": v for k, v in losses.items()},
+                      "train_molecule": names[losses["molecule"]]}
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             record = (record or {"step": step}) | {"val": scores(ema, "val")}
             bar.set_postfix(val_energy_mae=" ".join(f"{v['energy_mae']:.3f}" for v in record["val"].values()),
