@@ -304,6 +304,8 @@ def _set(obj: Any, dotted: str, value: Any, source: str, prefix: str = "") -> No
     if isinstance(value, str) and value.strip().lower() in ("null", "~"):
         value = None
     expected = _field_types(obj, last)
+    if value is None and list in expected:
+        value = []  # null for a list is none (checkpoints from before qm.molecule was a list hold null)
     if float in expected and isinstance(value, (int, str)) and not isinstance(value, bool):
         with contextlib.suppress(ValueError):
             value = float(value)  # YAML reads 1e-3 (no dot) as a string

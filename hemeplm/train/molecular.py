@@ -271,15 +271,14 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
 
 def upgrade_static(ckpt: dict) -> dict:
     """A checkpoint written before one model could learn several molecules (``static`` with ``numbers``,
-    ``molecule`` and ``dataset``; ``qm.molecule`` a name, ``qm.dataset`` a folder or null) in today's form, in
-    place; returns its ``static``."""
-    static, qm = ckpt["static"], ckpt["config"].get("qm", {})
+    ``molecule`` and ``dataset``) in today's form, in place; returns its ``static``. (Its config's name and folder
+    the config loader reads as one-element lists.)"""
+    static = ckpt["static"]
     if "molecules" not in static:
         name, numbers = static["molecule"], torch.as_tensor(np.asarray(static["numbers"]), dtype=torch.long)
         mean = float(ckpt["ema"]["shift"][numbers].sum())  # its per-element zero met the one training mean
         ckpt["static"] = {"molecules": {name: static["numbers"]}, "datasets": {name: static["dataset"]},
                           "energy_mean": {name: mean}}
-        qm["dataset"] = [qm["dataset"]] if qm.get("dataset") else []
     return ckpt["static"]
 
 
