@@ -252,7 +252,8 @@ def check_value(key: str, value: Any, source: str) -> None:
 
 
 def check_config(cfg: "Config", source: str) -> "Config":
-    """What no single key can say: ``data.split`` (three fractions that sum to 1), ``denoiser.dim``
+    """What no single key can say: ``data.split`` (three fractions that sum to 1), ``data.held_out`` apart
+    from ``data.trajectories``, ``denoiser.dim``
     divisible by ``denoiser.heads``, ``qm.molecule`` without repeats and one ``qm.dataset`` folder per
     molecule, and ``tasks.history`` below ``data.window`` (a forecast window must generate a frame); a
     one-line :class:`HemeplmError` naming the key and ``source``."""
@@ -261,6 +262,11 @@ def check_config(cfg: "Config", source: str) -> "Config":
                               for x in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):
         raise HemeplmError(f"config key 'data.split' must be three fractions (train, val, test) that sum to 1, "
                            f"got {split!r}", source)
+    both = sorted({str(Path(t).resolve()) for t in cfg.data.trajectories}
+                  & {str(Path(t).resolve()) for t in cfg.data.held_out})
+    if both:
+        raise HemeplmError(f"config key 'data.held_out' names a training trajectory of 'data.trajectories': "
+                           f"{', '.join(both)} (a held-out replica is one the model never sees)", source)
     if cfg.denoiser.dim % cfg.denoiser.heads:
         raise HemeplmError(f"config key 'denoiser.dim' ({cfg.denoiser.dim}) must be divisible by "
                            f"'denoiser.heads' ({cfg.denoiser.heads})", source)

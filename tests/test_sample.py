@@ -14,7 +14,7 @@ import mdtraj
 import numpy as np
 import pytest
 import torch
-from conftest import PRMTOP, ROOT, tiny_config
+from conftest import PRMTOP, ROOT, tiny_config, write_dcd
 
 from hemeplm.data.load import load_system
 from hemeplm.errors import HemeplmError
@@ -379,16 +379,23 @@ def test_sample_py_errors_are_one_line(tiny_run, tiny_system, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("sample.py: error: --task tps needs an end frame")
 
 
-def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
-    """``python tools/demo.py``: forecast and inpaint tables headed by the raw model beside the raw prior (sampled
-    with --project-steps 0 and the same seed), then the projected pair, the baselines and the held-out MD; and the
-    long forecast's validity (its generated frames and the last ones) beside the held-out MD's."""
+def demo_tool():
+    """``tools/demo.py`` as a module."""
     import importlib.util
-    import shutil
 
     spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
+    return demo
+
+
+def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
+    """``python tools/demo.py``: forecast and inpaint tables headed by the raw model beside the raw prior (sampled
+    with --project-steps 0 and the same seed), then the projected pair, the baselines and the held-out MD; and the
+    long forecast's validity (its generated frames and the last ones) beside the held-out MD's."""
+    import shutil
+
+    demo = demo_tool()
 
     run = tmp_path / "run"
     run.mkdir()
@@ -422,6 +429,31 @@ def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
     assert 0 <= drifted["forecast_at_end"]["pocket_kept_end_fraction"] <= 1
     assert long[-1].startswith("Cα RMSD from the start")
     assert read(run / "eval" / "long_forecast.xtc").shape[0] == 12
+
+
+def test_demo_tests_on_the_whole_held_out_replica(tiny_run, tiny_system, tmp_path, capsys):
+    """With ``data.held_out`` in the checkpoint's config, ``tools/demo.py`` tests on that whole replica (every
+    one of its frames, none of the training trajectory's), and a config with no test split and no replica is
+    refused before any sampling."""
+    demo = demo_tool()
+    frames = mdtraj.load(str(tiny_system["trajectory"]), top=str(tiny_system["topology"]))
+    replica = write_dcd(tmp_path / "replica.dcd", frames.xyz[5:22] + 0.01)
+    ckpt = torch.load(tiny_run["ckpt"], map_location="cpu", weights_only=False)
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt["config"]["data"]["held_out"] = [str(replica)]
+    torch.save(ckpt, run / "ckpt.pt")
+    tables = demo.main([str(run), "--samples", "1", "--long-frames", "0"])
+    assert set(tables) == {"forecast", "inpaint"}
+    assert f"held-out MD: the whole held-out replica {replica}, 17 frames" in capsys.readouterr().out
+    held = mdtraj.load(str(run / "eval" / "heldout.xtc"), top=str(run / "eval" / "system.pdb"))
+    assert held.n_frames == 17
+    given = json.loads((run / "eval" / "forecast.json").read_text())
+    assert given["num_frames"] == (17 - 1) // tiny_run["cfg"].data.lag + 1
+    ckpt["config"]["data"].update(held_out=[], split=[0.85, 0.15, 0.0])
+    torch.save(ckpt, run / "ckpt.pt")
+    with pytest.raises(HemeplmError, match=r"leaves 0 test frame\(s\) and data.held_out names no replica"):
+        demo.main([str(run), "--samples", "1", "--long-frames", "0"])
 
 
 # ----------------------------------------------------------------------------- values checked before any work

@@ -209,6 +209,8 @@ def test_unknown_or_mistyped_config_keys(tmp_path):
         "data.truncated=maybe": r"config key 'data.truncated' must be one of error, warn, got 'maybe'",
         "data.split=[0.5,0.6,0]": r"config key 'data.split' must be three fractions .* that sum to 1",
         "denoiser.heads=3": r"config key 'denoiser.dim' \(128\) must be divisible by 'denoiser.heads' \(3\)",
+        "data.held_out=[./data/t4l_l99a_xylene/labelled/traj/traj.dcd]":
+            r"config key 'data.held_out' names a training trajectory of 'data.trajectories': .*labelled/traj/traj.dcd",
     }
     for override, message in command_line_errors.items():
         with pytest.raises(HemeplmError, match=message):

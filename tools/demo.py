@@ -2,8 +2,9 @@
 
     python tools/demo.py runs/demo [--samples 4] [--steps 50] [--long-frames 1000]
 
-The held-out split is the last ``data.split[2]`` of each training trajectory
-(never seen in training or validation). From its first frame the model
+The held-out MD is the first whole replica of ``data.held_out`` when the config
+names one (``configs/demo.yaml`` does), else the last ``data.split[2]`` of the first
+training trajectory; either is never seen in training or validation. From its first frame the model
 forecasts as many frames as the held-out span covers (at the model's lag);
 it also inpaints the ligand into the held-out frames at the model's frame
 spacing. Each task is sampled four times with the same seed: the model and the
@@ -55,9 +56,24 @@ LONG_TAIL = 100
 BEGIN, END = "<!-- demo:begin -->", "<!-- demo:end -->"
 
 
+def held_out_frames(gen: Sampler) -> tuple[torch.Tensor, float, str]:
+    """The held-out MD (F, A, 3) Å (kept atoms, superposed like training), its frame spacing in ps and
+    where it comes from: the whole first replica of ``data.held_out``, else the test split of the first
+    training trajectory."""
+    data = gen.cfg.data
+    if data.held_out:
+        segs, dt = load_frames(gen, data.topology, [data.held_out[0]])
+        return segs[0], dt, f"the whole held-out replica {data.held_out[0]}"
+    segs, dt = load_frames(gen, data.topology, [data.trajectories[0]])
+    lo, hi = split_bounds(len(segs[0]), data.split)[2]
+    if hi - lo < 2:
+        raise HemeplmError(f"data.split {data.split} leaves {hi - lo} test frame(s) and data.held_out names no "
+                           f"replica: nothing to test on", gen.cfg.data.trajectories[0])
+    return segs[0][lo:hi], dt, f"the last {hi - lo} frames of {data.trajectories[0]}"
+
+
 def held_out(gen: Sampler, ev: Path, md: torch.Tensor, dt: float) -> tuple[Path, Path, Path, int]:
-    """Write the system's topology and the held-out frames of ``md`` (F, A, 3) Å, the first training trajectory
-    (frames ``dt`` ps apart).
+    """Write the system's topology and the held-out frames ``md`` (F, A, 3) Å, ``dt`` ps apart.
 
     Returns:
         topology PDB; the held-out XTC (kept atoms, Å superposed like training); the same frames
@@ -67,17 +83,16 @@ def held_out(gen: Sampler, ev: Path, md: torch.Tensor, dt: float) -> tuple[Path,
     import mdtraj
 
     data = gen.cfg.data
-    lo, hi = split_bounds(len(md), data.split)[2]
     ev.mkdir(parents=True, exist_ok=True)
     topology = ev / "system.pdb"
     topology.write_text(gen.model.static_info["topology_pdb"])
     paths = []
     for name, stride in (("heldout", 1), ("heldout_model_dt", data.lag)):
-        xyz = md[lo:hi:stride].cpu().numpy() / 10.0
+        xyz = md[::stride].cpu().numpy() / 10.0
         paths.append(ev / f"{name}.xtc")
         mdtraj.Trajectory(xyz, gen.model.topology(), time=np.arange(len(xyz)) * stride * dt).save(
             str(paths[-1]), force_overwrite=True)
-    return topology, *paths, hi - lo
+    return topology, *paths, len(md)
 
 
 def long_validity(topology: Path, reference: Path, trajectory: str | Path, frame_ps: float,
@@ -128,8 +143,9 @@ def main(argv: list[str] | None = None) -> dict:
     generators = {"raw": dataclasses.replace(gen, project_steps=0),
                   "raw_prior": dataclasses.replace(prior, project_steps=0), "model": gen, "prior": prior}
     ev = run / "eval"
-    segs, dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
-    topology, ref, ref_model_dt, n_frames = held_out(gen, ev, segs[0], dt)
+    md, dt, source = held_out_frames(gen)
+    print(f"held-out MD: {source}, {len(md)} frames {dt:g} ps apart")
+    topology, ref, ref_model_dt, n_frames = held_out(gen, ev, md, dt)
 
     def generate(name: str, **kwargs) -> dict[str, dict]:
         """run_task for the model (``ev/NAME.xtc``), the prior (``ev/NAME_prior.xtc``) and both unprojected
@@ -160,7 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         out = run_task(gen, "forecast", topology, ref, ev / "long_forecast.xtc", start=0, num_frames=args.long_frames,
                        seed=0, force=True)
-        found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, segs[0].cpu().numpy(), dt)
+        train_md, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
+        found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, train_md[0].cpu().numpy(),
+                              train_dt)
         span = (args.long_frames - 1) * gen.frame_ps
         d = found["drift"]
         tables["long_forecast"] = "\n".join([

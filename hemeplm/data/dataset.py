@@ -6,7 +6,7 @@ energies, forces) and caches it under a key made of the inputs' paths, sizes,
 modification times and the options. :class:`WindowDataset` serves windows of
 ``T`` frames at lag ``k`` from one chronological split (70/15/15 within each
 segment, earliest frames for training), never crossing a segment or split
-boundary.
+boundary. Whole replicas kept for testing (``data.held_out``) are never loaded here.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ class DataConfig:
     lag: int = 1
     stride: int = 1
     split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    # whole replicas never trained or validated on (not loaded by training): tools/demo.py tests on the first
+    held_out: list[str] = field(default_factory=list)
     cache_dir: str = ".cache/hemeplm"
     truncated: str = "error"  # a DCD/XTC cut mid-frame: "error", or "warn" and use its complete frames
     timestep_ps: float | None = None  # time between saved frames; None: from the files (a DCD carries none)
