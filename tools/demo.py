@@ -76,7 +76,8 @@ def held_out(gen: Sampler, ev: Path, md: torch.Tensor, dt: float) -> tuple[Path,
     """Write the system's topology and the held-out frames ``md`` (F, A, 3) Å, ``dt`` ps apart.
 
     Returns:
-        topology PDB; the held-out XTC (kept atoms, Å superposed like training); the same frames
+        topology PDB; the held-out XTC (kept atoms, Å superposed like training; times from ``dt`` on, as
+        times 0, 1, 2, ... read as frame indices); the same frames
         every ``data.lag``-th, at the model's frame spacing (what inpainting is given, so that
         inpainted frame i pairs with reference frame i); held-out frame count.
     """
@@ -90,7 +91,7 @@ def held_out(gen: Sampler, ev: Path, md: torch.Tensor, dt: float) -> tuple[Path,
     for name, stride in (("heldout", 1), ("heldout_model_dt", data.lag)):
         xyz = md[::stride].cpu().numpy() / 10.0
         paths.append(ev / f"{name}.xtc")
-        mdtraj.Trajectory(xyz, gen.model.topology(), time=np.arange(len(xyz)) * stride * dt).save(
+        mdtraj.Trajectory(xyz, gen.model.topology(), time=np.arange(1, len(xyz) + 1) * stride * dt).save(
             str(paths[-1]), force_overwrite=True)
     return topology, *paths, len(md)
 
