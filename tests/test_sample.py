@@ -433,8 +433,8 @@ def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
 
 def test_demo_tests_on_the_whole_held_out_replica(tiny_run, tiny_system, tmp_path, capsys):
     """With ``data.held_out`` in the checkpoint's config, ``tools/demo.py`` tests on that whole replica (every
-    one of its frames, none of the training trajectory's), and a config with no test split and no replica is
-    refused before any sampling."""
+    one of its frames, none of the training trajectory's); a replica saved at another spacing than training's and
+    a config with no test split and no replica are refused before any sampling."""
     demo = demo_tool()
     frames = mdtraj.load(str(tiny_system["trajectory"]), top=str(tiny_system["topology"]))
     replica = write_dcd(tmp_path / "replica.dcd", frames.xyz[5:22] + 0.01)
@@ -450,9 +450,16 @@ def test_demo_tests_on_the_whole_held_out_replica(tiny_run, tiny_system, tmp_pat
     assert held.n_frames == 17
     given = json.loads((run / "eval" / "forecast.json").read_text())
     assert given["num_frames"] == (17 - 1) // tiny_run["cfg"].data.lag + 1
+    coarse = tmp_path / "coarse.xtc"  # the same replica saved every 2 ps: its frames do not pair with the model's
+    mdtraj.Trajectory(frames.xyz[5:22], frames.topology, time=np.arange(17) * 2.0 + 2.0).save_xtc(str(coarse))
+    ckpt["config"]["data"]["held_out"] = [str(coarse)]
+    torch.save(ckpt, run / "ckpt.pt")
+    with pytest.raises(HemeplmError, match=r"coarse.xtc: frames are 2 ps apart; the model was trained on frames 1 ps "
+                                           r"apart \(lag 1\): a held-out replica must be saved at the training spacing"):
+        demo.main([str(run), "--samples", "1", "--long-frames", "0"])
     ckpt["config"]["data"].update(held_out=[], split=[0.85, 0.15, 0.0])
     torch.save(ckpt, run / "ckpt.pt")
-    with pytest.raises(HemeplmError, match=r"leaves 0 test frame\(s\) and data.held_out names no replica"):
+    with pytest.raises(HemeplmError, match=r"the last 0 frames of .* holds 0 frame\(s\) .*: nothing to test on"):
         demo.main([str(run), "--samples", "1", "--long-frames", "0"])
 
 

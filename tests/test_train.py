@@ -226,6 +226,16 @@ def test_unknown_or_mistyped_config_keys(tmp_path):
                                    "max_tau, max_tokens, mlp_ratio, pocket_radius, refine_steps, spatial)")
 
 
+def test_missing_held_out_replica_refused_before_training(tiny_system, tmp_path, monkeypatch):
+    """A held-out replica is read only after training (tools/demo.py): a missing one is named before any work."""
+    monkeypatch.setattr(training, "build", lambda *a, **k: pytest.fail("built"))
+    cfg = tiny_config(tiny_system, tmp_path, f"data.held_out=[{tmp_path / 'gone.xtc'}]")
+    with pytest.raises(HemeplmError, match=r"gone.xtc: config key 'data.held_out' names this held-out replica, "
+                                           r"which is not a file"):
+        training.train(cfg)
+    assert not cfg.run_dir.exists()
+
+
 def test_nan_loss_stops_naming_the_step_and_keeps_last_checkpoint(tiny_system, tmp_path, monkeypatch):
     original = training.Objective.forward
     calls = []

@@ -19,7 +19,7 @@ gave (the forecast's frame 0, the inpainting's protein) are not scored. A long f
 (``--long-frames``, one sample from the first held-out frame, projected; no prior, to keep it short) is
 checked for validity (every check of :mod:`hemeplm.evaluate.checks` over its generated frames and
 over its last :data:`LONG_TAIL`, beside the held-out MD's own) and for drift: its Cα RMSD from its start and
-the pocket residues it keeps, at its end and at the length of the training MD, beside that MD's own
+the pocket residues it keeps, at its end and at the length of the first training trajectory, beside that MD's own
 (``long_forecast_validity.json``). The
 tables are printed and saved in ``RUN/eval/`` (``tables.json``).
 """
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import subprocess
@@ -63,13 +64,20 @@ def held_out_frames(gen: Sampler) -> tuple[torch.Tensor, float, str]:
     data = gen.cfg.data
     if data.held_out:
         segs, dt = load_frames(gen, data.topology, [data.held_out[0]])
-        return segs[0], dt, f"the whole held-out replica {data.held_out[0]}"
-    segs, dt = load_frames(gen, data.topology, [data.trajectories[0]])
-    lo, hi = split_bounds(len(segs[0]), data.split)[2]
-    if hi - lo < 2:
-        raise HemeplmError(f"data.split {data.split} leaves {hi - lo} test frame(s) and data.held_out names no "
-                           f"replica: nothing to test on", gen.cfg.data.trajectories[0])
-    return segs[0][lo:hi], dt, f"the last {hi - lo} frames of {data.trajectories[0]}"
+        if not math.isclose(dt * data.lag, gen.frame_ps, rel_tol=1e-3):
+            raise HemeplmError(f"frames are {dt:g} ps apart; the model was trained on frames "
+                               f"{gen.frame_ps / data.lag:g} ps apart (lag {data.lag}): a held-out replica must be "
+                               f"saved at the training spacing", data.held_out[0])
+        md, source = segs[0], f"the whole held-out replica {data.held_out[0]}"
+    else:
+        segs, dt = load_frames(gen, data.topology, [data.trajectories[0]])
+        lo, hi = split_bounds(len(segs[0]), data.split)[2]
+        md, source = segs[0][lo:hi], f"the last {hi - lo} frames of {data.trajectories[0]}"
+    if len(md) < 2:
+        raise HemeplmError(f"{source} holds {len(md)} frame(s) (data.split {data.split}, data.held_out "
+                           f"{data.held_out}): nothing to test on", data.held_out[0] if data.held_out
+                           else data.trajectories[0])
+    return md, dt, source
 
 
 def held_out(gen: Sampler, ev: Path, md: torch.Tensor, dt: float) -> tuple[Path, Path, Path, int]:
@@ -91,7 +99,7 @@ def held_out(gen: Sampler, ev: Path, md: torch.Tensor, dt: float) -> tuple[Path,
     for name, stride in (("heldout", 1), ("heldout_model_dt", data.lag)):
         xyz = md[::stride].cpu().numpy() / 10.0
         paths.append(ev / f"{name}.xtc")
-        mdtraj.Trajectory(xyz, gen.model.topology(), time=np.arange(1, len(xyz) + 1) * stride * dt).save(
+        mdtraj.Trajectory(xyz, gen.model.topology(), time=(np.arange(len(xyz)) * stride + 1) * dt).save(
             str(paths[-1]), force_overwrite=True)
     return topology, *paths, len(md)
 
@@ -100,7 +108,7 @@ def long_validity(topology: Path, reference: Path, trajectory: str | Path, frame
                   md: np.ndarray, md_ps: float) -> dict[str, dict]:
     """Validity of a long generated forecast, its generated frames (all but the given frame 0) and its last
     :data:`LONG_TAIL`, against the held-out MD; and how far it went from its start
-    (:func:`~hemeplm.evaluate.trajectory.drift`) at its end and at the length of the training MD ``md``
+    (:func:`~hemeplm.evaluate.trajectory.drift`) at its end and at the length of the first training trajectory ``md``
     (F, A, 3) Å, beside that MD's own from its first frame.
 
     Returns:
@@ -186,8 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"all {args.long_frames - 1} generated frames:", print_table(found["all"]),
             f"last {min(LONG_TAIL, args.long_frames - 1)} frames:", print_table(found["last"]),
             f"Cα RMSD from the start (Å, last {END_FRACTION:.0%} of the span) and pocket residues kept: "
-            f"at {d['md_span_ps']:.0f} ps {_drift_text(d['forecast_at_md_span'])} (the training MD from its first "
-            f"frame: {_drift_text(d['md'])}); at {span:.0f} ps {_drift_text(d['forecast_at_end'])}"])
+            f"at {d['md_span_ps']:.0f} ps {_drift_text(d['forecast_at_md_span'])} (the first training trajectory "
+            f"from its first frame: {_drift_text(d['md'])}); at {span:.0f} ps {_drift_text(d['forecast_at_end'])}"])
         wall = round(time.time() - t0, 1)
         (ev / "long_forecast_validity.json").write_text(json.dumps(json_ready(
             {"frames": args.long_frames, "span_ps": span, "sampling_wall_seconds": out["wall_seconds"],

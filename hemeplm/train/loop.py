@@ -379,6 +379,9 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
     if not dry_run and not resume and ckpt_path.exists():
         raise HemeplmError("a run with this name exists; pass --resume to continue it or choose another name=",
                            run_dir)
+    for path in cfg.data.held_out:  # read only when testing after training: a missing replica is named now
+        if not Path(path).is_file():
+            raise HemeplmError("config key 'data.held_out' names this held-out replica, which is not a file", path)
     feats, train_ds, val_ds, labelled, static, model, diffusion = build(cfg, device)
     n_params = sum(p.numel() for p in model.parameters())
     if rank == 0:
