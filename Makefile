@@ -35,7 +35,8 @@ test: install browser
 	WANDB_MODE=offline $(PY) -m pytest -q
 
 # Trains runs/demo once (a second `make demo` reuses it; `rm -r runs/demo` to retrain), then
-# forecasts and inpaints the held-out 15% and prints model vs baselines, also into docs/results.md.
+# forecasts and inpaints the held-out replica (data.held_out) and prints model vs baselines, also into
+# docs/results.md.
 demo: install
 	test -f runs/demo/ckpt.pt || WANDB_MODE=offline $(PY) train.py --config configs/demo.yaml name=demo
 	WANDB_MODE=offline $(PY) tools/demo.py runs/demo --results docs/results.md
