@@ -57,26 +57,26 @@ LONG_TAIL = 100
 BEGIN, END = "<!-- demo:begin -->", "<!-- demo:end -->"
 
 
-def held_out_frames(gen: Sampler) -> tuple[torch.Tensor, float, str]:
-    """The held-out MD (F, A, 3) Å (kept atoms, superposed like training), its frame spacing in ps and
-    where it comes from: the whole first replica of ``data.held_out``, else the test split of the first
-    training trajectory."""
+def held_out_frames(gen: Sampler, first: torch.Tensor, first_dt: float) -> tuple[torch.Tensor, float, str]:
+    """The held-out MD (F, A, 3) Å (kept atoms, superposed like training), its frame spacing in ps and where it
+    comes from: the whole first replica of ``data.held_out``, else the test split of ``first`` (F, A, 3), the
+    first training trajectory (frames ``first_dt`` ps apart)."""
     data = gen.cfg.data
     if data.held_out:
-        segs, dt = load_frames(gen, data.topology, [data.held_out[0]])
+        path = data.held_out[0]
+        segs, dt = load_frames(gen, data.topology, [path])
         if not math.isclose(dt * data.lag, gen.frame_ps, rel_tol=1e-3):
             raise HemeplmError(f"frames are {dt:g} ps apart; the model was trained on frames "
                                f"{gen.frame_ps / data.lag:g} ps apart (lag {data.lag}): a held-out replica must be "
-                               f"saved at the training spacing", data.held_out[0])
-        md, source = segs[0], f"the whole held-out replica {data.held_out[0]}"
+                               f"saved at the training spacing", path)
+        md, source = segs[0], f"the whole held-out replica {path}"
     else:
-        segs, dt = load_frames(gen, data.topology, [data.trajectories[0]])
-        lo, hi = split_bounds(len(segs[0]), data.split)[2]
-        md, source = segs[0][lo:hi], f"the last {hi - lo} frames of {data.trajectories[0]}"
+        path, dt = data.trajectories[0], first_dt
+        lo, hi = split_bounds(len(first), data.split)[2]
+        md, source = first[lo:hi], f"the last {hi - lo} frames of {path}"
     if len(md) < 2:
         raise HemeplmError(f"{source} holds {len(md)} frame(s) (data.split {data.split}, data.held_out "
-                           f"{data.held_out}): nothing to test on", data.held_out[0] if data.held_out
-                           else data.trajectories[0])
+                           f"{data.held_out}): nothing to test on", path)
     return md, dt, source
 
 
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
     generators = {"raw": dataclasses.replace(gen, project_steps=0),
                   "raw_prior": dataclasses.replace(prior, project_steps=0), "model": gen, "prior": prior}
     ev = run / "eval"
-    md, dt, source = held_out_frames(gen)
+    segs, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
+    md, dt, source = held_out_frames(gen, segs[0], train_dt)
     print(f"held-out MD: {source}, {len(md)} frames {dt:g} ps apart")
     topology, ref, ref_model_dt, n_frames = held_out(gen, ev, md, dt)
 
@@ -185,9 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         out = run_task(gen, "forecast", topology, ref, ev / "long_forecast.xtc", start=0, num_frames=args.long_frames,
                        seed=0, force=True)
-        train_md, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
-        found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, train_md[0].cpu().numpy(),
-                              train_dt)
+        found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, segs[0].cpu().numpy(), train_dt)
         span = (args.long_frames - 1) * gen.frame_ps
         d = found["drift"]
         tables["long_forecast"] = "\n".join([
