@@ -88,6 +88,12 @@ class TaskConfig:
     #: uniform from 0), so the network learns to continue from imperfect frames, as a long forecast's given frames
     #: (its own output) are. 0: off.
     key_noise: float = 0.0
+    #: training only: the fraction of forecast windows (those with ``data.window`` - 1 frames before them in
+    #: their split) trained from the model's own given frames: the last frames of the window before, sampled by
+    #: the network being trained (raw, ``rollout_steps`` DDIM steps) from the true frames before it, while the
+    #: targets stay the MD's frames, as in a long forecast, whose given frames are its own output. 0: off.
+    rollout: float = 0.0
+    rollout_steps: int = 5
 
 
 @dataclass
@@ -211,7 +217,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "diffusion.input_perturbation": (0, None, True),
     "tasks.forecast": (0, None, True), "tasks.tps": (0, None, True), "tasks.inpaint": (0, None, True),
     "tasks.upsample": (0, None, True), "tasks.upsample_factor": (2, None, True), "tasks.history": (1, None, True),
-    "tasks.key_noise": (0, None, True),
+    "tasks.key_noise": (0, None, True), "tasks.rollout": (0, 1, True), "tasks.rollout_steps": (1, None, True),
     "energy.hidden": (1, None, True), "energy.layers": (1, None, True), "energy.n_rbf": (1, None, True),
     "energy.cutoff": (0, None, False), "energy.energy_weight": (0, None, True), "energy.force_weight": (0, None, True),
     "energy.interaction_weight": (0, None, True), "energy.frames_per_step": (1, None, True),

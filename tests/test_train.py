@@ -371,3 +371,45 @@ def test_perturbed_starts_break_only_the_junctions_between_tokens(tiny_run):
     error = torch.tensor(error)  # (noise, frame)
     assert float(error[0].max()) < 1e-6 < 0.01 < float(error[1].min()), error
     assert bool((error[1] < error[2]).all()), error
+
+
+def test_rollout_windows_start_from_the_models_own_frames(tiny_run):
+    """tasks.rollout: a forecast window's given frames become the last frames the model samples for the window
+    before it (from that window's true first frames, with the same generator), only in the windows chosen; the
+    frames after them stay the MD's. The dataset's frames before each window are the trajectory's, and none are
+    claimed at the start of the split."""
+    model, cfg = build_model(load_checkpoint(tiny_run["ckpt"]))
+    feats = featurize(cfg.data)
+    ds = training.WindowDataset(feats, cfg.data, "train", before=cfg.data.window - 1)
+    lag, t = cfg.data.lag, cfg.data.window
+    items = [it for it in (ds[i] for i in range(len(ds))) if bool(it["has_before"])]
+    assert items and not bool(ds[0]["has_before"])
+    seg = feats["segments"][0]
+    start = int(items[0]["start"])
+    assert np.array_equal(items[0]["before"].numpy(), seg[start - (t - 1) * lag:start:lag])
+    coords = torch.stack([it["coords"] for it in items[:2]])
+    before = torch.stack([it["before"] for it in items[:2]])
+    h = 2
+    mask = task_mask("forecast", t, model.token_is_ligand, history=h).expand(2, -1, -1)
+    diffusion = GaussianDiffusion.from_config(cfg.diffusion)
+    objective = training.Objective(model, diffusion, rollout=1.0, rollout_steps=3)
+    use = torch.tensor([True, False])
+    out = objective.rollout_start(coords, mask, before, use, torch.Generator().manual_seed(0))
+    assert torch.equal(out[1], coords[1]) and torch.equal(out[0, h:], coords[0, h:])
+    previous = torch.cat([before[:1, h - 1:], coords[:1, :h]], 1)  # the T frames that end with the given ones
+    x = model.sample_window(diffusion, previous, mask[:1], torch.Generator().manual_seed(0), 3)
+    expected = model.coordinates(x, previous[:, 0])[:, t - h:]
+    assert torch.allclose(out[:1, :h], expected)
+    moved = (out[0, :h] - coords[0, :h]).norm(dim=-1).mean()
+    assert 0.01 < float(moved), moved  # the model's frames, not the MD's
+
+
+def test_rollout_trains(tiny_system, tmp_path):
+    """tasks.rollout=1 trains forecast windows from the model's own frames: finite losses every step; a fraction
+    outside [0, 1] is refused."""
+    cfg = tiny_config(tiny_system, tmp_path, "max_steps=3", "tasks.history=2", "tasks.rollout=1",
+                      "tasks.rollout_steps=2", "tasks.tps=0", "tasks.inpaint=0", "tasks.upsample=0")
+    rows = [r for r in metrics(training.train(cfg)) if "train_loss" in r]
+    assert len(rows) == 3 and all(math.isfinite(r["train_loss"]) for r in rows)
+    with pytest.raises(HemeplmError, match="tasks.rollout"):
+        tiny_config(tiny_system, tmp_path, "tasks.rollout=1.5")

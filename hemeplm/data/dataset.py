@@ -247,21 +247,30 @@ def window_starts(cfg: DataConfig, segment_lengths: list[int], files: list[str],
 class WindowDataset(torch.utils.data.Dataset):
     """Windows of one split.
 
-    Item: ``coords`` (T, A, 3) Å, ``segment`` () and ``start`` () int64.
+    Item: ``coords`` (T, A, 3) Å, ``segment`` () and ``start`` () int64; with ``before`` = L > 0 also
+    ``before`` (L, A, 3), the L frames before the window at the same lag, and ``has_before`` () bool, whether
+    they all lie in the window's split (where they do not, ``before`` repeats the window's first frame).
     """
 
-    def __init__(self, feats: dict, cfg: DataConfig, split: str):
-        self.feats, self.cfg, self.split = feats, cfg, split
+    def __init__(self, feats: dict, cfg: DataConfig, split: str, before: int = 0):
+        self.feats, self.cfg, self.split, self.before = feats, cfg, split, before
         self.index = window_starts(cfg, [len(s) for s in feats["segments"]], feats["files"], split)
+        self.split_start = [split_bounds(len(s), cfg.split)[SPLITS.index(split)][0] for s in feats["segments"]]
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
         s, start = self.index[i]
+        segment = self.feats["segments"][s]
         frames = np.arange(self.cfg.window) * self.cfg.lag + start
-        return {"coords": torch.from_numpy(self.feats["segments"][s][frames]), "segment": torch.tensor(s),
-                "start": torch.tensor(start)}
+        item = {"coords": torch.from_numpy(segment[frames]), "segment": torch.tensor(s), "start": torch.tensor(start)}
+        if self.before > 0:
+            earlier = start - np.arange(self.before, 0, -1) * self.cfg.lag
+            has = bool(earlier[0] >= self.split_start[s])
+            item["before"] = torch.from_numpy(segment[earlier if has else np.full(self.before, start)])
+            item["has_before"] = torch.tensor(has)
+        return item
 
 
 class LabelledFrames(torch.utils.data.Dataset):

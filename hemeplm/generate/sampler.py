@@ -191,13 +191,8 @@ class Sampler:
         mask = mask.expand(s, *mask.shape[-2:]).to(coords.device)
         key = coords[:, 0]
         atom_known = mask[:, :, m.tokens.atom_token]  # (S, T, A)
-        node_mask = atom_known[:, 0]
-        cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
-        x_given = m.values(coords, key)
-
-        x = self.diffusion.sample(denoiser_for(m, cond, key), x_given, cond, mask, steps=self.steps,
-                                  sampler=self.sampler, generator=generator, progress=self.progress,
-                                  clip_x0=float(m.value_limit))
+        x = m.sample_window(self.diffusion, coords, mask, generator, self.steps, self.sampler, self.progress,
+                            denoiser_for)
         st = self.cfg.structure
         projected = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
                             restraint=st.project_restraint, fold=key if self.fold_hold > 0 else None,

@@ -373,6 +373,27 @@ class HemePLM(nn.Module):
                               self.links(cond, x_t.shape[0]), self.slot_radius[index])
         return torch.where(given, out, self.schedule.output_from_x0(x_t, t, x0.to(x_t.dtype)))
 
+    @torch.no_grad()
+    def sample_window(self, diffusion: GaussianDiffusion, coords: torch.Tensor, mask: torch.Tensor,
+                      generator: torch.Generator | None = None, steps: int = 50, sampler: str = "ddim",
+                      progress: bool = False, denoiser_for=None) -> torch.Tensor:
+        """The network's raw sample of windows keyed on their first frame.
+
+        Args:
+            coords: (B, T, A, 3) Å, known entries filled (others ignored).
+            mask: (B, T, N) bool, True = known.
+            denoiser_for: ``f(model, cond, key) -> denoiser`` (e.g. fragments of a large system); None:
+                :meth:`denoise`.
+        Returns:
+            (B, T, N, D) normalised values relative to the key frame ``coords[:, 0]`` (:meth:`coordinates`).
+        """
+        key = coords[:, 0]
+        node_mask = mask[:, 0][:, self.tokens.atom_token]
+        cond, _ = self.condition(key, None if bool(node_mask.all()) else node_mask)
+        denoise = self.denoise if denoiser_for is None else denoiser_for(self, cond, key)
+        return diffusion.sample(denoise, self.values(coords, key), cond, mask, steps=steps, sampler=sampler,
+                                generator=generator, progress=progress, clip_x0=float(self.value_limit))
+
     def check_schedule(self, diffusion: GaussianDiffusion) -> None:
         """Refuse a diffusion whose noise schedule is not the one the refiner reads x̂₀ through (the config's)."""
         same = (self.refiner is None or (diffusion.parameterisation == self.schedule.parameterisation

@@ -72,10 +72,12 @@ class Objective(nn.Module):
     def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float = 1.0,
                  force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
                  clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
-                 key_noise: float = 0.0, input_perturbation: float = 0.0):
+                 key_noise: float = 0.0, input_perturbation: float = 0.0, rollout: float = 0.0,
+                 rollout_steps: int = 5):
         super().__init__()
         model.check_schedule(diffusion)
         self.model, self.diffusion, self.key_noise = model, diffusion, key_noise
+        self.rollout, self.rollout_steps = rollout, rollout_steps
         self.input_perturbation = input_perturbation
         self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
         self.weights = {"bond": bond_weight, "clash": clash_weight, "peptide": peptide_weight, "fape": fape_weight}
@@ -86,7 +88,8 @@ class Objective(nn.Module):
         """Build from a run's Config (energy and structure loss weights)."""
         e, s = cfg.energy, cfg.structure
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
-                   s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise, cfg.diffusion.input_perturbation)
+                   s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise, cfg.diffusion.input_perturbation,
+                   cfg.tasks.rollout, cfg.tasks.rollout_steps)
 
     def perturbed_start(self, coords: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
         """Windows (B, T, A, 3) whose key frame and the given frames right after it (a forecast's history, wholly
@@ -107,12 +110,39 @@ class Objective(nn.Module):
         hit = (torch.arange(h, device=coords.device) < lead[:, None])[..., None, None]
         return torch.cat([torch.where(hit, moved, coords[:, :h]), coords[:, h:]], 1)
 
-    def diffusion_loss(self, coords, mask, t, generator=None, training: bool = False) -> torch.Tensor:
+    def rollout_start(self, coords: torch.Tensor, mask: torch.Tensor, before: torch.Tensor, use: torch.Tensor,
+                      generator=None) -> torch.Tensor:
+        """Windows (B, T, A, 3) whose h leading frames wholly given under ``mask`` (B, T, N) (a forecast's key and
+        history) are, where ``use`` (B,) bool, the model's own: the last h frames of the window that ends with them,
+        sampled raw by the model with :attr:`rollout_steps` DDIM steps from that window's first h frames (true
+        ones), as a forecast continues from its previous window. ``before`` (B, L, A, 3), L >= T - h: the frames
+        preceding the window at its lag. The frames after the leading ones stay the MD's."""
+        m = self.model
+        n = coords.shape[1]
+        h = int(mask.all(-1).long().cumprod(1).sum(1).max())
+        if h == 0 or not bool(use.any()):
+            return coords
+        if before.shape[1] < n - h:
+            raise ValueError(f"rollout needs {n - h} frames before each window, got {before.shape[1]}")
+        previous = torch.cat([before[use, before.shape[1] - (n - h):], coords[use, :h]], 1)  # (b, T, A, 3)
+        x = m.sample_window(self.diffusion, previous, mask[use], generator, self.rollout_steps)
+        out = coords.clone()
+        out[use, :h] = m.coordinates(x[:, n - h:], previous[:, 0])
+        return out
+
+    def diffusion_loss(self, coords, mask, t, generator=None, training: bool = False,
+                       before: torch.Tensor | None = None, has_before: torch.Tensor | None = None) -> torch.Tensor:
         """ε loss plus weighted structure terms of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on
-        frame 0. ``training`` applies the training-only perturbations: the window starts from
-        :meth:`perturbed_start` and x_t carries ``input_perturbation``; validation leaves both out. The unweighted
+        frame 0. ``training`` applies the training-only perturbations: with ``before`` (B, L, A, 3) (the frames
+        before each forecast window) and ``has_before`` (B,) bool (whether it holds them), a fraction
+        :attr:`rollout` of the windows that do start from :meth:`rollout_start`; the window starts from
+        :meth:`perturbed_start` and x_t carries ``input_perturbation``; validation leaves all out. The unweighted
         structure terms (means over the batch) are left in ``self.structure``."""
         m = self.model
+        if training and self.rollout > 0 and before is not None:
+            dev = coords.device if generator is None else generator.device
+            draw = torch.rand(len(coords), generator=generator, device=dev).to(coords.device) < self.rollout
+            coords = self.rollout_start(coords, mask, before, draw & has_before, generator)
         if training and self.key_noise > 0:
             coords = self.perturbed_start(coords, mask, generator)
         key = coords[:, 0]
@@ -148,9 +178,10 @@ class Objective(nn.Module):
             out["interaction"] = (err ** 2).mean() / m.interaction_scale ** 2
         return out
 
-    def forward(self, coords, mask, t, generator=None, labelled: dict | None = None):
+    def forward(self, coords, mask, t, generator=None, labelled: dict | None = None,
+                before: torch.Tensor | None = None, has_before: torch.Tensor | None = None):
         m = self.model
-        out = {"diffusion": self.diffusion_loss(coords, mask, t, generator, training=True)}
+        out = {"diffusion": self.diffusion_loss(coords, mask, t, generator, True, before, has_before)}
         out.update({f"structure_{k}": v for k, v in self.structure.items()})
         total = out["diffusion"]
         if m.energy_model is not None and labelled is not None and bool(m.has_energy_stats):
@@ -327,7 +358,7 @@ def build(cfg: Config, device: torch.device):
     statistics on labelled training frames). Returns features, train and val windows, labelled frames
     per split, the static system, model and diffusion."""
     feats = featurize(cfg.data)
-    train_ds = WindowDataset(feats, cfg.data, "train")
+    train_ds = WindowDataset(feats, cfg.data, "train", cfg.data.window - 1 if cfg.tasks.rollout > 0 else 0)
     val_ds = WindowDataset(feats, cfg.data, "val")
     labelled = {split: LabelledFrames(feats, cfg.data, split) for split in ("train", "val")}
     if len(train_ds) == 0:
@@ -438,7 +469,8 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
             frames = _labelled_batch(labelled["train"], cfg, rng, device)
-            losses = runner(b["coords"], mask.expand(len(b["coords"]), -1, -1), t, noise_gen, frames)
+            rollout = (b["before"], b["has_before"]) if task == "forecast" and "before" in b else (None, None)
+            losses = runner(b["coords"], mask.expand(len(b["coords"]), -1, -1), t, noise_gen, frames, *rollout)
             loss = losses["loss"]
             # every rank learns whether any rank diverged or was signalled, so that all act at the same step
             flags = torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)], device=device)
