@@ -66,6 +66,9 @@ class DiffusionConfig:
     parameterisation: str = "v"
     sampler: str = "ddim"
     sample_steps: int = 50
+    #: sampling temperature: the sampler's starting noise (and ancestral sampling's step noise) is scaled by it;
+    #: below 1 narrows the spread of generated frames (1: the plain sampler). ``sample.py --noise-scale``.
+    noise_scale: float = 1.0
     #: training only: γ of input perturbation (:meth:`~hemeplm.diffusion.GaussianDiffusion.loss`), which teaches
     #: the denoiser to correct the errors a sampler's own estimates put into its inputs. 0: off.
     input_perturbation: float = 0.0
@@ -214,6 +217,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "denoiser.max_tokens": (1, None, True), "denoiser.fragment_halo": (0, None, True),
     "denoiser.refine_steps": (0, None, True),
     "diffusion.timesteps": (2, None, True), "diffusion.sample_steps": (1, None, True),
+    "diffusion.noise_scale": (0, None, False),
     "diffusion.input_perturbation": (0, None, True),
     "tasks.forecast": (0, None, True), "tasks.tps": (0, None, True), "tasks.inpaint": (0, None, True),
     "tasks.upsample": (0, None, True), "tasks.upsample_factor": (2, None, True), "tasks.history": (1, None, True),

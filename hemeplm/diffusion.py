@@ -177,7 +177,7 @@ class GaussianDiffusion(nn.Module):
     def sample(self, denoiser: Denoiser, x_given: torch.Tensor, cond: Any, mask: torch.Tensor,
                steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
                generator: torch.Generator | None = None, progress: bool = False,
-               clip_x0: float | None = None) -> torch.Tensor:
+               clip_x0: float | None = None, noise_scale: float = 1.0) -> torch.Tensor:
         """Generate the entries of ``x_given`` where ``mask`` is False.
 
         Args:
@@ -187,6 +187,8 @@ class GaussianDiffusion(nn.Module):
                 for ``sampler="ancestral"`` (all ``timesteps`` steps).
             clip_x0: clamp each step's estimate of x0 to [-clip_x0, clip_x0] (the data's range),
                 which stops errors of ε at high noise, amplified by 1/√ᾱ_t, from blowing up.
+            noise_scale: temperature τ: the starting noise x_T ~ N(0, τ²) (and ancestral steps' noise, and
+                DDIM's with ``eta`` > 0, times τ); 1 is the plain sampler.
         Returns:
             (B, ...) samples.
         """
@@ -194,7 +196,7 @@ class GaussianDiffusion(nn.Module):
 
         seq = self.step_sequence(sampler, steps)
         given = _expand(mask, x_given)
-        x = _randn_like_gen(x_given.shape, x_given, generator)
+        x = _randn_like_gen(x_given.shape, x_given, generator) * noise_scale
         b = x.shape[0]
         for i, step in enumerate(tqdm(seq, disable=not progress, desc=f"{sampler} sampling", leave=False)):
             t = torch.full((b,), step, device=x.device, dtype=torch.long)
@@ -210,11 +212,11 @@ class GaussianDiffusion(nn.Module):
                         + (1 - self._at(self.alphas_cumprod_prev, t, x)) * (1 - self._at(self.betas, t, x)).sqrt() * x
                         ) / (1 - self._at(self.alphas_cumprod, t, x))
                 noise = _randn_like_gen(x.shape, x, generator)
-                x = mean + (self._at(self.posterior_variance, t, x).sqrt() * noise if step > 0 else 0)
+                x = mean + (self._at(self.posterior_variance, t, x).sqrt() * noise * noise_scale if step > 0 else 0)
             else:
                 a_t = self.alphas_cumprod[step]
                 a_prev = self.alphas_cumprod[seq[i + 1]] if i + 1 < len(seq) else torch.ones((), device=x.device)
                 sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
                 noise = _randn_like_gen(x.shape, x, generator) if eta > 0 else 0
-                x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * noise
+                x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * noise * noise_scale
         return torch.where(given, x_given, x)

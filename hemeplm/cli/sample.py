@@ -1,7 +1,7 @@
 """Generate trajectories with a trained HemePLM-Diffuse checkpoint.
 
     python sample.py --ckpt runs/demo/ckpt.pt --task forecast --topology T --frames F \
-        [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P]
+        [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P] [--noise-scale TAU]
         [--fold-hold SIGMAS] [--seed N] --out OUT.xtc
 
 Tasks: forecast (from frame I), tps (from frame I to frame J), inpaint (the ligand,
@@ -65,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps of the structure projection of each generated window (inter-token bonds, clashes, "
                         "planar peptide bonds and their angles; 0: off, the network's raw output; unset: the "
                         "checkpoint's structure.project_steps); the summary's 'projection' says what it moved")
+    p.add_argument("--noise-scale", type=positive, default=None, metavar="TAU",
+                   help="sampling temperature: the sampler's starting noise times TAU (below 1: a narrower spread "
+                        "of generated frames; unset: the checkpoint's diffusion.noise_scale)")
     p.add_argument("--fold-hold", type=non_negative, default=None, metavar="SIGMAS",
                    help="also hold each window's fold in the projection: keep the Cα-Cα distances of its key frame "
                         "(its conditioning frame) within SIGMAS training-MD standard deviations (0: off; unset: the "
@@ -107,7 +110,8 @@ def run(args) -> None:
     if args.relax:  # refuse before sampling, not after
         output_files(relaxed_path(args.out), args.num_samples, args.force)
     gen = Sampler.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
-                                  progress=True, project_steps=args.project_steps, fold_sigmas=args.fold_hold)
+                                  progress=True, project_steps=args.project_steps, fold_sigmas=args.fold_hold,
+                                  noise_scale=args.noise_scale)
     summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                        end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
                        seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force,

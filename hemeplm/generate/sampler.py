@@ -103,6 +103,8 @@ class Sampler:
             (:func:`hemeplm.geometry.structure.project`); None: the config's ``structure.project_steps``.
         fold_sigmas: the fold hold's tolerance (training-MD standard deviations of each Cα-Cα distance
             about its value in the window's key frame; 0: off); None: the config's ``structure.fold_sigmas``.
+        noise_scale: the sampler's temperature (:meth:`~hemeplm.diffusion.GaussianDiffusion.sample`); None: the
+            config's ``diffusion.noise_scale``.
     Attributes:
         projection_log: one entry per :meth:`window_sample` call: per window of the batch, the mean and
             max displacement (Å) of the generated atoms by the projection and the fraction moved farther
@@ -117,6 +119,7 @@ class Sampler:
     progress: bool = False
     project_steps: int | None = None
     fold_sigmas: float | None = None
+    noise_scale: float | None = None
     projection_log: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -133,6 +136,9 @@ class Sampler:
         fold = kw.get("fold_sigmas")
         if fold is not None and not (isinstance(fold, (int, float)) and math.isfinite(fold) and fold >= 0):
             raise HemeplmError(f"the fold hold must be a number of at least 0 (0: off), got {fold!r}")
+        scale = kw.get("noise_scale")
+        if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise HemeplmError(f"the noise scale must be a number above 0, got {scale!r}")
         device = resolve_device(device)
         ckpt = load_checkpoint(path, map_location=device)
         model, cfg = build_model(ckpt)
@@ -166,6 +172,11 @@ class Sampler:
         return self.cfg.structure.fold_sigmas if self.fold_sigmas is None else self.fold_sigmas
 
     @property
+    def temperature(self) -> float:
+        """The sampler's noise scale (:attr:`noise_scale`, else the config's ``diffusion.noise_scale``)."""
+        return self.cfg.diffusion.noise_scale if self.noise_scale is None else self.noise_scale
+
+    @property
     def frame_ps(self) -> float:
         """Time between the model's frames (ps): ``data.lag`` times the training data's frame spacing."""
         return self.cfg.data.lag * self.model.static_info["timestep_ps"]
@@ -192,7 +203,7 @@ class Sampler:
         key = coords[:, 0]
         atom_known = mask[:, :, m.tokens.atom_token]  # (S, T, A)
         x = m.sample_window(self.diffusion, coords, mask, generator, self.steps, self.sampler, self.progress,
-                            denoiser_for)
+                            denoiser_for, self.temperature)
         st = self.cfg.structure
         projected = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
                             restraint=st.project_restraint, fold=key if self.fold_hold > 0 else None,
@@ -730,7 +741,7 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
     summary = {"task": task, "topology": str(topology), "frames": str(frames_file), "start": start, "end": end,
                "stride": made.stride, "given_frames": made.given_frames,
                "num_frames": int(result.shape[1]), "num_samples": num_samples, "seed": seed,
-               "sampler": gen.sampler, "steps": gen.denoiser_steps, "project_steps": gen.projection_steps,
+               "sampler": gen.sampler, "steps": gen.denoiser_steps, "noise_scale": gen.temperature, "project_steps": gen.projection_steps,
                "fold_hold": gen.fold_hold, "projection": made.projection,
                "conditioned_frames": made.conditioned_frames,
                "timestep_ps": made.timestep_ps, "start_time_ps": round(float(made.time_ps[0]), 6),
