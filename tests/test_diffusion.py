@@ -177,3 +177,18 @@ def test_loss_is_one_call_for_samples_at_different_steps():
                   generator=torch.Generator().manual_seed(0))
     assert len(fake.calls) == 1 and torch.equal(fake.calls[0], t)
     assert 0.5 < float(loss) < 1.5  # predicting zero costs E[ε²] = 1
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_noise_scale_narrows_the_samples_about_the_same_mean(sampler):
+    """A temperature τ < 1 narrows the samples of the exact denoiser of Gaussian data and keeps their mean; for
+    deterministic DDIM, whose map from the starting noise to data is linear here, the spread is τ times the data's."""
+    d = GaussianDiffusion(1000 if sampler == "ddim" else 200)
+    n = 4000
+    x = d.sample(gaussian_denoiser(d), torch.zeros(n, 1), None, torch.zeros(n, 1, dtype=torch.bool), steps=50,
+                 sampler=sampler, generator=torch.Generator().manual_seed(0), noise_scale=0.5)
+    assert abs(float(x.mean()) - MEAN) < 0.05
+    if sampler == "ddim":
+        assert abs(float(x.std()) - 0.5 * STD) < 0.02
+    else:
+        assert float(x.std()) < 0.8 * STD

@@ -266,6 +266,7 @@ def test_summary_reports_what_the_projection_did(gen, tiny_system, tmp_path):
     summary = task(gen, tiny_system, tmp_path / "f.dcd", "forecast", num_frames=11, num_samples=2)
     found = summary["projection"]
     assert summary["conditioned_frames"] == [0] and summary["fold_hold"] == 0.0
+    assert summary["noise_scale"] == 1.0
     assert found["steps"] == gen.projection_steps == 50 and found["moved_threshold_A"] == 0.5
     assert len(found["windows"]) == 3
     for w in found["windows"]:
@@ -618,3 +619,22 @@ def test_no_confidence_skips_the_score_and_evaluate_copes(gen, tiny_system, tmp_
     assert json.loads((tmp_path / "fc.json").read_text()) == summary
     found, why = read_uncertainty([tmp_path / "fc.xtc"], [3])
     assert found is None and "has no uncertainty_A" in why
+
+
+def test_noise_scale_narrows_forecasts_and_bad_values_are_refused(tiny_run, tiny_system, tmp_path):
+    """sample.py --noise-scale: unset, the checkpoint's temperature (1) is used; a lower one gives raw forecast
+    frames closer to their start on average; 0 or below is refused by the sampler and by the config."""
+    from hemeplm.data.dataset import featurize
+
+    gens = {tau: Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", noise_scale=tau, project_steps=0)
+            for tau in (None, 0.3)}
+    assert gens[None].temperature == 1.0 and gens[0.3].temperature == 0.3
+    start = torch.as_tensor(featurize(gens[None].cfg.data)["segments"][0][0], dtype=torch.float32)
+    moved = {tau: float((g.forecast(start, 5, 4, torch.Generator().manual_seed(0))[:, 1:] - start)
+                        .norm(dim=-1).mean()) for tau, g in gens.items()}
+    assert moved[0.3] < moved[None], moved
+    for bad in (0.0, -1.0):
+        with pytest.raises(HemeplmError, match="noise scale"):
+            Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", noise_scale=bad)
+    with pytest.raises(HemeplmError, match="diffusion.noise_scale"):
+        tiny_config(tiny_system, tmp_path, "diffusion.noise_scale=0")
