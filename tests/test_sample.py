@@ -380,11 +380,11 @@ def test_sample_py_errors_are_one_line(tiny_run, tiny_system, tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("sample.py: error: --task tps needs an end frame")
 
 
-def demo_tool():
-    """``tools/demo.py`` as a module."""
+def tool_module(name: str = "demo"):
+    """``tools/NAME.py`` as a module."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)
     return demo
@@ -396,7 +396,7 @@ def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
     long forecast's validity (its generated frames and the last ones) beside the held-out MD's."""
     import shutil
 
-    demo = demo_tool()
+    demo = tool_module()
 
     run = tmp_path / "run"
     run.mkdir()
@@ -436,7 +436,7 @@ def test_demo_tests_on_the_whole_held_out_replica(tiny_run, tiny_system, tmp_pat
     """With ``data.held_out`` in the checkpoint's config, ``tools/demo.py`` tests on that whole replica (every
     one of its frames, none of the training trajectory's); a replica saved at another spacing than training's and
     a config with no test split and no replica are refused before any sampling."""
-    demo = demo_tool()
+    demo = tool_module()
     frames = mdtraj.load(str(tiny_system["trajectory"]), top=str(tiny_system["topology"]))
     replica = write_dcd(tmp_path / "replica.dcd", frames.xyz[5:22] + 0.01)
     ckpt = torch.load(tiny_run["ckpt"], map_location="cpu", weights_only=False)
@@ -638,3 +638,15 @@ def test_noise_scale_narrows_forecasts_and_bad_values_are_refused(tiny_run, tiny
             Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", noise_scale=bad)
     with pytest.raises(HemeplmError, match="diffusion.noise_scale"):
         tiny_config(tiny_system, tmp_path, "diffusion.noise_scale=0")
+
+
+def test_temperature_tool_compares_the_samplers_motion_with_the_mds(tiny_run, capsys):
+    """``python tools/temperature.py``: the MD's step and displacement over validation windows, the raw network's at
+    each noise scale (a lower scale moves atoms less), and a suggested scale among those tried."""
+    tool = tool_module("temperature")
+    gen = Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", project_steps=0)
+    md, found = tool.measure(gen, [1.0, 0.3], 3, 0)
+    assert all(v > 0 for v in md) and found[0.3][1] < found[1.0][1], (md, found)
+    tool.main([str(tiny_run["run_dir"]), "--scales", "1", "0.3", "--windows", "3"])
+    out = capsys.readouterr().out
+    assert re.search(r"nearest the MD: noise scale (1|0\.3) ", out), out
