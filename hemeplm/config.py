@@ -91,8 +91,8 @@ class TaskConfig:
     #: uniform from 0), so the network learns to continue from imperfect frames, as a long forecast's given frames
     #: (its own output) are. 0: off.
     key_noise: float = 0.0
-    #: training only: the fraction of forecast windows (those with ``data.window`` - 1 frames before them in
-    #: their split) trained from the model's own given frames: the last frames of the window before, sampled by
+    #: training only: the fraction of forecast windows given all ``history`` frames (those with ``data.window`` - 1
+    #: frames before them in their split) trained from the model's own given frames: the last frames of the window before, sampled by
     #: the network being trained (raw, ``rollout_steps`` DDIM steps) from the true frames before it, while the
     #: targets stay the MD's frames, as in a long forecast, whose given frames are its own output. 0: off.
     rollout: float = 0.0

@@ -404,12 +404,22 @@ def test_rollout_windows_start_from_the_models_own_frames(tiny_run):
     assert 0.01 < float(moved), moved  # the model's frames, not the MD's
 
 
-def test_rollout_trains(tiny_system, tmp_path):
-    """tasks.rollout=1 trains forecast windows from the model's own frames: finite losses every step; a fraction
+def test_rollout_trains(tiny_system, tmp_path, monkeypatch):
+    """tasks.rollout=1 trains forecast windows given all tasks.history frames from the model's own frames (finite
+    losses every step), never those given fewer (a forecast's first window, keyed on an MD frame); a fraction
     outside [0, 1] is refused."""
-    cfg = tiny_config(tiny_system, tmp_path, "max_steps=3", "tasks.history=2", "tasks.rollout=1",
+    given = []
+    original = training.Objective.rollout_start
+
+    def spy(self, coords, mask, before, use, generator=None):
+        given.append((int(mask[0].all(-1).long().cumprod(0).sum()), int(use.sum())))
+        return original(self, coords, mask, before, use, generator)
+
+    monkeypatch.setattr(training.Objective, "rollout_start", spy)
+    cfg = tiny_config(tiny_system, tmp_path, "max_steps=6", "tasks.history=2", "tasks.rollout=1",
                       "tasks.rollout_steps=2", "tasks.tps=0", "tasks.inpaint=0", "tasks.upsample=0")
     rows = [r for r in metrics(training.train(cfg)) if "train_loss" in r]
-    assert len(rows) == 3 and all(math.isfinite(r["train_loss"]) for r in rows)
+    assert len(rows) == 6 and all(math.isfinite(r["train_loss"]) for r in rows)
+    assert given and all(h == 2 for h, _ in given) and any(n > 0 for _, n in given), given
     with pytest.raises(HemeplmError, match="tasks.rollout"):
         tiny_config(tiny_system, tmp_path, "tasks.rollout=1.5")

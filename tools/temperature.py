@@ -21,6 +21,7 @@ import torch
 
 from hemeplm.data.dataset import WindowDataset, featurize
 from hemeplm.errors import HemeplmError
+from hemeplm.generate.fragment import denoiser_for
 from hemeplm.generate.sampler import Sampler
 from hemeplm.tasks import task_mask
 
@@ -48,7 +49,7 @@ def measure(gen: Sampler, scales: list[float], windows: int, seed: int
     out = {}
     for tau in scales:
         x = m.sample_window(gen.diffusion, coords, mask, torch.Generator().manual_seed(seed), gen.steps,
-                            gen.sampler, noise_scale=tau)
+                            gen.sampler, denoiser_for=denoiser_for, noise_scale=tau)
         out[tau] = motion(m.coordinates(x, coords[:, 0]), h)
     return motion(coords, h), out
 
@@ -62,6 +63,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if any(not np.isfinite(s) or s <= 0 for s in args.scales):
         raise SystemExit(f"--scales must be numbers above 0, got {args.scales}")
+    if args.windows < 1:
+        raise SystemExit(f"--windows must be at least 1, got {args.windows}")
     gen = Sampler.from_checkpoint(Path(args.run_dir) / "ckpt.pt", device="cpu", project_steps=0)
     md, found = measure(gen, args.scales, args.windows, args.seed)
     print(f"generated atoms' mean step from the frame before and displacement from the window's first frame (Å); "

@@ -124,6 +124,10 @@ class Sampler:
 
     def __post_init__(self):
         self.model.check_schedule(self.diffusion)
+        scale = self.noise_scale
+        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                                  or not math.isfinite(scale) or scale <= 0):
+            raise HemeplmError(f"the noise scale must be a number above 0, got {scale!r}")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
@@ -136,9 +140,6 @@ class Sampler:
         fold = kw.get("fold_sigmas")
         if fold is not None and not (isinstance(fold, (int, float)) and math.isfinite(fold) and fold >= 0):
             raise HemeplmError(f"the fold hold must be a number of at least 0 (0: off), got {fold!r}")
-        scale = kw.get("noise_scale")
-        if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
-            raise HemeplmError(f"the noise scale must be a number above 0, got {scale!r}")
         device = resolve_device(device)
         ckpt = load_checkpoint(path, map_location=device)
         model, cfg = build_model(ckpt)

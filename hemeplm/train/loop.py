@@ -73,11 +73,11 @@ class Objective(nn.Module):
                  force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
                  clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
                  key_noise: float = 0.0, input_perturbation: float = 0.0, rollout: float = 0.0,
-                 rollout_steps: int = 5):
+                 rollout_steps: int = 5, noise_scale: float = 1.0):
         super().__init__()
         model.check_schedule(diffusion)
         self.model, self.diffusion, self.key_noise = model, diffusion, key_noise
-        self.rollout, self.rollout_steps = rollout, rollout_steps
+        self.rollout, self.rollout_steps, self.noise_scale = rollout, rollout_steps, noise_scale
         self.input_perturbation = input_perturbation
         self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
         self.weights = {"bond": bond_weight, "clash": clash_weight, "peptide": peptide_weight, "fape": fape_weight}
@@ -89,7 +89,7 @@ class Objective(nn.Module):
         e, s = cfg.energy, cfg.structure
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
                    s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise, cfg.diffusion.input_perturbation,
-                   cfg.tasks.rollout, cfg.tasks.rollout_steps)
+                   cfg.tasks.rollout, cfg.tasks.rollout_steps, cfg.diffusion.noise_scale)
 
     def perturbed_start(self, coords: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
         """Windows (B, T, A, 3) whose key frame and the given frames right after it (a forecast's history, wholly
@@ -114,8 +114,9 @@ class Objective(nn.Module):
                       generator=None) -> torch.Tensor:
         """Windows (B, T, A, 3) whose h leading frames wholly given under ``mask`` (B, T, N) (a forecast's key and
         history) are, where ``use`` (B,) bool, the model's own: the last h frames of the window that ends with them,
-        sampled raw by the model with :attr:`rollout_steps` DDIM steps from that window's first h frames (true
-        ones), as a forecast continues from its previous window. ``before`` (B, L, A, 3), L >= T - h: the frames
+        sampled raw by the model with :attr:`rollout_steps` DDIM steps at the sampling temperature
+        (:attr:`noise_scale`) from that window's first h frames (true ones), as a forecast continues from its
+        previous window (whose frames sampling also projects unless ``structure.project_steps`` is 0). ``before`` (B, L, A, 3), L >= T - h: the frames
         preceding the window at its lag. The frames after the leading ones stay the MD's."""
         m = self.model
         n = coords.shape[1]
@@ -125,7 +126,8 @@ class Objective(nn.Module):
         if before.shape[1] < n - h:
             raise ValueError(f"rollout needs {n - h} frames before each window, got {before.shape[1]}")
         previous = torch.cat([before[use, before.shape[1] - (n - h):], coords[use, :h]], 1)  # (b, T, A, 3)
-        x = m.sample_window(self.diffusion, previous, mask[use], generator, self.rollout_steps)
+        x = m.sample_window(self.diffusion, previous, mask[use], generator, self.rollout_steps,
+                            noise_scale=self.noise_scale)
         out = coords.clone()
         out[use, :h] = m.coordinates(x[:, n - h:], previous[:, 0])
         return out
@@ -469,7 +471,9 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(cfg, step) * group["lr_scale"]
             frames = _labelled_batch(labelled["train"], cfg, rng, device)
-            rollout = (b["before"], b["has_before"]) if task == "forecast" and "before" in b else (None, None)
+            # as in sampling, windows given all tasks.history frames continue a window before them
+            later = task == "forecast" and "before" in b and bool(mask[:cfg.tasks.history].all())
+            rollout = (b["before"], b["has_before"]) if later else (None, None)
             losses = runner(b["coords"], mask.expand(len(b["coords"]), -1, -1), t, noise_gen, frames, *rollout)
             loss = losses["loss"]
             # every rank learns whether any rank diverged or was signalled, so that all act at the same step
