@@ -1,8 +1,8 @@
 """Generate trajectories with a trained HemePLM-Diffuse checkpoint.
 
     python sample.py --ckpt runs/demo/ckpt.pt --task forecast --topology T --frames F \
-        [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P] [--noise-scale TAU]
-        [--fold-hold SIGMAS] [--seed N] --out OUT.xtc
+        [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P]
+        [--noise-scale TAU] [--fold-hold SIGMAS] [--seed N] --out OUT.xtc
 
 Tasks: forecast (from frame I), tps (from frame I to frame J), inpaint (the ligand,
 or the ligand tokens holding the --inpaint-atoms, generated into frames I..J),

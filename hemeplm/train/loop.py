@@ -88,8 +88,8 @@ class Objective(nn.Module):
         """Build from a run's Config (energy and structure loss weights)."""
         e, s = cfg.energy, cfg.structure
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
-                   s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise, cfg.diffusion.input_perturbation,
-                   cfg.tasks.rollout, cfg.tasks.rollout_steps, cfg.diffusion.noise_scale)
+                   s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise,
+                   cfg.diffusion.input_perturbation, cfg.tasks.rollout, cfg.tasks.rollout_steps, cfg.diffusion.noise_scale)
 
     def perturbed_start(self, coords: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
         """Windows (B, T, A, 3) whose key frame and the given frames right after it (a forecast's history, wholly
@@ -116,12 +116,13 @@ class Objective(nn.Module):
         history) are, where ``use`` (B,) bool, the model's own: the last h frames of the window that ends with them,
         sampled raw by the model with :attr:`rollout_steps` DDIM steps at the sampling temperature
         (:attr:`noise_scale`) from that window's first h frames (true ones), as a forecast continues from its
-        previous window (whose frames sampling also projects unless ``structure.project_steps`` is 0). ``before`` (B, L, A, 3), L >= T - h: the frames
-        preceding the window at its lag. The frames after the leading ones stay the MD's."""
+        previous window (whose frames sampling also projects unless ``structure.project_steps`` is 0).
+        ``before`` (B, L, A, 3), L >= T - h: the frames preceding the window at its lag. The frames after the
+        leading ones stay the MD's."""
         m = self.model
         n = coords.shape[1]
         h = int(mask.all(-1).long().cumprod(1).sum(1).max())
-        if h == 0 or not bool(use.any()):
+        if not bool(use.any()):
             return coords
         if before.shape[1] < n - h:
             raise ValueError(f"rollout needs {n - h} frames before each window, got {before.shape[1]}")
