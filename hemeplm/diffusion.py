@@ -173,11 +173,27 @@ class GaussianDiffusion(nn.Module):
             return torch.linspace(self.timesteps - 1, 0, max(1, steps)).round().long().unique_consecutive().tolist()
         raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
 
+    def paths(self, sampler: str, steps: int, restart_t: int = 0, restart_steps: int = 5,
+              restarts: int = 1) -> list[list[int]]:
+        """The step sequences :meth:`sample` runs, each from noise (or re-noised) to data: first
+        :meth:`step_sequence`, then per restart ``restart_steps`` evenly spaced steps from ``restart_t`` to 0
+        (``ddim``; every step for ``ancestral``). One denoiser call per entry."""
+        out = [self.step_sequence(sampler, steps)]
+        if restart_t == 0:
+            return out
+        if not 0 < restart_t < self.timesteps:
+            raise ValueError(f"the restart step must lie in 1..{self.timesteps - 1}, got {restart_t}")
+        if sampler == "ancestral":
+            return out + [list(range(restart_t, -1, -1))] * restarts
+        return out + [torch.linspace(restart_t, 0, max(1, restart_steps)).round().long().unique_consecutive().tolist()
+                      ] * restarts
+
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, x_given: torch.Tensor, cond: Any, mask: torch.Tensor,
                steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
                generator: torch.Generator | None = None, progress: bool = False,
-               clip_x0: float | None = None, noise_scale: float = 1.0) -> torch.Tensor:
+               clip_x0: float | None = None, noise_scale: float = 1.0,
+               restart_t: int = 0, restart_steps: int = 5, restarts: int = 1) -> torch.Tensor:
         """Generate the entries of ``x_given`` where ``mask`` is False.
 
         Args:
@@ -188,35 +204,48 @@ class GaussianDiffusion(nn.Module):
             clip_x0: clamp each step's estimate of x0 to [-clip_x0, clip_x0] (the data's range),
                 which stops errors of ε at high noise, amplified by 1/√ᾱ_t, from blowing up.
             noise_scale: temperature τ: the starting noise x_T ~ N(0, τ²) (and ancestral steps' noise, and
-                DDIM's with ``eta`` > 0, times τ); 1 is the plain sampler.
+                DDIM's with ``eta`` > 0, and a restart's re-noising, times τ); 1 is the plain sampler.
+            restart_t: Restart sampling (Xu et al. 2023, "Restart sampling for improving generative processes"):
+                after reaching the data, re-noise the sample forward to step ``restart_t`` (fresh noise, the
+                forward process q(x_t | x_0)) and sample back to the data again in ``restart_steps`` steps
+                (:meth:`paths`), ``restarts`` times. The fresh noise contracts the errors a
+                trajectory has accumulated on its way down, where the denoiser is most accurate. 0: off.
         Returns:
             (B, ...) samples.
         """
         from tqdm import tqdm
 
-        seq = self.step_sequence(sampler, steps)
+        paths = self.paths(sampler, steps, restart_t, restart_steps, restarts)
         given = _expand(mask, x_given)
         x = _randn_like_gen(x_given.shape, x_given, generator) * noise_scale
         b = x.shape[0]
-        for i, step in enumerate(tqdm(seq, disable=not progress, desc=f"{sampler} sampling", leave=False)):
-            t = torch.full((b,), step, device=x.device, dtype=torch.long)
-            x = torch.where(given, x_given, x)
-            eps = self.eps(denoiser, x, t, cond, mask)
-            x0 = self.predict_x0(x, t, eps)
-            if clip_x0 is not None:  # keep the x0 estimate in the data's range; ε consistent with it
-                x0 = x0.clamp(-clip_x0, clip_x0)
-                eps = (x - self._at(self.sqrt_alphas_cumprod, t, x) * x0) / self._at(
-                    self.sqrt_one_minus_alphas_cumprod, t, x)
-            if sampler == "ancestral":
-                mean = (self._at(self.betas, t, x) * self._at(self.alphas_cumprod_prev, t, x).sqrt() * x0
-                        + (1 - self._at(self.alphas_cumprod_prev, t, x)) * (1 - self._at(self.betas, t, x)).sqrt() * x
-                        ) / (1 - self._at(self.alphas_cumprod, t, x))
-                noise = _randn_like_gen(x.shape, x, generator)
-                x = mean + (self._at(self.posterior_variance, t, x).sqrt() * noise * noise_scale if step > 0 else 0)
-            else:
-                a_t = self.alphas_cumprod[step]
-                a_prev = self.alphas_cumprod[seq[i + 1]] if i + 1 < len(seq) else torch.ones((), device=x.device)
-                sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
-                noise = _randn_like_gen(x.shape, x, generator) if eta > 0 else 0
-                x = a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps + sigma * noise * noise_scale
+        bar = tqdm(total=sum(map(len, paths)), disable=not progress, desc=f"{sampler} sampling", leave=False)
+        for n, seq in enumerate(paths):
+            if n > 0:
+                t = torch.full((b,), seq[0], device=x.device, dtype=torch.long)
+                x = self.q_sample(x, t, _randn_like_gen(x.shape, x, generator) * noise_scale)
+            for i, step in enumerate(seq):
+                bar.update()
+                t = torch.full((b,), step, device=x.device, dtype=torch.long)
+                x = torch.where(given, x_given, x)
+                eps = self.eps(denoiser, x, t, cond, mask)
+                x0 = self.predict_x0(x, t, eps)
+                if clip_x0 is not None:  # keep the x0 estimate in the data's range; ε consistent with it
+                    x0 = x0.clamp(-clip_x0, clip_x0)
+                    eps = (x - self._at(self.sqrt_alphas_cumprod, t, x) * x0) / self._at(
+                        self.sqrt_one_minus_alphas_cumprod, t, x)
+                if sampler == "ancestral":
+                    mean = (self._at(self.betas, t, x) * self._at(self.alphas_cumprod_prev, t, x).sqrt() * x0
+                            + (1 - self._at(self.alphas_cumprod_prev, t, x)) * (1 - self._at(self.betas, t, x)).sqrt()
+                            * x) / (1 - self._at(self.alphas_cumprod, t, x))
+                    noise = _randn_like_gen(x.shape, x, generator)
+                    x = mean + (self._at(self.posterior_variance, t, x).sqrt() * noise * noise_scale if step > 0 else 0)
+                else:
+                    a_t = self.alphas_cumprod[step]
+                    a_prev = self.alphas_cumprod[seq[i + 1]] if i + 1 < len(seq) else torch.ones((), device=x.device)
+                    sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
+                    noise = _randn_like_gen(x.shape, x, generator) if eta > 0 else 0
+                    x = (a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+                         + sigma * noise * noise_scale)
+        bar.close()
         return torch.where(given, x_given, x)

@@ -66,9 +66,12 @@ def test_sample_py_forecast_past_one_window(tiny_run, tiny_system, frames, tmp_p
     assert again.stderr.strip().splitlines() == [
         f"sample.py: error: {out}: would overwrite {out}, {out.with_suffix('.pdb')}, {out.with_suffix('.json')}; "
         "pass --force to replace them"]
-    again = sample_py(*argv, "--force", "--seed", "1", "--energies")
+    again = sample_py(*argv, "--force", "--seed", "1", "--energies", "--restart", "40")
     assert again.returncode == 0, again.stderr
     assert not np.allclose(read(out), xyz, atol=1e-3)  # another seed, another trajectory
+    restarted = json.loads(again.stdout)
+    assert (restarted["restart_t"], restarted["restart_steps"], restarted["restarts"]) == (40, 5, 1)
+    assert restarted["steps"] == 10  # denoiser calls per window: 5 from noise, 5 more from step 40
     energies = json.loads(again.stdout)["energies"]  # the energy model's predictions for every generated frame
     assert np.asarray(energies["residue_interaction_kcal_mol"]).shape == (1, 11, len(energies["residues"]))
     assert np.isfinite(energies["energy_kcal_mol"]).all()
@@ -638,6 +641,26 @@ def test_noise_scale_narrows_forecasts_and_bad_values_are_refused(tiny_run, tiny
             Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", noise_scale=bad)
     with pytest.raises(HemeplmError, match="diffusion.noise_scale"):
         tiny_config(tiny_system, tmp_path, "diffusion.noise_scale=0")
+
+
+def test_restart_resamples_generated_frames_only_and_bad_steps_are_refused(tiny_run, tiny_system, tmp_path):
+    """Restart sampling (``sample.py --restart``): unset, the checkpoint's (off); set, the raw forecast's generated
+    frames change and its start frame does not; a restart step outside the schedule is refused by the sampler and
+    by the config."""
+    from hemeplm.data.dataset import featurize
+
+    gens = {r: Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", restart_t=r, project_steps=0)
+            for r in (None, 60)}
+    assert gens[None].restart["restart_t"] == 0 and gens[60].restart["restart_t"] == 60
+    start = torch.as_tensor(featurize(gens[None].cfg.data)["segments"][0][0], dtype=torch.float32)
+    out = {r: g.forecast(start, 5, 2, torch.Generator().manual_seed(0)) for r, g in gens.items()}
+    assert torch.equal(out[60][:, 0], out[None][:, 0])
+    assert (out[60][:, 1:] - out[None][:, 1:]).norm(dim=-1).mean() > 1e-3
+    for bad in (-1, 100, 2.5):
+        with pytest.raises(HemeplmError, match="restart step"):
+            Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", restart_t=bad)
+    with pytest.raises(HemeplmError, match="diffusion.restart_t"):
+        tiny_config(tiny_system, tmp_path, "diffusion.restart_t=100")
 
 
 def test_temperature_tool_compares_the_samplers_motion_with_the_mds(tiny_run, capsys):

@@ -399,7 +399,8 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "settings": {"config": config, "overrides": list(overrides), "device": device, "dtype": dtype,
                      "forecast_frames": frames, "sampler": sampler, "steps": steps,
-                     "denoiser_steps": len(GaussianDiffusion.from_config(cfg.diffusion).step_sequence(sampler, steps)),
+                     "denoiser_steps": sum(map(len, GaussianDiffusion.from_config(cfg.diffusion).paths(
+                         sampler, steps, **cfg.diffusion.restart))),
                      "window": cfg.data.window, "lag": cfg.data.lag,
                      "batch_size": cfg.optim.batch_size, "spatial": cfg.denoiser.spatial,
                      "local_neighbors": cfg.denoiser.local_neighbors},
