@@ -173,16 +173,22 @@ class GaussianDiffusion(nn.Module):
             return torch.linspace(self.timesteps - 1, 0, max(1, steps)).round().long().unique_consecutive().tolist()
         raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
 
-    def paths(self, sampler: str, steps: int, restart_t: int = 0, restart_steps: int = 5,
+    def restart_step(self, restart: float) -> int:
+        """The diffusion step of the restart level ``restart`` (a fraction of :attr:`timesteps`, 0 to 1;
+        at least step 1 when above 0, at most the last step); 0 for 0."""
+        if not 0 <= restart <= 1:
+            raise ValueError(f"the restart level must lie between 0 (off) and 1, got {restart}")
+        return 0 if restart == 0 else min(self.timesteps - 1, max(1, round(restart * self.timesteps)))
+
+    def paths(self, sampler: str, steps: int, restart: float = 0.0, restart_steps: int = 5,
               restarts: int = 1) -> list[list[int]]:
         """The step sequences :meth:`sample` runs, each from noise (or re-noised) to data: first
-        :meth:`step_sequence`, then per restart ``restart_steps`` evenly spaced steps from ``restart_t`` to 0
-        (``ddim``; every step for ``ancestral``). One denoiser call per entry."""
+        :meth:`step_sequence`, then per restart ``restart_steps`` evenly spaced steps from
+        :meth:`restart_step` to 0 (``ddim``; every step for ``ancestral``). One denoiser call per entry."""
         out = [self.step_sequence(sampler, steps)]
+        restart_t = self.restart_step(restart)
         if restart_t == 0:
             return out
-        if not 0 < restart_t < self.timesteps:
-            raise ValueError(f"the restart step must lie in 1..{self.timesteps - 1}, got {restart_t}")
         if sampler == "ancestral":
             return out + [list(range(restart_t, -1, -1))] * restarts
         return out + [torch.linspace(restart_t, 0, max(1, restart_steps)).round().long().unique_consecutive().tolist()
@@ -193,7 +199,7 @@ class GaussianDiffusion(nn.Module):
                steps: int = 50, sampler: str = "ddim", eta: float = 0.0,
                generator: torch.Generator | None = None, progress: bool = False,
                clip_x0: float | None = None, noise_scale: float = 1.0,
-               restart_t: int = 0, restart_steps: int = 5, restarts: int = 1) -> torch.Tensor:
+               restart: float = 0.0, restart_steps: int = 5, restarts: int = 1) -> torch.Tensor:
         """Generate the entries of ``x_given`` where ``mask`` is False.
 
         Args:
@@ -205,9 +211,9 @@ class GaussianDiffusion(nn.Module):
                 which stops errors of ε at high noise, amplified by 1/√ᾱ_t, from blowing up.
             noise_scale: temperature τ: the starting noise x_T ~ N(0, τ²) (and ancestral steps' noise, and
                 DDIM's with ``eta`` > 0, and a restart's re-noising, times τ); 1 is the plain sampler.
-            restart_t: Restart sampling (Xu et al. 2023, "Restart sampling for improving generative processes"):
-                after reaching the data, re-noise the sample forward to step ``restart_t`` (fresh noise, the
-                forward process q(x_t | x_0)) and sample back to the data again in ``restart_steps`` steps
+            restart: Restart sampling (Xu et al. 2023, "Restart sampling for improving generative processes"):
+                after reaching the data, re-noise the sample forward to the step ``restart`` of the way to
+                pure noise (:meth:`restart_step`; fresh noise, the forward process q(x_t | x_0)) and sample back to the data again in ``restart_steps`` steps
                 (:meth:`paths`), ``restarts`` times. The fresh noise contracts the errors a
                 trajectory has accumulated on its way down, where the denoiser is most accurate. 0: off.
         Returns:
@@ -215,7 +221,7 @@ class GaussianDiffusion(nn.Module):
         """
         from tqdm import tqdm
 
-        paths = self.paths(sampler, steps, restart_t, restart_steps, restarts)
+        paths = self.paths(sampler, steps, restart, restart_steps, restarts)
         given = _expand(mask, x_given)
         x = _randn_like_gen(x_given.shape, x_given, generator) * noise_scale
         b = x.shape[0]

@@ -208,29 +208,31 @@ def test_restart_takes_out_errors_of_the_noisy_steps_and_keeps_exact_samples():
     shift = {}
     for restarts in (0, 1, 3):
         x = d.sample(biased, torch.zeros(n, 1), None, torch.zeros(n, 1, dtype=torch.bool), steps=50,
-                     generator=torch.Generator().manual_seed(0), restart_t=600 if restarts else 0,
+                     generator=torch.Generator().manual_seed(0), restart=0.6 if restarts else 0,
                      restart_steps=10, restarts=max(1, restarts))
         shift[restarts] = abs(float(x.mean()) - MEAN)
     assert shift[0] > 0.5 and shift[1] < 0.5 * shift[0] and shift[3] < 0.1, shift
     x = d.sample(exact, torch.zeros(n, 1), None, torch.zeros(n, 1, dtype=torch.bool), steps=50,
-                 generator=torch.Generator().manual_seed(0), restart_t=600, restart_steps=40, restarts=2)
+                 generator=torch.Generator().manual_seed(0), restart=0.6, restart_steps=40, restarts=2)
     assert abs(float(x.mean()) - MEAN) < 0.05 and abs(float(x.std()) - STD) < 0.05
 
 
 def test_restart_cycles_run_from_the_restart_step_to_data():
-    """Each restart is ``restart_steps`` denoiser calls from ``restart_t`` down to 0, after the plain path; given
-    entries come back exactly; a restart step outside the schedule is refused."""
+    """Each restart is ``restart_steps`` denoiser calls from the restart level's step (a fraction of the schedule)
+    down to 0, after the plain path; given entries come back exactly; a level outside 0..1 is refused, and any
+    level above 0 restarts from a step of the schedule."""
     d = GaussianDiffusion(40)
     fake = Counting()
     given = torch.zeros(2, 3, dtype=torch.bool)
     given[:, 0] = True
     x_given = torch.randn(2, 3, 4)
     x = d.sample(fake, x_given, None, given, steps=7, generator=torch.Generator().manual_seed(0),
-                 restart_t=20, restart_steps=4, restarts=2)
+                 restart=0.5, restart_steps=4, restarts=2)
     steps = [int(t[0]) for t in fake.calls]
     assert steps == d.step_sequence("ddim", 7) + [20, 13, 7, 0] * 2
-    assert sum(map(len, d.paths("ddim", 7, 20, 4, 2))) == len(steps)
+    assert sum(map(len, d.paths("ddim", 7, 0.5, 4, 2))) == len(steps)
     assert torch.equal(x[:, 0], x_given[:, 0])
-    for bad in (40, -1):
-        with pytest.raises(ValueError, match="restart step"):
+    assert [d.restart_step(r) for r in (0, 0.001, 0.1, 1)] == [0, 1, 4, 39]
+    for bad in (1.5, -0.1):
+        with pytest.raises(ValueError, match="restart level"):
             d.paths("ddim", 7, bad)

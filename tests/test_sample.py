@@ -54,7 +54,8 @@ def test_sample_py_forecast_past_one_window(tiny_run, tiny_system, frames, tmp_p
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["num_frames"] == 11 and summary["trajectories"] == [str(out)]
-    assert (summary["sampler"], summary["steps"]) == ("ddim", 5)  # the checkpoint's diffusion.sampler, sample_steps
+    # the checkpoint's diffusion.sampler; denoiser calls per window: sample_steps, then a restart of 5 steps
+    assert (summary["sampler"], summary["steps"]) == ("ddim", 5 + 5)
     assert json.loads(out.with_suffix(".json").read_text()) == summary
     xyz = read(out)
     assert xyz.shape == (11, tiny_run["ema"].n_atoms, 3)  # windows of 5 frames, continued from their last frame
@@ -66,11 +67,11 @@ def test_sample_py_forecast_past_one_window(tiny_run, tiny_system, frames, tmp_p
     assert again.stderr.strip().splitlines() == [
         f"sample.py: error: {out}: would overwrite {out}, {out.with_suffix('.pdb')}, {out.with_suffix('.json')}; "
         "pass --force to replace them"]
-    again = sample_py(*argv, "--force", "--seed", "1", "--energies", "--restart", "40")
+    again = sample_py(*argv, "--force", "--seed", "1", "--energies", "--restart", "0.4")
     assert again.returncode == 0, again.stderr
     assert not np.allclose(read(out), xyz, atol=1e-3)  # another seed, another trajectory
     restarted = json.loads(again.stdout)
-    assert (restarted["restart_t"], restarted["restart_steps"], restarted["restarts"]) == (40, 5, 1)
+    assert (restarted["restart"], restarted["restart_steps"], restarted["restarts"]) == (0.4, 5, 1)
     assert restarted["steps"] == 10  # denoiser calls per window: 5 from noise, 5 more from step 40
     energies = json.loads(again.stdout)["energies"]  # the energy model's predictions for every generated frame
     assert np.asarray(energies["residue_interaction_kcal_mol"]).shape == (1, 11, len(energies["residues"]))
@@ -236,13 +237,14 @@ def test_given_frames_at_the_models_spacing(gen, tiny_system, frames, tmp_path):
 
 def test_sampler_and_steps_default_to_the_checkpoint(tiny_run, tmp_path):
     gen = Sampler.from_checkpoint(tiny_run["ckpt"])
-    assert (gen.sampler, gen.steps, gen.denoiser_steps) == ("ddim", 5, 5)
+    assert (gen.sampler, gen.steps, gen.denoiser_steps) == ("ddim", 5, 5 + 5)  # with a restart of 5 steps
     ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
     ckpt["config"]["diffusion"]["sampler"] = "ancestral"
     torch.save(ckpt, tmp_path / "ancestral.pt")
     ancestral = Sampler.from_checkpoint(tmp_path / "ancestral.pt")
-    assert (ancestral.sampler, ancestral.denoiser_steps) == ("ancestral", 100)  # every one of diffusion.timesteps
-    ddim = Sampler.from_checkpoint(tmp_path / "ancestral.pt", sampler="ddim", steps=3)
+    # every one of diffusion.timesteps, then a restart through every step from step 10 (0.1 of 100)
+    assert (ancestral.sampler, ancestral.denoiser_steps) == ("ancestral", 100 + 11)
+    ddim = Sampler.from_checkpoint(tmp_path / "ancestral.pt", sampler="ddim", steps=3, restart=0)
     assert (ddim.sampler, ddim.denoiser_steps) == ("ddim", 3)
     ckpt["config"]["diffusion"]["sampler"] = "euler"
     torch.save(ckpt, tmp_path / "euler.pt")
@@ -644,23 +646,24 @@ def test_noise_scale_narrows_forecasts_and_bad_values_are_refused(tiny_run, tiny
 
 
 def test_restart_resamples_generated_frames_only_and_bad_steps_are_refused(tiny_run, tiny_system, tmp_path):
-    """Restart sampling (``sample.py --restart``): unset, the checkpoint's (off); set, the raw forecast's generated
-    frames change and its start frame does not; a restart step outside the schedule is refused by the sampler and
-    by the config."""
+    """Restart sampling (``sample.py --restart``): unset, the checkpoint's (0.1); off (0), the raw forecast's
+    generated frames change and its start frame does not; a level outside 0..1 is refused by the sampler and by
+    the config."""
     from hemeplm.data.dataset import featurize
 
-    gens = {r: Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", restart_t=r, project_steps=0)
-            for r in (None, 60)}
-    assert gens[None].restart["restart_t"] == 0 and gens[60].restart["restart_t"] == 60
+    gens = {r: Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", restart=r, project_steps=0)
+            for r in (None, 0)}
+    assert gens[None].restart_settings["restart"] == 0.1 and gens[0].restart_settings["restart"] == 0
+    assert gens[None].denoiser_steps == 5 + 5 and gens[0].denoiser_steps == 5  # the tiny config: one restart
     start = torch.as_tensor(featurize(gens[None].cfg.data)["segments"][0][0], dtype=torch.float32)
     out = {r: g.forecast(start, 5, 2, torch.Generator().manual_seed(0)) for r, g in gens.items()}
-    assert torch.equal(out[60][:, 0], out[None][:, 0])
-    assert (out[60][:, 1:] - out[None][:, 1:]).norm(dim=-1).mean() > 1e-3
-    for bad in (-1, 100, 2.5):
-        with pytest.raises(HemeplmError, match="restart step"):
-            Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", restart_t=bad)
-    with pytest.raises(HemeplmError, match="diffusion.restart_t"):
-        tiny_config(tiny_system, tmp_path, "diffusion.restart_t=100")
+    assert torch.equal(out[0][:, 0], out[None][:, 0])
+    assert (out[0][:, 1:] - out[None][:, 1:]).norm(dim=-1).mean() > 1e-3
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(HemeplmError, match="restart level"):
+            Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", restart=bad)
+    with pytest.raises(HemeplmError, match="diffusion.restart"):
+        tiny_config(tiny_system, tmp_path, "diffusion.restart=1.5")
 
 
 def test_temperature_tool_compares_the_samplers_motion_with_the_mds(tiny_run, capsys):

@@ -386,5 +386,5 @@ def test_bench_smoke(tmp_path):
     assert report["settings"]["spatial"] == "local"
     # without --sampler/--steps it samples as sample.py and the demo do: the config's diffusion settings
     assert {k: report["settings"][k] for k in ("sampler", "steps", "denoiser_steps")} == {
-        "sampler": "ddim", "steps": 2, "denoiser_steps": 2}
+        "sampler": "ddim", "steps": 2, "denoiser_steps": 2 + 4 * 5}  # and 4 restarts of 5 steps
     assert (out / "bench.png").stat().st_size > 0

@@ -400,7 +400,7 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
         "settings": {"config": config, "overrides": list(overrides), "device": device, "dtype": dtype,
                      "forecast_frames": frames, "sampler": sampler, "steps": steps,
                      "denoiser_steps": sum(map(len, GaussianDiffusion.from_config(cfg.diffusion).paths(
-                         sampler, steps, **cfg.diffusion.restart))),
+                         sampler, steps, **cfg.diffusion.restart_settings))),
                      "window": cfg.data.window, "lag": cfg.data.lag,
                      "batch_size": cfg.optim.batch_size, "spatial": cfg.denoiser.spatial,
                      "local_neighbors": cfg.denoiser.local_neighbors},

@@ -81,6 +81,11 @@ def non_negative(text: str) -> float:
     return _number(text, lambda v: v >= 0, "of at least 0")
 
 
+def fraction(text: str) -> float:
+    """An argparse type: a finite number from 0 to 1."""
+    return _number(text, lambda v: 0 <= v <= 1, "from 0 to 1")
+
+
 def exit_on_error(prog: str, action: Callable[[], None], hints: dict[str, str] | None = None) -> None:
     """Run ``action``; a :class:`~hemeplm.errors.HemeplmError` is printed as ``PROG: error: ...`` on one line
     and exits with code 2. ``hints`` replaces advice in the message with what this command takes

@@ -30,7 +30,8 @@ import argparse
 import json
 from pathlib import Path
 
-from hemeplm.cli.options import HelpFormatter, add_truncated_option, count, exit_on_error, non_negative, positive
+from hemeplm.cli.options import (HelpFormatter, add_truncated_option, count, exit_on_error, fraction, non_negative,
+                                  positive)
 from hemeplm.cli.relax import add_relax_options, relax_config
 from hemeplm.diffusion import SAMPLERS
 from hemeplm.forcefield.relax import AMBER_SUFFIXES, output_files, relax_trajectories, relaxed_path
@@ -68,10 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise-scale", type=positive, default=None, metavar="TAU",
                    help="sampling temperature: the sampler's starting noise times TAU (below 1: a narrower spread "
                         "of generated frames; unset: the checkpoint's diffusion.noise_scale)")
-    p.add_argument("--restart", type=count(0), default=None, metavar="STEP",
-                   help="Restart sampling: re-noise each sampled window to diffusion step STEP and sample it back "
-                        "(diffusion.restart_steps DDIM steps, diffusion.restarts times), which takes out errors of "
-                        "the sampler's path (0: off; unset: the checkpoint's diffusion.restart_t)")
+    p.add_argument("--restart", type=fraction, default=None, metavar="LEVEL",
+                   help="Restart sampling: re-noise each sampled window to the fraction LEVEL of the diffusion steps "
+                        "and sample it back (diffusion.restart_steps DDIM steps, diffusion.restarts times), which "
+                        "takes out errors of the sampler's path (0: off; unset: the checkpoint's diffusion.restart)")
     p.add_argument("--fold-hold", type=non_negative, default=None, metavar="SIGMAS",
                    help="also hold each window's fold in the projection: keep the Cα-Cα distances of its key frame "
                         "(its conditioning frame) within SIGMAS training-MD standard deviations (0: off; unset: the "
@@ -115,7 +116,7 @@ def run(args) -> None:
         output_files(relaxed_path(args.out), args.num_samples, args.force)
     gen = Sampler.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
                                   progress=True, project_steps=args.project_steps, fold_sigmas=args.fold_hold,
-                                  noise_scale=args.noise_scale, restart_t=args.restart)
+                                  noise_scale=args.noise_scale, restart=args.restart)
     summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                        end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
                        seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force,

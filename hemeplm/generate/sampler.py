@@ -105,8 +105,8 @@ class Sampler:
             about its value in the window's key frame; 0: off); None: the config's ``structure.fold_sigmas``.
         noise_scale: the sampler's temperature (:meth:`~hemeplm.diffusion.GaussianDiffusion.sample`); None: the
             config's ``diffusion.noise_scale``.
-        restart_t: the step Restart sampling re-noises each window to (the same method; 0: off); None: the
-            config's ``diffusion.restart_t``.
+        restart: the level Restart sampling re-noises each window to, a fraction of the diffusion steps (the
+            same method; 0: off); None: the config's ``diffusion.restart``.
     Attributes:
         projection_log: one entry per :meth:`window_sample` call: per window of the batch, the mean and
             max displacement (Å) of the generated atoms by the projection and the fraction moved farther
@@ -122,7 +122,7 @@ class Sampler:
     project_steps: int | None = None
     fold_sigmas: float | None = None
     noise_scale: float | None = None
-    restart_t: int | None = None
+    restart: float | None = None
     projection_log: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -131,10 +131,9 @@ class Sampler:
         if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                                   or not math.isfinite(scale) or scale <= 0):
             raise HemeplmError(f"the noise scale must be a number above 0, got {scale!r}")
-        r = self.restart_t
-        if r is not None and (isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < self.diffusion.timesteps):
-            raise HemeplmError(f"the restart step must be an integer from 0 (off) to {self.diffusion.timesteps - 1}, "
-                               f"got {r!r}")
+        r = self.restart
+        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1):
+            raise HemeplmError(f"the restart level must be a number from 0 (off) to 1, got {r!r}")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
@@ -185,9 +184,9 @@ class Sampler:
         return self.cfg.diffusion.noise_scale if self.noise_scale is None else self.noise_scale
 
     @property
-    def restart(self) -> dict:
-        """Restart sampling's settings (:attr:`restart_t`, else the config's; ``restart_steps``, ``restarts``)."""
-        return {**self.cfg.diffusion.restart, **({} if self.restart_t is None else {"restart_t": self.restart_t})}
+    def restart_settings(self) -> dict:
+        """Restart sampling's settings (:attr:`restart`, else the config's; ``restart_steps``, ``restarts``)."""
+        return {**self.cfg.diffusion.restart_settings, **({} if self.restart is None else {"restart": self.restart})}
 
     @property
     def frame_ps(self) -> float:
@@ -197,7 +196,7 @@ class Sampler:
     @property
     def denoiser_steps(self) -> int:
         """Denoiser calls per window (:meth:`~hemeplm.diffusion.GaussianDiffusion.step_sequence`)."""
-        return sum(map(len, self.diffusion.paths(self.sampler, self.steps, **self.restart)))
+        return sum(map(len, self.diffusion.paths(self.sampler, self.steps, **self.restart_settings)))
 
     @torch.no_grad()
     def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -216,7 +215,7 @@ class Sampler:
         key = coords[:, 0]
         atom_known = mask[:, :, m.tokens.atom_token]  # (S, T, A)
         x = m.sample_window(self.diffusion, coords, mask, generator, self.steps, self.sampler, self.progress,
-                            denoiser_for, self.temperature, self.restart)
+                            denoiser_for, self.temperature, self.restart_settings)
         st = self.cfg.structure
         projected = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
                             restraint=st.project_restraint, fold=key if self.fold_hold > 0 else None,
@@ -755,7 +754,7 @@ def run_task(gen: Sampler, task: str, topology, frames_file, out, start: int | N
                "stride": made.stride, "given_frames": made.given_frames,
                "num_frames": int(result.shape[1]), "num_samples": num_samples, "seed": seed,
                "sampler": gen.sampler, "steps": gen.denoiser_steps, "noise_scale": gen.temperature,
-               **gen.restart,
+               **gen.restart_settings,
                "project_steps": gen.projection_steps,
                "fold_hold": gen.fold_hold, "projection": made.projection,
                "conditioned_frames": made.conditioned_frames,

@@ -386,7 +386,7 @@ class HemePLM(nn.Module):
             denoiser_for: ``f(model, cond, key) -> denoiser`` (e.g. fragments of a large system); None:
                 :meth:`denoise`.
             noise_scale: the sampler's temperature (:meth:`~hemeplm.diffusion.GaussianDiffusion.sample`).
-            restart: ``restart_t``, ``restart_steps`` and ``restarts`` of Restart sampling (the same method);
+            restart: ``restart``, ``restart_steps`` and ``restarts`` of Restart sampling (the same method);
                 None: off.
         Returns:
             (B, T, N, D) normalised values relative to the key frame ``coords[:, 0]`` (:meth:`coordinates`).
