@@ -66,14 +66,15 @@ class DiffusionConfig:
     parameterisation: str = "v"
     sampler: str = "ddim"
     sample_steps: int = 50
-    #: sampling temperature: the sampler's starting noise (and ancestral sampling's step noise) is scaled by it;
-    #: below 1 narrows the spread of generated frames (1: the plain sampler). ``sample.py --noise-scale``.
+    #: sampling temperature: the sampler's starting noise (and ancestral sampling's step noise, and a restart's
+    #: re-noising) is scaled by it; below 1 narrows the spread of generated frames (1: the plain sampler).
+    #: ``sample.py --noise-scale``.
     noise_scale: float = 1.0
     #: Restart sampling (:meth:`~hemeplm.diffusion.GaussianDiffusion.sample`): once a window is sampled, re-noise
     #: it to the fraction ``restart`` of the diffusion steps (0.1: step 100 of 1000) and sample it back in
-    #: ``restart_steps`` DDIM steps, ``restarts`` times, which takes out errors the sampler's path accumulated
-    #: (docs/results.md: raw peptide bonds and torsions closer to the held-out MD, for 40% more denoiser
-    #: calls). 0: off. ``sample.py --restart``.
+    #: ``restart_steps`` DDIM steps (ancestral: every step), ``restarts`` times, which takes out errors the
+    #: sampler's path accumulated (docs/results.md: raw peptide bonds and torsions closer to the held-out MD, for
+    #: 40% more denoiser calls). 0: off. ``sample.py --restart``.
     restart: float = 0.1
     restart_steps: int = 5
     restarts: int = 4

@@ -30,6 +30,11 @@ def _expand(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return m.reshape(*m.shape, *([1] * (x.ndim - m.ndim)))
 
 
+def _evenly(start: int, n: int) -> list[int]:
+    """``n`` evenly spaced integer steps from ``start`` down to 0 (fewer where rounding repeats one)."""
+    return torch.linspace(start, 0, max(1, n)).round().long().unique_consecutive().tolist()
+
+
 def _randn_like_gen(shape, like: torch.Tensor, generator: torch.Generator | None, integers: int = 0) -> torch.Tensor:
     """Standard normal (or, with ``integers``, uniform integer) draws on the generator's device, moved to ``like``'s."""
     device = generator.device if generator is not None else like.device
@@ -170,7 +175,7 @@ class GaussianDiffusion(nn.Module):
         if sampler == "ancestral":
             return list(range(self.timesteps - 1, -1, -1))
         if sampler == "ddim":
-            return torch.linspace(self.timesteps - 1, 0, max(1, steps)).round().long().unique_consecutive().tolist()
+            return _evenly(self.timesteps - 1, steps)
         raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
 
     def restart_step(self, restart: float) -> int:
@@ -184,15 +189,18 @@ class GaussianDiffusion(nn.Module):
               restarts: int = 1) -> list[list[int]]:
         """The step sequences :meth:`sample` runs, each from noise (or re-noised) to data: first
         :meth:`step_sequence`, then per restart ``restart_steps`` evenly spaced steps from
-        :meth:`restart_step` to 0 (``ddim``; every step for ``ancestral``). One denoiser call per entry."""
+        :meth:`restart_step` to 0 (``ddim``; ``ancestral`` takes every step from there, whatever
+        ``restart_steps`` is). One denoiser call per entry."""
         out = [self.step_sequence(sampler, steps)]
         restart_t = self.restart_step(restart)
         if restart_t == 0:
             return out
-        if sampler == "ancestral":
-            return out + [list(range(restart_t, -1, -1))] * restarts
-        return out + [torch.linspace(restart_t, 0, max(1, restart_steps)).round().long().unique_consecutive().tolist()
-                      ] * restarts
+        again = list(range(restart_t, -1, -1)) if sampler == "ancestral" else _evenly(restart_t, restart_steps)
+        return out + [again] * restarts
+
+    def calls(self, sampler: str, steps: int, **restart) -> int:
+        """Denoiser calls per :meth:`sample` (all of :meth:`paths`; ``restart`` its restart keywords)."""
+        return sum(map(len, self.paths(sampler, steps, **restart)))
 
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, x_given: torch.Tensor, cond: Any, mask: torch.Tensor,
@@ -213,9 +221,10 @@ class GaussianDiffusion(nn.Module):
                 DDIM's with ``eta`` > 0, and a restart's re-noising, times τ); 1 is the plain sampler.
             restart: Restart sampling (Xu et al. 2023, "Restart sampling for improving generative processes"):
                 after reaching the data, re-noise the sample forward to the step ``restart`` of the way to
-                pure noise (:meth:`restart_step`; fresh noise, the forward process q(x_t | x_0)) and sample back to the data again in ``restart_steps`` steps
-                (:meth:`paths`), ``restarts`` times. The fresh noise contracts the errors a
-                trajectory has accumulated on its way down, where the denoiser is most accurate. 0: off.
+                pure noise (:meth:`restart_step`; fresh noise, the forward process q(x_t | x_0)) and sample
+                back to the data again in ``restart_steps`` steps (:meth:`paths`; ``ancestral``: every step),
+                ``restarts`` times. The fresh noise contracts the errors a trajectory has accumulated on its way
+                down, where the denoiser is most accurate. 0: off.
         Returns:
             (B, ...) samples.
         """

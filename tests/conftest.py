@@ -178,8 +178,8 @@ def tiny_overrides(system: dict, out: Path, *overrides: str) -> list[str]:
         "encoder.hidden=16", "encoder.layers=1", "encoder.num_rbf=8", "encoder.max_neighbors=8",
         "denoiser.dim=32", "denoiser.depth=1", "denoiser.heads=2", "denoiser.mlp_ratio=2.0",
         "energy.hidden=8", "tasks.upsample_factor=2", "diffusion.timesteps=100", "diffusion.sample_steps=5",
-        "diffusion.restarts=1", "optim.batch_size=2", "optim.warmup_steps=1", "max_steps=4", "ckpt_every=2", "eval_every=1000",
-        "eval_batches=1", "log_every=1", *overrides]
+        "diffusion.restarts=1", "optim.batch_size=2", "optim.warmup_steps=1", "max_steps=4", "ckpt_every=2",
+        "eval_every=1000", "eval_batches=1", "log_every=1", *overrides]
 
 
 def tiny_config(system: dict, out: Path, *overrides: str):

@@ -658,7 +658,9 @@ def test_restart_resamples_generated_frames_only_and_bad_steps_are_refused(tiny_
     start = torch.as_tensor(featurize(gens[None].cfg.data)["segments"][0][0], dtype=torch.float32)
     out = {r: g.forecast(start, 5, 2, torch.Generator().manual_seed(0)) for r, g in gens.items()}
     assert torch.equal(out[0][:, 0], out[None][:, 0])
-    assert (out[0][:, 1:] - out[None][:, 1:]).norm(dim=-1).mean() > 1e-3
+    # restarting from 0.1 of the schedule changes the generated frames, by less than they moved from the start
+    changed = float((out[0][:, 1:] - out[None][:, 1:]).norm(dim=-1).mean())
+    assert 1e-3 < changed < 0.5 * float((out[0][:, 1:] - start).norm(dim=-1).mean()), changed
     for bad in (-0.1, 1.5, True):
         with pytest.raises(HemeplmError, match="restart level"):
             Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", restart=bad)

@@ -49,7 +49,8 @@ def measure(gen: Sampler, scales: list[float], windows: int, seed: int
     out = {}
     for tau in scales:
         x = m.sample_window(gen.diffusion, coords, mask, torch.Generator().manual_seed(seed), gen.steps,
-                            gen.sampler, denoiser_for=denoiser_for, noise_scale=tau, restart=gen.restart_settings)
+                            gen.sampler, denoiser_for=denoiser_for, noise_scale=tau,
+                            restart_settings=gen.restart_settings)
         out[tau] = motion(m.coordinates(x, coords[:, 0]), h)
     return motion(coords, h), out
 

@@ -11,8 +11,10 @@ each in a fresh child process so that its peak memory is its own:
 * ``sample``: a forecast of ``--frames`` frames (100) from one start frame
   with :class:`~hemeplm.generate.sampler.Generator`, with the config's sampler and
   steps per window (``diffusion.sampler``, ``diffusion.sample_steps``: what
-  ``sample.py`` and the demo's quality tables use) unless ``--sampler`` or
-  ``--steps`` say otherwise (DDIM time is linear in the steps).
+  ``sample.py`` and the demo's quality tables use, with the config's restarts)
+  unless ``--sampler`` or ``--steps`` say otherwise (DDIM time is linear in
+  the denoiser calls: the steps plus ``diffusion.restarts`` ×
+  ``diffusion.restart_steps``).
 
 Peak memory: on the CPU the child's resident-set high-water mark (VmHWM, reset
 with ``/proc/self/clear_refs`` once the system and model are loaded, so it
@@ -399,8 +401,8 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "settings": {"config": config, "overrides": list(overrides), "device": device, "dtype": dtype,
                      "forecast_frames": frames, "sampler": sampler, "steps": steps,
-                     "denoiser_steps": sum(map(len, GaussianDiffusion.from_config(cfg.diffusion).paths(
-                         sampler, steps, **cfg.diffusion.restart_settings))),
+                     "denoiser_steps": GaussianDiffusion.from_config(cfg.diffusion).calls(
+                         sampler, steps, **cfg.diffusion.restart_settings),
                      "window": cfg.data.window, "lag": cfg.data.lag,
                      "batch_size": cfg.optim.batch_size, "spatial": cfg.denoiser.spatial,
                      "local_neighbors": cfg.denoiser.local_neighbors},

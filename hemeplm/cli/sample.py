@@ -2,7 +2,7 @@
 
     python sample.py --ckpt runs/demo/ckpt.pt --task forecast --topology T --frames F \
         [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P]
-        [--noise-scale TAU] [--fold-hold SIGMAS] [--seed N] --out OUT.xtc
+        [--noise-scale TAU] [--restart LEVEL] [--fold-hold SIGMAS] [--seed N] --out OUT.xtc
 
 Tasks: forecast (from frame I), tps (from frame I to frame J), inpaint (the ligand,
 or the ligand tokens holding the --inpaint-atoms, generated into frames I..J),
@@ -67,11 +67,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "planar peptide bonds and their angles; 0: off, the network's raw output; unset: the "
                         "checkpoint's structure.project_steps); the summary's 'projection' says what it moved")
     p.add_argument("--noise-scale", type=positive, default=None, metavar="TAU",
-                   help="sampling temperature: the sampler's starting noise times TAU (below 1: a narrower spread "
-                        "of generated frames; unset: the checkpoint's diffusion.noise_scale)")
+                   help="sampling temperature: the sampler's starting noise (and a restart's re-noising) times TAU "
+                        "(below 1: a narrower spread of generated frames; unset: the checkpoint's "
+                        "diffusion.noise_scale)")
     p.add_argument("--restart", type=fraction, default=None, metavar="LEVEL",
                    help="Restart sampling: re-noise each sampled window to the fraction LEVEL of the diffusion steps "
-                        "and sample it back (diffusion.restart_steps DDIM steps, diffusion.restarts times), which "
+                        "and sample it back (diffusion.restart_steps DDIM steps, or every step for ancestral "
+                        "sampling; diffusion.restarts times), which "
                         "takes out errors of the sampler's path (0: off; unset: the checkpoint's diffusion.restart)")
     p.add_argument("--fold-hold", type=non_negative, default=None, metavar="SIGMAS",
                    help="also hold each window's fold in the projection: keep the Cα-Cα distances of its key frame "

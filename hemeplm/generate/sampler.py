@@ -195,8 +195,9 @@ class Sampler:
 
     @property
     def denoiser_steps(self) -> int:
-        """Denoiser calls per window (:meth:`~hemeplm.diffusion.GaussianDiffusion.step_sequence`)."""
-        return sum(map(len, self.diffusion.paths(self.sampler, self.steps, **self.restart_settings)))
+        """Denoiser calls per window (:meth:`~hemeplm.diffusion.GaussianDiffusion.paths`: the path from noise and
+        the restarts)."""
+        return self.diffusion.calls(self.sampler, self.steps, **self.restart_settings)
 
     @torch.no_grad()
     def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -377,7 +377,7 @@ class HemePLM(nn.Module):
     def sample_window(self, diffusion: GaussianDiffusion, coords: torch.Tensor, mask: torch.Tensor,
                       generator: torch.Generator | None = None, steps: int = 50, sampler: str = "ddim",
                       progress: bool = False, denoiser_for=None, noise_scale: float = 1.0,
-                      restart: dict | None = None) -> torch.Tensor:
+                      restart_settings: dict | None = None) -> torch.Tensor:
         """The network's raw sample of windows keyed on their first frame.
 
         Args:
@@ -386,8 +386,8 @@ class HemePLM(nn.Module):
             denoiser_for: ``f(model, cond, key) -> denoiser`` (e.g. fragments of a large system); None:
                 :meth:`denoise`.
             noise_scale: the sampler's temperature (:meth:`~hemeplm.diffusion.GaussianDiffusion.sample`).
-            restart: ``restart``, ``restart_steps`` and ``restarts`` of Restart sampling (the same method);
-                None: off.
+            restart_settings: ``restart``, ``restart_steps`` and ``restarts`` of Restart sampling (the same
+                method); None: off.
         Returns:
             (B, T, N, D) normalised values relative to the key frame ``coords[:, 0]`` (:meth:`coordinates`).
         """
@@ -397,7 +397,7 @@ class HemePLM(nn.Module):
         denoise = self.denoise if denoiser_for is None else denoiser_for(self, cond, key)
         return diffusion.sample(denoise, self.values(coords, key), cond, mask, steps=steps, sampler=sampler,
                                 generator=generator, progress=progress, clip_x0=float(self.value_limit),
-                                noise_scale=noise_scale, **(restart or {}))
+                                noise_scale=noise_scale, **(restart_settings or {}))
 
     def check_schedule(self, diffusion: GaussianDiffusion) -> None:
         """Refuse a diffusion whose noise schedule is not the one the refiner reads x̂₀ through (the config's)."""

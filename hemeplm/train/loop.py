@@ -115,8 +115,9 @@ class Objective(nn.Module):
         """Windows (B, T, A, 3) whose h leading frames wholly given under ``mask`` (B, T, N) (a forecast's key and
         history) are, where ``use`` (B,) bool, the model's own: the last h frames of the window that ends with them,
         sampled raw by the model with :attr:`rollout_steps` DDIM steps at the sampling temperature
-        (:attr:`noise_scale`) from that window's first h frames (true ones), as a forecast continues from its
-        previous window (whose frames sampling also projects unless ``structure.project_steps`` is 0).
+        (:attr:`noise_scale`; no restarts, for cost) from that window's first h frames (true ones), as a forecast
+        continues from its previous window (whose frames sampling also projects unless ``structure.project_steps``
+        is 0).
         ``before`` (B, L, A, 3), L >= T - h: the frames preceding the window at its lag. The frames after the
         leading ones stay the MD's."""
         m = self.model
