@@ -73,8 +73,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--restart", type=fraction, default=None, metavar="LEVEL",
                    help="Restart sampling: re-noise each sampled window to the fraction LEVEL of the diffusion steps "
                         "and sample it back (diffusion.restart_steps DDIM steps, or every step for ancestral "
-                        "sampling; diffusion.restarts times), which "
-                        "takes out errors of the sampler's path (0: off; unset: the checkpoint's diffusion.restart)")
+                        "sampling; diffusion.restarts times), which takes out errors of the sampler's path "
+                        "(0: off; unset: the checkpoint's diffusion.restart)")
     p.add_argument("--fold-hold", type=non_negative, default=None, metavar="SIGMAS",
                    help="also hold each window's fold in the projection: keep the Cα-Cα distances of its key frame "
                         "(its conditioning frame) within SIGMAS training-MD standard deviations (0: off; unset: the "
