@@ -641,11 +641,13 @@ def test_noise_scale_narrows_forecasts_and_bad_values_are_refused(tiny_run, tiny
     for bad in (0.0, -1.0):
         with pytest.raises(HemeplmError, match="noise scale"):
             Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", noise_scale=bad)
+    with pytest.raises(HemeplmError, match="fold hold must be a number of at least 0"):
+        Sampler.from_checkpoint(tiny_run["ckpt"], device="cpu", fold_sigmas=-1.0)
     with pytest.raises(HemeplmError, match="diffusion.noise_scale"):
         tiny_config(tiny_system, tmp_path, "diffusion.noise_scale=0")
 
 
-def test_restart_resamples_generated_frames_only_and_bad_steps_are_refused(tiny_run, tiny_system, tmp_path):
+def test_restart_resamples_generated_frames_only_and_bad_levels_are_refused(tiny_run, tiny_system, tmp_path):
     """Restart sampling (``sample.py --restart``): unset, the checkpoint's (0.1); off (0), the raw forecast's
     generated frames change and its start frame does not; a level outside 0..1 is refused by the sampler and by
     the config."""

@@ -14,6 +14,7 @@ ratios are together nearest 1 (least |log step ratio| + |log displacement ratio|
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,6 @@ import torch
 
 from hemeplm.data.dataset import WindowDataset, featurize
 from hemeplm.errors import HemeplmError
-from hemeplm.generate.fragment import denoiser_for
 from hemeplm.generate.sampler import Sampler
 from hemeplm.tasks import task_mask
 
@@ -43,15 +43,11 @@ def measure(gen: Sampler, scales: list[float], windows: int, seed: int
                            cfg.data.topology)
     pick = np.unique(np.linspace(0, len(ds) - 1, min(windows, len(ds))).round().astype(int))
     coords = torch.stack([ds[int(i)]["coords"] for i in pick]).float()
-    m = gen.model
     h = gen.history
-    mask = task_mask("forecast", coords.shape[1], m.token_is_ligand, history=h).expand(len(coords), -1, -1)
-    out = {}
-    for tau in scales:
-        x = m.sample_window(gen.diffusion, coords, mask, torch.Generator().manual_seed(seed), gen.steps,
-                            gen.sampler, denoiser_for=denoiser_for, noise_scale=tau,
-                            restart_settings=gen.restart_settings)
-        out[tau] = motion(m.coordinates(x, coords[:, 0]), h)
+    mask = task_mask("forecast", coords.shape[1], gen.model.token_is_ligand, history=h)
+    raw = dataclasses.replace(gen, project_steps=0)
+    out = {tau: motion(dataclasses.replace(raw, noise_scale=tau).window_sample(
+        coords, mask, torch.Generator().manual_seed(seed)), h) for tau in scales}
     return motion(coords, h), out
 
 

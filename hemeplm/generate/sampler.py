@@ -127,13 +127,13 @@ class Sampler:
 
     def __post_init__(self):
         self.model.check_schedule(self.diffusion)
-        scale = self.noise_scale
-        if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                                  or not math.isfinite(scale) or scale <= 0):
-            raise HemeplmError(f"the noise scale must be a number above 0, got {scale!r}")
-        r = self.restart
-        if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 <= r <= 1):
-            raise HemeplmError(f"the restart level must be a number from 0 (off) to 1, got {r!r}")
+        settings = ((self.fold_sigmas, lambda v: v >= 0, "the fold hold must be a number of at least 0 (0: off)"),
+                    (self.noise_scale, lambda v: v > 0, "the noise scale must be a number above 0"),
+                    (self.restart, lambda v: 0 <= v <= 1, "the restart level must be a number from 0 (off) to 1"))
+        for value, ok, refusal in settings:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not math.isfinite(value) or not ok(value)):
+                raise HemeplmError(f"{refusal}, got {value!r}")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
@@ -143,9 +143,6 @@ class Sampler:
         for name, value, low in (("steps", steps, 1), ("project_steps", kw.get("project_steps"), 0)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise HemeplmError(f"{name} must be an integer of at least {low}, got {value!r}")
-        fold = kw.get("fold_sigmas")
-        if fold is not None and not (isinstance(fold, (int, float)) and math.isfinite(fold) and fold >= 0):
-            raise HemeplmError(f"the fold hold must be a number of at least 0 (0: off), got {fold!r}")
         device = resolve_device(device)
         ckpt = load_checkpoint(path, map_location=device)
         model, cfg = build_model(ckpt)
