@@ -148,6 +148,10 @@ class StructureConfig:
     peptide_weight: float = 0.0
     #: frame-aligned point error (Å, clamped at 10 Å) of every atom in sampled residue frames, AlphaFold's FAPE
     fape_weight: float = 0.0
+    #: the terms count only on windows noised to at most this fraction of the diffusion steps (1: all). Higher,
+    #: the clean estimate is a mean over many structures, and holding it to one structure's rules (no clashes
+    #: above all) biases it: the samples drawn through it come out expanded, more with each forecast window
+    noise_limit: float = 1.0
     project_steps: int = 50
     project_restraint: float = 0.01
     fold_sigmas: float = 0.0
@@ -243,6 +247,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "energy.interaction_weight": (0, None, True), "energy.frames_per_step": (1, None, True),
     "energy.lr": (0, None, False),
     "structure.bond_weight": (0, None, True), "structure.clash_weight": (0, None, True),
+    "structure.noise_limit": (0, 1, True),
     "structure.project_steps": (0, None, True), "structure.project_restraint": (0, None, True),
     "structure.fold_sigmas": (0, None, True), "structure.peptide_weight": (0, None, True),
     "structure.fape_weight": (0, None, True),

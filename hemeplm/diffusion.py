@@ -128,7 +128,7 @@ class GaussianDiffusion(nn.Module):
              weight: torch.Tensor | None = None, t: torch.Tensor | None = None,
              generator: torch.Generator | None = None,
              x0_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-             input_perturbation: float = 0.0) -> torch.Tensor:
+             input_perturbation: float = 0.0, x0_loss_until: float = 1.0) -> torch.Tensor:
         """Mean of ``||ε - ε_θ(x_t, t)||²`` over the entries to generate.
 
         Args:
@@ -139,6 +139,10 @@ class GaussianDiffusion(nn.Module):
             x0_loss: optional ``f(x0_hat, alpha_bar) -> (B,)`` added to the loss, weighted by ᾱ_t
                 (so toward low noise): a term on the network's estimate of the clean data
                 ``x0_hat`` (B, ...) (given entries set to their values), e.g. a structure term.
+            x0_loss_until: ``x0_loss`` counts only for samples noised to at most this fraction of the steps
+                (t < fraction × timesteps; 1: all). At high noise x0_hat is the mean over many clean samples,
+                which a term made for one sample (no overlaps, say) would bias: held there it pulls the
+                estimate, and so every sample drawn through it, off the data.
             input_perturbation: γ of input perturbation (Ning et al. 2023, "Input perturbation reduces exposure
                 bias in diffusion models"): x_t is made with ε + γ ξ (ξ a second Gaussian) while the target stays
                 ε, so the denoiser learns to take out more error than the noise level says, as a sampler's inputs
@@ -160,8 +164,9 @@ class GaussianDiffusion(nn.Module):
         if x0_loss is None:
             return loss
         alpha_bar = self.alphas_cumprod[t].to(x0.dtype)
+        counts = (t < x0_loss_until * self.timesteps).to(x0.dtype)
         x0_hat = torch.where(given, x0, self.predict_x0(x_t, t, eps))
-        return loss + (alpha_bar * x0_loss(x0_hat, alpha_bar)).mean()
+        return loss + (counts * alpha_bar * x0_loss(x0_hat, alpha_bar)).mean()
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         return (x_t - self._at(self.sqrt_one_minus_alphas_cumprod, t, x_t) * eps) / self._at(self.sqrt_alphas_cumprod, t, x_t)

@@ -89,6 +89,37 @@ def test_loss_ignores_given_entries():
     assert d.loss(wrong_in_second, x0, None, mask, t=t, generator=torch.Generator().manual_seed(0)) > 10
 
 
+def test_x0_loss_counts_only_below_its_noise_limit():
+    """``x0_loss_until``: a term on the clean estimate adds ᾱ_t × its value for samples noised to below that
+    fraction of the steps, and nothing (no value, no gradient) for the others."""
+    d = GaussianDiffusion(100)
+    x0 = torch.randn(4, 6, 2)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    bias = torch.zeros((), requires_grad=True)
+
+    def denoise(x, t, cond, m):
+        return gaussian_denoiser(d)(x, t, cond, m) + bias
+
+    def term(x0_hat, alpha_bar):
+        return (x0_hat - 5.0).pow(2).mean((1, 2))
+
+    def loss(t, **kw):
+        return d.loss(denoise, x0, None, mask, t=t, generator=torch.Generator().manual_seed(0), **kw)
+
+    low, high, mixed = torch.tensor([0, 10, 30, 49]), torch.tensor([50, 70, 80, 99]), torch.tensor([5, 60, 20, 90])
+    for t in (low, high, mixed):
+        plain, limited, full = loss(t), loss(t, x0_loss=term, x0_loss_until=0.5), loss(t, x0_loss=term)
+        x_t = d.q_sample(x0, t, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)))
+        x0_hat = d.predict_x0(x_t, t, gaussian_denoiser(d)(x_t, t, None, mask))
+        counted = (t < 50).float() * d.alphas_cumprod[t] * term(x0_hat, None)
+        assert torch.allclose(limited - plain, counted.mean(), atol=1e-6)
+        assert torch.allclose(full - plain, (d.alphas_cumprod[t] * term(x0_hat, None)).mean(), atol=1e-6)
+    (g_plain,) = torch.autograd.grad(loss(high), bias)
+    (g_limited,) = torch.autograd.grad(loss(high, x0_loss=term, x0_loss_until=0.5), bias)
+    (g_full,) = torch.autograd.grad(loss(high, x0_loss=term), bias)
+    assert torch.allclose(g_limited, g_plain) and not torch.allclose(g_full, g_plain)
+
+
 def test_input_perturbation_noises_inputs_beyond_the_target():
     """With input perturbation γ, x_t is made with ε + γ ξ but the target stays ε: a denoiser that reads back
     exactly the noise in its input misses by γ ξ, a loss of γ²; without it, nothing."""

@@ -780,9 +780,10 @@ def test_inpainting_scores_only_the_inpainted_atoms(short_pocket, tmp_path):
     assert metrics["info"]["reference"]["omega_outlier_fraction"] is None
 
 
-def test_drift_measures_rmsd_from_the_start_and_the_pocket_kept(pocket_geometry):
-    """A trajectory that only turns rigidly has drifted 0 Å and keeps its pocket; one whose ligand leaves by 20 Å
-    keeps none of it; a Cα shift of known size gives that RMSD; only frames in the last tenth of the span count."""
+def test_drift_measures_rmsd_swelling_and_the_pocket_kept(pocket_geometry):
+    """A trajectory that only turns rigidly has drifted 0 Å, neither swollen nor shrunk, and keeps its pocket; one
+    whose ligand leaves by 20 Å keeps none of it; a Cα shift of known size gives that RMSD, a 10% swelling a Cα
+    radius of gyration 10% larger; only frames in the last tenth of the span count."""
     from scipy.spatial.transform import Rotation
 
     from hemeplm.evaluate.trajectory import drift
@@ -792,6 +793,13 @@ def test_drift_measures_rmsd_from_the_start_and_the_pocket_kept(pocket_geometry)
     rigid = np.einsum("fij,aj->fai", turns, x0) + 3.0
     found = drift([rigid], geom, 1.0, 20.0)
     assert found["ca_rmsd_end_A"] < 1e-6 and found["pocket_kept_end_fraction"] == 1.0
+    assert abs(found["ca_rg_change_end_A"]) < 1e-9
+    swollen = np.repeat(x0[None], 21, 0)
+    centre = x0[geom.ca].mean(0)
+    swollen[18:] = centre + 1.1 * (x0 - centre)  # the last tenth of the span 10% larger about the Cα centroid
+    rg = np.sqrt(((x0[geom.ca] - centre) ** 2).sum(-1).mean())
+    assert abs(drift([swollen], geom, 1.0, 20.0)["ca_rg_change_end_A"] - 0.1 * rg) < 1e-9
+    assert abs(drift([swollen], geom, 1.0, 10.0)["ca_rg_change_end_A"]) < 1e-9  # frames 9-10: not yet
     gone = rigid.copy()
     gone[18:, geom.ligand] += 20.0
     assert drift([gone], geom, 1.0, 20.0)["pocket_kept_end_fraction"] == 0.0

@@ -423,3 +423,20 @@ def test_rollout_trains(tiny_system, tmp_path, monkeypatch):
     assert given and all(h == 2 for h, _ in given) and any(n > 0 for _, n in given), given
     with pytest.raises(HemeplmError, match="tasks.rollout"):
         tiny_config(tiny_system, tmp_path, "tasks.rollout=1.5")
+
+
+def test_structure_noise_limit_reaches_the_loss(tiny_system, tmp_path, monkeypatch):
+    """structure.noise_limit is the fraction of the steps below which the diffusion loss counts the structure
+    terms (GaussianDiffusion.loss's x0_loss_until), in training and validation; outside [0, 1] it is refused."""
+    seen = []
+    original = GaussianDiffusion.loss
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("x0_loss_until"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GaussianDiffusion, "loss", spy)
+    training.train(tiny_config(tiny_system, tmp_path, "max_steps=2", "structure.noise_limit=0.25"))
+    assert seen and all(v == 0.25 for v in seen), seen
+    with pytest.raises(HemeplmError, match="structure.noise_limit"):
+        tiny_config(tiny_system, tmp_path, "structure.noise_limit=1.5")

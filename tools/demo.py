@@ -132,7 +132,8 @@ def long_validity(topology: Path, reference: Path, trajectory: str | Path, frame
 
 def _drift_text(d: dict) -> str:
     kept = d["pocket_kept_end_fraction"]
-    return f"{d['ca_rmsd_end_A']:.2f} Å" + ("" if np.isnan(kept) else f", {kept:.0%} kept")
+    return (f"{d['ca_rmsd_end_A']:.2f} Å, Cα Rg {d['ca_rg_change_end_A']:+.2f} Å"
+            + ("" if np.isnan(kept) else f", {kept:.0%} kept"))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
         tables["long_forecast"] = "\n".join([
             f"all {args.long_frames - 1} generated frames:", print_table(found["all"]),
             f"last {min(LONG_TAIL, args.long_frames - 1)} frames:", print_table(found["last"]),
-            f"Cα RMSD from the start (Å, last {END_FRACTION:.0%} of the span) and pocket residues kept: "
+            f"Cα RMSD from the start (Å, last {END_FRACTION:.0%} of the span), change of the Cα radius of gyration "
+            f"and pocket residues kept: "
             f"at {d['md_span_ps']:.0f} ps {_drift_text(d['forecast_at_md_span'])} (the first training trajectory "
             f"from its first frame: {_drift_text(d['md'])}); at {span:.0f} ps {_drift_text(d['forecast_at_end'])}"])
         wall = round(time.time() - t0, 1)

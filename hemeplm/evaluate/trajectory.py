@@ -40,6 +40,7 @@ decorrelation time are not:
 | ``contact_pearson`` | Pearson r of the same contact-frequency vectors; null without ligand | higher |
 | ``ligand_rmsd_mean_A``, ``ligand_rmsd_median_A`` | ligand heavy-atom RMSD (Å, no fit on the ligand) to the reference after superposing protein Cα: generated frame i against reference frame i when both have the same number of frames (each pair superposed on Cα), else against the nearest reference frame in the common Cα frame (``info.ligand_rmsd_pairing``); null without ligand | lower |
 | ``ca_rmsd_end_A`` | Cα RMSD (Å, superposed on Cα) from each trajectory's first frame over the frames in the last :data:`END_FRACTION` of its time (the shortest trajectory's span, the same for every trajectory), pooled; the reference's own over the same span is ``info.reference.ca_rmsd_end_A`` (null when no reference trajectory is that long) | closer to reference |
+| ``ca_rg_change_end_A`` | over the same frames, the change of the Cα radius of gyration (Å) from each trajectory's first frame, pooled: a protein that swells (or unfolds) grows it; the reference's own is ``info.reference.ca_rg_change_end_A`` | closer to reference |
 | ``pocket_kept_end_fraction`` | over the same frames, the fraction of the first frame's pocket residues (a heavy atom within 4.5 Å of a ligand heavy atom) still in contact with the ligand; null without ligand | higher |
 | ``tic1_decorrelation_ps`` | time (ps) at which the autocorrelation of TIC1 (pooled over trajectories) first falls below 1/e, linearly interpolated; null if it does not within half the longest trajectory or TIC1 is constant, or when TICA is skipped (as ``tica_jsd``); the reference's value is ``info.reference.tic1_decorrelation_ps`` | closer to reference |
 """
@@ -115,21 +116,27 @@ def contact_frequency(x: np.ndarray, geom: Geometry, cutoff: float = CONTACT_CUT
     return counts / (len(x) if weights is None else w.sum())
 
 
+def gyration_radius(x: np.ndarray) -> np.ndarray:
+    """Radius of gyration (Å) of points (..., K, 3), unweighted -> (...)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.sqrt(((x - x.mean(-2, keepdims=True)) ** 2).sum(-1).mean(-1))
+
+
 def drift(segments: list[np.ndarray], geom: Geometry, dt_ps: float, span_ps: float,
           scored: list[np.ndarray] | None = None) -> dict:
-    """How far trajectories have gone from their first frames by ``span_ps``: ``ca_rmsd_end_A`` and
-    ``pocket_kept_end_fraction`` (module table) over the frames at times in
+    """How far trajectories have gone from their first frames by ``span_ps``: ``ca_rmsd_end_A``,
+    ``ca_rg_change_end_A`` and ``pocket_kept_end_fraction`` (module table) over the frames at times in
     [(1 - :data:`END_FRACTION`) · span_ps, span_ps] of every trajectory at least that long.
 
     Args:
         segments: per trajectory, (F_s, A, 3) Å; dt_ps: time between their frames.
         scored: optional, per trajectory, (F_s,) bool: only these frames count (frame 0 is the start either way).
     Returns:
-        the two metrics, NaN when no trajectory reaches ``span_ps`` (the pocket also without ligand).
+        the three metrics, NaN when no trajectory reaches ``span_ps`` (the pocket also without ligand).
     """
     last = int(round(span_ps / dt_ps))
     first = min(last, max(1, int(math.ceil((1 - END_FRACTION) * last - 1e-9))))
-    rmsd, kept = [], []
+    rmsd, swell, kept = [], [], []
     for s, x in enumerate(segments):
         if last >= len(x):
             continue
@@ -142,11 +149,13 @@ def drift(segments: list[np.ndarray], geom: Geometry, dt_ps: float, span_ps: flo
         rot, trans = superposition(x[end][:, geom.ca].astype(np.float64), start)
         moved = np.einsum("fkj,fij->fki", x[end][:, geom.ca], rot) + trans[:, None]
         rmsd.append(np.sqrt(((moved - start) ** 2).sum(-1).mean(-1)))
+        swell.append(gyration_radius(x[end][:, geom.ca]) - gyration_radius(start))
         if len(geom.ligand):
             pocket = contact_frequency(x[:1], geom) > 0
             if pocket.any():
                 kept.append(np.full(len(end), contact_frequency(x[end], geom)[pocket].mean()))
     return {"ca_rmsd_end_A": float(np.concatenate(rmsd).mean()) if rmsd else math.nan,
+            "ca_rg_change_end_A": float(np.concatenate(swell).mean()) if swell else math.nan,
             "pocket_kept_end_fraction": float(np.concatenate(kept).mean()) if kept else math.nan}
 
 

@@ -62,7 +62,8 @@ class Objective(nn.Module):
     scalar losses; ``loss`` is the total. The structure terms (:mod:`hemeplm.geometry.structure`: inter-token
     bonds and angles, clashes, peptide planarity and angles, the frame-aligned point error against the
     true frames from :data:`FAPE_FRAMES` random residue frames; all in Å or rad) are computed on the
-    decoded x̂0 of each window and weighted by ᾱ_t, toward low noise. With ``key_noise`` (``tasks.key_noise``)
+    decoded x̂0 of each window and weighted by ᾱ_t, toward low noise, on the windows noised to at most
+    ``noise_limit`` (``structure.noise_limit``) of the steps. With ``key_noise`` (``tasks.key_noise``)
     each training window starts from :meth:`perturbed_start` frames. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
     (``coords`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R),
     ``has_interaction`` (F,)) or None; its losses are mean squared errors on normalised scales
@@ -73,12 +74,12 @@ class Objective(nn.Module):
                  force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
                  clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
                  key_noise: float = 0.0, input_perturbation: float = 0.0, rollout: float = 0.0,
-                 rollout_steps: int = 5, noise_scale: float = 1.0):
+                 rollout_steps: int = 5, noise_scale: float = 1.0, noise_limit: float = 1.0):
         super().__init__()
         model.check_schedule(diffusion)
         self.model, self.diffusion, self.key_noise = model, diffusion, key_noise
         self.rollout, self.rollout_steps, self.noise_scale = rollout, rollout_steps, noise_scale
-        self.input_perturbation = input_perturbation
+        self.input_perturbation, self.noise_limit = input_perturbation, noise_limit
         self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
         self.weights = {"bond": bond_weight, "clash": clash_weight, "peptide": peptide_weight, "fape": fape_weight}
         self.structure: dict[str, torch.Tensor] = {}
@@ -89,7 +90,8 @@ class Objective(nn.Module):
         e, s = cfg.energy, cfg.structure
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
                    s.clash_weight, s.peptide_weight, s.fape_weight, cfg.tasks.key_noise,
-                   cfg.diffusion.input_perturbation, cfg.tasks.rollout, cfg.tasks.rollout_steps, cfg.diffusion.noise_scale)
+                   cfg.diffusion.input_perturbation, cfg.tasks.rollout, cfg.tasks.rollout_steps, cfg.diffusion.noise_scale,
+                   s.noise_limit)
 
     def perturbed_start(self, coords: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
         """Windows (B, T, A, 3) whose key frame and the given frames right after it (a forecast's history, wholly
@@ -168,7 +170,8 @@ class Objective(nn.Module):
         use = any(w > 0 for w in self.weights.values())
         return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.value_mask, t=t,
                                    generator=generator, x0_loss=structure if use else None,
-                                   input_perturbation=self.input_perturbation if training else 0.0)
+                                   input_perturbation=self.input_perturbation if training else 0.0,
+                                   x0_loss_until=self.noise_limit)
 
     def energy_losses(self, labelled: dict) -> dict[str, torch.Tensor]:
         """Normalised ``energy``, ``force`` and (with labels) ``interaction`` losses of labelled frames."""
