@@ -18,9 +18,9 @@ moves atoms toward the validity checks, so the raw columns are what the network 
 gave (the forecast's frame 0, the inpainting's protein) are not scored. A long forecast by the model
 (``--long-frames``, one sample from the first held-out frame, projected; no prior, to keep it short) is
 checked for validity (every check of :mod:`hemeplm.evaluate.checks` over its generated frames and
-over its last :data:`LONG_TAIL`, beside the held-out MD's own) and for drift: its Cα RMSD from its start and
-the pocket residues it keeps, at its end and at the length of the first training trajectory, beside that MD's own
-(``long_forecast_validity.json``). The
+over its last :data:`LONG_TAIL`, beside the held-out MD's own) and for drift: its Cα RMSD from its start, the
+change of its Cα radius of gyration and the pocket residues it keeps, at its end and at the length of the first
+training trajectory, beside that MD's own (``long_forecast_validity.json``). The
 tables are printed and saved in ``RUN/eval/`` (``tables.json``).
 """
 
