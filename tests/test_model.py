@@ -22,7 +22,7 @@ from hemeplm.data.internal import posed_body
 from hemeplm.geometry.rigid import rotvec_to_matrix
 from hemeplm.geometry.structure import (PEPTIDE_ANGLES, PROJECT_ANGLE_SIGMAS, bond_deviation, peptide_geometry,
                                         peptide_penalty, peptide_quads, project)
-from hemeplm.models.encoder import AtomEncoder, rejected_dot
+from hemeplm.models.encoder import AtomEncoder, ViSLayer, edge_geometry, rejected_dot
 from hemeplm.models.refine import FEATURE_UNITS, N_FEATURES
 from hemeplm.models.surrogate import HemePLM
 from hemeplm.generate.sampler import Sampler
@@ -115,6 +115,27 @@ def test_rejected_dot_is_the_dot_product_of_the_rejected_vectors():
     explicit = (rejected(a, u) * rejected(b, -u)).sum(1)
     torch.testing.assert_close(rejected_dot(a, b, u), explicit)
     assert float(explicit.abs().min()) > 0 and not torch.allclose(explicit, (a * b).sum(1))
+
+
+def test_first_layer_without_vectors_equals_zero_vectors():
+    """A layer given no vectors (``vec`` None: the first layer, which skips the terms that read them) returns
+    what it returns for zero vectors, its edge update included; from the second layer on the vectors count."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    layer = ViSLayer(8, heads=2, update_edges=True).double()
+    for p in layer.parameters():  # away from the default initialisation, so that every term is non-zero
+        p.data.normal_(0, 0.5, generator=g)
+    pos = torch.randn(6, 3, generator=g, dtype=torch.float64) * 2
+    ei = torch.tensor([(i, j) for i in range(6) for j in range(6) if i != j]).T
+    d, rhat, sh, cut = edge_geometry(pos, ei, 10.0, 2)
+    h = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    f = torch.randn(ei.shape[1], 8, generator=g, dtype=torch.float64)
+    skipped = layer(h, None, f, sh, cut, rhat, ei)
+    zeros = layer(h, torch.zeros(6, sh.shape[1], 8, dtype=torch.float64), f, sh, cut, rhat, ei)
+    for a, b in zip(skipped, zeros):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    again = layer(*skipped, sh, cut, rhat, ei)
+    assert not torch.allclose(again[2], skipped[2])  # given vectors, the edges are updated
 
 
 def test_encoder_ignores_masked_positions(tiny):

@@ -47,7 +47,8 @@ class GaussianRBF(nn.Module):
 def rejected_dot(a: torch.Tensor, b: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Dot products (E, C) of the components of vectors ``a`` and ``b`` (E, 3, C) orthogonal to unit directions
     ``u`` (E, 3): ``a·b − (a·u)(b·u)``, without forming the rejected vectors."""
-    return (a * b).sum(1) - torch.einsum("esc,es->ec", a, u) * torch.einsum("esc,es->ec", b, u)
+    u = u[:, :, None]
+    return (a * b).sum(1) - (a * u).sum(1) * (b * u).sum(1)
 
 
 class ViSLayer(nn.Module):
@@ -55,7 +56,8 @@ class ViSLayer(nn.Module):
 
     Shapes: h (A, C), vec (A, S, C), f (E, C), sh (E, S), cut (E,),
     rhat (E, 3) unit src->dst directions, edge_index (2, E) ``[src, dst]``.
-    Returns updated (h, vec, f).
+    Returns updated (h, vec, f). ``vec`` None stands for zeros (the first layer: the atoms have no vectors yet),
+    and the terms that read it are skipped: the same result, without the work.
     """
 
     def __init__(self, hidden: int, heads: int = 4, update_edges: bool = True):
@@ -85,10 +87,13 @@ class ViSLayer(nn.Module):
         v = (self.v(x)[src] * F.silu(self.dv(f))).view(e, self.heads, -1) * attn[..., None]
         m_s, m_v1, m_v2 = v.reshape(e, 3 * c).split(c, dim=-1)
         dh = h.new_zeros(a, c).index_add_(0, dst, m_s)
-        mv = vec[src] * m_v1[:, None, :] + sh[:, :, None] * m_v2[:, None, :]
-        dvec = vec.new_zeros(vec.shape).index_add_(0, dst, mv)
-        vec1, vec2, vec3 = self.vec_proj(vec).split(c, dim=-1)
+        mv = sh[:, :, None] * m_v2[:, None, :]
         o1, o2, o3 = self.out(dh).split(c, dim=-1)
+        if vec is None:
+            return h + o3, h.new_zeros(a, sh.shape[1], c).index_add_(0, dst, mv), f
+        mv = mv + vec[src] * m_v1[:, None, :]
+        dvec = torch.zeros_like(vec).index_add_(0, dst, mv)
+        vec1, vec2, vec3 = self.vec_proj(vec).split(c, dim=-1)
         h = h + (vec1 * vec2).sum(1) * o2 + o3
         vec_new = vec + vec3 * o1[:, None, :] + dvec
         if self.update_edges:
@@ -156,7 +161,7 @@ class AtomEncoder(nn.Module):
         lig_in = torch.cat([static["ligand_features"], static["charge"][:, None]], dim=-1)
         h = self.element(static["element"]) + self.atom_type(static["atom_type"]) + self.ligand(lig_in)
         h = rep(h)
-        vec = h.new_zeros(b * a, self.n_sh, h.shape[-1])
+        vec = None  # the first layer gives the atoms their vectors
         f = self.edge_in(self.rbf(d)) * cut[:, None] + self.edge_type(g.edge_type + N_EDGE_TYPES * g.cross.long())
         for layer in self.layers:
             h, vec, f = layer(h, vec, f, sh, cut, rhat, g.edge_index)

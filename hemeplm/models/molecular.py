@@ -38,7 +38,6 @@ class MolecularEnergy(nn.Module):
     def __init__(self, hidden: int = 64, layers: int = 3, lmax: int = 1, num_rbf: int = 32, cutoff: float = 5.0):
         super().__init__()
         self.cutoff, self.lmax = cutoff, lmax
-        self.n_sh = (lmax + 1) ** 2 - 1
         self.embed = nn.Embedding(MAX_Z + 1, hidden)
         # neighbour embedding (as in TorchMD-Net and ViSNet): each atom starts from its element and its
         # neighbours' elements weighted by their distances, so the first layer already sees the geometry
@@ -83,7 +82,7 @@ class MolecularEnergy(nn.Module):
         h = self.embed(z)
         around = self.neighbour_embed(z)[src] * self.neighbour_filter(rbf) * cut[:, None]
         h = self.combine(torch.cat([h, torch.zeros_like(h).index_add_(0, dst, around)], dim=-1))
-        vec = h.new_zeros(b * a, self.n_sh, h.shape[-1])
+        vec = None  # the first layer gives the atoms their vectors
         f = self.edge_in(rbf) * cut[:, None]
         for layer in self.layers:
             h, vec, f = layer(h, vec, f, sh, cut, rhat, ei)
