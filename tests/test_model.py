@@ -121,7 +121,6 @@ def test_first_layer_without_vectors_equals_zero_vectors():
     """A layer given no vectors (``vec`` None: the first layer, which skips the terms that read them) returns
     what it returns for zero vectors, its edge update included; from the second layer on the vectors count."""
     g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
     layer = ViSLayer(8, heads=2, update_edges=True).double()
     for p in layer.parameters():  # away from the default initialisation, so that every term is non-zero
         p.data.normal_(0, 0.5, generator=g)

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"all {args.long_frames - 1} generated frames:", print_table(found["all"]),
             f"last {min(LONG_TAIL, args.long_frames - 1)} frames:", print_table(found["last"]),
             f"Cα RMSD from the start (Å, last {END_FRACTION:.0%} of the span), change of the Cα radius of gyration "
-            f"and pocket residues kept: "
+            "and pocket residues kept: "
             f"at {d['md_span_ps']:.0f} ps {_drift_text(d['forecast_at_md_span'])} (the first training trajectory "
             f"from its first frame: {_drift_text(d['md'])}); at {span:.0f} ps {_drift_text(d['forecast_at_end'])}"])
         wall = round(time.time() - t0, 1)

@@ -146,10 +146,11 @@ def drift(segments: list[np.ndarray], geom: Geometry, dt_ps: float, span_ps: flo
         if not len(end):
             continue
         start = x[0, geom.ca].astype(np.float64)
-        rot, trans = superposition(x[end][:, geom.ca].astype(np.float64), start)
-        moved = np.einsum("fkj,fij->fki", x[end][:, geom.ca], rot) + trans[:, None]
+        ca = x[np.ix_(end, geom.ca)].astype(np.float64)  # (F, K, 3) the scored frames' Cα
+        rot, trans = superposition(ca, start)
+        moved = np.einsum("fkj,fij->fki", ca, rot) + trans[:, None]
         rmsd.append(np.sqrt(((moved - start) ** 2).sum(-1).mean(-1)))
-        swell.append(gyration_radius(x[end][:, geom.ca]) - gyration_radius(start))
+        swell.append(gyration_radius(ca) - gyration_radius(start))
         if len(geom.ligand):
             pocket = contact_frequency(x[:1], geom) > 0
             if pocket.any():
