@@ -780,6 +780,28 @@ def test_inpainting_scores_only_the_inpainted_atoms(short_pocket, tmp_path):
     assert metrics["info"]["reference"]["omega_outlier_fraction"] is None
 
 
+def test_window_swelling_finds_the_step_at_each_junction(pocket_geometry):
+    """A forecast of 9-frame windows overlapping by 2 frames (starts 0, 7, 14, 21) that swells by 1% at the first
+    frame each later window generates and shrinks by 0.5% at its last: the junction step and the step inside a window
+    are those changes of the Cα radius of gyration; the first window (given one frame) and a last window that ends
+    past the trajectory do not count; a forecast of one window has no junction."""
+    from hemeplm.evaluate.trajectory import gyration_radius, window_swelling
+
+    geom, x0 = pocket_geometry
+    centre = x0[geom.ca].mean(0)
+    scale = np.ones(27)
+    for s in (7, 14, 21):
+        scale[s + 2:] *= 1.01
+        scale[s + 8:] *= 0.995
+    x = centre + scale[:, None, None] * (x0 - centre)
+    rg = float(gyration_radius(x0[geom.ca]))
+    found = window_swelling(x, geom.ca, [0, 7, 14, 21], 2, 9)
+    assert found["junctions"] == 2   # the window from frame 21 would end at frame 29, past the 27 frames
+    assert abs(found["junction_rg_step_A"] - 0.01 * rg * (1 + 1.01 * 0.995) / 2) < 1e-9
+    assert abs(found["window_rg_step_A"] + 0.005 * rg * (1.01 + 1.01 ** 2 * 0.995) / 2) < 1e-9
+    assert window_swelling(x[:9], geom.ca, [0], 2, 9)["junctions"] == 0
+
+
 def test_drift_measures_rmsd_swelling_and_the_pocket_kept(pocket_geometry):
     """A trajectory that only turns rigidly has drifted 0 Å, neither swollen nor shrunk, and keeps its pocket; one
     whose ligand leaves by 20 Å keeps none of it; a Cα shift of known size gives that RMSD, a 10% swelling a Cα

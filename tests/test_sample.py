@@ -433,7 +433,9 @@ def test_demo_tables_with_prior_and_long_forecast(tiny_run, tmp_path):
     assert drifted["md"]["ca_rmsd_end_A"] > 0 and drifted["forecast_at_end"]["ca_rmsd_end_A"] > 0
     assert drifted["forecast_at_md_span"]["ca_rmsd_end_A"] is None
     assert 0 <= drifted["forecast_at_end"]["pocket_kept_end_fraction"] <= 1
-    assert long[-1].startswith("Cα RMSD from the start")
+    assert long[-2].startswith("Cα RMSD from the start") and "junctions" in long[-1]
+    windows = drifted["windows"]   # 12 frames in windows of 5 from frames 0, 4, 8 (history 1): the one from 8 ends past
+    assert windows["junctions"] == 1 and np.isfinite(windows["junction_rg_step_A"])
     assert read(run / "eval" / "long_forecast.xtc").shape[0] == 12
 
 

@@ -47,7 +47,7 @@ from hemeplm.evaluate.checks import validity
 from hemeplm.evaluate.geometry import build_geometry
 from hemeplm.evaluate.report import json_ready, print_table
 from hemeplm.evaluate.run import evaluate_trajectories
-from hemeplm.evaluate.trajectory import END_FRACTION, drift, fit_reference
+from hemeplm.evaluate.trajectory import END_FRACTION, drift, fit_reference, window_swelling
 from hemeplm.generate.sampler import Sampler, load_frames, run_task
 from hemeplm.train.checkpoint import load_checkpoint
 
@@ -105,11 +105,13 @@ def held_out(gen: Sampler, ev: Path, md: torch.Tensor, dt: float) -> tuple[Path,
 
 
 def long_validity(topology: Path, reference: Path, trajectory: str | Path, frame_ps: float,
-                  md: np.ndarray, md_ps: float) -> dict[str, dict]:
+                  md: np.ndarray, md_ps: float, windows: tuple[list[int], int, int]) -> dict[str, dict]:
     """Validity of a long generated forecast, its generated frames (all but the given frame 0) and its last
     :data:`LONG_TAIL`, against the held-out MD; and how far it went from its start
     (:func:`~hemeplm.evaluate.trajectory.drift`) at its end and at the length of the first training trajectory ``md``
-    (F, A, 3) Å, beside that MD's own from its first frame.
+    (F, A, 3) Å, beside that MD's own from its first frame; and where its size changes
+    (:func:`~hemeplm.evaluate.trajectory.window_swelling`, the forecast's ``windows``: start frames, frames given to
+    each later window, frames per window).
 
     Returns:
         ``{"all": metrics, "last": metrics, "drift": ...}``, the first two in
@@ -125,7 +127,8 @@ def long_validity(topology: Path, reference: Path, trajectory: str | Path, frame
     md_span = (len(md) - 1) * md_ps
     drifted = {"md_span_ps": md_span, "md": drift([md], geom, md_ps, md_span),
                "forecast_at_md_span": drift([forecast], geom, frame_ps, md_span),
-               "forecast_at_end": drift([forecast], geom, frame_ps, (len(forecast) - 1) * frame_ps)}
+               "forecast_at_end": drift([forecast], geom, frame_ps, (len(forecast) - 1) * frame_ps),
+               "windows": window_swelling(forecast, geom.ca, *windows)}
     return {"all": {"model": validity(frames, ref), "info": info},
             "last": {"model": validity(frames[-LONG_TAIL:], ref), "info": info}, "drift": drifted}
 
@@ -187,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.time()
         out = run_task(gen, "forecast", topology, ref, ev / "long_forecast.xtc", start=0, num_frames=args.long_frames,
                        seed=0, force=True)
-        found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, segs[0].cpu().numpy(), train_dt)
+        found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, segs[0].cpu().numpy(), train_dt,
+                              (gen.window_starts(args.long_frames, gen.history), gen.history, gen.window))
         span = (args.long_frames - 1) * gen.frame_ps
         d = found["drift"]
         tables["long_forecast"] = "\n".join([
@@ -196,7 +200,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"Cα RMSD from the start (Å, last {END_FRACTION:.0%} of the span), change of the Cα radius of gyration "
             "and pocket residues kept: "
             f"at {d['md_span_ps']:.0f} ps {_drift_text(d['forecast_at_md_span'])} (the first training trajectory "
-            f"from its first frame: {_drift_text(d['md'])}); at {span:.0f} ps {_drift_text(d['forecast_at_end'])}"])
+            f"from its first frame: {_drift_text(d['md'])}); at {span:.0f} ps {_drift_text(d['forecast_at_end'])}",
+            f"Cα radius of gyration added at each of its {d['windows']['junctions']} junctions (a window's first "
+            f"generated frame against the last frame it was given): {d['windows']['junction_rg_step_A']:+.3f} Å; "
+            f"inside each window from there: {d['windows']['window_rg_step_A']:+.3f} Å"])
         wall = round(time.time() - t0, 1)
         (ev / "long_forecast_validity.json").write_text(json.dumps(json_ready(
             {"frames": args.long_frames, "span_ps": span, "sampling_wall_seconds": out["wall_seconds"],

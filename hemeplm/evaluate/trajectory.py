@@ -160,6 +160,26 @@ def drift(segments: list[np.ndarray], geom: Geometry, dt_ps: float, span_ps: flo
             "pocket_kept_end_fraction": float(np.concatenate(kept).mean()) if kept else math.nan}
 
 
+def window_swelling(x: np.ndarray, ca: np.ndarray, starts: list[int], given: int, window: int) -> dict:
+    """Where a forecast made window by window (:meth:`~hemeplm.generate.sampler.Sampler.forecast`) changes its size:
+    the mean change of the Cα radius of gyration from the last frame given to each window after the first (its
+    predecessor's output) to the first frame the window generates, ``junction_rg_step_A``, and from there to the
+    window's last frame, ``window_rg_step_A``, over ``junctions`` windows (NaN when none lies wholly in ``x``).
+
+    Args:
+        x: (F, A, 3) Å, one forecast; ca: (K,) indices of its Cα atoms.
+        starts: the windows' first frames, in order; given: frames each window after the first is given;
+        window: frames per window.
+    """
+    rg = gyration_radius(np.asarray(x)[:, ca])
+    later = np.array([s for s in starts[1:] if s + window <= len(rg)], dtype=int)
+    if not len(later):
+        return {"junction_rg_step_A": math.nan, "window_rg_step_A": math.nan, "junctions": 0}
+    first = later + given
+    return {"junction_rg_step_A": float((rg[first] - rg[first - 1]).mean()),
+            "window_rg_step_A": float((rg[later + window - 1] - rg[first]).mean()), "junctions": len(later)}
+
+
 def rmsd_pairing(n_generated: int, n_reference: int) -> str:
     """How :func:`ligand_rmsd` pairs generated with reference frames, in words."""
     if n_generated == n_reference:
