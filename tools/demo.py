@@ -20,7 +20,8 @@ gave (the forecast's frame 0, the inpainting's protein) are not scored. A long f
 checked for validity (every check of :mod:`hemeplm.evaluate.checks` over its generated frames and
 over its last :data:`LONG_TAIL`, beside the held-out MD's own) and for drift: its Cα RMSD from its start, the
 change of its Cα radius of gyration and the pocket residues it keeps, at its end and at the length of the first
-training trajectory, beside that MD's own (``long_forecast_validity.json``). The
+training trajectory, beside that MD's own, and how much of the change in size comes at the windows' junctions
+(``long_forecast_validity.json``). The
 tables are printed and saved in ``RUN/eval/`` (``tables.json``).
 """
 
