@@ -140,6 +140,14 @@ def _drift_text(d: dict) -> str:
             + ("" if np.isnan(kept) else f", {kept:.0%} kept"))
 
 
+def _windows_text(w: dict) -> str:
+    if not w["junctions"]:
+        return "no window after the first lies wholly in the forecast: no junction to measure"
+    return (f"Cα radius of gyration added at each of its {w['junctions']} junctions (a window's first generated "
+            f"frame against the last frame it was given): {w['junction_rg_step_A']:+.3f} Å; inside each window from "
+            f"there: {w['window_rg_step_A']:+.3f} Å")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
@@ -202,9 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
             "and pocket residues kept: "
             f"at {d['md_span_ps']:.0f} ps {_drift_text(d['forecast_at_md_span'])} (the first training trajectory "
             f"from its first frame: {_drift_text(d['md'])}); at {span:.0f} ps {_drift_text(d['forecast_at_end'])}",
-            f"Cα radius of gyration added at each of its {d['windows']['junctions']} junctions (a window's first "
-            f"generated frame against the last frame it was given): {d['windows']['junction_rg_step_A']:+.3f} Å; "
-            f"inside each window from there: {d['windows']['window_rg_step_A']:+.3f} Å"])
+            _windows_text(d["windows"])])
         wall = round(time.time() - t0, 1)
         (ev / "long_forecast_validity.json").write_text(json.dumps(json_ready(
             {"frames": args.long_frames, "span_ps": span, "sampling_wall_seconds": out["wall_seconds"],
