@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
         out = run_task(gen, "forecast", topology, ref, ev / "long_forecast.xtc", start=0, num_frames=args.long_frames,
                        seed=0, force=True)
         found = long_validity(topology, ref, out["trajectories"][0], gen.frame_ps, segs[0].cpu().numpy(), train_dt,
-                              (gen.window_starts(args.long_frames, gen.history), gen.history, gen.window))
+                              (gen.forecast_starts(args.long_frames), gen.history, gen.window))
         span = (args.long_frames - 1) * gen.frame_ps
         d = found["drift"]
         tables["long_forecast"] = "\n".join([

@@ -100,7 +100,7 @@ def frame_uncertainty(gen, frames: torch.Tensor, accumulate: bool, seed: int = 0
     """
     s, f = frames.shape[:2]
     t = gen.window
-    starts = gen.window_starts(f, gen.history if accumulate else 1)  # where a forecast placed its windows
+    starts = gen.forecast_starts(f) if accumulate else gen.window_starts(f)  # where a forecast placed its windows
     pad = starts[-1] + t - f
     padded = torch.cat([frames, frames[:, -1:].expand(-1, pad, -1, -1)], 1) if pad > 0 else frames
     windows = torch.stack([padded[:, k:k + t] for k in starts], 1).flatten(0, 1)   # (S*W, T, A, 3)

@@ -258,20 +258,24 @@ class Sampler:
         """Frames a forecast window continues from (``tasks.history``)."""
         return self.cfg.tasks.history
 
-    def _timeline(self, n_samples: int, n_frames: int, device, overlap: int = 1
-                  ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-        """Empty (S, F', A, 3) coordinates and (F', N) known mask covering ``n_frames`` frames with
-        windows that overlap by ``overlap`` frames, and the windows' start frames (F' >= n_frames)."""
-        starts = self.window_starts(n_frames, overlap)
+    def forecast_starts(self, n_frames: int) -> list[int]:
+        """Start frames of the windows of a forecast of ``n_frames`` frames (:meth:`forecast`): each window after
+        the first continues from the last :attr:`history` frames of the one before."""
+        return self.window_starts(n_frames, self.history)
+
+    def _timeline(self, n_samples: int, starts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Empty (S, F', A, 3) coordinates and (F', N) known mask holding the windows that start at ``starts``
+        (F' = the last start + :attr:`window`)."""
         total = starts[-1] + self.window
         coords = torch.zeros(n_samples, total, self.model.n_atoms, 3, device=device)
         known = torch.zeros(total, self.model.tokens.kind.numel(), dtype=torch.bool, device=device)
-        return coords, known, starts
+        return coords, known
 
     def forecast(self, start: torch.Tensor, num_frames: int, n_samples: int, generator) -> torch.Tensor:
         """start (A, 3) -> (S, num_frames, A, 3); frame 0 is ``start``. The first window is given ``start``;
         each later one its first :attr:`history` frames, the last ones its predecessor generated."""
-        coords, known, starts = self._timeline(n_samples, num_frames, start.device, self.history)
+        starts = self.forecast_starts(num_frames)
+        coords, known = self._timeline(n_samples, starts, start.device)
         coords[:, 0] = start
         known[0] = True
         # every window is keyed on the first of its given frames (the fold hold, when on, keeps that frame's fold)
@@ -313,7 +317,8 @@ class Sampler:
         m = self.model
         hidden = m.token_is_ligand if tokens is None else tokens.to(frames.device) & m.token_is_ligand
         n = frames.shape[0]
-        coords, known, starts = self._timeline(n_samples, n, frames.device)
+        starts = self.window_starts(n)
+        coords, known = self._timeline(n_samples, starts, frames.device)
         coords[:, :n] = frames
         known[:] = ~hidden
         coords[:, n:] = frames[-1]  # padding frames: protein held at the last frame
@@ -533,8 +538,8 @@ def tps_length(window: int, num_frames: int) -> tuple[int, int]:
 
 
 def _timeline_frames(window: int, n_frames: int, overlap: int = 1) -> int:
-    """Frames of :meth:`Sampler._timeline` for ``n_frames`` frames (windows overlapping by ``overlap`` frames),
-    without listing the windows (:meth:`Sampler.window_starts`) of a request that may be absurdly long."""
+    """Frames of :meth:`Sampler._timeline` for the windows :meth:`Sampler.window_starts` places over ``n_frames``
+    frames (overlapping by ``overlap`` frames), without listing them for a request that may be absurdly long."""
     n_windows = -(-max(1, n_frames - overlap) // (window - overlap))
     return (n_windows - 1) * (window - overlap) + window
 
