@@ -55,6 +55,10 @@ class DenoiserConfig:
     max_tokens: int | None = None
     fragment_halo: float = 12.0
     refine_steps: int = 8
+    #: each token's embedding also reads the key frame's offset from the training windows' mean structure (token
+    #: positions superposed on the protein), resolved along the token's own axes: what a frame 2 ps back cannot
+    #: show, which part of the key is a passing fluctuation the dynamics pulls back (docs/results.md)
+    ensemble_offset: bool = True
 
 
 @dataclass

@@ -94,18 +94,22 @@ def test_resume_continues_from_the_saved_step(tiny_system, tmp_path, capsys, mon
 
 
 def test_checkpoint_from_before_the_refiner_loads_without_it(tiny_run, tmp_path):
-    """A checkpoint whose config has no ``denoiser.refine_steps`` (and whose weights no refiner) was trained
-    without one: it is rebuilt so (its ``qm.molecule`` null, as before it was a list, too); loading its weights
+    """A checkpoint whose config has no ``denoiser.refine_steps`` or ``ensemble_offset`` (and whose weights no refiner
+    and no offset layer) was trained without them: it is rebuilt so (its ``qm.molecule`` null, as before it was a list, too); loading its weights
     into a model with a refiner (``--resume`` with today's default) says how to resume it; one of the first
     refiner's design is told to retrain; a diffusion with another schedule than the config's is refused."""
     ckpt = torch.load(tiny_run["ckpt"], weights_only=True)
-    config = {**ckpt["config"], "denoiser": {k: v for k, v in ckpt["config"]["denoiser"].items() if k != "refine_steps"},
+    config = {**ckpt["config"], "denoiser": {k: v for k, v in ckpt["config"]["denoiser"].items()
+                                             if k not in ("refine_steps", "ensemble_offset")},
               "qm": {**ckpt["config"]["qm"], "molecule": None, "dataset": None}}  # as written before they were lists
-    strip = lambda state: {k: v for k, v in state.items() if not k.startswith("refiner.")}  # noqa: E731
+    strip = lambda state: {k: v for k, v in state.items()  # noqa: E731
+                           if not k.startswith(("refiner.", "offset_in.", "ensemble_mean"))}
     torch.save({**ckpt, "config": config, "model": strip(ckpt["model"]), "ema": strip(ckpt["ema"])}, tmp_path / "old.pt")
     model, cfg = build_model(load_checkpoint(tmp_path / "old.pt"))
     assert model.refiner is None and cfg.denoiser.refine_steps == 0 and cfg.qm.molecule == cfg.qm.dataset == []
-    with pytest.raises(HemeplmError, match=r"old\.pt: its model state .* resume it with denoiser\.refine_steps=0"):
+    assert model.offset_in is None and not cfg.denoiser.ensemble_offset
+    with pytest.raises(HemeplmError, match=r"old\.pt: its model state .* resume it with denoiser\.refine_steps=0; "
+                                           r".* resume it with denoiser\.ensemble_offset=false"):
         load_state(build_model(load_checkpoint(tiny_run["ckpt"]))[0], strip(ckpt["model"]), "model", tmp_path / "old.pt")
     # the first refiner design read 14 features, its output layer its MLP's state only
     first = {**ckpt["ema"], "refiner.out.weight": ckpt["ema"]["refiner.out.weight"][:, :tiny_run["cfg"].denoiser.dim],

@@ -65,6 +65,21 @@ def kabsch(p: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> tuple[torch.Ten
     return rot, yc - (rot @ pc[..., None]).squeeze(-1)
 
 
+def superpose_onto(p: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``p`` (..., M, 3) moved rigidly onto ``y`` (..., M, 3) by the weighted fit of :func:`kabsch` (w (..., M))."""
+    rot, shift = kabsch(p, y, w)
+    return p @ rot.transpose(-1, -2) + shift[..., None, :]
+
+
+def mean_structure(points: torch.Tensor, w: torch.Tensor, iterations: int = 3) -> torch.Tensor:
+    """Mean of point sets (S, M, 3) superposed on it (weights (M,) for the fit), by iterated superposition
+    starting from the first set -> (M, 3)."""
+    mean = points[0]
+    for _ in range(iterations):
+        mean = superpose_onto(points, mean.expand_as(points), w.expand(points.shape[:-1])).mean(0)
+    return mean
+
+
 def residue_frames(x: torch.Tensor, frame_atoms: torch.Tensor) -> torch.Tensor:
     """N-CA-C frames by Gram-Schmidt.
 

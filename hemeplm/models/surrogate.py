@@ -20,6 +20,7 @@ from hemeplm.data import internal as ic
 from hemeplm.data import tokens as tok
 from hemeplm.data.ligand import ELEMENTS, N_LIGAND_FEATURES
 from hemeplm.data.residues import N_RES_TYPES
+from hemeplm.geometry.rigid import mean_structure, superpose_onto
 from hemeplm.geometry.structure import peptide_quads
 from hemeplm.models.denoiser import Conditioning, VideoDenoiser
 from hemeplm.diffusion import GaussianDiffusion
@@ -151,6 +152,12 @@ class HemePLM(nn.Module):
         self.res_type = nn.Embedding(N_RES_TYPES, e.hidden)
         self.kind = nn.Embedding(3, e.hidden)
         self.plm_proj = None if plm is None else nn.Linear(plm.shape[1], e.hidden)
+        # (N, 3) token positions of the training windows' mean structure (fitted with the normalisation)
+        self.register_buffer("ensemble_mean", torch.zeros(n_tok, 3) if d.ensemble_offset else None)
+        self.offset_in = nn.Linear(4, e.hidden) if d.ensemble_offset else None
+        if self.offset_in is not None:  # starts as the model without it
+            nn.init.zeros_(self.offset_in.weight)
+            nn.init.zeros_(self.offset_in.bias)
         self.denoiser = VideoDenoiser(ic.N_VALUES, e.hidden, dim=d.dim, depth=d.depth, heads=d.heads,
                                       mlp_ratio=d.mlp_ratio, max_tau=d.max_tau, cross_window=d.cross_window,
                                       max_tokens=d.max_tokens, fragment_halo=d.fragment_halo)
@@ -237,6 +244,27 @@ class HemePLM(nn.Module):
         self.norm_std.copy_(torch.where(keep > 0, v.std(0).clamp(min=floor), torch.ones_like(keep)))
         z = (v - self.norm_mean) / self.norm_std * keep
         self.value_limit.fill_(float(z.abs().max()) * 1.5)
+        if self.ensemble_mean is not None:
+            first = torch.stack([item["coords"][0] for item in windows]).to(self.norm_mean)
+            self.ensemble_mean.copy_(mean_structure(self.token_positions(first)[0], self.fit_weights))
+
+    @property
+    def fit_weights(self) -> torch.Tensor:
+        """(N,) weights of the tokens a structure is superposed by: the protein's (all tokens without one)."""
+        protein = (~self.token_is_ligand).float()
+        return protein if bool(protein.any()) else torch.ones_like(protein)
+
+    def ensemble_offset(self, centres: torch.Tensor, known: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+        """Where each token sits in the training mean structure, superposed on the key frame by its known protein
+        tokens, relative to where it is: (B, N, 3) token positions, (B, N) known, (B, N, 3, 3) token axes ->
+        (B, N, 4) features, the offset along the token's axes (per 2 Å) and its length (unknown tokens, such as
+        an inpainted ligand's, are at their anchor's place, so theirs says where the ligand usually is)."""
+        with torch.autocast(centres.device.type, enabled=False):  # the fit in float64 under any autocast
+            centres = centres.double()
+            offset = superpose_onto(self.ensemble_mean.double().expand_as(centres), centres,
+                                    self.fit_weights * known) - centres
+            local = torch.einsum("bnji,bnj->bni", rot.double(), offset) / 2.0
+            return torch.cat([local, local.norm(dim=-1, keepdim=True)], -1).float()
 
     @torch.no_grad()
     def fit_energy(self, frames, calibrate: int = 16) -> None:
@@ -298,6 +326,8 @@ class HemePLM(nn.Module):
             is_res = self.tokens.kind != tok.KIND_LIGAND
             tokens = tokens + self.plm_proj(self.plm)[self.tokens.residue] * is_res[:, None]
         centres, known = self.token_positions(key, node_mask)
+        if self.offset_in is not None:
+            tokens = tokens + self.offset_in(self.ensemble_offset(centres, known, rot))
         neighbors = self._token_neighbors(centres, known, node_mask is not None) if self.spatial == "local" else None
         seq = torch.where(self.token_is_ligand, -1, self.tokens.residue)
         cond = Conditioning(tokens=tokens, neighbors=neighbors, domain=self.domain,

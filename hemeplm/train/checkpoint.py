@@ -28,6 +28,9 @@ FORMAT_VERSION = 3
 REQUIRED_KEYS = ("format_version", "config", "static", "model", "ema", "step")
 #: state dicts, stored as torch gives them (tensors and plain values already)
 STATE_KEYS = ("model", "ema", "optimizer")
+#: denoiser config keys added after format 3 came in, and the value that rebuilds a checkpoint saved before each
+#: (the junction refiner, the ensemble offset): such a checkpoint is built without them
+LATER_DENOISER_KEYS = {"refine_steps": 0, "ensemble_offset": False}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -100,11 +103,15 @@ def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path
         ours = {k: v.shape for k, v in module.state_dict().items() if k.startswith("refiner.")}
         theirs = {k: v.shape for k, v in state.items() if k.startswith("refiner.")}
         readings = lambda shapes: tuple(shapes.get("refiner.features.weight", ()))[1:]  # noqa: E731 (the first design read 14)
-        hint = ""
-        if what in ("model", "ema") and ours and not theirs:
-            hint = " (trained before the junction refiner: resume it with denoiser.refine_steps=0)"
-        elif what in ("model", "ema") and ours and theirs and readings(theirs) != readings(ours):
-            hint = " (trained with an earlier design of the junction refiner: retrain it)"
+        weights = what in ("model", "ema")
+        hints = []
+        if weights and ours and not theirs:
+            hints.append("trained before the junction refiner: resume it with denoiser.refine_steps=0")
+        elif weights and ours and theirs and readings(theirs) != readings(ours):
+            hints.append("trained with an earlier design of the junction refiner: retrain it")
+        if weights and "ensemble_mean" in module.state_dict() and "ensemble_mean" not in state:
+            hints.append("trained before the ensemble offset: resume it with denoiser.ensemble_offset=false")
+        hint = f" ({'; '.join(hints)})" if hints else ""
         raise HemeplmError(f"its {what} state does not fit this model (was the config changed?){hint}: "
                            f"{_one_line(exc)[:300]}", path) from exc
 
@@ -117,9 +124,9 @@ def build_model(ckpt: dict, use_ema: bool = True):
     """
 
     saved = ckpt["config"]
-    if "refine_steps" not in saved.get("denoiser", {}):  # trained before the refiner existed: built without it
-        saved = {**saved, "denoiser": {**saved.get("denoiser", {}), "refine_steps": 0}}
-    cfg: Config = from_dict(saved)
+    # denoiser keys added since format 3, at the value that builds a model trained before them (without them)
+    earlier = {k: v for k, v in LATER_DENOISER_KEYS.items() if k not in saved.get("denoiser", {})}
+    cfg: Config = from_dict({**saved, "denoiser": {**saved.get("denoiser", {}), **earlier}})
     model = HemePLM(cfg, ckpt["static"])
     which = "ema" if use_ema else "model"
     load_state(model, ckpt[which], which, ckpt.get("path"))
