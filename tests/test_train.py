@@ -226,8 +226,9 @@ def test_unknown_or_mistyped_config_keys(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (f"train.py: error: {bad}: unknown config key 'denoiser.depht' (known here: "
-                                   "cross_window, depth, dim, domain_size, fragment_halo, heads, local_neighbors, "
-                                   "max_tau, max_tokens, mlp_ratio, pocket_radius, refine_steps, spatial)")
+                                   "cross_window, depth, dim, domain_size, ensemble_offset, fragment_halo, heads, "
+                                   "local_neighbors, max_tau, max_tokens, mlp_ratio, pocket_radius, refine_steps, "
+                                   "spatial)")
 
 
 def test_missing_held_out_replica_refused_before_training(tiny_system, tmp_path, monkeypatch):
