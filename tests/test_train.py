@@ -445,3 +445,17 @@ def test_structure_noise_limit_reaches_the_loss(tiny_system, tmp_path, monkeypat
     assert seen and all(v == 0.25 for v in seen), seen
     with pytest.raises(HemeplmError, match="structure.noise_limit"):
         tiny_config(tiny_system, tmp_path, "structure.noise_limit=1.5")
+
+
+def test_a_validation_split_shorter_than_a_window_is_warned_about(tiny_system, tmp_path, caplog):
+    """A validation split that holds no full window trains without validation losses, and says so; one that holds
+    windows says nothing."""
+    for window, warned in ((3, False), (13, True)):
+        caplog.clear()
+        cfg = tiny_config(tiny_system, tmp_path, f"data.window={window}", "data.split=[0.7, 0.3, 0.0]")
+        with caplog.at_level("WARNING", logger="hemeplm.train.loop"):
+            _, train_ds, val_ds, *_ = training.build(cfg, torch.device("cpu"))
+        assert len(train_ds) > 0 and (len(val_ds) == 0) == warned
+        assert ("no validation window" in caplog.text) == warned
+        if warned:
+            assert "data.window=13 at data.lag=1 spans 13 frames" in caplog.text

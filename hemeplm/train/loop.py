@@ -371,6 +371,11 @@ def build(cfg: Config, device: torch.device):
     if len(train_ds) == 0:
         raise HemeplmError(f"no training window: {len(feats['segments'])} segment(s) too short for "
                            f"window={cfg.data.window}, lag={cfg.data.lag}", cfg.data.topology)
+    if cfg.data.split[1] > 0 and len(val_ds) == 0:
+        log.warning("%s: no validation window: the validation split of every segment is shorter than a window "
+                    "(data.window=%d at data.lag=%d spans %d frames), so no validation loss is computed; lower "
+                    "data.window or give data.split more validation", cfg.data.topology, cfg.data.window,
+                    cfg.data.lag, (cfg.data.window - 1) * cfg.data.lag + 1)
     static = system_static(feats, cfg.denoiser.pocket_radius, cfg.denoiser.domain_size)
     model = HemePLM(cfg, static)
     rng = random.Random(cfg.seed)
