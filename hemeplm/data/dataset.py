@@ -63,6 +63,11 @@ class DataConfig:
     # files giving the topology its partial charges: a GROMACS .top for a .gro, OpenMM XML force fields for a PDB
     forcefield: list[str] = field(default_factory=list)
 
+    @property
+    def window_span(self) -> int:
+        """Saved frames one window covers: ``window`` frames ``lag`` apart."""
+        return (self.window - 1) * self.lag + 1
+
 
 def _stamp(path: str | Path) -> list:
     p = Path(path).resolve()
@@ -233,7 +238,7 @@ def window_starts(cfg: DataConfig, segment_lengths: list[int], files: list[str],
     A window holds frames ``start, start+lag, ..., start+(window-1)*lag``; it
     never crosses a segment or split boundary.
     """
-    span = (cfg.window - 1) * cfg.lag + 1
+    span = cfg.window_span
     out = []
     for s, n in enumerate(segment_lengths):
         if n < span:

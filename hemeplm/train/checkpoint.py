@@ -100,7 +100,8 @@ def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path
     try:
         module.load_state_dict(state)
     except (RuntimeError, ValueError, KeyError) as exc:
-        ours = {k: v.shape for k, v in module.state_dict().items() if k.startswith("refiner.")}
+        mine = module.state_dict()
+        ours = {k: v.shape for k, v in mine.items() if k.startswith("refiner.")}
         theirs = {k: v.shape for k, v in state.items() if k.startswith("refiner.")}
         readings = lambda shapes: tuple(shapes.get("refiner.features.weight", ()))[1:]  # noqa: E731 (the first design read 14)
         weights = what in ("model", "ema")
@@ -109,7 +110,7 @@ def load_state(module: torch.nn.Module, state: dict, what: str, path: str | Path
             hints.append("trained before the junction refiner: resume it with denoiser.refine_steps=0")
         elif weights and ours and theirs and readings(theirs) != readings(ours):
             hints.append("trained with an earlier design of the junction refiner: retrain it")
-        if weights and "ensemble_mean" in module.state_dict() and "ensemble_mean" not in state:
+        if weights and "ensemble_mean" in mine and "ensemble_mean" not in state:
             hints.append("trained before the ensemble offset: resume it with denoiser.ensemble_offset=false")
         hint = f" ({'; '.join(hints)})" if hints else ""
         raise HemeplmError(f"its {what} state does not fit this model (was the config changed?){hint}: "

@@ -375,7 +375,7 @@ def build(cfg: Config, device: torch.device):
         log.warning("%s: no validation window: the validation split of every segment is shorter than a window "
                     "(data.window=%d at data.lag=%d spans %d frames), so no validation loss is computed; lower "
                     "data.window or give data.split more validation", cfg.data.topology, cfg.data.window,
-                    cfg.data.lag, (cfg.data.window - 1) * cfg.data.lag + 1)
+                    cfg.data.lag, cfg.data.window_span)
     static = system_static(feats, cfg.denoiser.pocket_radius, cfg.denoiser.domain_size)
     model = HemePLM(cfg, static)
     rng = random.Random(cfg.seed)
