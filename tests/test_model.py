@@ -561,6 +561,25 @@ def test_structure_terms_score_peptides_and_frame_aligned_error(tiny):
     assert float(frame_aligned_error(turned, md, frames)) > 0.1
 
 
+def test_contact_error_holds_the_packing_both_ways(tiny):
+    """The contact term is zero on the truth and after a rigid motion of the prediction; it grows when the
+    structure is squeezed toward its centre and when it swells, where the clash term sees only the squeeze."""
+    from hemeplm.geometry.structure import contact_error, structure_terms
+
+    model = tiny.model
+    md = tiny.windows[0]["coords"][None]  # (1, T, A, 3)
+    assert set(structure_terms(md, model.internal, truth=md, contact=True)) == {"bond", "clash", "contact"}
+    assert float(contact_error(md, md, model.internal)) < 1e-10
+    rigid = moved(md, random_rotation(3), torch.tensor([5.0, -2.0, 1.0]))
+    assert float(contact_error(rigid, md, model.internal)) < 1e-8
+    centre = md.mean(dim=-2, keepdim=True)
+    squeezed, swollen = centre + 0.8 * (md - centre), centre + 1.05 * (md - centre)
+    assert float(contact_error(squeezed, md, model.internal)) > 0.01
+    assert float(contact_error(swollen, md, model.internal)) > 0.001
+    clash = structure_terms(swollen, model.internal)["clash"]
+    assert float(clash) <= float(structure_terms(md, model.internal)["clash"]) + 1e-9
+
+
 def test_forecast_mask_gives_the_history_and_training_draws_it():
     import random
 

@@ -10,7 +10,10 @@ frames, to the diffusion loss (weighted toward low noise):
   join two tokens from their length in the first training frame;
 * ``clash``: per frame, the sum over non-bonded atom pairs (1-2 and 1-3 neighbours and
   metals left out) of ``max(0, CLASH_SCALE · (r_i + r_j) - d)²`` (Å²), with r the van der
-  Waals radii: the clash definition of ``hemeplm evaluate``, made soft.
+  Waals radii: the clash definition of ``hemeplm evaluate``, made soft;
+* ``contact``: mean squared error (Å²) of the distances of the non-bonded atom pairs within
+  :data:`CONTACT_REACH_A` of each other in the true frame (FrameDiff's pairwise distance loss,
+  over all heavy atoms): it holds the packing both ways, where ``clash`` only pushes atoms apart.
 
 Both are ~0 on MD frames and grow as the geometry is perturbed. Sampling can
 also :func:`project` its output: a short minimisation of the same terms, plus the
@@ -55,6 +58,8 @@ PROJECT_OMEGA_TOLERANCE = 15.0
 #: evaluation's outliers are 30° off), and each angle across the bond within this many σ
 TRAIN_OMEGA_TOLERANCE = 10.0
 TRAIN_ANGLE_SIGMAS = 4.0
+#: Å; non-bonded atom pairs closer than this in the true frame are the contact term's pairs
+CONTACT_REACH_A = 5.0
 #: Å; AlphaFold's FAPE clamp: an atom further off than this counts as this far
 FAPE_CLAMP_A = 10.0
 #: Å²/rad²; the weight of the projection's peptide terms: 10° beyond a tolerance costs 0.3 Å², as much as a
@@ -233,13 +238,29 @@ def frame_aligned_error(x: torch.Tensor, truth: torch.Tensor, frame_atoms: torch
     return err.mean(dim=(-1, -2, -3))
 
 
+def contact_error(x: torch.Tensor, truth: torch.Tensor, internal: dict[str, torch.Tensor],
+                  reach: float = CONTACT_REACH_A, max_neighbors: int = 64) -> torch.Tensor:
+    """(B, T, A, 3) predicted and true Å -> (B,) mean over frames of the mean squared error (Å²) of the
+    distances of the non-bonded pairs (:func:`nonbonded_candidates`) within ``reach`` of each other in the true
+    frame: invariant to a rigid motion of either structure, zero only where the local packing is the truth's."""
+    b, t, a, _ = x.shape
+    src, dst = nonbonded_candidates(truth.reshape(b * t, a, 3), internal, reach, max_neighbors=max_neighbors)
+    flat, true = x.reshape(-1, 3), truth.reshape(-1, 3).to(x.dtype)
+    err = ((flat[src] - flat[dst]).norm(dim=-1) - (true[src] - true[dst]).norm(dim=-1)) ** 2
+    frame = src // a
+    total = x.new_zeros(b * t).index_add_(0, frame, err)
+    count = x.new_zeros(b * t).index_add_(0, frame, torch.ones_like(err))
+    return (total / count.clamp(min=1)).view(b, t).mean(-1)
+
+
 def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor], peptide: torch.Tensor | None = None,
-                    truth: torch.Tensor | None = None, frame_atoms: torch.Tensor | None = None
-                    ) -> dict[str, torch.Tensor]:
+                    truth: torch.Tensor | None = None, frame_atoms: torch.Tensor | None = None,
+                    contact: bool = False) -> dict[str, torch.Tensor]:
     """(B, T, A, 3) -> ``bond`` and ``clash`` (Å²), each (B,), means over frames (and pairs; see module docstring);
     with ``peptide`` quads also ``peptide`` (rad², mean over frames and bonds of :func:`peptide_penalty` at
-    :data:`TRAIN_OMEGA_TOLERANCE` and :data:`TRAIN_ANGLE_SIGMAS`), and with the ``truth`` (B, T, A, 3) and
-    residue ``frame_atoms`` (K, 3) also ``fape`` (Å, :func:`frame_aligned_error`)."""
+    :data:`TRAIN_OMEGA_TOLERANCE` and :data:`TRAIN_ANGLE_SIGMAS`), with the ``truth`` (B, T, A, 3) and
+    residue ``frame_atoms`` (K, 3) also ``fape`` (Å, :func:`frame_aligned_error`), and with the ``truth`` and
+    ``contact`` also ``contact`` (Å², :func:`contact_error`)."""
     bond = bond_deviation(x, internal)
     out = {"bond": bond.mean(dim=(-1, -2)) if bond.shape[-1] else x.new_zeros(x.shape[0]),
            "clash": clash_penalty(x, internal).mean(-1)}
@@ -248,6 +269,8 @@ def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor], peptide:
         out["peptide"] = pen.mean(-1) / max(1, len(peptide))
     if truth is not None and frame_atoms is not None and len(frame_atoms):
         out["fape"] = frame_aligned_error(x, truth, frame_atoms)
+    if truth is not None and contact:
+        out["contact"] = contact_error(x, truth, internal)
     return out
 
 
