@@ -15,9 +15,9 @@ frames, to the diffusion loss (weighted toward low noise):
   :data:`CONTACT_REACH_A` of each other in the true frame (FrameDiff's pairwise distance loss,
   over all heavy atoms): it holds the packing both ways, where ``clash`` only pushes atoms apart.
 
-Both are ~0 on MD frames and grow as the geometry is perturbed. Sampling can
-also :func:`project` its output: a short minimisation of the same terms, plus the
-peptide-bond terms of :func:`peptide_penalty` (ω planar, the two backbone angles
+All three are ~0 on MD frames (``contact`` exactly 0 on its own true frame) and grow as the geometry is
+perturbed. Sampling can also :func:`project` its output: a short minimisation of the bond and clash
+terms, plus the peptide-bond terms of :func:`peptide_penalty` (ω planar, the two backbone angles
 across the bond), over the generated internal coordinates (``structure.project_steps``).
 
 Peptide bonds (:func:`peptide_quads`, :func:`peptide_geometry`) are the topology's C(i)–N(i+1)

@@ -62,9 +62,8 @@ class Objective(nn.Module):
     scalar losses; ``loss`` is the total. The structure terms (:mod:`hemeplm.geometry.structure`: inter-token
     bonds and angles, clashes, peptide planarity and angles, the frame-aligned point error against the
     true frames from :data:`FAPE_FRAMES` random residue frames, the true frames' contact distances; all in Å
-    or rad) are computed on the
-    decoded x̂0 of each window and weighted by ᾱ_t, toward low noise, on the windows noised to at most
-    ``noise_limit`` (``structure.noise_limit``) of the steps. With ``key_noise`` (``tasks.key_noise``)
+    or rad) are computed on the decoded x̂0 of each window and weighted by ᾱ_t, toward low noise, on the
+    windows noised to at most ``noise_limit`` (``structure.noise_limit``) of the steps. With ``key_noise`` (``tasks.key_noise``)
     each training window starts from :meth:`perturbed_start` frames. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
     (``coords`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R),
     ``has_interaction`` (F,)) or None; its losses are mean squared errors on normalised scales
@@ -74,8 +73,8 @@ class Objective(nn.Module):
     def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float = 1.0,
                  force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
                  clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
-                 contact_weight: float = 0.0, key_noise: float = 0.0, input_perturbation: float = 0.0, rollout: float = 0.0,
-                 rollout_steps: int = 5, noise_scale: float = 1.0, noise_limit: float = 1.0):
+                 contact_weight: float = 0.0, key_noise: float = 0.0, input_perturbation: float = 0.0,
+                 rollout: float = 0.0, rollout_steps: int = 5, noise_scale: float = 1.0, noise_limit: float = 1.0):
         super().__init__()
         model.check_schedule(diffusion)
         self.model, self.diffusion, self.key_noise = model, diffusion, key_noise
