@@ -63,8 +63,8 @@ class Objective(nn.Module):
     bonds and angles, clashes, peptide planarity and angles, the frame-aligned point error against the
     true frames from :data:`FAPE_FRAMES` random residue frames, the true frames' contact distances; all in Å
     or rad) are computed on the decoded x̂0 of each window and weighted by ᾱ_t, toward low noise, on the
-    windows noised to at most ``noise_limit`` (``structure.noise_limit``) of the steps. With ``key_noise`` (``tasks.key_noise``)
-    each training window starts from :meth:`perturbed_start` frames. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
+    windows noised to at most ``noise_limit`` (``structure.noise_limit``) of the steps. With ``key_noise``
+    (``tasks.key_noise``) each training window starts from :meth:`perturbed_start` frames. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
     (``coords`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R),
     ``has_interaction`` (F,)) or None; its losses are mean squared errors on normalised scales
     (energy standard deviation, force RMS, interaction fluctuation scale of the training frames).
