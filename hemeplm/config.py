@@ -155,6 +155,9 @@ class StructureConfig:
     #: the true frame's contacts (non-bonded pairs within 5 Å): mean squared error of their distances (Å²), which
     #: holds the packing in both directions where the clash term only pushes atoms apart
     contact_weight: float = 0.0
+    #: the same over the pairs with a ligand atom alone (Å²), which the mean over all pairs dilutes: it holds the
+    #: ligand in its pocket (no ligand: 0)
+    ligand_contact_weight: float = 0.0
     #: the terms count only on windows noised to at most this fraction of the diffusion steps (1: all). Higher,
     #: the clean estimate is a mean over many structures, and holding it to one structure's rules (no clashes
     #: above all) biases it: the samples drawn through it come out expanded, more with each forecast window
@@ -258,6 +261,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "structure.project_steps": (0, None, True), "structure.project_restraint": (0, None, True),
     "structure.fold_sigmas": (0, None, True), "structure.peptide_weight": (0, None, True),
     "structure.fape_weight": (0, None, True), "structure.contact_weight": (0, None, True),
+    "structure.ligand_contact_weight": (0, None, True),
     "optim.lr": (0, None, False), "optim.batch_size": (1, None, True), "optim.weight_decay": (0, None, True),
     "optim.grad_clip": (0, None, False), "optim.warmup_steps": (0, None, True), "optim.ema_decay": (0, 1, True),
 }

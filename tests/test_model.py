@@ -563,21 +563,40 @@ def test_structure_terms_score_peptides_and_frame_aligned_error(tiny):
 
 def test_contact_error_holds_the_packing_both_ways(tiny):
     """The contact term is zero on the truth and after a rigid motion of the prediction; it grows when the
-    structure is squeezed toward its centre and when it swells, where the clash term sees only the squeeze."""
+    structure is squeezed toward its centre and when it swells, where the clash term sees only the squeeze. The
+    ligand's term sees only its own pairs: a ligand moved out of its pocket raises it by far more than the mean
+    over all pairs, and moving protein atoms far from the ligand leaves it where it was."""
     from hemeplm.geometry.structure import contact_error, structure_terms
 
     model = tiny.model
     md = tiny.windows[0]["coords"][None]  # (1, T, A, 3)
+    lig = model.atoms.is_ligand
+    assert lig.dtype == torch.bool and lig.any()
     assert set(structure_terms(md, model.internal, truth=md, contact=True)) == {"bond", "clash", "contact"}
-    assert float(contact_error(md, md, model.internal)) < 1e-10
+    assert set(structure_terms(md, model.internal, truth=md, contact=True, ligand=lig)) == {
+        "bond", "clash", "contact", "ligand_contact"}
+
+    def error(x, ligand=None):
+        return {k: float(v) for k, v in contact_error(x, md, model.internal, ligand).items()}
+
+    assert max(error(md, lig).values()) < 1e-10
     rigid = moved(md, random_rotation(3), torch.tensor([5.0, -2.0, 1.0]))
-    assert float(contact_error(rigid, md, model.internal)) < 1e-8
+    assert max(error(rigid, lig).values()) < 1e-8
     centre = md.mean(dim=-2, keepdim=True)
     squeezed, swollen = centre + 0.8 * (md - centre), centre + 1.05 * (md - centre)
-    assert float(contact_error(squeezed, md, model.internal)) > 0.01
-    assert float(contact_error(swollen, md, model.internal)) > 0.001
+    assert error(squeezed)["contact"] > 0.01
+    assert error(swollen)["contact"] > 0.001
     clash = structure_terms(swollen, model.internal)["clash"]
     assert float(clash) <= float(structure_terms(md, model.internal)["clash"]) + 1e-9
+    shifted = md.clone()
+    shifted[..., lig, :] += torch.tensor([1.0, 0.0, 0.0])
+    found = error(shifted, lig)
+    assert found["ligand_contact"] > 0.05 and found["ligand_contact"] > 5 * found["contact"]
+    near = (torch.cdist(md[0, 0], md[0, 0, lig]).min(-1).values < 8.0) | lig
+    far = md.clone()
+    far[..., ~near, :] += torch.tensor([0.3, 0.0, 0.0])
+    found = error(far, lig)
+    assert found["ligand_contact"] < 1e-8 < found["contact"]
 
 
 def test_forecast_mask_gives_the_history_and_training_draws_it():

@@ -329,17 +329,18 @@ def test_torchrun_two_ranks_train_in_step(tiny_system, tmp_path):
 
 
 def test_angstrom_losses_train_and_are_logged(tiny_system, tmp_path):
-    """structure.peptide_weight, fape_weight and contact_weight add their terms to the loss (finite, logged each
-    step), tasks.history trains forecasts from more than one given frame and tasks.key_noise from perturbed starts."""
+    """structure.peptide_weight, fape_weight, contact_weight and ligand_contact_weight add their terms to the loss
+    (finite, logged each step), tasks.history trains forecasts from more than one given frame and tasks.key_noise from perturbed starts."""
     cfg = tiny_config(tiny_system, tmp_path, "max_steps=3", "structure.peptide_weight=10",
-                      "structure.fape_weight=0.2", "structure.contact_weight=3", "tasks.history=2",
+                      "structure.fape_weight=0.2", "structure.contact_weight=3",
+                      "structure.ligand_contact_weight=3", "tasks.history=2",
                       "tasks.key_noise=0.3", "tasks.tps=0", "tasks.inpaint=0", "tasks.upsample=0")
     run_dir = training.train(cfg)
     rows = [r for r in metrics(run_dir) if "train_loss" in r]
     assert len(rows) == 3
     for r in rows:
         keys = {k for k in r if "peptide" in k or "fape" in k or "contact" in k}
-        assert len(keys) == 3 and all(math.isfinite(r[k]) and r[k] >= 0 for k in keys), r
+        assert len(keys) == 4 and all(math.isfinite(r[k]) and r[k] >= 0 for k in keys), r
     with pytest.raises(HemeplmError, match="tasks.history"):
         tiny_config(tiny_system, tmp_path, "tasks.history=5")
 

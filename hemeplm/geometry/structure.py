@@ -13,7 +13,9 @@ frames, to the diffusion loss (weighted toward low noise):
   Waals radii: the clash definition of ``hemeplm evaluate``, made soft;
 * ``contact``: mean squared error (Å²) of the distances of the non-bonded atom pairs within
   :data:`CONTACT_REACH_A` of each other in the true frame (FrameDiff's pairwise distance loss,
-  over all heavy atoms): it holds the packing both ways, where ``clash`` only pushes atoms apart.
+  over all heavy atoms): it holds the packing both ways, where ``clash`` only pushes atoms apart;
+* ``ligand_contact``: the same over the pairs with a ligand atom alone, which the mean over all pairs
+  dilutes (a ligand has tens of contacts, a protein thousands): it holds the ligand in its pocket.
 
 All three are ~0 on MD frames (``contact`` exactly 0 on its own true frame) and grow as the geometry is
 perturbed. Sampling can also :func:`project` its output: a short minimisation of the bond and clash
@@ -239,28 +241,39 @@ def frame_aligned_error(x: torch.Tensor, truth: torch.Tensor, frame_atoms: torch
 
 
 def contact_error(x: torch.Tensor, truth: torch.Tensor, internal: dict[str, torch.Tensor],
-                  reach: float = CONTACT_REACH_A, max_neighbors: int = 64) -> torch.Tensor:
-    """(B, T, A, 3) predicted and true Å -> (B,) mean over frames of the mean squared error (Å²) of the
-    distances of the non-bonded pairs (:func:`nonbonded_candidates`) within ``reach`` of each other in the true
-    frame: invariant to a rigid motion of either structure, zero only where the local packing is the truth's."""
+                  ligand: torch.Tensor | None = None, reach: float = CONTACT_REACH_A,
+                  max_neighbors: int = 64) -> dict[str, torch.Tensor]:
+    """(B, T, A, 3) predicted and true Å -> ``contact`` (B,): mean over frames of the mean squared error (Å²) of
+    the distances of the non-bonded pairs (:func:`nonbonded_candidates`) within ``reach`` of each other in the
+    true frame: invariant to a rigid motion of either structure, zero only where the local packing is the
+    truth's. With ``ligand`` (A,) bool also ``ligand_contact`` (B,): the same mean over the pairs with a ligand
+    atom alone (0 in a frame with none), so that the ligand's few contacts weigh as much as the protein's many."""
     b, t, a, _ = x.shape
     src, dst = nonbonded_candidates(truth.reshape(b * t, a, 3), internal, reach, max_neighbors=max_neighbors)
     flat, true = x.reshape(-1, 3), truth.reshape(-1, 3).to(x.dtype)
     err = ((flat[src] - flat[dst]).norm(dim=-1) - (true[src] - true[dst]).norm(dim=-1)) ** 2
     frame = src // a
-    total = x.new_zeros(b * t).index_add_(0, frame, err)
-    count = x.new_zeros(b * t).index_add_(0, frame, torch.ones_like(err))
-    return (total / count.clamp(min=1)).view(b, t).mean(-1)
+
+    def frame_mean(keep: torch.Tensor) -> torch.Tensor:
+        total = x.new_zeros(b * t).index_add_(0, frame[keep], err[keep])
+        count = x.new_zeros(b * t).index_add_(0, frame[keep], torch.ones_like(err[keep]))
+        return (total / count.clamp(min=1)).view(b, t).mean(-1)
+
+    out = {"contact": frame_mean(torch.ones_like(err, dtype=torch.bool))}
+    if ligand is not None:
+        out["ligand_contact"] = frame_mean(ligand[src % a] | ligand[dst % a])
+    return out
 
 
 def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor], peptide: torch.Tensor | None = None,
                     truth: torch.Tensor | None = None, frame_atoms: torch.Tensor | None = None,
-                    contact: bool = False) -> dict[str, torch.Tensor]:
+                    contact: bool = False, ligand: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """(B, T, A, 3) -> ``bond`` and ``clash`` (Å²), each (B,), means over frames (and pairs; see module docstring);
     with ``peptide`` quads also ``peptide`` (rad², mean over frames and bonds of :func:`peptide_penalty` at
     :data:`TRAIN_OMEGA_TOLERANCE` and :data:`TRAIN_ANGLE_SIGMAS`), with the ``truth`` (B, T, A, 3) and
     residue ``frame_atoms`` (K, 3) also ``fape`` (Å, :func:`frame_aligned_error`), and with the ``truth`` and
-    ``contact`` also ``contact`` (Å², :func:`contact_error`)."""
+    ``contact`` also ``contact`` (Å², :func:`contact_error`), and with the ``ligand`` (A,) bool mask too
+    ``ligand_contact`` (Å², the ligand's pairs alone)."""
     bond = bond_deviation(x, internal)
     out = {"bond": bond.mean(dim=(-1, -2)) if bond.shape[-1] else x.new_zeros(x.shape[0]),
            "clash": clash_penalty(x, internal).mean(-1)}
@@ -270,7 +283,7 @@ def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor], peptide:
     if truth is not None and frame_atoms is not None and len(frame_atoms):
         out["fape"] = frame_aligned_error(x, truth, frame_atoms)
     if truth is not None and contact:
-        out["contact"] = contact_error(x, truth, internal)
+        out.update(contact_error(x, truth, internal, ligand))
     return out
 
 

@@ -61,7 +61,8 @@ class Objective(nn.Module):
     ``forward(coords (B, T, A, 3), mask (B, T, N), t (B,), generator, labelled)`` returns a dict of
     scalar losses; ``loss`` is the total. The structure terms (:mod:`hemeplm.geometry.structure`: inter-token
     bonds and angles, clashes, peptide planarity and angles, the frame-aligned point error against the
-    true frames from :data:`FAPE_FRAMES` random residue frames, the true frames' contact distances; all in Å
+    true frames from :data:`FAPE_FRAMES` random residue frames, the true frames' contact distances (all of them, and
+    the ligand's alone); all in Å
     or rad) are computed on the decoded x̂0 of each window and weighted by ᾱ_t, toward low noise, on the
     windows noised to at most ``noise_limit`` (``structure.noise_limit``) of the steps. With ``key_noise``
     (``tasks.key_noise``) each training window starts from :meth:`perturbed_start` frames. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
@@ -73,7 +74,7 @@ class Objective(nn.Module):
     def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float = 1.0,
                  force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
                  clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
-                 contact_weight: float = 0.0, key_noise: float = 0.0, input_perturbation: float = 0.0,
+                 contact_weight: float = 0.0, ligand_contact_weight: float = 0.0, key_noise: float = 0.0, input_perturbation: float = 0.0,
                  rollout: float = 0.0, rollout_steps: int = 5, noise_scale: float = 1.0, noise_limit: float = 1.0):
         super().__init__()
         model.check_schedule(diffusion)
@@ -82,7 +83,7 @@ class Objective(nn.Module):
         self.input_perturbation, self.noise_limit = input_perturbation, noise_limit
         self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
         self.weights = {"bond": bond_weight, "clash": clash_weight, "peptide": peptide_weight, "fape": fape_weight,
-                        "contact": contact_weight}
+                        "contact": contact_weight, "ligand_contact": ligand_contact_weight}
         self.structure: dict[str, torch.Tensor] = {}
 
     @classmethod
@@ -90,7 +91,8 @@ class Objective(nn.Module):
         """Build from a run's Config (energy and structure loss weights)."""
         e, s = cfg.energy, cfg.structure
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
-                   s.clash_weight, s.peptide_weight, s.fape_weight, s.contact_weight, cfg.tasks.key_noise,
+                   s.clash_weight, s.peptide_weight, s.fape_weight, s.contact_weight, s.ligand_contact_weight,
+                   cfg.tasks.key_noise,
                    cfg.diffusion.input_perturbation, cfg.tasks.rollout, cfg.tasks.rollout_steps, cfg.diffusion.noise_scale,
                    s.noise_limit)
 
@@ -165,7 +167,8 @@ class Objective(nn.Module):
                 frames = m.tokens.frame_atoms[pick]
             terms = structure_terms(m.coordinates(x0_hat, key), m.internal,
                                     m.peptide if self.weights["peptide"] > 0 else None, coords, frames,
-                                    self.weights["contact"] > 0)
+                                    self.weights["contact"] > 0 or self.weights["ligand_contact"] > 0,
+                                    m.atoms.is_ligand if self.weights["ligand_contact"] > 0 else None)
             self.structure = {k: (alpha_bar * v).sum().detach() / alpha_bar.sum() for k, v in terms.items()}
             return sum(self.weights[k] * v for k, v in terms.items())
 
