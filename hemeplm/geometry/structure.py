@@ -15,10 +15,10 @@ frames, to the diffusion loss (weighted toward low noise):
   :data:`CONTACT_REACH_A` of each other in the true frame (FrameDiff's pairwise distance loss,
   over all heavy atoms): it holds the packing both ways, where ``clash`` only pushes atoms apart;
 * ``ligand_contact``: the same over the pairs with a ligand atom alone, which the mean over all pairs
-  dilutes (a ligand has tens of contacts, a protein thousands): it holds the ligand in its pocket.
+  dilutes (the demo's xylene has about a hundred of T4L's 11,000): it holds the ligand in its pocket.
 
-All three are ~0 on MD frames (``contact`` exactly 0 on its own true frame) and grow as the geometry is
-perturbed. Sampling can also :func:`project` its output: a short minimisation of the bond and clash
+All are ~0 on MD frames (``contact`` and ``ligand_contact`` exactly 0 on their own true frame) and grow
+as the geometry is perturbed. Sampling can also :func:`project` its output: a short minimisation of the bond and clash
 terms, plus the peptide-bond terms of :func:`peptide_penalty` (ω planar, the two backbone angles
 across the bond), over the generated internal coordinates (``structure.project_steps``).
 

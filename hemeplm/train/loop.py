@@ -60,22 +60,23 @@ class Objective(nn.Module):
 
     ``forward(coords (B, T, A, 3), mask (B, T, N), t (B,), generator, labelled)`` returns a dict of
     scalar losses; ``loss`` is the total. The structure terms (:mod:`hemeplm.geometry.structure`: inter-token
-    bonds and angles, clashes, peptide planarity and angles, the frame-aligned point error against the
-    true frames from :data:`FAPE_FRAMES` random residue frames, the true frames' contact distances (all of them, and
-    the ligand's alone); all in Å
-    or rad) are computed on the decoded x̂0 of each window and weighted by ᾱ_t, toward low noise, on the
-    windows noised to at most ``noise_limit`` (``structure.noise_limit``) of the steps. With ``key_noise``
-    (``tasks.key_noise``) each training window starts from :meth:`perturbed_start` frames. ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames`
-    (``coords`` (F, A, 3), ``energy`` (F,), ``forces`` (F, A, 3), ``interaction`` (F, R),
-    ``has_interaction`` (F,)) or None; its losses are mean squared errors on normalised scales
-    (energy standard deviation, force RMS, interaction fluctuation scale of the training frames).
+    bonds and angles, clashes, peptide planarity and angles, the frame-aligned point error against the true
+    frames from :data:`FAPE_FRAMES` random residue frames, the true frames' contact distances, all of them and
+    the ligand's alone; all in Å or rad) are computed on the decoded x̂0 of each window and weighted by ᾱ_t,
+    toward low noise, on the windows noised to at most ``noise_limit`` (``structure.noise_limit``) of the steps.
+    With ``key_noise`` (``tasks.key_noise``) each training window starts from :meth:`perturbed_start` frames.
+    ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames` (``coords`` (F, A, 3), ``energy``
+    (F,), ``forces`` (F, A, 3), ``interaction`` (F, R), ``has_interaction`` (F,)) or None; its losses are mean
+    squared errors on normalised scales (energy standard deviation, force RMS, interaction fluctuation scale of
+    the training frames).
     """
 
     def __init__(self, model: HemePLM, diffusion: GaussianDiffusion, energy_weight: float = 1.0,
                  force_weight: float = 1.0, interaction_weight: float = 1.0, bond_weight: float = 0.0,
                  clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
-                 contact_weight: float = 0.0, ligand_contact_weight: float = 0.0, key_noise: float = 0.0, input_perturbation: float = 0.0,
-                 rollout: float = 0.0, rollout_steps: int = 5, noise_scale: float = 1.0, noise_limit: float = 1.0):
+                 contact_weight: float = 0.0, ligand_contact_weight: float = 0.0, key_noise: float = 0.0,
+                 input_perturbation: float = 0.0, rollout: float = 0.0, rollout_steps: int = 5,
+                 noise_scale: float = 1.0, noise_limit: float = 1.0):
         super().__init__()
         model.check_schedule(diffusion)
         self.model, self.diffusion, self.key_noise = model, diffusion, key_noise
@@ -92,9 +93,8 @@ class Objective(nn.Module):
         e, s = cfg.energy, cfg.structure
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
                    s.clash_weight, s.peptide_weight, s.fape_weight, s.contact_weight, s.ligand_contact_weight,
-                   cfg.tasks.key_noise,
-                   cfg.diffusion.input_perturbation, cfg.tasks.rollout, cfg.tasks.rollout_steps, cfg.diffusion.noise_scale,
-                   s.noise_limit)
+                   cfg.tasks.key_noise, cfg.diffusion.input_perturbation, cfg.tasks.rollout, cfg.tasks.rollout_steps,
+                   cfg.diffusion.noise_scale, s.noise_limit)
 
     def perturbed_start(self, coords: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
         """Windows (B, T, A, 3) whose key frame and the given frames right after it (a forecast's history, wholly
