@@ -330,7 +330,8 @@ def test_torchrun_two_ranks_train_in_step(tiny_system, tmp_path):
 
 def test_angstrom_losses_train_and_are_logged(tiny_system, tmp_path):
     """structure.peptide_weight, fape_weight, contact_weight and ligand_contact_weight add their terms to the loss
-    (finite, logged each step), tasks.history trains forecasts from more than one given frame and tasks.key_noise from perturbed starts."""
+    (finite, logged each step), tasks.history trains forecasts from more than one given frame and tasks.key_noise
+    from perturbed starts."""
     cfg = tiny_config(tiny_system, tmp_path, "max_steps=3", "structure.peptide_weight=10",
                       "structure.fape_weight=0.2", "structure.contact_weight=3",
                       "structure.ligand_contact_weight=3", "tasks.history=2",

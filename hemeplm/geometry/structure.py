@@ -18,8 +18,8 @@ frames, to the diffusion loss (weighted toward low noise):
   dilutes (the demo's xylene has about a hundred of T4L's 11,000): it holds the ligand in its pocket.
 
 All are ~0 on MD frames (``contact`` and ``ligand_contact`` exactly 0 on their own true frame) and grow
-as the geometry is perturbed. Sampling can also :func:`project` its output: a short minimisation of the bond and clash
-terms, plus the peptide-bond terms of :func:`peptide_penalty` (ω planar, the two backbone angles
+as the geometry is perturbed. Sampling can also :func:`project` its output: a short minimisation of the
+bond and clash terms, plus the peptide-bond terms of :func:`peptide_penalty` (ω planar, the two backbone angles
 across the bond), over the generated internal coordinates (``structure.project_steps``).
 
 Peptide bonds (:func:`peptide_quads`, :func:`peptide_geometry`) are the topology's C(i)–N(i+1)
@@ -254,14 +254,15 @@ def contact_error(x: torch.Tensor, truth: torch.Tensor, internal: dict[str, torc
     err = ((flat[src] - flat[dst]).norm(dim=-1) - (true[src] - true[dst]).norm(dim=-1)) ** 2
     frame = src // a
 
-    def frame_mean(keep: torch.Tensor) -> torch.Tensor:
-        total = x.new_zeros(b * t).index_add_(0, frame[keep], err[keep])
-        count = x.new_zeros(b * t).index_add_(0, frame[keep], torch.ones_like(err[keep]))
+    def frame_mean(where: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        total = x.new_zeros(b * t).index_add_(0, where, e)
+        count = x.new_zeros(b * t).index_add_(0, where, torch.ones_like(e))
         return (total / count.clamp(min=1)).view(b, t).mean(-1)
 
-    out = {"contact": frame_mean(torch.ones_like(err, dtype=torch.bool))}
+    out = {"contact": frame_mean(frame, err)}
     if ligand is not None:
-        out["ligand_contact"] = frame_mean(ligand[src % a] | ligand[dst % a])
+        keep = ligand[src % a] | ligand[dst % a]
+        out["ligand_contact"] = frame_mean(frame[keep], err[keep])
     return out
 
 
