@@ -295,7 +295,7 @@ def check_value(key: str, value: Any, source: str) -> None:
 
 def check_config(cfg: "Config", source: str) -> "Config":
     """What no single key can say: ``data.split`` (three fractions that sum to 1), ``data.held_out`` apart
-    from ``data.trajectories``, ``denoiser.dim``
+    from ``data.trajectories``, ``data.lags`` whole numbers of at least 1, ``denoiser.dim``
     divisible by ``denoiser.heads``, ``qm.molecule`` without repeats and one ``qm.dataset`` folder per
     molecule, and ``tasks.history`` below ``data.window`` (a forecast window must generate a frame); a
     one-line :class:`HemeplmError` naming the key and ``source``."""
@@ -317,6 +317,9 @@ def check_config(cfg: "Config", source: str) -> "Config":
     if cfg.qm.dataset and len(cfg.qm.dataset) != len(cfg.qm.molecule):
         raise HemeplmError(f"config key 'qm.dataset' must name one folder per molecule of 'qm.molecule' "
                            f"({len(cfg.qm.molecule)}), got {len(cfg.qm.dataset)}", source)
+    if any(isinstance(lag, bool) or not isinstance(lag, int) or lag < 1 for lag in cfg.data.lags):
+        raise HemeplmError(f"config key 'data.lags' must list whole numbers of frames of at least 1, got "
+                           f"{cfg.data.lags!r}", source)
     if cfg.tasks.history >= cfg.data.window:
         raise HemeplmError(f"config key 'tasks.history' ({cfg.tasks.history}) must be below 'data.window' "
                            f"({cfg.data.window}): a forecast window has to generate at least one frame", source)

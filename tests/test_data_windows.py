@@ -11,8 +11,9 @@ from hemeplm.data.dataset import SPLITS, DataConfig, LabelledFrames, WindowDatas
 from hemeplm.errors import HemeplmError
 
 
-def _frames(cfg: DataConfig, start: int) -> set[int]:
-    return set(range(start, start + (cfg.window - 1) * cfg.lag + 1, cfg.lag))
+def _frames(cfg: DataConfig, start: int, lag: int | None = None) -> set[int]:
+    lag = cfg.lag if lag is None else lag
+    return set(range(start, start + (cfg.window - 1) * lag + 1, lag))
 
 
 @pytest.mark.parametrize("window, lag, stride", [(4, 1, 1), (3, 2, 1), (5, 3, 2)])
@@ -21,7 +22,7 @@ def test_windows_stay_in_segment_and_split(window, lag, stride):
     lengths = [40, 23]
     used = {split: [] for split in SPLITS}
     for split in SPLITS:
-        for seg, start in window_starts(cfg, lengths, ["a.dcd", "b.dcd"], split):
+        for seg, start, _ in window_starts(cfg, lengths, ["a.dcd", "b.dcd"], split):
             frames = _frames(cfg, start)
             lo, hi = split_bounds(lengths[seg], cfg.split)[SPLITS.index(split)]
             assert lo <= min(frames) and max(frames) < hi <= lengths[seg]
@@ -35,8 +36,26 @@ def test_windows_stay_in_segment_and_split(window, lag, stride):
         if sets["val"] and sets["test"]:
             assert max(sets["val"]) < min(sets["test"])
     if (window, lag, stride) == (4, 1, 1):  # short enough that every split has windows: the checks above ran
-        assert window_starts(cfg, lengths, ["a.dcd", "b.dcd"], "val") == [(0, 28), (0, 29), (0, 30), (1, 16)]
-        assert window_starts(cfg, lengths, ["a.dcd", "b.dcd"], "test") == [(0, 34), (0, 35), (0, 36)]
+        assert window_starts(cfg, lengths, ["a.dcd", "b.dcd"], "val") == [(0, 28, 1), (0, 29, 1), (0, 30, 1),
+                                                                          (1, 16, 1)]
+        assert window_starts(cfg, lengths, ["a.dcd", "b.dcd"], "test") == [(0, 34, 1), (0, 35, 1), (0, 36, 1)]
+
+
+def test_several_lags_cut_windows_at_each_inside_the_split():
+    """data.lags adds windows at each further lag, frames that far apart, inside the same split; a lag whose window
+    is longer than a split has none there (no error), while a segment too short for data.lag itself is refused."""
+    cfg = DataConfig(window=4, lag=1, lags=[3, 10], split=[0.7, 0.3, 0.0])
+    lengths = [40, 12]
+    assert cfg.training_lags == [1, 3, 10]
+    found = window_starts(cfg, lengths, ["a.dcd", "b.dcd"], "train")
+    lags = {lag: [(seg, start) for seg, start, g in found if g == lag] for lag in cfg.training_lags}
+    assert lags[1] and lags[3] and not lags[10]  # 31 frames: more than the 28 training frames of a: no lag-10 window
+    for seg, start, lag in found:
+        frames = _frames(cfg, start, lag)
+        assert max(frames) < split_bounds(lengths[seg], cfg.split)[0][1] and len(frames) == cfg.window
+    assert {(s, lag) for s, _, lag in found} == {(0, 1), (0, 3), (1, 1)}  # 8 training frames of b: lag 1 only
+    with pytest.raises(HemeplmError, match="shorter than one window"):
+        window_starts(cfg, [3], ["c.dcd"], "train")
 
 
 def test_split_bounds_chronological():

@@ -162,7 +162,7 @@ def test_projection_repairs_perturbed_frames_and_keeps_tokens_exact(md):
         return internal.decode(values * scale, key[None], layout, ic, x.shape[1])
 
     before = structure_terms(coordinates(noisy), ic)
-    out = project(coordinates, noisy, free, ic, steps=100)
+    out = project(coordinates, noisy, free, ic, steps=100)[0]
     after = structure_terms(coordinates(out), ic)
     assert float(after["bond"]) < float(before["bond"]) / 10, (before, after)
     assert float(after["clash"]) < float(before["clash"]) / 3, (before, after)
@@ -172,6 +172,43 @@ def test_projection_repairs_perturbed_frames_and_keeps_tokens_exact(md):
     protein = ~torch.as_tensor(feats["is_ligand"])[i]
     d = (y[..., i, :] - y[..., j, :]).norm(dim=-1)[..., protein]
     torch.testing.assert_close(d, (key[i] - key[j]).norm(dim=-1)[protein].expand_as(d), atol=1e-4, rtol=0)
+
+
+def test_projection_stops_once_nothing_it_can_mend_is_broken(md):
+    """With the atoms' tokens the projection stops as soon as no pair with a free atom clashes and every inter-token
+    bond and 1-3 distance is within tolerance: MD frames (decoded from their values, so each token is rigid) and
+    noisy ones stop before the limit with none of those violations left, and violations in a given frame (which
+    nothing can mend) do not keep it going. Only frames holding a free token are decoded."""
+    from hemeplm.geometry.structure import CLASH_SCALE, PROJECT_ANGLE_TOLERANCE_A, bond_deviation, clash_penalty, project
+
+    feats, layout, ic, x = md
+    key = x[0].float()
+    scale = torch.tensor([0.05] * 3 + [0.3] * 3 + [1.0] * 10)
+    v = internal.encode(x[None, :4].float(), key[None], layout, ic) / scale
+    decoded = []
+
+    def coordinates(values):
+        decoded.append(values.shape[1])
+        return internal.decode(values * scale, key[None], layout, ic, x.shape[1])
+
+    free = torch.ones(v.shape[:-1], dtype=torch.bool)
+    free[:, 0] = False
+    token = torch.as_tensor(feats["layout"]["atom_token"])
+    rigid = torch.tensor([1.0] * 6 + [0.0] * 10)
+    noisy = v + 0.5 * torch.randn(v.shape, generator=torch.Generator().manual_seed(0)) * rigid
+    noisy[:, 0] = v[:, 0]
+    steps = {}
+    for name, values in (("md", v), ("noisy", noisy)):
+        mended, steps[name] = project(coordinates, values, free, ic, steps=100, atom_token=token)
+        y = internal.decode(mended * scale, key[None], layout, ic, x.shape[1])[:, 1:]
+        assert float(bond_deviation(y, ic).max()) <= PROJECT_ANGLE_TOLERANCE_A ** 2 + 1e-6
+        assert float(clash_penalty(y, ic, CLASH_SCALE).sum()) == 0.0
+    assert 0 < steps["md"] < steps["noisy"] < 100, steps
+    assert set(decoded) == {3}  # the given key frame is never decoded
+    broken = noisy.clone()
+    broken[:, 0] = noisy[:, 1]  # a given frame full of violations: nothing may move there
+    assert project(coordinates, broken, free, ic, steps=100, atom_token=token)[1] == steps["noisy"]
+    assert project(coordinates, noisy, free, ic, steps=100)[1] == 100  # without the tokens: every step
 
 
 def test_residue_missing_side_chain_atoms_is_logged_and_held(tmp_path, caplog):
@@ -230,7 +267,7 @@ def test_fold_restraint_holds_a_drifting_frame(md):
     free = torch.ones(drift.shape[:-1], dtype=torch.bool)
     free[:, 0] = False
     before = float(fold_penalty(coordinates(drift), key, ic, 3.0).sum())
-    plain = float(fold_penalty(coordinates(project(coordinates, drift, free, ic, steps=60)), key, ic, 3.0).sum())
-    held = float(fold_penalty(coordinates(project(coordinates, drift, free, ic, steps=60, fold=key, fold_sigmas=3.0)),
+    plain = float(fold_penalty(coordinates(project(coordinates, drift, free, ic, steps=60)[0]), key, ic, 3.0).sum())
+    held = float(fold_penalty(coordinates(project(coordinates, drift, free, ic, steps=60, fold=key, fold_sigmas=3.0)[0]),
                               key, ic, 3.0).sum())
     assert held < before / 10 and held < plain / 3, (before, plain, held)

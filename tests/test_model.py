@@ -503,8 +503,8 @@ def test_projection_makes_a_twisted_peptide_bond_planar(tiny):
     values = model.values(twisted[None, None], key[None])
     free = torch.zeros(values.shape[:-1], dtype=torch.bool)
     free[..., token] = True
-    kept = coordinates(project(coordinates, values, free, model.internal, steps=50))[0, 0]
-    planar = coordinates(project(coordinates, values, free, model.internal, steps=50, peptide=quads))[0, 0]
+    kept = coordinates(project(coordinates, values, free, model.internal, steps=50)[0])[0, 0]
+    planar = coordinates(project(coordinates, values, free, model.internal, steps=50, peptide=quads)[0])[0, 0]
     before, without, with_terms = (float(_omega_deviation_deg(x, quads[-1:])) for x in (twisted, kept, planar))
     assert with_terms < 18 and without > with_terms + 15, (before, without, with_terms)
     torch.testing.assert_close(planar[~atoms], key[~atoms], atol=1e-4, rtol=0)  # only the free token moved

@@ -276,11 +276,13 @@ def test_summary_reports_what_the_projection_did(gen, tiny_system, tmp_path):
     assert len(found["windows"]) == 3
     for w in found["windows"]:
         assert 0 <= w["mean_A"] <= w["max_A"] and 0 <= w["moved_fraction"] <= 1
+        assert 0 <= w["steps_taken"] <= 50 and (w["steps_taken"] > 0) == (w["max_A"] > 0)
     assert found["max_A"] == max(w["max_A"] for w in found["windows"]) and found["mean_A"] > 0
     assert json.loads((tmp_path / "f.json").read_text())["projection"] == found
     raw = task(dataclasses.replace(gen, project_steps=0), tiny_system, tmp_path / "raw.dcd", "forecast", num_frames=11)
     assert raw["project_steps"] == raw["projection"]["steps"] == 0 and len(raw["projection"]["windows"]) == 3
-    assert all(w == {"mean_A": 0.0, "max_A": 0.0, "moved_fraction": 0.0} for w in raw["projection"]["windows"])
+    assert all(w == {"mean_A": 0.0, "max_A": 0.0, "moved_fraction": 0.0, "steps_taken": 0.0}
+               for w in raw["projection"]["windows"])
 
 
 def test_fold_hold_is_opt_in_and_holds_each_windows_key_frame(gen, frames, monkeypatch):
@@ -291,9 +293,9 @@ def test_fold_hold_is_opt_in_and_holds_each_windows_key_frame(gen, frames, monke
     seen = []
 
     def project(coordinates, values, free, internal, steps=50, restraint=0.01, fold=None, fold_sigmas=0.0,
-                peptide=None):
+                peptide=None, atom_token=None):
         seen.append((None if fold is None else fold.clone(), fold_sigmas, peptide))
-        return values
+        return values, 0
 
     monkeypatch.setattr(sampling, "project", project)
     start = torch.from_numpy(frames[3])

@@ -20,6 +20,7 @@ from hemeplm.data.dataset import featurize
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.errors import HemeplmError
 from hemeplm.generate.sampler import Sampler
+from hemeplm.models.surrogate import HemePLM, system_static
 from hemeplm.tasks import task_mask
 
 
@@ -418,9 +419,9 @@ def test_rollout_trains(tiny_system, tmp_path, monkeypatch):
     given = []
     original = training.Objective.rollout_start
 
-    def spy(self, coords, mask, before, use, generator=None):
+    def spy(self, coords, mask, before, use, generator=None, lag=None):
         given.append((int(mask[0].all(-1).long().cumprod(0).sum()), int(use.sum())))
-        return original(self, coords, mask, before, use, generator)
+        return original(self, coords, mask, before, use, generator, lag)
 
     monkeypatch.setattr(training.Objective, "rollout_start", spy)
     cfg = tiny_config(tiny_system, tmp_path, "max_steps=6", "tasks.history=2", "tasks.rollout=1",
@@ -461,3 +462,42 @@ def test_a_validation_split_shorter_than_a_window_is_warned_about(tiny_system, t
         assert ("no validation window" in caplog.text) == warned
         if warned:
             assert "data.window=13 at data.lag=1 spans 13 frames" in caplog.text
+
+
+def test_several_lags_train_and_sample_at_each(tiny_system, tmp_path):
+    """data.lags: training cuts windows at every lag and tells the denoiser each window's lag (its output
+    changes with the lag); the checkpoint samples at any lag it was trained at (frames that far apart), keeps
+    data.lag as its default, and refuses a lag it was not trained at, naming those it was."""
+    seen = []
+    original = training.Objective.diffusion_loss
+
+    def spy(self, coords, mask, t, generator=None, training=False, before=None, has_before=None, lag=None):
+        seen.extend(lag.tolist())
+        return original(self, coords, mask, t, generator, training, before, has_before, lag)
+
+    cfg = tiny_config(tiny_system, tmp_path, "max_steps=6", "data.lags=[3]", "optim.batch_size=4")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.Objective, "diffusion_loss", spy)
+        run = training.train(cfg)
+    assert set(seen) == {1, 3}
+    gen = Sampler.from_checkpoint(run / "ckpt.pt")
+    dt = gen.model.static_info["timestep_ps"]
+    assert gen.lags_ps == [dt, 3 * dt] and gen.lag == 1 and gen.frame_ps == dt
+    m = gen.model
+    with torch.no_grad():
+        m.denoiser.out.weight.normal_(generator=torch.Generator().manual_seed(0))
+    key = torch.as_tensor(featurize(cfg.data)["segments"][0][:1])
+    x = torch.randn(1, cfg.data.window, m.tokens.kind.numel(), m.norm_mean.shape[-1])
+    mask = task_mask("forecast", cfg.data.window, m.token_is_ligand)[None]
+    out = {lag: m.denoise(x, torch.tensor([50]), m.condition(key, lag=lag)[0], mask) for lag in (1, 3)}
+    assert not torch.allclose(out[1], out[3])
+    torch.testing.assert_close(m.denoise(x, torch.tensor([50]), m.condition(key)[0], mask), out[1])
+    coarse = Sampler.from_checkpoint(run / "ckpt.pt", lag_ps=3 * dt)
+    assert coarse.lag == 3 and coarse.frame_ps == pytest.approx(3 * dt)
+    made = coarse.forecast(key[0], 6, 1, torch.Generator().manual_seed(0))
+    assert made.shape[:2] == (1, 6) and torch.isfinite(made).all()
+    with pytest.raises(HemeplmError, match=r"trained at \(1, 3 ps\)"):
+        Sampler.from_checkpoint(run / "ckpt.pt", lag_ps=2 * dt)
+    plain = tiny_config(tiny_system, tmp_path)  # one lag: the model is not told it (checkpoints from before load)
+    one = HemePLM(plain, system_static(featurize(plain.data), plain.denoiser.pocket_radius, plain.denoiser.domain_size))
+    assert one.denoiser.lag is None and one.condition(key)[0].lag is None

@@ -2,13 +2,14 @@
 
     python sample.py --ckpt runs/demo/ckpt.pt --task forecast --topology T --frames F \
         [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P]
-        [--noise-scale TAU] [--restart LEVEL] [--fold-hold SIGMAS] [--seed N] --out OUT.xtc
+        [--noise-scale TAU] [--restart LEVEL] [--fold-hold SIGMAS] [--lag-ps PS] [--seed N] --out OUT.xtc
 
 Tasks: forecast (from frame I), tps (from frame I to frame J), inpaint (the ligand,
 or the ligand tokens holding the --inpaint-atoms, generated into frames I..J),
 upsample (frames I..J become every k-th frame of a finer trajectory). Inpainting
-reads frames I..J at the model's frame spacing (data.lag x the training data's),
-upsampling at k times it; a file whose spacing does not divide that is refused.
+reads frames I..J at the model's frame spacing (data.lag x the training data's, or
+--lag-ps for a model trained at several lags), upsampling at k times it; a file
+whose spacing does not divide that is refused.
 Writes OUT.xtc (OUT_000.xtc... for several samples), OUT.pdb (topology, in the
 residue numbering of --topology) and OUT.json (summary, written last), and with
 --view OUT.html (samples beside the given MD in a browser); every output is
@@ -79,6 +80,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also hold each window's fold in the projection: keep the Cα-Cα distances of its key frame "
                         "(its conditioning frame) within SIGMAS training-MD standard deviations (0: off; unset: the "
                         "checkpoint's structure.fold_sigmas: 0 since the hold became opt-in, 3 in older checkpoints)")
+    p.add_argument("--lag-ps", type=positive, default=None, metavar="PS",
+                   help="time between generated frames, one of the lags the model was trained at (data.lag and "
+                        "data.lags times the training MD's frame spacing): a forecast steps coarse at a long lag "
+                        "(unset: data.lag's)")
     p.add_argument("--inpaint-atoms", default=None,
                    help="mdtraj selection of ligand atoms: the ligand tokens holding them are inpainted whole "
                         "(unset: the whole ligand)")
@@ -118,7 +123,7 @@ def run(args) -> None:
         output_files(relaxed_path(args.out), args.num_samples, args.force)
     gen = Sampler.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
                                   progress=True, project_steps=args.project_steps, fold_sigmas=args.fold_hold,
-                                  noise_scale=args.noise_scale, restart=args.restart)
+                                  noise_scale=args.noise_scale, restart=args.restart, lag_ps=args.lag_ps)
     summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                        end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
                        seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force,

@@ -53,6 +53,10 @@ class DataConfig:
     plm_embeddings: str | None = None
     window: int = 8
     lag: int = 1
+    #: more lags (frames of the MD) to train on beside ``lag``: the model is then told each window's lag (in ps)
+    #: and samples at any of them (``sample.py --lag-ps``; ``lag`` stays its default). Empty: ``lag`` alone, and
+    #: the model is not told it. A lag whose window is longer than a segment's split has no windows there.
+    lags: list[int] = field(default_factory=list)
     stride: int = 1
     split: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
     # whole replicas never trained or validated on (not loaded by training): tools/demo.py tests on the first
@@ -67,6 +71,11 @@ class DataConfig:
     def window_span(self) -> int:
         """Saved frames one window covers: ``window`` frames ``lag`` apart."""
         return (self.window - 1) * self.lag + 1
+
+    @property
+    def training_lags(self) -> list[int]:
+        """The lags windows are cut at: ``lag`` and ``lags``, ascending."""
+        return sorted({self.lag, *self.lags})
 
 
 def _stamp(path: str | Path) -> list:
@@ -232,29 +241,33 @@ def split_bounds(n_frames: int, fractions: list[float]) -> list[tuple[int, int]]
     return [(int(cuts[i]), int(cuts[i + 1])) for i in range(3)]
 
 
-def window_starts(cfg: DataConfig, segment_lengths: list[int], files: list[str], split: str) -> list[tuple[int, int]]:
-    """``(segment, start)`` of every window of ``split``.
+def window_starts(cfg: DataConfig, segment_lengths: list[int], files: list[str], split: str
+                  ) -> list[tuple[int, int, int]]:
+    """``(segment, start, lag)`` of every window of ``split``, at every lag of ``cfg.training_lags``.
 
-    A window holds frames ``start, start+lag, ..., start+(window-1)*lag``; it
-    never crosses a segment or split boundary.
+    A window holds frames ``start, start+lag, ..., start+(window-1)*lag``; it never crosses a segment or
+    split boundary. A segment shorter than one window at ``data.lag`` is an error naming its file; at a longer
+    lag of ``data.lags`` it just has no windows.
     """
-    span = cfg.window_span
     out = []
     for s, n in enumerate(segment_lengths):
-        if n < span:
+        if n < cfg.window_span:
             raise HemeplmError(f"has {n} frames, shorter than one window ({cfg.window} frames at lag {cfg.lag} "
-                               f"= {span} frames)", files[s])
+                               f"= {cfg.window_span} frames)", files[s])
         lo, hi = split_bounds(n, cfg.split)[SPLITS.index(split)]
-        out += [(s, i) for i in range(lo, hi - span + 1, cfg.stride)]
+        for lag in cfg.training_lags:
+            span = (cfg.window - 1) * lag + 1
+            out += [(s, i, lag) for i in range(lo, hi - span + 1, cfg.stride)]
     return out
 
 
 class WindowDataset(torch.utils.data.Dataset):
-    """Windows of one split.
+    """Windows of one split, at every training lag.
 
-    Item: ``coords`` (T, A, 3) Å, ``segment`` () and ``start`` () int64; with ``before`` = L > 0 also
-    ``before`` (L, A, 3), the L frames before the window at the same lag, and ``has_before`` () bool, whether
-    they all lie in the window's split (where they do not, ``before`` repeats the window's first frame).
+    Item: ``coords`` (T, A, 3) Å, ``segment``, ``start`` and ``lag`` () int64 (the window's frame spacing in
+    frames of the MD); with ``before`` = L > 0 also ``before`` (L, A, 3), the L frames before the window at
+    its lag, and ``has_before`` () bool, whether they all lie in the window's split (where they do not,
+    ``before`` repeats the window's first frame).
     """
 
     def __init__(self, feats: dict, cfg: DataConfig, split: str, before: int = 0):
@@ -266,12 +279,13 @@ class WindowDataset(torch.utils.data.Dataset):
         return len(self.index)
 
     def __getitem__(self, i: int) -> dict:
-        s, start = self.index[i]
+        s, start, lag = self.index[i]
         segment = self.feats["segments"][s]
-        frames = np.arange(self.cfg.window) * self.cfg.lag + start
-        item = {"coords": torch.from_numpy(segment[frames]), "segment": torch.tensor(s), "start": torch.tensor(start)}
+        frames = np.arange(self.cfg.window) * lag + start
+        item = {"coords": torch.from_numpy(segment[frames]), "segment": torch.tensor(s), "start": torch.tensor(start),
+                "lag": torch.tensor(lag)}
         if self.before > 0:
-            earlier = start - np.arange(self.before, 0, -1) * self.cfg.lag
+            earlier = start - np.arange(self.before, 0, -1) * lag
             has = bool(earlier[0] >= self.split_start[s])
             item["before"] = torch.from_numpy(segment[earlier if has else np.full(self.before, start)])
             item["has_before"] = torch.tensor(has)

@@ -107,6 +107,8 @@ class Sampler:
             config's ``diffusion.noise_scale``.
         restart: the level Restart sampling re-noises each window to, a fraction of the diffusion steps (the
             same method; 0: off); None: the config's ``diffusion.restart``.
+        lag_ps: the time between generated frames: one of the lags the model was trained at (``data.lag`` and
+            ``data.lags``, times the training MD's frame spacing); None: ``data.lag``'s.
     Attributes:
         projection_log: one entry per :meth:`window_sample` call: per window of the batch, the mean and
             max displacement (Å) of the generated atoms by the projection and the fraction moved farther
@@ -123,6 +125,7 @@ class Sampler:
     fold_sigmas: float | None = None
     noise_scale: float | None = None
     restart: float | None = None
+    lag_ps: float | None = None
     projection_log: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -134,6 +137,8 @@ class Sampler:
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                       or not math.isfinite(value) or not ok(value)):
                 raise HemeplmError(f"{refusal}, got {value!r}")
+        if self.lag_ps is not None:
+            self.trained_lag(self.lag_ps)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
@@ -186,9 +191,29 @@ class Sampler:
         return {**self.cfg.diffusion.restart_settings, **({} if self.restart is None else {"restart": self.restart})}
 
     @property
+    def lags_ps(self) -> list[float]:
+        """The lags the model was trained at (ps): ``data.lag`` and ``data.lags`` times the training MD's frame
+        spacing."""
+        return [lag * self.model.static_info["timestep_ps"] for lag in self.model.lags]
+
+    def trained_lag(self, lag_ps: float) -> int:
+        """The training lag (frames of the training MD) of ``lag_ps``; a lag the model was not trained at is a
+        :class:`HemeplmError` listing those it was."""
+        for lag, ps in zip(self.model.lags, self.lags_ps):
+            if math.isclose(ps, lag_ps, rel_tol=1e-6):
+                return lag
+        trained = ", ".join(f"{v:g}" for v in self.lags_ps)
+        raise HemeplmError(f"the lag must be one the model was trained at ({trained} ps), got {lag_ps!r}")
+
+    @property
+    def lag(self) -> int:
+        """The time between generated frames in frames of the training MD (:attr:`lag_ps`, else ``data.lag``)."""
+        return self.cfg.data.lag if self.lag_ps is None else self.trained_lag(self.lag_ps)
+
+    @property
     def frame_ps(self) -> float:
-        """Time between the model's frames (ps): ``data.lag`` times the training data's frame spacing."""
-        return self.cfg.data.lag * self.model.static_info["timestep_ps"]
+        """Time between generated frames (ps): :attr:`lag` times the training data's frame spacing."""
+        return self.lag * self.model.static_info["timestep_ps"]
 
     @property
     def denoiser_steps(self) -> int:
@@ -213,18 +238,20 @@ class Sampler:
         key = coords[:, 0]
         atom_known = mask[:, :, m.tokens.atom_token]  # (S, T, A)
         x = m.sample_window(self.diffusion, coords, mask, generator, self.steps, self.sampler, self.progress,
-                            denoiser_for, self.temperature, self.restart_settings)
+                            denoiser_for, self.temperature, self.restart_settings, self.lag)
         st = self.cfg.structure
-        projected = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal, steps=self.projection_steps,
-                            restraint=st.project_restraint, fold=key if self.fold_hold > 0 else None,
-                            fold_sigmas=self.fold_hold, peptide=m.peptide)
+        projected, taken = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal,
+                                   steps=self.projection_steps, restraint=st.project_restraint,
+                                   fold=key if self.fold_hold > 0 else None, fold_sigmas=self.fold_hold,
+                                   peptide=m.peptide, atom_token=m.tokens.atom_token)
         out = m.coordinates(projected, key)
-        moved = (out - m.coordinates(x, key)).norm(dim=-1) if projected is not x else out.new_zeros(out.shape[:-1])
+        moved = (out - m.coordinates(x, key)).norm(dim=-1) if taken else out.new_zeros(out.shape[:-1])
         generated = (~atom_known).to(moved.dtype)  # (S, T, A)
         count = generated.sum((1, 2)).clamp(min=1)
         self.projection_log.append({
             "mean_A": (moved * generated).sum((1, 2)) / count, "max_A": (moved * generated).amax((1, 2)),
-            "moved_fraction": ((moved > PROJECTION_MOVED_A).to(moved.dtype) * generated).sum((1, 2)) / count})
+            "moved_fraction": ((moved > PROJECTION_MOVED_A).to(moved.dtype) * generated).sum((1, 2)) / count,
+            "steps_taken": torch.full((s,), float(taken))})
         return torch.where(atom_known[..., None], coords, out)
 
     def fill(self, coords: torch.Tensor, known: torch.Tensor, starts: list[int], generator: torch.Generator,
@@ -351,20 +378,22 @@ def projection_summary(log_entries: list[dict], n_samples: int, steps: int) -> d
             outer, so a call of R rows covers R / ``n_samples`` windows (upsampling and transition paths
             generate several windows in one call); n_samples: samples of the task; steps: projection steps.
     Returns:
-        ``steps``, ``moved_threshold_A``, ``windows`` (one per window, in generation order: ``mean_A``,
-        the mean displacement of its generated atoms over its frames and the samples; ``max_A``, the
-        largest; ``moved_fraction``, the fraction of them moved farther than ``moved_threshold_A``)
-        and ``mean_A``, ``max_A``, ``moved_fraction`` over all windows.
+        ``steps`` (the most a window may take), ``moved_threshold_A``, ``windows`` (one per window, in generation
+        order: ``mean_A``, the mean displacement of its generated atoms over its frames and the samples; ``max_A``,
+        the largest; ``moved_fraction``, the fraction of them moved farther than ``moved_threshold_A``;
+        ``steps_taken``, the steps its call took before nothing was violated) and ``mean_A``, ``max_A``,
+        ``moved_fraction`` and ``steps_taken`` (the mean) over all windows.
     """
     windows = []
     for entry in log_entries:
         rows = {k: v.detach().cpu().double().view(n_samples, -1) for k, v in entry.items()}
         for w in range(rows["mean_A"].shape[1]):
             windows.append({"mean_A": float(rows["mean_A"][:, w].mean()), "max_A": float(rows["max_A"][:, w].max()),
-                            "moved_fraction": float(rows["moved_fraction"][:, w].mean())})
-    overall = {"mean_A": float(np.mean([w["mean_A"] for w in windows])) if windows else 0.0,
-               "max_A": max((w["max_A"] for w in windows), default=0.0),
-               "moved_fraction": float(np.mean([w["moved_fraction"] for w in windows])) if windows else 0.0}
+                            "moved_fraction": float(rows["moved_fraction"][:, w].mean()),
+                            "steps_taken": float(rows["steps_taken"][:, w].max())})
+    overall = {k: float(np.mean([w[k] for w in windows])) if windows else 0.0
+               for k in ("mean_A", "moved_fraction", "steps_taken")}
+    overall["max_A"] = max((w["max_A"] for w in windows), default=0.0)
     rounded = [{k: round(v, 4) for k, v in w.items()} for w in windows]
     return {"steps": steps, "moved_threshold_A": PROJECTION_MOVED_A, **{k: round(v, 4) for k, v in overall.items()},
             "windows": rounded}

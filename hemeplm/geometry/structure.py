@@ -67,6 +67,19 @@ FAPE_CLAMP_A = 10.0
 #: Å²/rad²; the weight of the projection's peptide terms: 10° beyond a tolerance costs 0.3 Å², as much as a
 #: 0.55 Å bond-length error (with weight 1 the restraint on the values held a 60° twist at 20°, not 15°)
 PROJECT_PEPTIDE_WEIGHT = 10.0
+#: Å; the projection searches clash candidates this far beyond the clash reach, and searches again only once an
+#: atom has moved half of it (no pair can come within reach unseen in between)
+PROJECT_SKIN_A = 1.0
+#: Å; the projection stops once no pair clashes at :data:`CLASH_SCALE` (it pushes them to
+#: :data:`PROJECT_CLASH_SCALE`), every inter-token bond (a pair shorter than :data:`STOP_BOND_MAX_A`) is within
+#: PROJECT_BOND_TOLERANCE_A of its length and every 1-3 pair across tokens within PROJECT_ANGLE_TOLERANCE_A (a little
+#: beyond the demo MD's own extremes from its first frame, 0.13 and 0.26 Å: MD frames need no step), and every
+#: peptide bond is within its tolerances widened by PROJECT_STOP_MARGIN_DEG degrees: the quadratic terms approach
+#: their targets only slowly, and never all at once
+PROJECT_BOND_TOLERANCE_A = 0.15
+PROJECT_ANGLE_TOLERANCE_A = 0.3
+STOP_BOND_MAX_A = 1.9
+PROJECT_STOP_MARGIN_DEG = 5.0
 
 
 def fold_pairs(frames: np.ndarray, ca: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,14 +137,26 @@ def clash_penalty(x: torch.Tensor, internal: dict[str, torch.Tensor], scale: flo
     so the cost is linear in atoms.
     """
     b, t, a, _ = x.shape
-    radius = internal["radius"].to(x.dtype)
+    pairs = nonbonded_candidates(x.reshape(b * t, a, 3), internal, clash_reach(internal, scale),
+                                 max_neighbors=max_neighbors)
+    return x.new_zeros(b * t).index_add_(0, pairs[0] // a, pair_clashes(x, internal, pairs, scale)).view(b, t)
+
+
+def clash_reach(internal: dict[str, torch.Tensor], scale: float) -> float:
+    """Å: the farthest two atoms can be and still clash at ``scale`` (the largest radius, twice)."""
+    return scale * 2 * float(internal["radius"].max())
+
+
+def pair_clashes(x: torch.Tensor, internal: dict[str, torch.Tensor], pairs: tuple[torch.Tensor, torch.Tensor],
+                 scale: float) -> torch.Tensor:
+    """(B, T, A, 3) and flat candidate pairs (:func:`nonbonded_candidates` of its frames) -> (K,) each pair's
+    ``max(0, scale · (r_i + r_j) - d)²`` (Å²)."""
+    a = x.shape[-2]
+    src, dst = pairs
     flat = x.reshape(-1, 3)
-    src, dst = nonbonded_candidates(x.reshape(b * t, a, 3), internal, scale * 2 * float(radius.max()),
-                                    max_neighbors=max_neighbors)
-    ai, aj = src % a, dst % a
+    radius = internal["radius"].to(x.dtype)
     d = (flat[src] - flat[dst]).norm(dim=-1)
-    pen = torch.relu(scale * (radius[ai] + radius[aj]) - d) ** 2
-    return x.new_zeros(b * t).index_add_(0, src // a, pen).view(b, t)
+    return torch.relu(scale * (radius[src % a] + radius[dst % a]) - d) ** 2
 
 
 def nonbonded_candidates(x: torch.Tensor, internal: dict[str, torch.Tensor], reach: float,
@@ -160,15 +185,21 @@ def nonbonded_candidates(x: torch.Tensor, internal: dict[str, torch.Tensor], rea
 
 def fold_penalty(x: torch.Tensor, reference: torch.Tensor, internal: dict[str, torch.Tensor],
                  sigmas: float) -> torch.Tensor:
-    """(B, T, A, 3), reference (..., A, 3) -> (B, T): Σ over the fold pairs of
-    ``max(0, |d - d_ref| - sigmas · spread)²`` (Å²): zero while every Cα-Cα distance stays within
-    ``sigmas`` of the training MD's spread of its reference value."""
+    """(B, T, A, 3), reference (..., A, 3) -> (B, T): the sum of :func:`fold_terms` over the fold pairs (Å²)."""
+    return fold_terms(x, reference, internal, sigmas).sum(-1)
+
+
+def fold_terms(x: torch.Tensor, reference: torch.Tensor, internal: dict[str, torch.Tensor],
+               sigmas: float) -> torch.Tensor:
+    """(B, T, A, 3), reference (..., A, 3) -> (B, T, Q): per fold pair ``max(0, |d - d_ref| - sigmas · spread)²``
+    (Å²): zero while its Cα-Cα distance stays within ``sigmas`` of the training MD's spread of its reference
+    value."""
     i, j = internal["fold_index"]
     d = (x[..., i, :] - x[..., j, :]).norm(dim=-1)
     d_ref = (reference[..., i, :] - reference[..., j, :]).norm(dim=-1).to(d.dtype)
     if d_ref.ndim == 2:  # one reference per sample: (B, Q) -> (B, 1, Q)
         d_ref = d_ref[:, None]
-    return (torch.relu((d - d_ref).abs() - sigmas * internal["fold_spread"].to(d.dtype)) ** 2).sum(-1)
+    return torch.relu((d - d_ref).abs() - sigmas * internal["fold_spread"].to(d.dtype)) ** 2
 
 
 def peptide_quads(omega: torch.Tensor, pair_index: torch.Tensor, pair_length: torch.Tensor) -> torch.Tensor:
@@ -204,7 +235,13 @@ def peptide_geometry(x: torch.Tensor, quads: torch.Tensor) -> tuple[torch.Tensor
 
 def peptide_penalty(x: torch.Tensor, quads: torch.Tensor, omega_tolerance: float = PROJECT_OMEGA_TOLERANCE,
                     angle_sigmas: float = PROJECT_ANGLE_SIGMAS) -> torch.Tensor:
-    """(..., A, 3) -> (...): flat-bottomed peptide-bond terms (rad², summed over the bonds).
+    """(..., A, 3) -> (...): the sum of :func:`peptide_terms` over the bonds (rad²)."""
+    return peptide_terms(x, quads, omega_tolerance, angle_sigmas).sum(-1)
+
+
+def peptide_terms(x: torch.Tensor, quads: torch.Tensor, omega_tolerance: float = PROJECT_OMEGA_TOLERANCE,
+                  angle_sigmas: float = PROJECT_ANGLE_SIGMAS) -> torch.Tensor:
+    """(..., A, 3), (Q, 4) quads -> (..., Q): each peptide bond's flat-bottomed terms (rad²).
 
     ``max(0, δω - tol)²`` with δω the distance of ω from planar (:func:`peptide_geometry`) and tol
     ``omega_tolerance`` degrees, plus for each angle of :data:`PEPTIDE_ANGLES`
@@ -212,12 +249,12 @@ def peptide_penalty(x: torch.Tensor, quads: torch.Tensor, omega_tolerance: float
     within tolerance, as in AlphaFold's between-residue violation terms.
     """
     if not len(quads):
-        return x.new_zeros(x.shape[:-2])
+        return x.new_zeros((*x.shape[:-2], 0))
     dev, ca_c_n, c_n_ca = peptide_geometry(x, quads)
     pen = torch.relu(dev - math.radians(omega_tolerance)) ** 2
     for theta, (mean, sigma) in zip((ca_c_n, c_n_ca), PEPTIDE_ANGLES.values()):
         pen = pen + torch.relu((theta - math.radians(mean)).abs() - math.radians(angle_sigmas * sigma)) ** 2
-    return pen.sum(-1)
+    return pen
 
 
 def frame_aligned_error(x: torch.Tensor, truth: torch.Tensor, frame_atoms: torch.Tensor,
@@ -291,7 +328,7 @@ def structure_terms(x: torch.Tensor, internal: dict[str, torch.Tensor], peptide:
 def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.Tensor, free: torch.Tensor,
             internal: dict[str, torch.Tensor], steps: int = 50, lr: float = 0.1,
             restraint: float = 0.01, fold: torch.Tensor | None = None, fold_sigmas: float = 0.0,
-            peptide: torch.Tensor | None = None) -> torch.Tensor:
+            peptide: torch.Tensor | None = None, atom_token: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Move generated internal values the least that removes inter-token bond errors, clashes and
     peptide-bond distortions.
 
@@ -303,34 +340,84 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
     With a ``fold`` reference and ``fold_sigmas`` > 0, the :func:`fold_penalty` is added too
     (the sampler passes each window's key frame: ``sample.py --fold-hold``).
 
+    Only frames holding a free token are decoded. The clash candidates are searched once, :data:`PROJECT_SKIN_A`
+    beyond the clash reach, and again only once an atom has moved half that far; pairs of two given atoms,
+    which cannot move, are left out. With ``atom_token`` the minimisation stops as soon as nothing it can
+    change breaks a rule an MD frame keeps (:func:`_violated`: no clash, every inter-token bond and 1-3 distance
+    near its length, every peptide bond and fold pair near its tolerance).
+
     Args:
-        coordinates: normalised values (B, T, N, D) -> coordinates (B, T, A, 3).
+        coordinates: normalised values (B, T', N, D) -> coordinates (B, T', A, 3), for any T' frames of the window.
         values: (B, T, N, D) generated values; free: (B, T, N) bool, tokens that may move.
         fold: None, or (A, 3) / (B, A, 3) reference coordinates of the fold; fold_sigmas: its tolerance.
         peptide: None, or (Q, 4) peptide quads (:func:`peptide_quads`).
+        atom_token: None (no stopping rule: all ``steps``), or (A,) the token of each atom.
     Returns:
-        (B, T, N, D) projected values.
+        (B, T, N, D) projected values, and the number of Adam steps taken.
     """
-    if steps <= 0 or not bool(free.any()):
-        return values
-    move = free[..., None].to(values.dtype)
-    delta = torch.zeros_like(values, requires_grad=True)
+    rows = free.any(-1).any(0)  # (T,) frames with a free token
+    if steps <= 0 or not bool(rows.any()):
+        return values, 0
+    sub, sub_free = values[:, rows], free[:, rows]
+    b, t = sub_free.shape[:2]
+    move = sub_free[..., None].to(values.dtype)
+    moving = None if atom_token is None else sub_free[..., atom_token]  # (B, T', A) atoms that can move
+    delta = torch.zeros_like(sub, requires_grad=True)
     # eps well above float noise: a value whose gradient is noise (or whose term is already met) stays put,
     # instead of taking Adam's full normalised step (which would also break the rotation equivariance)
     opt = torch.optim.Adam([delta], lr=lr, eps=1e-3)
+    reach = clash_reach(internal, PROJECT_CLASH_SCALE) + PROJECT_SKIN_A
+    built, pairs, taken = None, None, 0
     with torch.enable_grad():
-        for _ in range(steps):
-            x = coordinates(values + delta * move)
-            energy = bond_deviation(x, internal).sum() + clash_penalty(x, internal, PROJECT_CLASH_SCALE).sum()
+        for taken in range(steps + 1):
+            x = coordinates(sub + delta * move)
+            a = x.shape[-2]
+            flat = x.detach().reshape(b * t, a, 3)
+            if built is None or float((flat - built).norm(dim=-1).amax()) > PROJECT_SKIN_A / 2:
+                built = flat.clone()
+                pairs = nonbonded_candidates(flat, internal, reach)
+                if moving is not None:
+                    keep = moving.reshape(-1)[pairs[0]] | moving.reshape(-1)[pairs[1]]
+                    pairs = (pairs[0][keep], pairs[1][keep])
+            terms = {"bond": bond_deviation(x, internal), "clash": pair_clashes(x, internal, pairs, PROJECT_CLASH_SCALE)}
             if fold is not None and fold_sigmas > 0:
-                energy = energy + fold_penalty(x, fold, internal, fold_sigmas).sum()
+                terms["fold"] = fold_terms(x, fold, internal, fold_sigmas)
             if peptide is not None:
-                energy = energy + PROJECT_PEPTIDE_WEIGHT * peptide_penalty(x, peptide).sum()
-            energy = energy + restraint * (delta * move).pow(2).sum()
+                terms["peptide"] = PROJECT_PEPTIDE_WEIGHT * peptide_terms(x, peptide)
+            if moving is not None and not _violated(x, internal, pairs, moving, peptide, fold, fold_sigmas):
+                break
+            if taken == steps:
+                break
+            energy = sum(term.sum() for term in terms.values()) + restraint * (delta * move).pow(2).sum()
             opt.zero_grad()
             energy.backward()
             opt.step()
-    return (values + delta * move).detach()
+    out = values.clone()
+    out[:, rows] = (sub + delta * move).detach()
+    return out, taken
+
+
+def _violated(x: torch.Tensor, internal: dict[str, torch.Tensor], pairs: tuple[torch.Tensor, torch.Tensor],
+              moving: torch.Tensor, peptide: torch.Tensor | None, fold: torch.Tensor | None,
+              fold_sigmas: float) -> bool:
+    """Whether frames ``x`` (B, T, A, 3) break a rule of :func:`project` where a ``moving`` (B, T, A) atom can
+    mend it, at thresholds an MD frame meets: a clash at :data:`CLASH_SCALE` among the candidate ``pairs``
+    (which hold pairs with a moving atom only), an inter-token bond or 1-3 distance beyond
+    :data:`PROJECT_BOND_TOLERANCE_A` or :data:`PROJECT_ANGLE_TOLERANCE_A` from its length, a peptide bond outside
+    the projection's tolerances widened by :data:`PROJECT_STOP_MARGIN_DEG`, a fold pair outside its tolerance
+    widened by a standard deviation."""
+    x = x.detach()
+    if bool((pair_clashes(x, internal, pairs, CLASH_SCALE) > 0).any()):
+        return True
+    bonded = internal["pair_length"] < STOP_BOND_MAX_A
+    tolerance = torch.where(bonded, PROJECT_BOND_TOLERANCE_A, PROJECT_ANGLE_TOLERANCE_A).to(x.dtype)
+    checks = [(bond_deviation(x, internal) > tolerance ** 2, internal["pair_index"])]
+    if peptide is not None:
+        checks.append((peptide_terms(x, peptide, PROJECT_OMEGA_TOLERANCE + PROJECT_STOP_MARGIN_DEG,
+                                     PROJECT_ANGLE_SIGMAS) > 0, peptide.T))
+    if fold is not None and fold_sigmas > 0:
+        checks.append((fold_terms(x, fold, internal, fold_sigmas + 1) > 0, internal["fold_index"]))
+    return any(bool((broken & moving[..., index].any(-2)).any()) for broken, index in checks)
 
 
 METALS = {"Fe", "Zn", "Mg", "Ca", "Cu", "Mn", "Co", "Ni", "Na", "K"}

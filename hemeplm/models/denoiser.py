@@ -59,6 +59,8 @@ class Conditioning:
         index: (N,) each token's index in the whole system (a fragment holds some of them).
         contacts: (3, C) long, window and two atoms (whole-system numbering) of each candidate contact the
             refiner measures (:func:`hemeplm.models.refine.contacts`).
+        lag: (B,) ps, the time between the window's frames, for a model trained at several lags
+            (``data.lags``); None for a model of one lag.
     """
 
     tokens: torch.Tensor
@@ -74,12 +76,13 @@ class Conditioning:
     body: torch.Tensor
     index: torch.Tensor
     contacts: torch.Tensor
+    lag: torch.Tensor | None = None
 
     def select(self, tokens: torch.Tensor) -> dict:
         """The per-token fields of the sub-system ``tokens`` (N',) (for fragments)."""
         return dict(tokens=self.tokens[:, tokens], centres=self.centres[:, tokens], frames=self.frames[:, tokens],
                     seq=self.seq[tokens], known=self.known[:, tokens], origins=self.origins[:, tokens],
-                    body=self.body[:, tokens], index=self.index[tokens], contacts=self.contacts)
+                    body=self.body[:, tokens], index=self.index[tokens], contacts=self.contacts, lag=self.lag)
 
 
 #: sequence offsets beyond this share a bucket; one more bucket for pairs with a ligand group
@@ -136,6 +139,16 @@ def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None]
     return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def lag_embedding(lag_ps: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B,) lags in ps -> (B, dim): the sinusoidal embedding of ``LAG_SCALE`` · log2(lag) (a doubling of the lag
+    moves it as far as ``LAG_SCALE`` diffusion steps move :func:`timestep_embedding`)."""
+    return timestep_embedding(LAG_SCALE * torch.log2(lag_ps.float()), dim)
+
+
+#: the lag embedding's scale: 1 ps to 1 ns spans 0 to 1000 (the diffusion steps' range)
+LAG_SCALE = 100.0
 
 
 class Modulation(nn.Module):
@@ -434,6 +447,7 @@ class VideoDenoiser(nn.Module):
         max_tokens: token budget of one pass in sampling; above it sampling denoises
             overlapping spatial fragments (:func:`hemeplm.generate.fragment.denoiser_for`). None: no limit.
         fragment_halo: Å of context around each fragment's core (blended away toward its border).
+        lag_conditioned: the step conditioning also reads ``cond.lag`` (:func:`lag_embedding`).
 
     ``forward(x_t (B, T, N, D), t (B,), cond, mask (B, T, N)) -> (B, T, N, D)``; with ``hidden=True``
     also the last hidden states (B, T, N, dim) the output layer reads.
@@ -441,7 +455,7 @@ class VideoDenoiser(nn.Module):
 
     def __init__(self, value_dim: int, token_dim: int, dim: int = 128, depth: int = 4, heads: int = 4,
                  mlp_ratio: float = 4.0, max_tau: int = 32, cross_window: int = 2, max_tokens: int | None = None,
-                 fragment_halo: float = 12.0):
+                 fragment_halo: float = 12.0, lag_conditioned: bool = False):
         super().__init__()
         self.dim = dim
         self.max_tokens, self.fragment_halo = max_tokens, fragment_halo
@@ -450,6 +464,7 @@ class VideoDenoiser(nn.Module):
         self.token_in = nn.Linear(token_dim, dim)
         self.frame_pos = nn.Embedding(max_tau + 1, dim)
         self.step = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.lag = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim)) if lag_conditioned else None
         self.pair = PairEmbedding(dim)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, max_tau, cross_window) for _ in range(depth))
         self.final = Modulation(dim, dim)
@@ -464,6 +479,10 @@ class VideoDenoiser(nn.Module):
         x = (self.value_in(x_t) + self.given(mask.long()) + self.token_in(cond.tokens)[:, None]
              + self.frame_pos(frames)[None, :, None])
         c = self.step(timestep_embedding(t, self.dim).to(x_t.dtype))
+        if self.lag is not None:
+            if cond.lag is None:
+                raise ValueError("this denoiser is conditioned on the lag: cond.lag must be set")
+            c = c + self.lag(lag_embedding(cond.lag.expand(b), self.dim).to(x_t.dtype))
         pair = self.pair(cond, cond.neighbors).to(x_t.dtype)
         for block in self.blocks:
             x = block(x, c, cond, pair)

@@ -160,7 +160,10 @@ class HemePLM(nn.Module):
             nn.init.zeros_(self.offset_in.bias)
         self.denoiser = VideoDenoiser(ic.N_VALUES, e.hidden, dim=d.dim, depth=d.depth, heads=d.heads,
                                       mlp_ratio=d.mlp_ratio, max_tau=d.max_tau, cross_window=d.cross_window,
-                                      max_tokens=d.max_tokens, fragment_halo=d.fragment_halo)
+                                      max_tokens=d.max_tokens, fragment_halo=d.fragment_halo,
+                                      lag_conditioned=bool(cfg.data.lags))
+        # the lags (frames of the MD) it was trained at, and the one it samples at unless told otherwise
+        self.lags, self.default_lag = cfg.data.training_lags, cfg.data.lag
         # the denoiser's last layers refine its clean estimate from the estimate's inter-token geometry;
         # they work on x0, so the model keeps the noise schedule that converts the output to it and back
         self.refiner = JunctionRefiner(d.dim, d.refine_steps) if d.refine_steps else None
@@ -293,7 +296,8 @@ class HemePLM(nn.Module):
             self.has_interaction_stats.fill_(True)
 
     # ------------------------------------------------------------------ conditioning
-    def condition(self, key: torch.Tensor, node_mask: torch.Tensor | None = None) -> tuple[Conditioning, torch.Tensor]:
+    def condition(self, key: torch.Tensor, node_mask: torch.Tensor | None = None,
+                  lag: torch.Tensor | int | None = None) -> tuple[Conditioning, torch.Tensor]:
         """Encode key frames.
 
         A token's embedding reads every one of its atoms (not their mean): per slot, the encoder's
@@ -305,6 +309,8 @@ class HemePLM(nn.Module):
         Args:
             key: (B, A, 3) Å.
             node_mask: (B, A) bool, atoms whose key positions are known (None = all).
+            lag: (B,) or one lag, in frames of the training MD, of the windows (None: ``data.lag``); read by a
+                model trained at several lags (``data.lags``) only.
         Returns:
             :class:`Conditioning` and the atom features h (B, A, C).
         """
@@ -334,8 +340,16 @@ class HemePLM(nn.Module):
                             ligand=torch.nonzero(self.token_is_ligand).flatten(), pocket=self.pocket,
                             centres=centres, frames=rot, seq=seq, known=known, origins=origins, body=body,
                             index=torch.arange(seq.numel(), device=seq.device),
-                            contacts=self.contacts(key, node_mask))
+                            contacts=self.contacts(key, node_mask), lag=self.lag_ps(lag, key))
         return cond, h
+
+    def lag_ps(self, lag: torch.Tensor | int | None, key: torch.Tensor) -> torch.Tensor | None:
+        """(B,) ps between the frames of windows at ``lag`` (frames of the training MD; None: ``data.lag``), for
+        a model trained at several lags; None for a model of one lag."""
+        if self.denoiser.lag is None:
+            return None
+        lag = torch.as_tensor(self.default_lag if lag is None else lag, device=key.device)
+        return (lag * self.static_info["timestep_ps"]).to(key.dtype).expand(key.shape[0])
 
     def token_positions(self, key: torch.Tensor, node_mask: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,7 +421,7 @@ class HemePLM(nn.Module):
     def sample_window(self, diffusion: GaussianDiffusion, coords: torch.Tensor, mask: torch.Tensor,
                       generator: torch.Generator | None = None, steps: int = 50, sampler: str = "ddim",
                       progress: bool = False, denoiser_for=None, noise_scale: float = 1.0,
-                      restart_settings: dict | None = None) -> torch.Tensor:
+                      restart_settings: dict | None = None, lag: torch.Tensor | int | None = None) -> torch.Tensor:
         """The network's raw sample of windows keyed on their first frame.
 
         Args:
@@ -418,12 +432,13 @@ class HemePLM(nn.Module):
             noise_scale: the sampler's temperature (:meth:`~hemeplm.diffusion.GaussianDiffusion.sample`).
             restart_settings: ``restart``, ``restart_steps`` and ``restarts`` of Restart sampling (the same
                 method); None: off.
+            lag: the windows' lag, as :meth:`condition` takes it.
         Returns:
             (B, T, N, D) normalised values relative to the key frame ``coords[:, 0]`` (:meth:`coordinates`).
         """
         key = coords[:, 0]
         node_mask = mask[:, 0][:, self.tokens.atom_token]
-        cond, _ = self.condition(key, None if bool(node_mask.all()) else node_mask)
+        cond, _ = self.condition(key, None if bool(node_mask.all()) else node_mask, lag)
         denoise = self.denoise if denoiser_for is None else denoiser_for(self, cond, key)
         return diffusion.sample(denoise, self.values(coords, key), cond, mask, steps=steps, sampler=sampler,
                                 generator=generator, progress=progress, clip_x0=float(self.value_limit),

@@ -116,15 +116,15 @@ class Objective(nn.Module):
         return torch.cat([torch.where(hit, moved, coords[:, :h]), coords[:, h:]], 1)
 
     def rollout_start(self, coords: torch.Tensor, mask: torch.Tensor, before: torch.Tensor, use: torch.Tensor,
-                      generator=None) -> torch.Tensor:
+                      generator=None, lag: torch.Tensor | None = None) -> torch.Tensor:
         """Windows (B, T, A, 3) whose h leading frames wholly given under ``mask`` (B, T, N) (a forecast's key and
         history) are, where ``use`` (B,) bool, the model's own: the last h frames of the window that ends with them,
         sampled raw by the model with :attr:`rollout_steps` DDIM steps at the sampling temperature
         (:attr:`noise_scale`; no restarts, for cost) from that window's first h frames (true ones), as a forecast
         continues from its previous window (whose frames sampling also projects unless ``structure.project_steps``
         is 0).
-        ``before`` (B, L, A, 3), L >= T - h: the frames preceding the window at its lag. The frames after the
-        leading ones stay the MD's."""
+        ``before`` (B, L, A, 3), L >= T - h: the frames preceding the window at its lag (``lag`` (B,), frames of the
+        MD; None: ``data.lag``). The frames after the leading ones stay the MD's."""
         m = self.model
         n = coords.shape[1]
         h = int(mask.all(-1).long().cumprod(1).sum(1).max())
@@ -134,15 +134,16 @@ class Objective(nn.Module):
             raise ValueError(f"rollout needs {n - h} frames before each window, got {before.shape[1]}")
         previous = torch.cat([before[use, before.shape[1] - (n - h):], coords[use, :h]], 1)  # (b, T, A, 3)
         x = m.sample_window(self.diffusion, previous, mask[use], generator, self.rollout_steps,
-                            noise_scale=self.noise_scale)
+                            noise_scale=self.noise_scale, lag=None if lag is None else lag[use])
         out = coords.clone()
         out[use, :h] = m.coordinates(x[:, n - h:], previous[:, 0])
         return out
 
     def diffusion_loss(self, coords, mask, t, generator=None, training: bool = False,
-                       before: torch.Tensor | None = None, has_before: torch.Tensor | None = None) -> torch.Tensor:
+                       before: torch.Tensor | None = None, has_before: torch.Tensor | None = None,
+                       lag: torch.Tensor | None = None) -> torch.Tensor:
         """ε loss plus weighted structure terms of windows (B, T, A, 3) under ``mask`` (B, T, N), keyed on
-        frame 0. ``training`` applies the training-only perturbations: with ``before`` (B, L, A, 3) (the frames
+        frame 0, at ``lag`` (B,) frames of the MD (None: ``data.lag``). ``training`` applies the training-only perturbations: with ``before`` (B, L, A, 3) (the frames
         before each forecast window) and ``has_before`` (B,) bool (whether it holds them), a fraction
         :attr:`rollout` of the windows that do start from :meth:`rollout_start`; the window starts from
         :meth:`perturbed_start` and x_t carries ``input_perturbation``; validation leaves all out. The unweighted
@@ -151,12 +152,12 @@ class Objective(nn.Module):
         if training and self.rollout > 0 and before is not None:
             dev = coords.device if generator is None else generator.device
             draw = torch.rand(len(coords), generator=generator, device=dev).to(coords.device) < self.rollout
-            coords = self.rollout_start(coords, mask, before, draw & has_before, generator)
+            coords = self.rollout_start(coords, mask, before, draw & has_before, generator, lag)
         if training and self.key_noise > 0:
             coords = self.perturbed_start(coords, mask, generator)
         key = coords[:, 0]
         node_mask = mask[:, 0][:, m.tokens.atom_token]
-        cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask)
+        cond, _ = m.condition(key, None if bool(node_mask.all()) else node_mask, lag)
 
         def structure(x0_hat: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
             frames = None
@@ -191,9 +192,10 @@ class Objective(nn.Module):
         return out
 
     def forward(self, coords, mask, t, generator=None, labelled: dict | None = None,
-                before: torch.Tensor | None = None, has_before: torch.Tensor | None = None):
+                before: torch.Tensor | None = None, has_before: torch.Tensor | None = None,
+                lag: torch.Tensor | None = None):
         m = self.model
-        out = {"diffusion": self.diffusion_loss(coords, mask, t, generator, True, before, has_before)}
+        out = {"diffusion": self.diffusion_loss(coords, mask, t, generator, True, before, has_before, lag)}
         out.update({f"structure_{k}": v for k, v in self.structure.items()})
         total = out["diffusion"]
         if m.energy_model is not None and labelled is not None and bool(m.has_energy_stats):
@@ -310,7 +312,7 @@ def evaluate(objective: Objective, ds: WindowDataset, cfg: Config, device: torch
         t = torch.randint(0, objective.diffusion.timesteps, (len(idx),), generator=gen).to(device)
         with torch.no_grad():
             noise_gen = torch.Generator(device=device).manual_seed(1000 + i)
-            loss = objective.diffusion_loss(b["coords"], mask.to(device), t, noise_gen)
+            loss = objective.diffusion_loss(b["coords"], mask.to(device), t, noise_gen, lag=b["lag"])
         out.setdefault("val_loss", []).append(float(loss))
         out.setdefault(f"val_loss_{task}", []).append(float(loss))
         for k, v in objective.structure.items():
@@ -358,9 +360,8 @@ class _Stop:
 
 def _diverged(what: str, step: int, batch: dict, feats: dict, cfg: Config, last_good: int, path: Path) -> HemeplmError:
     """The error that stops a diverging run: what went wrong, at which step, on which frames."""
-    span = (cfg.data.window - 1) * cfg.data.lag
-    windows = ", ".join(f"{feats['files'][int(s)]} frames {int(f)}-{int(f) + span}"
-                        for s, f in zip(batch["segment"], batch["start"]))
+    windows = ", ".join(f"{feats['files'][int(s)]} frames {int(f)}-{int(f) + (cfg.data.window - 1) * int(lag)}"
+                        for s, f, lag in zip(batch["segment"], batch["start"], batch["lag"]))
     return HemeplmError(f"training diverged: {what} at step {step} on windows {windows}; the last good checkpoint "
                         f"(step {last_good}) is kept; lower optim.lr or check these frames", path)
 
@@ -489,7 +490,7 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
             # as in sampling, windows given all tasks.history frames continue a window before them
             later = task == "forecast" and "before" in b and bool(mask[:cfg.tasks.history].all())
             rollout = (b["before"], b["has_before"]) if later else (None, None)
-            losses = runner(b["coords"], mask.expand(len(b["coords"]), -1, -1), t, noise_gen, frames, *rollout)
+            losses = runner(b["coords"], mask.expand(len(b["coords"]), -1, -1), t, noise_gen, frames, *rollout, b["lag"])
             loss = losses["loss"]
             # every rank learns whether any rank diverged or was signalled, so that all act at the same step
             flags = torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)], device=device)
