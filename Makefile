@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install browser demo test
+.PHONY: install browser demo test bench-gpu
 # apt-get needs root: sudo when not root
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -40,3 +40,9 @@ test: install browser
 demo: install
 	test -f runs/demo/ckpt.pt || WANDB_MODE=offline $(PY) train.py --config configs/demo.yaml name=demo
 	WANDB_MODE=offline $(PY) tools/demo.py runs/demo --results docs/results.md
+
+# On a machine with a GPU and a CUDA build of torch: training step and forecast times against system size, in
+# float32 and then in bfloat16 with the denoiser compiled (runs/bench_gpu*/bench.json).
+bench-gpu: install
+	$(VENV)/bin/hemeplm bench --device cuda --out runs/bench_gpu
+	$(VENV)/bin/hemeplm bench --device cuda --dtype bfloat16 --compile --out runs/bench_gpu_bf16

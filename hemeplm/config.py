@@ -211,6 +211,12 @@ class Config:
     eval_batches: int = 8
     log_every: int = 10
     device: str = "auto"
+    #: "bfloat16": training and sampling run the networks under bfloat16 autocast (a GPU's tensor cores; on a CPU
+    #: without bfloat16 units it is no faster); "float32": plain
+    precision: str = "float32"
+    #: compile the denoiser with ``torch.compile`` (minutes of compiling on the first windows, then faster
+    #: kernels on a GPU; sample.py --compile does the same for sampling)
+    compile: bool = False
     dist_timeout_s: float = 600.0
     out_dir: str = "runs"
     data: DataConfig = field(default_factory=DataConfig)
@@ -265,9 +271,11 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "optim.lr": (0, None, False), "optim.batch_size": (1, None, True), "optim.weight_decay": (0, None, True),
     "optim.grad_clip": (0, None, False), "optim.warmup_steps": (0, None, True), "optim.ema_decay": (0, 1, True),
 }
+#: the numeric precisions training and sampling run in (``precision``, ``sample.py --precision``)
+PRECISIONS = ("float32", "bfloat16")
 #: the values a text key takes
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.truncated": ("error", "warn"), "denoiser.spatial": ("full", "local"),
+    "data.truncated": ("error", "warn"), "denoiser.spatial": ("full", "local"), "precision": PRECISIONS,
     "diffusion.parameterisation": ("v", "eps"), "diffusion.schedule": ("cosine", "linear"),
 }
 

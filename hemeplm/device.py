@@ -1,4 +1,4 @@
-"""Which device a run uses, and whether its neighbour search works there.
+"""Which device a run uses, whether its neighbour search works there, and the precision it runs in.
 
 The atom graph (:mod:`hemeplm.models.graph`), the structure terms (:mod:`hemeplm.geometry.structure`) and local
 attention search neighbours with ``torch_cluster``, whose wheels and source builds often lack
@@ -54,3 +54,23 @@ def check_neighbour_search(device: str) -> None:
                else "reinstall it against the installed torch: pip install --no-build-isolation torch-cluster")
         raise HemeplmError(f"torch-cluster cannot search neighbours on {device} "
                            f"({' '.join(str(exc).split())[:200]}); {how}") from None
+
+
+
+def autocast(device: torch.device | str, precision: str):
+    """The autocast context of ``precision`` ("float32": none; "bfloat16": bfloat16 autocast on ``device``)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def in_precision(fn, precision: str):
+    """A denoiser ``fn(x_t, t, cond, mask)`` run under :func:`autocast` of ``precision`` on its input's device,
+    its output back in float32; ``fn`` itself for "float32". Only the network is wrapped: the geometry around
+    it (superpositions, the projection) stays in float32."""
+    if precision == "float32":
+        return fn
+
+    def run(x_t, *args, **kwargs):
+        with autocast(x_t.device, precision):
+            return fn(x_t, *args, **kwargs).float()
+
+    return run

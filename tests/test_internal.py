@@ -179,7 +179,8 @@ def test_projection_stops_once_nothing_it_can_mend_is_broken(md):
     bond and 1-3 distance is within tolerance: MD frames (decoded from their values, so each token is rigid) and
     noisy ones stop before the limit with none of those violations left, and violations in a given frame (which
     nothing can mend) do not keep it going. Only frames holding a free token are decoded."""
-    from hemeplm.geometry.structure import CLASH_SCALE, PROJECT_ANGLE_TOLERANCE_A, bond_deviation, clash_penalty, project
+    from hemeplm.geometry.structure import (CLASH_SCALE, PROJECT_ANGLE_TOLERANCE_A, bond_deviation, clash_penalty,
+                                            project)
 
     feats, layout, ic, x = md
     key = x[0].float()
@@ -268,6 +269,6 @@ def test_fold_restraint_holds_a_drifting_frame(md):
     free[:, 0] = False
     before = float(fold_penalty(coordinates(drift), key, ic, 3.0).sum())
     plain = float(fold_penalty(coordinates(project(coordinates, drift, free, ic, steps=60)[0]), key, ic, 3.0).sum())
-    held = float(fold_penalty(coordinates(project(coordinates, drift, free, ic, steps=60, fold=key, fold_sigmas=3.0)[0]),
-                              key, ic, 3.0).sum())
+    held = project(coordinates, drift, free, ic, steps=60, fold=key, fold_sigmas=3.0)[0]
+    held = float(fold_penalty(coordinates(held), key, ic, 3.0).sum())
     assert held < before / 10 and held < plain / 3, (before, plain, held)

@@ -684,3 +684,20 @@ def test_temperature_tool_compares_the_samplers_motion_with_the_mds(tiny_run, ca
     tool.main([str(tiny_run["run_dir"]), "--scales", "1", "0.3", "--windows", "3"])
     out = capsys.readouterr().out
     assert re.search(r"nearest the MD: noise scale (1|0\.3) ", out), out
+
+
+def test_bfloat16_and_compiled_sampling_follow_the_float32_sampler(gen, frames, tiny_run):
+    """GPU paths, run on the CPU: sampling under bfloat16 autocast and with the denoiser compiled by torch.compile
+    give finite frames; compiled, the same frames as eager to float rounding; in bfloat16, frames close to them
+    (its rounding, not another sampler); an unknown precision is refused."""
+    start = torch.from_numpy(frames[3])
+    plain = dataclasses.replace(gen, project_steps=0)
+    eager = plain.forecast(start, 6, 2, torch.Generator().manual_seed(0))
+    half = dataclasses.replace(plain, precision="bfloat16").forecast(start, 6, 2, torch.Generator().manual_seed(0))
+    assert torch.isfinite(half).all() and not torch.equal(half, eager)
+    assert float((half - eager).norm(dim=-1).mean()) < 0.5
+    compiled = Sampler.from_checkpoint(tiny_run["ckpt"], project_steps=0, compile=True)
+    fast = compiled.forecast(start, 6, 2, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fast, eager, atol=1e-3, rtol=0)
+    with pytest.raises(HemeplmError, match="precision must be one of float32, bfloat16"):
+        dataclasses.replace(gen, precision="float16")

@@ -388,3 +388,25 @@ def test_bench_smoke(tmp_path):
     assert {k: report["settings"][k] for k in ("sampler", "steps", "denoiser_steps")} == {
         "sampler": "ddim", "steps": 2, "denoiser_steps": 2 + 4 * 5}  # and 4 restarts of 5 steps
     assert (out / "bench.png").stat().st_size > 0
+
+
+def test_trained_rates_time_and_score_the_same_samples_at_each_lag(tiny_system, tmp_path):
+    """``hemeplm bench --vs-md --ckpt``: a checkpoint trained at two lags is timed at each, raw and projected, on
+    its held-out MD, with the validity and torsion JSD of those very samples; the rate is the simulated span over
+    the sampling time and the speed-up that over OpenMM's rate."""
+    from conftest import tiny_config
+
+    from hemeplm.cli.bench import RATE_METRICS, trained_rates
+    from hemeplm.train import loop as training
+
+    run = training.train(tiny_config(tiny_system, tmp_path, "max_steps=2", "data.lags=[2]", "data.window=4",
+                                     "data.split=[0.6,0.1,0.3]"))
+    rows = trained_rates(run / "ckpt.pt", tmp_path / "rates", md_ns_per_hour=0.5, log=lambda *_: None)
+    assert [(r["lag_ps"], r["kind"]) for r in rows] == [(1, "raw"), (1, "projected"), (2, "raw"), (2, "projected")]
+    for r in rows:
+        assert r["frames"] == (12 - 1) // r["lag_ps"] + 1  # the held-out 30% of 40 frames, at the lag
+        assert r["simulated_ns"] == pytest.approx((r["frames"] - 1) * r["lag_ps"] * 1e-3)
+        assert r["ns_per_hour"] == pytest.approx(r["simulated_ns"] / r["wall_s"] * 3600)
+        assert r["speedup"] == pytest.approx(r["ns_per_hour"] / 0.5)
+        assert all(k in r for k in RATE_METRICS) and 0 <= r["bond_ok_fraction"] <= 1
+        assert (tmp_path / "rates" / f"lag{r['lag_ps']:g}ps_{r['kind']}.xtc").exists()

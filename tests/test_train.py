@@ -501,3 +501,28 @@ def test_several_lags_train_and_sample_at_each(tiny_system, tmp_path):
     plain = tiny_config(tiny_system, tmp_path)  # one lag: the model is not told it (checkpoints from before load)
     one = HemePLM(plain, system_static(featurize(plain.data), plain.denoiser.pocket_radius, plain.denoiser.domain_size))
     assert one.denoiser.lag is None and one.condition(key)[0].lag is None
+
+
+def _trains_and_samples(tiny_system, tmp_path, name: str, setting: str) -> None:
+    """Two finite training steps with ``setting``, and a checkpoint that samples finite frames."""
+    cfg = tiny_config(tiny_system, tmp_path, "max_steps=2", f"name={name}", setting)
+    run = training.train(cfg)
+    rows = [r for r in metrics(run) if "train_loss" in r]
+    assert len(rows) == 2 and all(math.isfinite(r["train_loss"]) for r in rows)
+    out = Sampler.from_checkpoint(run / "ckpt.pt").forecast(
+        torch.as_tensor(featurize(cfg.data)["segments"][0][0]), 3, 1, torch.Generator().manual_seed(0))
+    assert torch.isfinite(out).all()
+
+
+def test_bfloat16_training_steps_are_finite(tiny_system, tmp_path):
+    """A GPU path, run on the CPU: training with the denoiser under bfloat16 autocast (the geometry around it in
+    float32) takes finite steps and saves a checkpoint that samples; an unknown precision is refused."""
+    _trains_and_samples(tiny_system, tmp_path, "half", "precision=bfloat16")
+    with pytest.raises(HemeplmError, match="'precision' must be one of float32, bfloat16"):
+        tiny_config(tiny_system, tmp_path, "precision=float16")
+
+
+@pytest.mark.slow  # compiling the backward pass takes minutes on a CPU; the compiled forward: test_sample
+def test_compiled_training_steps_are_finite(tiny_system, tmp_path):
+    """A GPU path, run on the CPU: training with the denoiser compiled by torch.compile takes finite steps."""
+    _trains_and_samples(tiny_system, tmp_path, "compiled", "compile=true")

@@ -1,6 +1,6 @@
 """The speed-fidelity curve of the sampler: forecast the held-out MD at several settings and score each.
 
-    python tools/sampler_curve.py runs/demo [--settings 5:0 10:0 20:0 10:4 50:4] [--samples 4]
+    python tools/sampler_curve.py runs/demo [--settings 5:0 10:0 20:0 10:4 50:4] [--samples 4] [--lags-ps 2 8]
 
 Each setting ``STEPS:RESTARTS`` is DDIM steps and Restart sampling's restarts (0: off; the checkpoint's restart
 level and restart steps otherwise). For each, the forecast of ``tools/demo.py`` (from the held-out MD's first
@@ -9,6 +9,9 @@ four times, as the demo's table samples it: the model and its prior, each raw an
 fidelity of each (torsion JSD, RMSF r, validity; frame 0 left out) is put beside the wall time of the model's
 projected forecast and the simulated time it gives per wall hour (all samples of the batch counted). The table
 is printed and saved, with a plot of torsion JSD against wall time, in ``RUN/eval/sampler_curve/``.
+
+A model trained at several lags (``data.lags``) is measured at each lag of ``--lags-ps`` (default: ``data.lag``'s):
+the forecast then covers the held-out span in fewer, longer steps, and is scored against the same MD.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from demo import held_out, held_out_frames
+from hemeplm.evaluate.heldout import held_out, held_out_frames
 from hemeplm.evaluate.report import json_ready
 from hemeplm.evaluate.run import evaluate_trajectories
 from hemeplm.generate.sampler import Sampler, load_frames, run_task
@@ -60,17 +63,20 @@ def measure(gen: Sampler, steps: int, restarts: int, topology: Path, reference: 
                                     ligand_file=gen.cfg.data.ligand_file)
     wall = made["model"]["wall_seconds"]
     simulated_ns = samples * (n_frames - 1) * gen.frame_ps * 1e-3
-    return {"steps": steps, "restarts": restarts, "denoiser_calls": base.denoiser_steps, "wall_seconds": wall,
+    return {"lag_ps": gen.frame_ps, "frames": n_frames, "steps": steps, "restarts": restarts,
+            "denoiser_calls": base.denoiser_steps, "wall_seconds": wall,
             "projection_steps_taken": made["model"]["projection"]["steps_taken"],
             "ns_per_hour": simulated_ns / wall * 3600, "metrics": metrics}
 
 
 def table(rows: list[dict]) -> str:
     """Markdown table: one line per setting, the four generators' columns side by side."""
-    head = ["steps:restarts", "calls", "wall s", "ns/h", *(f"{who} {name}" for key, name in COLUMNS for who in WHO)]
+    head = ["lag ps", "steps:restarts", "calls", "wall s", "ns/h",
+            *(f"{who} {name}" for key, name in COLUMNS for who in WHO)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f"{r['steps']}:{r['restarts']}", str(r["denoiser_calls"]), f"{r['wall_seconds']:.0f}",
+        cells = [f"{r['lag_ps']:g}", f"{r['steps']}:{r['restarts']}", str(r["denoiser_calls"]),
+                 f"{r['wall_seconds']:.0f}",
                  f"{r['ns_per_hour']:.1f}"]
         for key, _ in COLUMNS:
             cells += [f"{r['metrics'][who][key]:.3g}" for who in WHO]
@@ -82,11 +88,12 @@ def plot(rows: list[dict], path: Path) -> Path:
     """Torsion JSD (raw and projected, model and prior) against the projected model's wall time."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     wall = [r["wall_seconds"] for r in rows]
-    for who, style in zip(WHO, ("o-", "o:", "s-", "s:")):
+    for who, style in zip(WHO, ("o", "x", "s", "+")):
         ax.plot(wall, [r["metrics"][who]["torsion_jsd"] for r in rows], style, label=who)
     for r in rows:
-        ax.annotate(f"{r['steps']}:{r['restarts']}", (r["wall_seconds"], r["metrics"]["model"]["torsion_jsd"]),
-                    textcoords="offset points", xytext=(3, 3), fontsize=7)
+        ax.annotate(f"{r['lag_ps']:g} ps {r['steps']}:{r['restarts']}",
+                    (r["wall_seconds"], r["metrics"]["model"]["torsion_jsd"]), textcoords="offset points",
+                    xytext=(3, 3), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("wall seconds, projected forecast (all samples)")
     ax.set_ylabel("torsion JSD to the held-out MD (lower is better)")
@@ -100,21 +107,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--settings", type=setting, nargs="+", default=[(5, 0), (10, 0), (20, 0), (10, 4), (50, 4)],
                    metavar="STEPS:RESTARTS")
     p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--lags-ps", type=float, nargs="+", default=None, metavar="PS",
+                   help="lags to measure, each one the model was trained at (default: data.lag's)")
     args = p.parse_args(argv)
     run = Path(args.run_dir)
-    gen = Sampler.from_checkpoint(run / "ckpt.pt")
     out = run / "eval" / "sampler_curve"
-    segs, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
-    md, dt, source = held_out_frames(gen, segs[0], train_dt)
-    topology, reference, _, n_held = held_out(gen, out, md, dt)
-    n_frames = (n_held - 1) // gen.cfg.data.lag + 1
-    print(f"held-out MD: {source}; forecasts of {n_frames} frames, {args.samples} samples")
     rows = []
-    for steps, restarts in args.settings:
-        rows.append(measure(gen, steps, restarts, topology, reference, n_frames, args.samples,
-                            out / f"s{steps}_r{restarts}"))
-        print(table(rows[-1:]), flush=True)
-        (out / "curve.json").write_text(json.dumps(json_ready(rows), indent=2))
+    for lag_ps in args.lags_ps or [None]:
+        gen = Sampler.from_checkpoint(run / "ckpt.pt", lag_ps=lag_ps)
+        segs, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
+        md, dt, source = held_out_frames(gen, segs[0], train_dt)
+        topology, reference, _, n_held = held_out(gen, out, md, dt)
+        n_frames = (n_held - 1) // gen.lag + 1
+        print(f"held-out MD: {source}; forecasts of {n_frames} frames {gen.frame_ps:g} ps apart, {args.samples} "
+              "samples")
+        for steps, restarts in args.settings:
+            rows.append(measure(gen, steps, restarts, topology, reference, n_frames, args.samples,
+                                out / f"lag{gen.frame_ps:g}_s{steps}_r{restarts}"))
+            print(table(rows[-1:]), flush=True)
+            (out / "curve.json").write_text(json.dumps(json_ready(rows), indent=2))
     text = table(rows)
     (out / "curve.md").write_text(text + "\n")
     plot(rows, out / "curve.png")

@@ -42,7 +42,11 @@ its water oxygens and ions are pooled into tokens of up to
 implicit solvent, 4 fs steps with hydrogen mass repartitioning, as
 ``hemeplm simulate`` runs it) and compares simulated nanoseconds per
 wall-clock hour with the model's forecast (frames × lag × 1 ps, the demo MD's
-frame interval).
+frame interval). With ``--ckpt`` (a checkpoint trained on T4L, e.g. the demo's)
+the comparison is made with that model instead, at every lag it was trained at
+(:func:`trained_rates`): its forecast of its held-out MD
+(:mod:`hemeplm.evaluate.heldout`) with its default sampler, raw and projected,
+timed and scored (validity and torsion JSD of the same samples) in the same JSON.
 """
 
 from __future__ import annotations
@@ -65,12 +69,12 @@ from hemeplm.cli.options import HelpFormatter, count, positive
 from hemeplm.errors import HemeplmError
 from hemeplm.forcefield import simulate as sim
 from hemeplm.data.load import load_topology, select_ligand
-from hemeplm.config import load_config
+from hemeplm.config import PRECISIONS, load_config
 from hemeplm.data.dataset import featurize
 from hemeplm.device import resolve_device
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.models.surrogate import HemePLM, system_static
-from hemeplm.generate.sampler import Sampler, sampler_settings
+from hemeplm.generate.sampler import Sampler, load_frames, run_task, sampler_settings
 from hemeplm.tasks import task_mask
 from hemeplm.train.loop import Objective
 from hemeplm.plots import _save, plt
@@ -226,8 +230,9 @@ def measure(spec: dict) -> dict:
     """Build one system's model and time one training step or one forecast (run in a child process).
 
     ``spec``: ``system`` (BenchSystem fields), ``what`` ("train" or "sample"), ``config``,
-    ``overrides``, ``device``, ``dtype``, ``frames``, ``sampler``, ``steps``, ``cache``, ``threads``
-    (None: torch's default).
+    ``overrides``, ``device``, ``dtype``, ``compile`` (the denoiser compiled with ``torch.compile``; a first,
+    untimed forecast window or training step pays for the compiling), ``frames``, ``sampler``, ``steps``,
+    ``cache``, ``threads`` (None: torch's default).
     """
     import torch
 
@@ -238,7 +243,7 @@ def measure(spec: dict) -> dict:
     system = BenchSystem(**spec["system"])
     cfg = load_config(spec["config"], spec["overrides"])
     cfg.data.topology, cfg.data.trajectories, cfg.data.ligand = system.topology, system.trajectories, system.ligand
-    cfg.data.cache_dir = spec["cache"]
+    cfg.data.cache_dir, cfg.precision = spec["cache"], spec["dtype"]
     device = resolve_device(spec["device"])
     torch.manual_seed(0)
     feats = featurize(cfg.data)
@@ -248,14 +253,15 @@ def measure(spec: dict) -> dict:
     result = {"n_modelled": int(feats["n_atoms"]), "n_tokens": int(model.tokens.kind.numel()),
               "n_ligand_tokens": int(model.token_is_ligand.sum()), "n_pocket_tokens": int(model.pocket.numel()),
               "parameters": sum(p.numel() for p in model.parameters())}
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec["dtype"] == "bfloat16")
     gen = torch.Generator().manual_seed(0)
-    before = _reset_peak(device)
     if spec["what"] == "sample":
-        sampler = Sampler(model.eval(), diffusion, cfg, steps=spec["steps"], sampler=spec["sampler"])
+        sampler = Sampler(model.eval(), diffusion, cfg, steps=spec["steps"], sampler=spec["sampler"],
+                          precision=spec["dtype"], compile=spec["compile"])
+        if spec["compile"]:
+            sampler.forecast(frames[0], 2, 1, gen)
+        before = _reset_peak(device)
         t0 = time.perf_counter()
-        with autocast:
-            out = sampler.forecast(frames[0], spec["frames"], 1, gen)
+        out = sampler.forecast(frames[0], spec["frames"], 1, gen)
         elapsed = time.perf_counter() - t0
         result.update(sample_s=elapsed, sample_peak_gib=_peak(device), sample_resident_before_gib=before,
                       sample_finite=bool(torch.isfinite(out).all()), frames=int(out.shape[1]))
@@ -274,12 +280,14 @@ def measure(spec: dict) -> dict:
     mask = task_mask("forecast", t, model.token_is_ligand).expand(b, -1, -1)
     objective = Objective.from_config(model.train(), diffusion, cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    if spec["compile"]:
+        model.denoiser.compile()
+    before = _reset_peak(device)
     times = []
     for _ in range(2):  # the first step also allocates the optimiser state; the second is timed
         t0 = time.perf_counter()
-        with autocast:
-            loss = objective(coords, mask, torch.randint(0, diffusion.timesteps, (b,), generator=gen).to(device), gen,
-                             labelled if cfg.energy.enabled else None)["loss"]
+        loss = objective(coords, mask, torch.randint(0, diffusion.timesteps, (b,), generator=gen).to(device), gen,
+                         labelled if cfg.energy.enabled else None)["loss"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
@@ -330,6 +338,58 @@ def md_rate(seconds: float, threads: int | None = None) -> dict:
             "simulated_ns": ns, "ns_per_hour": ns / elapsed * 3600}
 
 
+#: the held-out metrics :func:`trained_rates` keeps beside each timing
+RATE_METRICS = ("torsion_jsd", "rmsf_pearson", "bond_ok_fraction", "bond_ok_fraction_peptide", "clashes_per_frame",
+                "omega_outlier_fraction", "ramachandran_outlier_fraction", "physical_filter_pass_fraction")
+
+
+def trained_rates(ckpt: str | Path, out: Path, md_ns_per_hour: float, device: str = "cpu",
+                  threads: int | None = None, log=print) -> list[dict]:
+    """Simulated ns per wall hour of a trained checkpoint, and the held-out fidelity of the same samples.
+
+    At every lag the checkpoint was trained at, one forecast from the first frame of its held-out MD
+    (:func:`~hemeplm.evaluate.heldout.held_out_frames`) over the held-out span, with the checkpoint's
+    default sampler, raw (``project_steps`` 0) and projected (as ``sample.py`` samples); each is timed
+    (sampling only, no confidence score) and scored against the held-out MD
+    (:func:`~hemeplm.evaluate.run.evaluate_trajectories`, frame 0 left out).
+
+    Returns:
+        one row per lag and kind: ``lag_ps``, ``kind`` ("raw" or "projected"), ``frames``, ``wall_s``,
+        ``simulated_ns``, ``ns_per_hour``, ``speedup`` (over ``md_ns_per_hour``), ``denoiser_calls`` and the
+        :data:`RATE_METRICS`.
+    """
+    import dataclasses
+
+    import torch
+
+    from hemeplm.evaluate.heldout import held_out, held_out_frames
+    from hemeplm.evaluate.run import evaluate_trajectories
+
+    if threads:
+        torch.set_num_threads(threads)
+    rows = []
+    for lag_ps in Sampler.from_checkpoint(ckpt, device=device).lags_ps:
+        gen = Sampler.from_checkpoint(ckpt, device=device, lag_ps=lag_ps)
+        segs, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
+        md, dt, _ = held_out_frames(gen, segs[0], train_dt)
+        topology, reference, _, n_held = held_out(gen, out / "heldout", md, dt)
+        n_frames = (n_held - 1) // gen.lag + 1
+        for kind, g in (("raw", dataclasses.replace(gen, project_steps=0)), ("projected", gen)):
+            log(f"bench: {ckpt} at {lag_ps:g} ps, {kind}: {n_frames} frames ...")
+            made = run_task(g, "forecast", topology, reference, out / f"lag{lag_ps:g}ps_{kind}.xtc", start=0,
+                            num_frames=n_frames, confidence=False, force=True)
+            metrics = evaluate_trajectories(topology, [reference], made["trajectories"],
+                                            out / f"lag{lag_ps:g}ps_{kind}", task="forecast", force=True,
+                                            ligand_file=gen.cfg.data.ligand_file)
+            simulated = (n_frames - 1) * lag_ps * 1e-3
+            rate = simulated / made["wall_seconds"] * 3600
+            rows.append({"lag_ps": lag_ps, "kind": kind, "frames": n_frames, "wall_s": made["wall_seconds"],
+                         "simulated_ns": simulated, "ns_per_hour": rate, "speedup": rate / md_ns_per_hour,
+                         "denoiser_calls": g.denoiser_steps,
+                         **{k: metrics["model"][k] for k in RATE_METRICS}})
+    return rows
+
+
 def plot_scaling(systems: list[dict], slope_time: float | None, slope_memory: float | None, path: Path) -> Path:
     """Log–log plot of sampling (and training-step) time and peak memory against atom count."""
 
@@ -360,12 +420,13 @@ def plot_scaling(systems: list[dict], slope_time: float | None, slope_memory: fl
 def run_bench(out: str | Path, config: str | None = None, overrides: list[str] = (), device: str = "cpu",
               dtype: str = "float32", frames: int = 100, sampler: str | None = None, steps: int | None = None,
               systems: list[str] | None = None, vs_md: bool = False, md_seconds: float = 60.0, train: bool = True,
-              threads: int | None = None, log=print) -> dict:
+              threads: int | None = None, ckpt: str | None = None, compile: bool = False, log=print) -> dict:
     """Measure every system; write ``out/bench.json`` and ``out/bench.png``; return the JSON.
 
     The config is ``config`` with ``denoiser.spatial=local`` and then ``overrides`` applied
     (local attention everywhere, so that one model design is compared across sizes).
     ``sampler`` and ``steps`` None mean the config's ``diffusion.sampler`` and ``diffusion.sample_steps``.
+    With ``vs_md`` and a trained ``ckpt`` the JSON's ``trained`` holds :func:`trained_rates`.
     """
     import torch
 
@@ -383,8 +444,8 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
         row = {"name": system.name, "description": system.description, "solvent": system.solvent,
                "n_atoms": n_atoms, "n_atoms_input": n_input}
         spec = {"system": asdict(system), "config": config, "overrides": list(overrides), "device": device,
-                "dtype": dtype, "frames": frames, "sampler": sampler, "steps": steps, "cache": str(cache),
-                "threads": threads}
+                "dtype": dtype, "compile": compile, "frames": frames, "sampler": sampler, "steps": steps,
+                "cache": str(cache), "threads": threads}
         for what in ("sample", "train") if train else ("sample",):
             log(f"bench {system.name} ({n_atoms} atoms): {what} ...")
             row.update(_child({**spec, "what": what}))
@@ -400,6 +461,7 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
                     "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                     "load_average_start": load_start, "load_average_end": os.getloadavg()},
         "settings": {"config": config, "overrides": list(overrides), "device": device, "dtype": dtype,
+                     "compile": compile,
                      "forecast_frames": frames, "sampler": sampler, "steps": steps,
                      "denoiser_steps": GaussianDiffusion.from_config(cfg.diffusion).calls(
                          sampler, steps, **cfg.diffusion.restart_settings),
@@ -425,6 +487,9 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
                       vs_md={"md": md, "model": {"system": "t4l", "frames": t4l["frames"], "lag": cfg.data.lag,
                                                  "frame_ps": MD_FRAME_PS, "simulated_ns": simulated,
                                                  "wall_s": t4l["sample_s"]}})
+        if ckpt is not None:
+            report["trained"] = {"ckpt": str(ckpt), "rates": trained_rates(ckpt, out / "trained", md["ns_per_hour"],
+                                                                           device, threads, log)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     if ok:
@@ -435,7 +500,8 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
 def run(args) -> None:
     report = run_bench(args.out, args.config, args.overrides, device=args.device, dtype=args.dtype,
                        frames=args.frames, sampler=args.sampler, steps=args.steps, systems=args.systems,
-                       vs_md=args.vs_md, md_seconds=args.md_seconds, train=not args.no_train, threads=args.threads)
+                       vs_md=args.vs_md, md_seconds=args.md_seconds, train=not args.no_train, threads=args.threads,
+                       ckpt=args.ckpt, compile=args.compile)
     nan = float("nan")
     for r in report["systems"]:
         print(f"{r['name']:>11}: {r['n_atoms']:>6} atoms, {r.get('n_tokens', '?')} tokens: "
@@ -446,6 +512,11 @@ def run(args) -> None:
     if "speedup" in report:
         print(f"OpenMM {report['md_ns_per_hour']:.3g} ns/h, model {report['model_ns_per_hour']:.3g} ns/h, "
               f"speedup {report['speedup']:.3g}x")
+    for r in report.get("trained", {}).get("rates", []):
+        print(f"{report['trained']['ckpt']} at {r['lag_ps']:g} ps, {r['kind']}: {r['ns_per_hour']:.3g} ns/h "
+              f"({r['speedup']:.3g}x OpenMM), held-out torsion JSD {r['torsion_jsd']:.3f}, bonds "
+              f"{r['bond_ok_fraction']:.3f}, clashes/frame {r['clashes_per_frame']:.3g}, filter "
+              f"{r['physical_filter_pass_fraction']:.2f}")
     print(f"{Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.png'}")
 
 
@@ -456,7 +527,9 @@ def add_parser(sub) -> None:
     b.add_argument("--out", required=True, help="output folder (bench.json, bench.png, cache/)")
     b.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"), help="model config (YAML)")
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs")
-    b.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
+    b.add_argument("--dtype", choices=PRECISIONS, default="float32", help="bfloat16: autocast")
+    b.add_argument("--compile", action="store_true",
+                   help="compile the denoiser with torch.compile (a first, untimed window or step compiles it)")
     b.add_argument("--frames", type=count(2), default=100, help="frames of the forecast that is timed")
     b.add_argument("--sampler", default=None,
                    help="ddim or ancestral (default: the config's diffusion.sampler, as sample.py and the demo use)")
@@ -468,6 +541,9 @@ def add_parser(sub) -> None:
     b.add_argument("--no-train", action="store_true", help="time sampling only")
     b.add_argument("--vs-md", action="store_true", help="also run OpenMM on t4l and compare ns per hour")
     b.add_argument("--md-seconds", type=positive, default=60.0, help="wall time of the OpenMM run")
+    b.add_argument("--ckpt", default=None,
+                   help="with --vs-md: a checkpoint trained on T4L (runs/demo/ckpt.pt), timed and scored on its "
+                        "held-out MD at every lag it was trained at, raw and projected")
     b.add_argument("overrides", nargs="*", help="config key=value, applied after denoiser.spatial=local")
     b.set_defaults(func=run)
 

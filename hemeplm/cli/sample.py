@@ -2,7 +2,8 @@
 
     python sample.py --ckpt runs/demo/ckpt.pt --task forecast --topology T --frames F \
         [--start I] [--end J] [--num-frames N] [--num-samples S] [--sampler ddim|ancestral] [--steps K] [--project-steps P]
-        [--noise-scale TAU] [--restart LEVEL] [--fold-hold SIGMAS] [--lag-ps PS] [--seed N] --out OUT.xtc
+        [--noise-scale TAU] [--restart LEVEL] [--fold-hold SIGMAS] [--lag-ps PS] [--precision P] [--compile]
+        [--seed N] --out OUT.xtc
 
 Tasks: forecast (from frame I), tps (from frame I to frame J), inpaint (the ligand,
 or the ligand tokens holding the --inpaint-atoms, generated into frames I..J),
@@ -34,6 +35,7 @@ from pathlib import Path
 from hemeplm.cli.options import (HelpFormatter, add_truncated_option, count, exit_on_error, fraction, non_negative,
                                   positive)
 from hemeplm.cli.relax import add_relax_options, relax_config
+from hemeplm.config import PRECISIONS
 from hemeplm.diffusion import SAMPLERS
 from hemeplm.forcefield.relax import AMBER_SUFFIXES, output_files, relax_trajectories, relaxed_path
 from hemeplm.generate.sampler import Sampler, run_task, write_json
@@ -84,6 +86,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time between generated frames, one of the lags the model was trained at (data.lag and "
                         "data.lags times the training MD's frame spacing): a forecast steps coarse at a long lag "
                         "(unset: data.lag's)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="bfloat16: the networks under bfloat16 autocast (for a GPU; unset: the checkpoint's "
+                        "precision)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the denoiser with torch.compile (minutes on the first windows, then faster on a GPU)")
     p.add_argument("--inpaint-atoms", default=None,
                    help="mdtraj selection of ligand atoms: the ligand tokens holding them are inpainted whole "
                         "(unset: the whole ligand)")
@@ -123,7 +130,8 @@ def run(args) -> None:
         output_files(relaxed_path(args.out), args.num_samples, args.force)
     gen = Sampler.from_checkpoint(args.ckpt, device=args.device, steps=args.steps, sampler=args.sampler,
                                   progress=True, project_steps=args.project_steps, fold_sigmas=args.fold_hold,
-                                  noise_scale=args.noise_scale, restart=args.restart, lag_ps=args.lag_ps)
+                                  noise_scale=args.noise_scale, restart=args.restart, lag_ps=args.lag_ps,
+                                  precision=args.precision, compile=args.compile)
     summary = run_task(gen, args.task, args.topology, args.frames, args.out, start=args.start, end=args.end,
                        end_file=args.end_frames, num_frames=args.num_frames, num_samples=args.num_samples,
                        seed=args.seed, inpaint_atoms=args.inpaint_atoms, force=args.force,

@@ -60,7 +60,7 @@ import torch
 
 from hemeplm.train.checkpoint import build_model, load_checkpoint
 from hemeplm.generate.confidence import frame_uncertainty
-from hemeplm.config import Config
+from hemeplm.config import PRECISIONS, Config
 from hemeplm.data.load import load_system, select_ligand
 from hemeplm.data.numbering import kept_insertion_codes, topology_pdb, write_pdb
 from hemeplm.device import resolve_device
@@ -109,6 +109,8 @@ class Sampler:
             same method; 0: off); None: the config's ``diffusion.restart``.
         lag_ps: the time between generated frames: one of the lags the model was trained at (``data.lag`` and
             ``data.lags``, times the training MD's frame spacing); None: ``data.lag``'s.
+        precision: "float32" or "bfloat16" (the networks under bfloat16 autocast); None: the config's ``precision``.
+        compile: compile the model's denoiser with ``torch.compile`` (in place; the first windows pay for it).
     Attributes:
         projection_log: one entry per :meth:`window_sample` call: per window of the batch, the mean and
             max displacement (Å) of the generated atoms by the projection and the fraction moved farther
@@ -126,6 +128,8 @@ class Sampler:
     noise_scale: float | None = None
     restart: float | None = None
     lag_ps: float | None = None
+    precision: str | None = None
+    compile: bool = False
     projection_log: list = field(default_factory=list, init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -139,6 +143,10 @@ class Sampler:
                 raise HemeplmError(f"{refusal}, got {value!r}")
         if self.lag_ps is not None:
             self.trained_lag(self.lag_ps)
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise HemeplmError(f"the precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.compile:
+            self.model.denoiser.compile()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
@@ -238,7 +246,8 @@ class Sampler:
         key = coords[:, 0]
         atom_known = mask[:, :, m.tokens.atom_token]  # (S, T, A)
         x = m.sample_window(self.diffusion, coords, mask, generator, self.steps, self.sampler, self.progress,
-                            denoiser_for, self.temperature, self.restart_settings, self.lag)
+                            denoiser_for, self.temperature, self.restart_settings, self.lag,
+                            self.cfg.precision if self.precision is None else self.precision)
         st = self.cfg.structure
         projected, taken = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal,
                                    steps=self.projection_steps, restraint=st.project_restraint,

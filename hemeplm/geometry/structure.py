@@ -379,7 +379,8 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
                 if moving is not None:
                     keep = moving.reshape(-1)[pairs[0]] | moving.reshape(-1)[pairs[1]]
                     pairs = (pairs[0][keep], pairs[1][keep])
-            terms = {"bond": bond_deviation(x, internal), "clash": pair_clashes(x, internal, pairs, PROJECT_CLASH_SCALE)}
+            terms = {"bond": bond_deviation(x, internal),
+                     "clash": pair_clashes(x, internal, pairs, PROJECT_CLASH_SCALE)}
             if fold is not None and fold_sigmas > 0:
                 terms["fold"] = fold_terms(x, fold, internal, fold_sigmas)
             if peptide is not None:

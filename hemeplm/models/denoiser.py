@@ -273,8 +273,10 @@ class SpatialAttention(nn.Module):
     def forward(self, x: torch.Tensor, cond: Conditioning, pair: torch.Tensor) -> torch.Tensor:
         b, t, n, d = x.shape
         bias = self.bias(pair)  # (B, N, M, H)
-        if cond.neighbors is None:
-            return self.mh.attend(x, x, bias.permute(0, 3, 1, 2)[:, None].to(x.dtype))
+        if cond.neighbors is None:  # 4-D attention (B·T, H, N, N): torch.compile's kernels take no 5-D inputs
+            flat = x.reshape(b * t, n, d)
+            mask = bias.permute(0, 3, 1, 2)[:, None].expand(b, t, -1, n, n).reshape(b * t, -1, n, n)
+            return self.mh.attend(flat, flat, mask.to(x.dtype)).view(b, t, n, d)
         q = self.mh.q(x)
         # one key table: the N tokens, then the M domain tokens; token i reads its K neighbours and N + domain[i]
         table = self.mh.kv(torch.cat([x, self.domains(x, cond.domain)], dim=2))

@@ -23,6 +23,7 @@ from hemeplm.data.residues import N_RES_TYPES
 from hemeplm.geometry.rigid import mean_structure, superpose_onto
 from hemeplm.geometry.structure import peptide_quads
 from hemeplm.models.denoiser import Conditioning, VideoDenoiser
+from hemeplm.device import in_precision
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.models.encoder import AtomEncoder
 from hemeplm.models.energy import EnergyModel
@@ -421,7 +422,8 @@ class HemePLM(nn.Module):
     def sample_window(self, diffusion: GaussianDiffusion, coords: torch.Tensor, mask: torch.Tensor,
                       generator: torch.Generator | None = None, steps: int = 50, sampler: str = "ddim",
                       progress: bool = False, denoiser_for=None, noise_scale: float = 1.0,
-                      restart_settings: dict | None = None, lag: torch.Tensor | int | None = None) -> torch.Tensor:
+                      restart_settings: dict | None = None, lag: torch.Tensor | int | None = None,
+                      precision: str = "float32") -> torch.Tensor:
         """The network's raw sample of windows keyed on their first frame.
 
         Args:
@@ -433,13 +435,14 @@ class HemePLM(nn.Module):
             restart_settings: ``restart``, ``restart_steps`` and ``restarts`` of Restart sampling (the same
                 method); None: off.
             lag: the windows' lag, as :meth:`condition` takes it.
+            precision: the denoiser's (:func:`~hemeplm.device.in_precision`).
         Returns:
             (B, T, N, D) normalised values relative to the key frame ``coords[:, 0]`` (:meth:`coordinates`).
         """
         key = coords[:, 0]
         node_mask = mask[:, 0][:, self.tokens.atom_token]
         cond, _ = self.condition(key, None if bool(node_mask.all()) else node_mask, lag)
-        denoise = self.denoise if denoiser_for is None else denoiser_for(self, cond, key)
+        denoise = in_precision(self.denoise if denoiser_for is None else denoiser_for(self, cond, key), precision)
         return diffusion.sample(denoise, self.values(coords, key), cond, mask, steps=steps, sampler=sampler,
                                 generator=generator, progress=progress, clip_x0=float(self.value_limit),
                                 noise_scale=noise_scale, **(restart_settings or {}))

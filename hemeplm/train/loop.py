@@ -37,7 +37,7 @@ from torch import nn
 from hemeplm.train.checkpoint import load_checkpoint, load_state, save_checkpoint
 from hemeplm.config import Config, save_config, to_dict
 from hemeplm.data.dataset import LabelledFrames, WindowDataset, featurize
-from hemeplm.device import resolve_device
+from hemeplm.device import in_precision, resolve_device
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.errors import HemeplmError
 from hemeplm.models.surrogate import HemePLM, system_static
@@ -65,6 +65,7 @@ class Objective(nn.Module):
     the ligand's alone; all in Å or rad) are computed on the decoded x̂0 of each window and weighted by ᾱ_t,
     toward low noise, on the windows noised to at most ``noise_limit`` (``structure.noise_limit``) of the steps.
     With ``key_noise`` (``tasks.key_noise``) each training window starts from :meth:`perturbed_start` frames.
+    The denoiser runs in ``precision`` (``precision``: :func:`~hemeplm.device.in_precision`).
     ``labelled`` is a batch of :class:`~hemeplm.data.dataset.LabelledFrames` (``coords`` (F, A, 3), ``energy``
     (F,), ``forces`` (F, A, 3), ``interaction`` (F, R), ``has_interaction`` (F,)) or None; its losses are mean
     squared errors on normalised scales (energy standard deviation, force RMS, interaction fluctuation scale of
@@ -76,12 +77,12 @@ class Objective(nn.Module):
                  clash_weight: float = 0.0, peptide_weight: float = 0.0, fape_weight: float = 0.0,
                  contact_weight: float = 0.0, ligand_contact_weight: float = 0.0, key_noise: float = 0.0,
                  input_perturbation: float = 0.0, rollout: float = 0.0, rollout_steps: int = 5,
-                 noise_scale: float = 1.0, noise_limit: float = 1.0):
+                 noise_scale: float = 1.0, noise_limit: float = 1.0, precision: str = "float32"):
         super().__init__()
         model.check_schedule(diffusion)
         self.model, self.diffusion, self.key_noise = model, diffusion, key_noise
         self.rollout, self.rollout_steps, self.noise_scale = rollout, rollout_steps, noise_scale
-        self.input_perturbation, self.noise_limit = input_perturbation, noise_limit
+        self.input_perturbation, self.noise_limit, self.precision = input_perturbation, noise_limit, precision
         self.energy_weight, self.force_weight, self.interaction_weight = energy_weight, force_weight, interaction_weight
         self.weights = {"bond": bond_weight, "clash": clash_weight, "peptide": peptide_weight, "fape": fape_weight,
                         "contact": contact_weight, "ligand_contact": ligand_contact_weight}
@@ -94,7 +95,7 @@ class Objective(nn.Module):
         return cls(model, diffusion, e.energy_weight, e.force_weight, e.interaction_weight, s.bond_weight,
                    s.clash_weight, s.peptide_weight, s.fape_weight, s.contact_weight, s.ligand_contact_weight,
                    cfg.tasks.key_noise, cfg.diffusion.input_perturbation, cfg.tasks.rollout, cfg.tasks.rollout_steps,
-                   cfg.diffusion.noise_scale, s.noise_limit)
+                   cfg.diffusion.noise_scale, s.noise_limit, cfg.precision)
 
     def perturbed_start(self, coords: torch.Tensor, mask: torch.Tensor, generator=None) -> torch.Tensor:
         """Windows (B, T, A, 3) whose key frame and the given frames right after it (a forecast's history, wholly
@@ -134,7 +135,8 @@ class Objective(nn.Module):
             raise ValueError(f"rollout needs {n - h} frames before each window, got {before.shape[1]}")
         previous = torch.cat([before[use, before.shape[1] - (n - h):], coords[use, :h]], 1)  # (b, T, A, 3)
         x = m.sample_window(self.diffusion, previous, mask[use], generator, self.rollout_steps,
-                            noise_scale=self.noise_scale, lag=None if lag is None else lag[use])
+                            noise_scale=self.noise_scale, lag=None if lag is None else lag[use],
+                            precision=self.precision)
         out = coords.clone()
         out[use, :h] = m.coordinates(x[:, n - h:], previous[:, 0])
         return out
@@ -174,7 +176,8 @@ class Objective(nn.Module):
             return sum(self.weights[k] * v for k, v in terms.items())
 
         use = any(w > 0 for w in self.weights.values())
-        return self.diffusion.loss(m.denoise, m.values(coords, key), cond, mask, weight=m.value_mask, t=t,
+        return self.diffusion.loss(in_precision(m.denoise, self.precision), m.values(coords, key), cond, mask,
+                                   weight=m.value_mask, t=t,
                                    generator=generator, x0_loss=structure if use else None,
                                    input_perturbation=self.input_perturbation if training else 0.0,
                                    x0_loss_until=self.noise_limit)
@@ -438,6 +441,8 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
     if dry_run:
         return None
     ema = copy.deepcopy(model).requires_grad_(False)
+    if cfg.compile:
+        model.denoiser.compile()
     optimizer = torch.optim.Adam(_param_groups(model, cfg), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     step, history, wandb_id = 0, None, None
     if resume:
@@ -490,7 +495,8 @@ def _train(cfg: Config, resume: bool, dry_run: bool) -> Path | None:
             # as in sampling, windows given all tasks.history frames continue a window before them
             later = task == "forecast" and "before" in b and bool(mask[:cfg.tasks.history].all())
             rollout = (b["before"], b["has_before"]) if later else (None, None)
-            losses = runner(b["coords"], mask.expand(len(b["coords"]), -1, -1), t, noise_gen, frames, *rollout, b["lag"])
+            losses = runner(b["coords"], mask.expand(len(b["coords"]), -1, -1), t, noise_gen, frames, *rollout,
+                            b["lag"])
             loss = losses["loss"]
             # every rank learns whether any rank diverged or was signalled, so that all act at the same step
             flags = torch.tensor([float(not torch.isfinite(loss)), float(stop.requested)], device=device)
