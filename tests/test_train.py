@@ -496,6 +496,17 @@ def test_several_lags_train_and_sample_at_each(tiny_system, tmp_path):
     assert coarse.lag == 3 and coarse.frame_ps == pytest.approx(3 * dt)
     made = coarse.forecast(key[0], 6, 1, torch.Generator().manual_seed(0))
     assert made.shape[:2] == (1, 6) and torch.isfinite(made).all()
+    levels = []
+    original_window = Sampler.window_sample
+
+    def window_spy(self, coords, mask, generator, lag=None):
+        levels.append(lag)
+        return original_window(self, coords, mask, generator, lag)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Sampler, "window_sample", window_spy)
+        path = gen.tps(key[0], key[0] + 0.1, 60, 1, torch.Generator().manual_seed(0), span_ps=30 * dt)
+    assert levels == [3, 3, 1] and path.shape[1] == 60  # spacings of 7.5, 1.9 and 0.5 ps: the nearest lags
     with pytest.raises(HemeplmError, match=r"trained at \(1, 3 ps\)"):
         Sampler.from_checkpoint(run / "ckpt.pt", lag_ps=2 * dt)
     plain = tiny_config(tiny_system, tmp_path)  # one lag: the model is not told it (checkpoints from before load)

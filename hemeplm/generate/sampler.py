@@ -213,6 +213,12 @@ class Sampler:
         trained = ", ".join(f"{v:g}" for v in self.lags_ps)
         raise HemeplmError(f"the lag must be one the model was trained at ({trained} ps), got {lag_ps!r}")
 
+    def nearest_lag(self, spacing_ps: float) -> int:
+        """The trained lag (frames of the training MD) nearest to ``spacing_ps`` in log: ``data.lag`` for a model
+        of one lag."""
+        spacing = max(spacing_ps, 1e-12)
+        return min(zip(self.model.lags, self.lags_ps), key=lambda lp: abs(math.log(lp[1] / spacing)))[0]
+
     @property
     def lag(self) -> int:
         """The time between generated frames in frames of the training MD (:attr:`lag_ps`, else ``data.lag``)."""
@@ -230,13 +236,15 @@ class Sampler:
         return self.diffusion.calls(self.sampler, self.steps, **self.restart_settings)
 
     @torch.no_grad()
-    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def window_sample(self, coords: torch.Tensor, mask: torch.Tensor, generator: torch.Generator,
+                      lag: int | None = None) -> torch.Tensor:
         """Generate one window per sample, projected (:attr:`projection_steps`; with :attr:`fold_hold` > 0
         keeping the fold of the window's key frame, ``coords[:, 0]``); appends to :attr:`projection_log`.
 
         Args:
             coords: (S, T, A, 3) Å, known entries filled (others ignored).
             mask: (T, N) or (S, T, N) bool, True = known.
+            lag: the windows' lag in frames of the training MD, one the model was trained at (None: :attr:`lag`).
         Returns:
             (S, T, A, 3); the atoms of known tokens are returned exactly.
         """
@@ -246,7 +254,7 @@ class Sampler:
         key = coords[:, 0]
         atom_known = mask[:, :, m.tokens.atom_token]  # (S, T, A)
         x = m.sample_window(self.diffusion, coords, mask, generator, self.steps, self.sampler, self.progress,
-                            denoiser_for, self.temperature, self.restart_settings, self.lag,
+                            denoiser_for, self.temperature, self.restart_settings, self.lag if lag is None else lag,
                             self.cfg.precision if self.precision is None else self.precision)
         st = self.cfg.structure
         projected, taken = project(lambda v: m.coordinates(v, key), x, ~mask, m.internal,
@@ -361,8 +369,13 @@ class Sampler:
         out = self.fill(coords, known, starts, generator, "inpaint windows")
         return out[:, :n]
 
-    def tps(self, start: torch.Tensor, end: torch.Tensor, num_frames: int, n_samples: int, generator) -> torch.Tensor:
-        """start, end (A, 3) -> (S, num_frames, A, 3) path from ``start`` to ``end`` (both exact)."""
+    def tps(self, start: torch.Tensor, end: torch.Tensor, num_frames: int, n_samples: int, generator,
+            span_ps: float | None = None) -> torch.Tensor:
+        """start, end (A, 3) -> (S, num_frames, A, 3) path from ``start`` to ``end`` (both exact).
+
+        With ``span_ps``, the time between the end frames, a model trained at several lags fills each level at
+        the trained lag nearest (in log) to that level's frame spacing, coarse first, then finer; without it, or
+        with :attr:`lag_ps` set, at :attr:`lag` throughout."""
         t = self.window
         mask = task_mask("tps", t, self.model.token_is_ligand)
         path = torch.stack([start, end])[None].expand(n_samples, -1, -1, -1)
@@ -371,7 +384,8 @@ class Sampler:
             win = torch.zeros(n_samples * pairs, t, *start.shape, device=start.device)
             win[:, 0] = path[:, :-1].reshape(-1, *start.shape)
             win[:, -1] = path[:, 1:].reshape(-1, *start.shape)
-            filled = self.window_sample(win, mask, generator).view(n_samples, pairs, t, *start.shape)
+            lag = None if span_ps is None or self.lag_ps is not None else self.nearest_lag(span_ps / (pairs * (t - 1)))
+            filled = self.window_sample(win, mask, generator, lag).view(n_samples, pairs, t, *start.shape)
             path = torch.cat([filled[:, :, :-1].reshape(n_samples, pairs * (t - 1), *start.shape), path[:, -1:]], 1)
             if path.shape[1] >= num_frames:
                 break
@@ -705,7 +719,8 @@ def generate(gen: Sampler, task: str, given: Given, end_given: Given | None = No
         else:
             spacing = (tps_length(gen.window, n_out)[0] - 1) * gen.frame_ps / (n_out - 1)
         began = time.time()
-        result = gen.tps(frames[first], other.frames[last], n_out, num_samples, generator)
+        real = abs(last - first) * dt if end_given is None and last != first else None
+        result = gen.tps(frames[first], other.frames[last], n_out, num_samples, generator, real)
     else:
         n = given.n_frames
         first = 0 if start is None else start
