@@ -32,13 +32,15 @@ from hemeplm.generate.sampler import Generated, Sampler, generate, given_from_tr
 
 def load(ckpt: str | Path, device: str = "auto", sampler: str | None = None, steps: int | None = None,
          project_steps: int | None = None, fold_hold: float | None = None, progress: bool = False,
-         noise_scale: float | None = None, restart: float | None = None) -> "Model":
+         noise_scale: float | None = None, restart: float | None = None, lag_ps: float | None = None,
+         precision: str | None = None, compile: bool = False) -> "Model":
     """Load a checkpoint (:meth:`Sampler.from_checkpoint`; None: the checkpoint's settings). ``project_steps`` 0
     returns the network's raw output; ``fold_hold`` as ``sample.py --fold-hold`` (0: off); ``noise_scale`` as
-    ``sample.py --noise-scale``; ``restart`` as ``sample.py --restart``."""
+    ``sample.py --noise-scale``; ``restart`` as ``sample.py --restart``; ``lag_ps``, ``precision`` and ``compile``
+    as ``--lag-ps``, ``--precision`` and ``--compile``."""
     return Model(Sampler.from_checkpoint(ckpt, device=device, steps=steps, sampler=sampler, progress=progress,
                                          project_steps=project_steps, fold_sigmas=fold_hold, noise_scale=noise_scale,
-                                         restart=restart))
+                                         restart=restart, lag_ps=lag_ps, precision=precision, compile=compile))
 
 
 def _python_index(index: int, n: int, what: str) -> int:

@@ -341,10 +341,10 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
     (the sampler passes each window's key frame: ``sample.py --fold-hold``).
 
     Only frames holding a free token are decoded. The clash candidates are searched once, :data:`PROJECT_SKIN_A`
-    beyond the clash reach, and again only once an atom has moved half that far; pairs of two given atoms,
-    which cannot move, are left out. With ``atom_token`` the minimisation stops as soon as nothing it can
-    change breaks a rule an MD frame keeps (:func:`_violated`: no clash, every inter-token bond and 1-3 distance
-    near its length, every peptide bond and fold pair near its tolerance).
+    beyond the clash reach, and again only once an atom has moved half that far. With ``atom_token`` pairs of two
+    given atoms, which cannot move, are left out, and the minimisation stops as soon as nothing it can change
+    breaks a rule an MD frame keeps (:func:`_violated`: no clash, every inter-token bond and 1-3 distance near its
+    length, every peptide bond and fold pair near its tolerance).
 
     Args:
         coordinates: normalised values (B, T', N, D) -> coordinates (B, T', A, 3), for any T' frames of the window.
