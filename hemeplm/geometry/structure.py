@@ -72,11 +72,11 @@ PROJECT_PEPTIDE_WEIGHT = 10.0
 PROJECT_SKIN_A = 1.0
 #: Å; the projection stops once no pair clashes at :data:`CLASH_SCALE` (it pushes them to
 #: :data:`PROJECT_CLASH_SCALE`), every inter-token bond (a pair shorter than :data:`STOP_BOND_MAX_A`) is within
-#: PROJECT_BOND_TOLERANCE_A of its length and every 1-3 pair across tokens within PROJECT_ANGLE_TOLERANCE_A (a little
-#: beyond the demo MD's own extremes from its first frame, 0.13 and 0.26 Å: MD frames need no step), and every
+#: PROJECT_BOND_TOLERANCE_A of its length (the evaluation's bond tolerance) and every 1-3 pair across tokens within
+#: PROJECT_ANGLE_TOLERANCE_A (a little beyond the demo MD's own extremes from its first frame, 0.26 Å), and every
 #: peptide bond is within its tolerances widened by PROJECT_STOP_MARGIN_DEG degrees: the quadratic terms approach
 #: their targets only slowly, and never all at once
-PROJECT_BOND_TOLERANCE_A = 0.15
+PROJECT_BOND_TOLERANCE_A = 0.1
 PROJECT_ANGLE_TOLERANCE_A = 0.3
 STOP_BOND_MAX_A = 1.9
 PROJECT_STOP_MARGIN_DEG = 5.0
