@@ -145,8 +145,8 @@ class Sampler:
             self.trained_lag(self.lag_ps)
         if self.precision is not None and self.precision not in PRECISIONS:
             raise HemeplmError(f"the precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.compile:
-            self.model.denoiser.compile()
+        if self.compile and getattr(self.model.denoiser, "_compiled_call_impl", None) is None:
+            self.model.denoiser.compile()  # once per model: a copy of this Sampler (dataclasses.replace) shares it
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", steps: int | None = None,
