@@ -22,7 +22,7 @@ from torch import nn
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any, torch.Tensor], torch.Tensor]
 #: what :meth:`GaussianDiffusion.sample` accepts as ``sampler``
-SAMPLERS = ("ddim", "ancestral")
+SAMPLERS = ("ddim", "ancestral", "dpm2m")
 
 
 def _expand(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -174,11 +174,18 @@ class GaussianDiffusion(nn.Module):
     def step_sequence(self, sampler: str, steps: int) -> list[int]:
         """The diffusion steps :meth:`sample` visits, from noise to data (one denoiser call each).
 
-        ``ddim``: ``steps`` evenly spaced steps (fewer when ``steps`` exceeds ``timesteps``);
+        ``ddim``: ``steps`` evenly spaced steps (fewer when ``steps`` exceeds ``timesteps``); ``dpm2m``: steps
+        evenly spaced in log signal-to-noise ratio (as DPM-Solver takes them; on evenly spaced steps its
+        extrapolation across the first, long step is worse than DDIM), fewer where two round to one step;
         ``ancestral``: every step, whatever ``steps`` is.
         """
         if sampler == "ancestral":
             return list(range(self.timesteps - 1, -1, -1))
+        if sampler == "dpm2m":
+            snr = 0.5 * (self.alphas_cumprod / (1 - self.alphas_cumprod)).log()  # falls with t
+            targets = torch.linspace(float(snr[-1]), float(snr[0]), max(2, steps), device=snr.device)
+            nearest = (snr[None, :] - targets[:, None]).abs().argmin(1)
+            return sorted({int(t) for t in nearest}, reverse=True)[:steps]
         if sampler == "ddim":
             return _evenly(self.timesteps - 1, steps)
         raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
@@ -218,8 +225,11 @@ class GaussianDiffusion(nn.Module):
         Args:
             x_given: (B, ...) clean values where mask is True (others ignored).
             mask: (B, ...) bool, True = given; given entries come back exactly.
-            steps: DDIM steps (``sampler="ddim"``, ``eta=0`` deterministic) or ignored
-                for ``sampler="ancestral"`` (all ``timesteps`` steps).
+            steps: DDIM steps (``sampler="ddim"``, ``eta=0`` deterministic), DPM-Solver++(2M) steps
+                (``sampler="dpm2m"``, Lu et al. 2022: each step extrapolates the clean estimate from this step's
+                and the previous step's, second order in the log signal-to-noise ratio; the first step of a
+                path and the last, to the data, are DDIM's), or ignored for ``sampler="ancestral"`` (all
+                ``timesteps`` steps).
             clip_x0: clamp each step's estimate of x0 to [-clip_x0, clip_x0] (the data's range),
                 which stops errors of ε at high noise, amplified by 1/√ᾱ_t, from blowing up.
             noise_scale: temperature τ: the starting noise x_T ~ N(0, τ²) (and ancestral steps' noise, and
@@ -241,6 +251,7 @@ class GaussianDiffusion(nn.Module):
         b = x.shape[0]
         bar = tqdm(total=sum(map(len, paths)), disable=not progress, desc=f"{sampler} sampling", leave=False)
         for n, seq in enumerate(paths):
+            previous = None  # (x0, log-SNR) of the step before, for dpm2m's second order
             if n > 0:
                 t = torch.full((b,), seq[0], device=x.device, dtype=torch.long)
                 x = self.q_sample(x, t, _randn_like_gen(x.shape, x, generator) * noise_scale)
@@ -263,6 +274,15 @@ class GaussianDiffusion(nn.Module):
                 else:
                     a_t = self.alphas_cumprod[step]
                     a_prev = self.alphas_cumprod[seq[i + 1]] if i + 1 < len(seq) else torch.ones((), device=x.device)
+                    if sampler == "dpm2m":
+                        lam = 0.5 * (a_t / (1 - a_t)).log()  # log(α/σ) of this step
+                        if previous is not None and i + 1 < len(seq):
+                            lam_next = 0.5 * (a_prev / (1 - a_prev)).log()
+                            r = (lam - previous[1]) / (lam_next - lam)
+                            x0, previous = x0 + (x0 - previous[0]) / (2 * r), (x0, lam)
+                            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # DDIM's step from the extrapolated x0
+                        else:
+                            previous = (x0, lam)
                     sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp(min=0).sqrt()
                     noise = _randn_like_gen(x.shape, x, generator) if eta > 0 else 0
                     x = (a_prev.sqrt() * x0 + (1 - a_prev - sigma ** 2).clamp(min=0).sqrt() * eps

@@ -140,7 +140,7 @@ def test_input_perturbation_noises_inputs_beyond_the_target():
         assert abs(float(loss) - gamma ** 2) < 0.1 * gamma ** 2 + 1e-6, (gamma, float(loss))
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral", "dpm2m"])
 def test_given_entries_come_back_exactly(sampler):
     d = GaussianDiffusion(50)
     x_given = torch.randn(3, 5, 7, 3) * 10
@@ -181,7 +181,7 @@ def test_samplers_reproduce_gaussian_data(sampler, error, steps):
     assert abs(float(x.std()) - STD) < 0.05
 
 
-@pytest.mark.parametrize("sampler, steps, expected_calls", [("ddim", 7, 7), ("ancestral", 0, 40)])
+@pytest.mark.parametrize("sampler, steps, expected_calls", [("ddim", 7, 7), ("ancestral", 0, 40), ("dpm2m", 7, 7)])
 def test_one_denoiser_call_per_step_for_all_samples(sampler, steps, expected_calls):
     d = GaussianDiffusion(40)
     fake = Counting()
@@ -196,7 +196,7 @@ def test_one_denoiser_call_per_step_for_all_samples(sampler, steps, expected_cal
 
 def test_unknown_sampler_is_refused():
     d = GaussianDiffusion(10)
-    with pytest.raises(ValueError, match="unknown sampler 'euler'; use one of ddim, ancestral"):
+    with pytest.raises(ValueError, match="unknown sampler 'euler'; use one of ddim, ancestral, dpm2m"):
         d.sample(Counting(), torch.zeros(1, 2), None, torch.zeros(1, 2, dtype=torch.bool), sampler="euler")
 
 
@@ -274,3 +274,23 @@ def test_restart_cycles_run_from_the_restart_step_to_data():
     for bad in (1.5, -0.1):
         with pytest.raises(ValueError, match="restart level"):
             d.paths("ddim", 7, bad)
+
+
+def test_dpm2m_follows_the_probability_flow_closer_than_ddim_in_few_steps():
+    """With the exact denoiser of Gaussian data both deterministic samplers solve the same probability-flow ODE from
+    the same noise; in 6 steps (evenly spaced in log-SNR) the second-order DPM-Solver++(2M) lands several times
+    closer to the 1,000-step solution than DDIM does, and reproduces the data's mean and spread."""
+    d = GaussianDiffusion(1000)
+    n = 2000
+    zero, free = torch.zeros(n, 1), torch.zeros(n, 1, dtype=torch.bool)
+
+    def run(sampler, steps):
+        return d.sample(gaussian_denoiser(d), zero, None, free, steps=steps, sampler=sampler,
+                        generator=torch.Generator().manual_seed(0))
+
+    exact = run("ddim", 1000)
+    error = {s: float((run(s, 6) - exact).abs().mean()) for s in ("ddim", "dpm2m")}
+    assert error["dpm2m"] < error["ddim"] / 3, error
+    spread = {s: float(run(s, 6).std()) for s in ("ddim", "dpm2m")}
+    assert abs(spread["dpm2m"] - STD) < 0.05 * STD < abs(spread["ddim"] - STD), spread  # DDIM's 6 steps shrink it
+    assert abs(float(run("dpm2m", 6).mean()) - MEAN) < 0.02

@@ -44,4 +44,4 @@ def test_sampler_curve_scores_each_setting_raw_and_projected_beside_the_prior(ti
             (r["frames"] - 1) * r["lag_ps"] * 1e-3 / r["wall_seconds"] * 3600)
     out = run / "eval" / "sampler_curve"
     assert len(json.loads((out / "curve.json").read_text())) == 2
-    assert (out / "curve.png").stat().st_size > 0 and "| 1 | 2:0 |" in (out / "curve.md").read_text()
+    assert (out / "curve.png").stat().st_size > 0 and "| 1 | ddim 2:0 |" in (out / "curve.md").read_text()

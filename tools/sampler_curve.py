@@ -1,6 +1,7 @@
 """The speed-fidelity curve of the sampler: forecast the held-out MD at several settings and score each.
 
     python tools/sampler_curve.py runs/demo [--settings 5:0 10:0 20:0 10:4 50:4] [--samples 4] [--lags-ps 2 8]
+        [--sampler ddim|dpm2m]
 
 Each setting ``STEPS:RESTARTS`` is DDIM steps and Restart sampling's restarts (0: off; the checkpoint's restart
 level and restart steps otherwise). For each, the forecast of ``tools/demo.py`` (from the held-out MD's first
@@ -21,6 +22,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from hemeplm.diffusion import SAMPLERS
 from hemeplm.evaluate.heldout import held_out, held_out_frames
 from hemeplm.evaluate.report import json_ready
 from hemeplm.evaluate.run import evaluate_trajectories
@@ -46,8 +48,8 @@ def setting(text: str) -> tuple[int, int]:
 
 def measure(gen: Sampler, steps: int, restarts: int, topology: Path, reference: Path, n_frames: int, samples: int,
             out: Path) -> dict:
-    """Sample and score one setting: ``{"steps", "restarts", "denoiser_calls", "wall_seconds", "ns_per_hour",
-    "metrics"}`` (the metrics of :func:`~hemeplm.evaluate.run.evaluate_trajectories`)."""
+    """Sample and score one setting: ``{"lag_ps", "frames", "sampler", "steps", "restarts", "denoiser_calls",
+    "wall_seconds", "ns_per_hour", "metrics"}`` (the metrics of :func:`~hemeplm.evaluate.run.evaluate_trajectories`)."""
     base = dataclasses.replace(gen, steps=steps, restart=None if restarts else 0.0)
     if restarts:
         base.cfg = dataclasses.replace(base.cfg, diffusion=dataclasses.replace(base.cfg.diffusion, restarts=restarts))
@@ -63,7 +65,7 @@ def measure(gen: Sampler, steps: int, restarts: int, topology: Path, reference: 
                                     ligand_file=gen.cfg.data.ligand_file)
     wall = made["model"]["wall_seconds"]
     simulated_ns = samples * (n_frames - 1) * gen.frame_ps * 1e-3
-    return {"lag_ps": gen.frame_ps, "frames": n_frames, "steps": steps, "restarts": restarts,
+    return {"lag_ps": gen.frame_ps, "frames": n_frames, "sampler": gen.sampler, "steps": steps, "restarts": restarts,
             "denoiser_calls": base.denoiser_steps, "wall_seconds": wall,
             "projection_steps_taken": made["model"]["projection"]["steps_taken"],
             "ns_per_hour": simulated_ns / wall * 3600, "metrics": metrics}
@@ -71,11 +73,11 @@ def measure(gen: Sampler, steps: int, restarts: int, topology: Path, reference: 
 
 def table(rows: list[dict]) -> str:
     """Markdown table: one line per setting, the four generators' columns side by side."""
-    head = ["lag ps", "steps:restarts", "calls", "wall s", "ns/h",
+    head = ["lag ps", "sampler steps:restarts", "calls", "wall s", "ns/h",
             *(f"{who} {name}" for key, name in COLUMNS for who in WHO)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [f"{r['lag_ps']:g}", f"{r['steps']}:{r['restarts']}", str(r["denoiser_calls"]),
+        cells = [f"{r['lag_ps']:g}", f"{r['sampler']} {r['steps']}:{r['restarts']}", str(r["denoiser_calls"]),
                  f"{r['wall_seconds']:.0f}",
                  f"{r['ns_per_hour']:.1f}"]
         for key, _ in COLUMNS:
@@ -107,6 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--settings", type=setting, nargs="+", default=[(5, 0), (10, 0), (20, 0), (10, 4), (50, 4)],
                    metavar="STEPS:RESTARTS")
     p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the checkpoint's")
     p.add_argument("--lags-ps", type=float, nargs="+", default=None, metavar="PS",
                    help="lags to measure, each one the model was trained at (default: data.lag's)")
     args = p.parse_args(argv)
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     out = run / "eval" / "sampler_curve"
     rows = []
     for lag_ps in args.lags_ps or [None]:
-        gen = Sampler.from_checkpoint(run / "ckpt.pt", lag_ps=lag_ps)
+        gen = Sampler.from_checkpoint(run / "ckpt.pt", lag_ps=lag_ps, sampler=args.sampler)
         segs, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
         md, dt, source = held_out_frames(gen, segs[0], train_dt)
         topology, reference, _, n_held = held_out(gen, out, md, dt)
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               "samples")
         for steps, restarts in args.settings:
             rows.append(measure(gen, steps, restarts, topology, reference, n_frames, args.samples,
-                                out / f"lag{gen.frame_ps:g}_s{steps}_r{restarts}"))
+                                out / f"lag{gen.frame_ps:g}_{gen.sampler}{steps}_r{restarts}"))
             print(table(rows[-1:]), flush=True)
             (out / "curve.json").write_text(json.dumps(json_ready(rows), indent=2))
     text = table(rows)
