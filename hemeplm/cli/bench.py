@@ -344,12 +344,13 @@ RATE_METRICS = ("torsion_jsd", "rmsf_pearson", "bond_ok_fraction", "bond_ok_frac
 
 
 def trained_rates(ckpt: str | Path, out: Path, md_ns_per_hour: float, device: str = "cpu",
-                  threads: int | None = None, log=print) -> list[dict]:
+                  threads: int | None = None, steps: int | None = None, log=print) -> list[dict]:
     """Simulated ns per wall hour of a trained checkpoint, and the held-out fidelity of the same samples.
 
     At every lag the checkpoint was trained at, one forecast from the first frame of its held-out MD
     (:func:`~hemeplm.evaluate.heldout.held_out_frames`) over the held-out span, with the checkpoint's
-    default sampler, raw (``project_steps`` 0) and projected (as ``sample.py`` samples); each is timed
+    default sampler (``steps`` DDIM steps instead when given), raw (``project_steps`` 0) and projected (as
+    ``sample.py`` samples); each is timed
     (sampling only, no confidence score) and scored against the held-out MD
     (:func:`~hemeplm.evaluate.run.evaluate_trajectories`, frame 0 left out).
 
@@ -369,7 +370,7 @@ def trained_rates(ckpt: str | Path, out: Path, md_ns_per_hour: float, device: st
         torch.set_num_threads(threads)
     rows = []
     for lag_ps in Sampler.from_checkpoint(ckpt, device=device).lags_ps:
-        gen = Sampler.from_checkpoint(ckpt, device=device, lag_ps=lag_ps)
+        gen = Sampler.from_checkpoint(ckpt, device=device, lag_ps=lag_ps, steps=steps)
         segs, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
         md, dt, _ = held_out_frames(gen, segs[0], train_dt)
         topology, reference, _, n_held = held_out(gen, out / "heldout", md, dt)
@@ -420,13 +421,14 @@ def plot_scaling(systems: list[dict], slope_time: float | None, slope_memory: fl
 def run_bench(out: str | Path, config: str | None = None, overrides: list[str] = (), device: str = "cpu",
               dtype: str = "float32", frames: int = 100, sampler: str | None = None, steps: int | None = None,
               systems: list[str] | None = None, vs_md: bool = False, md_seconds: float = 60.0, train: bool = True,
-              threads: int | None = None, ckpt: str | None = None, compile: bool = False, log=print) -> dict:
+              threads: int | None = None, ckpts: list[str] = (), compile: bool = False, log=print) -> dict:
     """Measure every system; write ``out/bench.json`` and ``out/bench.png``; return the JSON.
 
     The config is ``config`` with ``denoiser.spatial=local`` and then ``overrides`` applied
     (local attention everywhere, so that one model design is compared across sizes).
     ``sampler`` and ``steps`` None mean the config's ``diffusion.sampler`` and ``diffusion.sample_steps``.
-    With ``vs_md`` and a trained ``ckpt`` the JSON's ``trained`` holds :func:`trained_rates`.
+    With ``vs_md`` and trained ``ckpts`` the JSON's ``trained`` holds each one's :func:`trained_rates` (``steps``
+    given: at that many DDIM steps).
     """
     import torch
 
@@ -487,9 +489,9 @@ def run_bench(out: str | Path, config: str | None = None, overrides: list[str] =
                       vs_md={"md": md, "model": {"system": "t4l", "frames": t4l["frames"], "lag": cfg.data.lag,
                                                  "frame_ps": MD_FRAME_PS, "simulated_ns": simulated,
                                                  "wall_s": t4l["sample_s"]}})
-        if ckpt is not None:
-            report["trained"] = {"ckpt": str(ckpt), "rates": trained_rates(ckpt, out / "trained", md["ns_per_hour"],
-                                                                           device, threads, log)}
+        report["trained"] = [{"ckpt": str(c), "rates": trained_rates(c, out / "trained" / Path(c).parent.name,
+                                                                     md["ns_per_hour"], device, threads, steps, log)}
+                             for c in ckpts]
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     if ok:
@@ -501,7 +503,7 @@ def run(args) -> None:
     report = run_bench(args.out, args.config, args.overrides, device=args.device, dtype=args.dtype,
                        frames=args.frames, sampler=args.sampler, steps=args.steps, systems=args.systems,
                        vs_md=args.vs_md, md_seconds=args.md_seconds, train=not args.no_train, threads=args.threads,
-                       ckpt=args.ckpt, compile=args.compile)
+                       ckpts=args.ckpt, compile=args.compile)
     nan = float("nan")
     for r in report["systems"]:
         print(f"{r['name']:>11}: {r['n_atoms']:>6} atoms, {r.get('n_tokens', '?')} tokens: "
@@ -512,11 +514,12 @@ def run(args) -> None:
     if "speedup" in report:
         print(f"OpenMM {report['md_ns_per_hour']:.3g} ns/h, model {report['model_ns_per_hour']:.3g} ns/h, "
               f"speedup {report['speedup']:.3g}x")
-    for r in report.get("trained", {}).get("rates", []):
-        print(f"{report['trained']['ckpt']} at {r['lag_ps']:g} ps, {r['kind']}: {r['ns_per_hour']:.3g} ns/h "
-              f"({r['speedup']:.3g}x OpenMM), held-out torsion JSD {r['torsion_jsd']:.3f}, bonds "
-              f"{r['bond_ok_fraction']:.3f}, clashes/frame {r['clashes_per_frame']:.3g}, filter "
-              f"{r['physical_filter_pass_fraction']:.2f}")
+    for trained in report.get("trained", []):
+        for r in trained["rates"]:
+            print(f"{trained['ckpt']} at {r['lag_ps']:g} ps, {r['kind']}: {r['ns_per_hour']:.3g} ns/h "
+                  f"({r['speedup']:.3g}x OpenMM), held-out torsion JSD {r['torsion_jsd']:.3f}, bonds "
+                  f"{r['bond_ok_fraction']:.3f}, clashes/frame {r['clashes_per_frame']:.3g}, filter "
+                  f"{r['physical_filter_pass_fraction']:.2f}")
     print(f"{Path(args.out) / 'bench.json'}, {Path(args.out) / 'bench.png'}")
 
 
@@ -541,9 +544,9 @@ def add_parser(sub) -> None:
     b.add_argument("--no-train", action="store_true", help="time sampling only")
     b.add_argument("--vs-md", action="store_true", help="also run OpenMM on t4l and compare ns per hour")
     b.add_argument("--md-seconds", type=positive, default=60.0, help="wall time of the OpenMM run")
-    b.add_argument("--ckpt", default=None,
-                   help="with --vs-md: a checkpoint trained on T4L (runs/demo/ckpt.pt), timed and scored on its "
-                        "held-out MD at every lag it was trained at, raw and projected")
+    b.add_argument("--ckpt", action="append", default=[],
+                   help="with --vs-md: a checkpoint trained on T4L (runs/demo/ckpt.pt; repeat for more), timed and "
+                        "scored on its held-out MD at every lag it was trained at, raw and projected")
     b.add_argument("overrides", nargs="*", help="config key=value, applied after denoiser.spatial=local")
     b.set_defaults(func=run)
 
