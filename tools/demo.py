@@ -43,7 +43,7 @@ from hemeplm.data.load import load_system
 from hemeplm.errors import HemeplmError
 from hemeplm.io import atomic_write_bytes
 from hemeplm.evaluate.checks import validity
-from hemeplm.evaluate.heldout import held_out, held_out_frames
+from hemeplm.generate.heldout import held_out, held_out_frames
 from hemeplm.evaluate.geometry import build_geometry
 from hemeplm.evaluate.report import json_ready, print_table
 from hemeplm.evaluate.run import evaluate_trajectories

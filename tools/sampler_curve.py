@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from hemeplm.diffusion import SAMPLERS
-from hemeplm.evaluate.heldout import held_out, held_out_frames
+from hemeplm.generate.heldout import held_out, held_out_frames
 from hemeplm.evaluate.report import json_ready
 from hemeplm.evaluate.run import evaluate_trajectories
 from hemeplm.generate.sampler import Sampler, load_frames, run_task

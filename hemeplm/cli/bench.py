@@ -45,12 +45,13 @@ wall-clock hour with the model's forecast (frames × lag × 1 ps, the demo MD's
 frame interval). With ``--ckpt`` (a checkpoint trained on T4L, e.g. the demo's)
 the comparison is made with that model instead, at every lag it was trained at
 (:func:`trained_rates`): its forecast of its held-out MD
-(:mod:`hemeplm.evaluate.heldout`) with its default sampler, raw and projected,
+(:mod:`hemeplm.generate.heldout`) with its default sampler, raw and projected,
 timed and scored (validity and torsion JSD of the same samples) in the same JSON.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -72,6 +73,8 @@ from hemeplm.data.load import load_topology, select_ligand
 from hemeplm.config import PRECISIONS, load_config
 from hemeplm.data.dataset import featurize
 from hemeplm.device import resolve_device
+from hemeplm.generate.heldout import held_out, held_out_frames
+from hemeplm.evaluate.run import evaluate_trajectories
 from hemeplm.diffusion import GaussianDiffusion
 from hemeplm.models.surrogate import HemePLM, system_static
 from hemeplm.generate.sampler import Sampler, load_frames, run_task, sampler_settings
@@ -348,7 +351,7 @@ def trained_rates(ckpt: str | Path, out: Path, md_ns_per_hour: float, device: st
     """Simulated ns per wall hour of a trained checkpoint, and the held-out fidelity of the same samples.
 
     At every lag the checkpoint was trained at, one forecast from the first frame of its held-out MD
-    (:func:`~hemeplm.evaluate.heldout.held_out_frames`) over the held-out span, with the checkpoint's
+    (:func:`~hemeplm.generate.heldout.held_out_frames`) over the held-out span, with the checkpoint's
     default sampler (``steps`` DDIM steps instead when given), raw (``project_steps`` 0) and projected (as
     ``sample.py`` samples); each is timed
     (sampling only, no confidence score) and scored against the held-out MD
@@ -359,12 +362,7 @@ def trained_rates(ckpt: str | Path, out: Path, md_ns_per_hour: float, device: st
         ``simulated_ns``, ``ns_per_hour``, ``speedup`` (over ``md_ns_per_hour``), ``denoiser_calls`` and the
         :data:`RATE_METRICS`.
     """
-    import dataclasses
-
     import torch
-
-    from hemeplm.evaluate.heldout import held_out, held_out_frames
-    from hemeplm.evaluate.run import evaluate_trajectories
 
     if threads:
         torch.set_num_threads(threads)
