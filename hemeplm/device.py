@@ -57,20 +57,16 @@ def check_neighbour_search(device: str) -> None:
 
 
 
-def autocast(device: torch.device | str, precision: str):
-    """The autocast context of ``precision`` ("float32": none; "bfloat16": bfloat16 autocast on ``device``)."""
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
-
 
 def in_precision(fn, precision: str):
-    """A denoiser ``fn(x_t, t, cond, mask)`` run under :func:`autocast` of ``precision`` on its input's device,
-    its output back in float32; ``fn`` itself for "float32". Only the network is wrapped: the geometry around
-    it (superpositions, the projection) stays in float32."""
+    """A denoiser ``fn(x_t, t, cond, mask)`` run under bfloat16 autocast on its input's device for ``precision``
+    "bfloat16", its output back in float32; ``fn`` itself for "float32". Only the network is wrapped: the geometry
+    around it (superpositions, the projection) stays in float32."""
     if precision == "float32":
         return fn
 
     def run(x_t, *args, **kwargs):
-        with autocast(x_t.device, precision):
+        with torch.autocast(x_t.device.type, dtype=torch.bfloat16):
             return fn(x_t, *args, **kwargs).float()
 
     return run

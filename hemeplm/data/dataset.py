@@ -70,7 +70,11 @@ class DataConfig:
     @property
     def window_span(self) -> int:
         """Saved frames one window covers: ``window`` frames ``lag`` apart."""
-        return (self.window - 1) * self.lag + 1
+        return self.span_at(self.lag)
+
+    def span_at(self, lag: int) -> int:
+        """Saved frames one window covers at ``lag``."""
+        return (self.window - 1) * lag + 1
 
     @property
     def training_lags(self) -> list[int]:
@@ -256,8 +260,7 @@ def window_starts(cfg: DataConfig, segment_lengths: list[int], files: list[str],
                                f"= {cfg.window_span} frames)", files[s])
         lo, hi = split_bounds(n, cfg.split)[SPLITS.index(split)]
         for lag in cfg.training_lags:
-            span = (cfg.window - 1) * lag + 1
-            out += [(s, i, lag) for i in range(lo, hi - span + 1, cfg.stride)]
+            out += [(s, i, lag) for i in range(lo, hi - cfg.span_at(lag) + 1, cfg.stride)]
     return out
 
 

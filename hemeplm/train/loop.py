@@ -363,7 +363,7 @@ class _Stop:
 
 def _diverged(what: str, step: int, batch: dict, feats: dict, cfg: Config, last_good: int, path: Path) -> HemeplmError:
     """The error that stops a diverging run: what went wrong, at which step, on which frames."""
-    windows = ", ".join(f"{feats['files'][int(s)]} frames {int(f)}-{int(f) + (cfg.data.window - 1) * int(lag)}"
+    windows = ", ".join(f"{feats['files'][int(s)]} frames {int(f)}-{int(f) + cfg.data.span_at(int(lag)) - 1}"
                         for s, f, lag in zip(batch["segment"], batch["start"], batch["lag"]))
     return HemeplmError(f"training diverged: {what} at step {step} on windows {windows}; the last good checkpoint "
                         f"(step {last_good}) is kept; lower optim.lr or check these frames", path)
