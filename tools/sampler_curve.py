@@ -116,9 +116,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     run = Path(args.run_dir)
     out = run / "eval" / "sampler_curve"
     rows = []
+    loaded = Sampler.from_checkpoint(run / "ckpt.pt", sampler=args.sampler)
+    segs, train_dt = load_frames(loaded, loaded.cfg.data.topology, [loaded.cfg.data.trajectories[0]])
     for lag_ps in args.lags_ps or [None]:
-        gen = Sampler.from_checkpoint(run / "ckpt.pt", lag_ps=lag_ps, sampler=args.sampler)
-        segs, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
+        gen = dataclasses.replace(loaded, lag_ps=lag_ps)
         md, dt, source = held_out_frames(gen, segs[0], train_dt)
         topology, reference, _, n_held = held_out(gen, out, md, dt)
         n_frames = (n_held - 1) // gen.lag + 1

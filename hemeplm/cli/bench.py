@@ -367,9 +367,10 @@ def trained_rates(ckpt: str | Path, out: Path, md_ns_per_hour: float, device: st
     if threads:
         torch.set_num_threads(threads)
     rows = []
-    for lag_ps in Sampler.from_checkpoint(ckpt, device=device).lags_ps:
-        gen = Sampler.from_checkpoint(ckpt, device=device, lag_ps=lag_ps, steps=steps)
-        segs, train_dt = load_frames(gen, gen.cfg.data.topology, [gen.cfg.data.trajectories[0]])
+    loaded = Sampler.from_checkpoint(ckpt, device=device, steps=steps)
+    segs, train_dt = load_frames(loaded, loaded.cfg.data.topology, [loaded.cfg.data.trajectories[0]])
+    for lag_ps in loaded.lags_ps:
+        gen = dataclasses.replace(loaded, lag_ps=lag_ps)
         md, dt, _ = held_out_frames(gen, segs[0], train_dt)
         topology, reference, _, n_held = held_out(gen, out / "heldout", md, dt)
         n_frames = (n_held - 1) // gen.lag + 1

@@ -385,7 +385,8 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
                 terms["fold"] = fold_terms(x, fold, internal, fold_sigmas)
             if peptide is not None:
                 terms["peptide"] = PROJECT_PEPTIDE_WEIGHT * peptide_terms(x, peptide)
-            if moving is not None and not _violated(x, internal, pairs, moving, peptide, fold, fold_sigmas):
+            if moving is not None and not _violated(x, terms["bond"], internal, pairs, moving, peptide, fold,
+                                                    fold_sigmas):
                 break
             if taken == steps:
                 break
@@ -398,11 +399,11 @@ def project(coordinates: Callable[[torch.Tensor], torch.Tensor], values: torch.T
     return out, taken
 
 
-def _violated(x: torch.Tensor, internal: dict[str, torch.Tensor], pairs: tuple[torch.Tensor, torch.Tensor],
-              moving: torch.Tensor, peptide: torch.Tensor | None, fold: torch.Tensor | None,
-              fold_sigmas: float) -> bool:
-    """Whether frames ``x`` (B, T, A, 3) break a rule of :func:`project` where a ``moving`` (B, T, A) atom can
-    mend it, at thresholds an MD frame meets: a clash at :data:`CLASH_SCALE` among the candidate ``pairs``
+def _violated(x: torch.Tensor, bond: torch.Tensor, internal: dict[str, torch.Tensor],
+              pairs: tuple[torch.Tensor, torch.Tensor], moving: torch.Tensor, peptide: torch.Tensor | None,
+              fold: torch.Tensor | None, fold_sigmas: float) -> bool:
+    """Whether frames ``x`` (B, T, A, 3), whose :func:`bond_deviation` is ``bond`` (B, T, P), break a rule of
+    :func:`project` where a ``moving`` (B, T, A) atom can mend it, at thresholds an MD frame meets: a clash at :data:`CLASH_SCALE` among the candidate ``pairs``
     (which hold pairs with a moving atom only), an inter-token bond or 1-3 distance beyond
     :data:`PROJECT_BOND_TOLERANCE_A` or :data:`PROJECT_ANGLE_TOLERANCE_A` from its length, a peptide bond outside
     the projection's tolerances widened by :data:`PROJECT_STOP_MARGIN_DEG`, a fold pair outside its tolerance
@@ -412,7 +413,7 @@ def _violated(x: torch.Tensor, internal: dict[str, torch.Tensor], pairs: tuple[t
         return True
     bonded = internal["pair_length"] < STOP_BOND_MAX_A
     tolerance = torch.where(bonded, PROJECT_BOND_TOLERANCE_A, PROJECT_ANGLE_TOLERANCE_A).to(x.dtype)
-    checks = [(bond_deviation(x, internal) > tolerance ** 2, internal["pair_index"])]
+    checks = [(bond.detach() > tolerance ** 2, internal["pair_index"])]
     if peptide is not None:
         checks.append((peptide_terms(x, peptide, PROJECT_OMEGA_TOLERANCE + PROJECT_STOP_MARGIN_DEG,
                                      PROJECT_ANGLE_SIGMAS) > 0, peptide.T))
