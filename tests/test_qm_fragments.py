@@ -1,13 +1,24 @@
-"""AI2BMD-style fragmentation: ACE-X-NME units minus ACE-NME overlaps count every atom and bond once, and
-the recombined forces are minus the gradient of the recombined energy (link atoms by the chain rule)."""
+"""AI2BMD-style fragmentation: ACE-X-NME units minus ACE-NME overlaps count every atom and bond once, the
+recombined forces are minus the gradient of the recombined energy (link atoms by the chain rule) whether the
+fragments come from GFN2-xTB or from a model, a fragment set labels every fragment, and a model trained on one
+predicts the whole peptide through ``hemeplm energies``."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
+
 import numpy as np
 import pytest
+import torch
 
-from hemeplm.data.molecules import from_sequence
-from hemeplm.forcefield.fragmentation import Fragmented, fragments
+from hemeplm.data.molecules import build_molecule, from_sequence, read_datasets
+from hemeplm.errors import HemeplmError
+from hemeplm.forcefield.fragmentation import (LINK_LENGTH, Fragmented, fragment_positions, fragments,
+                                              make_fragment_datasets)
+from hemeplm.forcefield.qm import GFN2
+from hemeplm.models.molecular import MolecularEnergy
+from conftest import ROOT
 
 pytest.importorskip("tblite")
 
@@ -31,9 +42,24 @@ def test_units_and_overlaps_count_every_atom_and_bond_once(tripeptide):
         assert sum(p.sign for p in parts if a.index in p.atoms and b.index in p.atoms) == 1
 
 
-@pytest.mark.parametrize("long_range", [None, "mm"])
-def test_fragmented_forces_are_minus_the_gradient(tripeptide, long_range):
-    frag = Fragmented(tripeptide.topology, tripeptide.numbers, long_range)
+def _model() -> MolecularEnergy:
+    torch.manual_seed(0)
+    model = MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0).double()
+    for p in model.out.parameters():  # the last layer starts at zero: give the test something to see
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("long_range,by", [(None, "gfn2"), ("mm", "gfn2"), ("mm", "model")])
+def test_fragmented_forces_are_minus_the_gradient(tripeptide, long_range, by):
+    model = _model() if by == "model" else None
+    frag = Fragmented(tripeptide.topology, tripeptide.numbers, long_range, model=model)
+    if model is not None:  # each fragment is the model's energy of that fragment alone
+        x = tripeptide.positions
+        part = frag.parts[1]
+        assert frag.calcs[1](fragment_positions(x, part, tripeptide.numbers))[0] == pytest.approx(
+            float(model(torch.as_tensor(part.numbers), torch.as_tensor(
+                fragment_positions(x, part, tripeptide.numbers))[None])[0]))
     x = tripeptide.positions + np.random.default_rng(0).normal(0, 0.05, tripeptide.positions.shape)
     _, f = frag(x)
     if long_range == "mm":  # residues 1 and 3 share no fragment: their pairs carry the force field's terms
@@ -44,3 +70,79 @@ def test_fragmented_forces_are_minus_the_gradient(tripeptide, long_range):
         xp[atom, k] += h
         xm[atom, k] -= h
         assert -(frag(xp)[0] - frag(xm)[0]) / (2 * h) == pytest.approx(f[atom, k], abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def fragment_set(tmp_path_factory):
+    from hemeplm.cli import main
+
+    out = tmp_path_factory.mktemp("sets") / "chignolin-fragments"
+    main(["dataset", "--molecule", "chignolin-fragments", "--out", str(out), "--temperatures", "300", "--frames", "10",
+          "--stride", "5", "--equilibration", "10", "--quiet"])
+    return out
+
+
+def test_a_fragment_set_labels_every_fragment_with_gfn2(fragment_set):
+    mol = build_molecule("chignolin")
+    parts = fragments(mol.topology, mol.numbers)
+    sets = read_datasets(fragment_set)
+    index = json.loads((fragment_set / "fragments.json").read_text())
+    assert [d.meta["molecule"] for d in sets] == [f"chignolin-fragments/{p.name}" for p in parts]
+    assert [(f["name"], f["sign"], f["charge"]) for f in index["fragments"]] == [(p.name, p.sign, p.charge)
+                                                                               for p in parts]
+    assert all(len(d.energy) == 10 and (d.split == [0] * 8 + [1, 2]).all() for d in sets)
+    k = [p.name for p in parts].index("ACE-ASP3-NME")  # a charged unit: its own charge, -1
+    d, part = sets[k], parts[k]
+    assert part.charge == -1 and d.meta["charge"] == -1
+    assert d.numbers.tolist() == part.numbers.tolist()  # the fragment's atoms, then its link hydrogens
+    energy, forces = GFN2(part.numbers, part.charge)(d.positions[3])
+    assert energy == pytest.approx(d.energy[3], abs=1e-3)
+    np.testing.assert_allclose(forces, d.forces[3], atol=1e-2)
+    inside = d.positions[:, :len(part.atoms)][:, np.searchsorted(part.atoms, part.links[:, 0])]
+    lengths = np.linalg.norm(d.positions[:, len(part.atoms):] - inside, axis=-1)
+    np.testing.assert_allclose(lengths, [[LINK_LENGTH[int(z)] for z in mol.numbers[part.links[:, 0]]]] * 10,
+                               atol=1e-4)
+    with pytest.raises(HemeplmError, match="would overwrite"):
+        make_fragment_datasets("chignolin-fragments", fragment_set, temperatures=(300.0,), frames=10, progress=False)
+
+
+def test_a_model_trained_on_fragments_predicts_the_whole_peptide(fragment_set, tmp_path, capsys):
+    """``qm.molecule: [chignolin-fragments]`` trains on every fragment; ``hemeplm energies`` with that checkpoint
+    recombines the whole chignolin from the model's fragments and scores relative energies against its labels."""
+    from hemeplm.cli import main
+    from hemeplm.cli.train import main as train_main
+    from hemeplm.train.molecular import load_molecular
+
+    train_main(["--config", "configs/qm_chignolin-fragments.yaml", "name=f", f"out_dir={tmp_path / 'runs'}",
+                "max_steps=19", "eval_every=100", f"qm.dataset=[{fragment_set}]", "encoder.hidden=16",
+                "encoder.layers=2", "optim.batch_size=2", "optim.warmup_steps=2"])
+    assert "chignolin-fragments/ACE-TRP9-NME, test block (1 frames)" in capsys.readouterr().out
+    ckpt = tmp_path / "runs" / "f" / "ckpt.pt"
+    peptide = "data/qm/chignolin"
+    out = tmp_path / "e"
+    main(["energies", "--ckpt", str(ckpt), "--topology", f"{peptide}/topology.pdb", "--frames",
+          f"{peptide}/traj.dcd", "--stop", "3", "--out", str(out), "--compare"])
+    with np.load(out / "energies.npz") as z:
+        energy, forces = z["energy_kcal_mol"], z["forces_kcal_mol_A"]
+    model, _ = load_molecular(ckpt)
+    data = read_datasets(peptide)[0]
+    frag = Fragmented(data.topology, data.numbers, "mm", model)
+    e1, f1 = frag(data.positions[1])
+    assert energy.shape == (3,) and forces.shape == (3, 138, 3)
+    assert energy[1] == pytest.approx(e1, abs=1e-3) and np.abs(forces[1] - f1).max() < 1e-3
+    metrics = json.loads((out / "compare" / "metrics.json").read_text())
+    assert metrics["relative_energy_mae"] <= metrics["energy_mae"] and metrics["n_frames"] == 3
+    # tools/qm_benchmark.py puts the model's fragments beside GFN2-xTB's, each with and without the long range
+    spec = importlib.util.spec_from_file_location("qm_benchmark", ROOT / "tools" / "qm_benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.fragmentation(2, str(ckpt))
+    assert [r["method"] for r in rows[1:5]] == [
+        "fragments by GFN2-xTB", "fragments by GFN2-xTB + Amber14 long-range", "fragments by the model",
+        "fragments by the model + Amber14 long-range"]
+    assert all(r["frames"] == 2 and np.isfinite(r["force_r2"]) for r in rows[1:5])
+    # a molecule that is no peptide is refused, naming the file
+    with pytest.raises(SystemExit):
+        main(["energies", "--ckpt", str(ckpt), "--topology", "data/qm/ethanol/topology.pdb", "--frames",
+              "data/qm/ethanol/traj.dcd", "--out", str(tmp_path / "x")])
+    assert "data/qm/ethanol/topology.pdb" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Molecular energy models on the GFN2-xTB molecule data sets, and AI2BMD-style fragmentation of chignolin.
 
     python tools/qm_benchmark.py [--molecules ethanol propane ...] [--seconds 240] [--max-steps 3000]
-    python tools/qm_benchmark.py --fragmentation 20 [--molecules none]
+    python tools/qm_benchmark.py --fragmentation 20 [--molecules none] [--fragment-model runs/NAME/ckpt.pt]
 
 For each molecule (its data set under data/qm/, made when missing) three predictors are scored on the
 held-out test block (the last 10 % of each sampling run, in time): predicting the training mean
@@ -17,7 +17,10 @@ with each model's training time per step and inference time per frame (energy an
 ``--fragmentation N`` takes N frames spread over chignolin's data set and compares AI2BMD-style
 fragmentation (:mod:`hemeplm.forcefield.fragmentation`: ACE-X-NME units minus ACE-NME overlaps, with and
 without the Amber14 Coulomb + LJ between atoms that share no fragment) with the direct GFN2-xTB labels:
-energy MAE after removing the mean offset, R², force MAE and seconds per frame.
+energy MAE after removing the mean offset, R², force MAE and seconds per frame. With ``--fragment-model`` the
+same fragments are also predicted by a molecular energy model trained on chignolin's fragment set
+(configs/qm_chignolin-fragments.yaml: fragments of an MD run of its own, so these frames are held out), as
+AI2BMD predicts a protein.
 
 Timings depend on the machine: the script prints the thread count and CPU count beside them.
 """
@@ -116,8 +119,9 @@ def benchmark(molecules: list[str], seconds: float, max_steps: int | None) -> li
     return rows
 
 
-def fragmentation(n_frames: int) -> list[dict]:
+def fragmentation(n_frames: int, model_ckpt: str | None = None) -> list[dict]:
     from hemeplm.forcefield.fragmentation import Fragmented
+    from hemeplm.train.molecular import load_molecular
 
     data = read_dataset(ROOT / "data" / "qm" / "chignolin")
     idx = np.linspace(0, len(data.energy) - 1, n_frames).round().astype(int)
@@ -126,23 +130,25 @@ def fragmentation(n_frames: int) -> list[dict]:
     rows = [{"method": "direct GFN2-xTB (the labels: reference)", "frames": n_frames, "s_per_frame": round(cost, 2),
              "energy_offset": 0.0, "energy_mae_after_offset": 0.0, "energy_r2": 1.0, "force_mae": 0.0,
              "force_r2": 1.0}]
-    frag = Fragmented(data.topology, data.numbers, "mm")  # the fragments' GFN2-xTB runs once for both rows
-    t = time.perf_counter()
-    full = [frag(x) for x in data.positions[idx]]
-    per_full = (time.perf_counter() - t) / n_frames
-    t = time.perf_counter()
-    long = [frag.long_range(x) for x in data.positions[idx]]
-    per_long = (time.perf_counter() - t) / n_frames
-    e_full, f_full = np.array([o[0] for o in full]), np.stack([o[1] for o in full])
-    e_long, f_long = np.array([o[0] for o in long]), np.stack([o[1] for o in long])
-    for label, e, f, per in (("fragments (ACE-X-NME − ACE-NME)", e_full - e_long, f_full - f_long, per_full - per_long),
-                             ("fragments + Amber14 long-range", e_full, f_full, per_full)):
-        offset = float((e - true_e).mean())
-        s = score(e - offset, f, true_e, true_f)
-        rows.append({"method": label, "frames": n_frames, "s_per_frame": round(per, 2), "energy_offset": offset,
-                     "energy_mae_after_offset": s["energy_mae"], "energy_r2": s["energy_r2"],
-                     "force_mae": s["force_mae"], "force_r2": s["force_r2"]})
-        print(json.dumps(rows[-1]), flush=True)
+    levels = [("GFN2-xTB", None)] + ([("the model", load_molecular(model_ckpt)[0])] if model_ckpt else [])
+    for level, model in levels:
+        frag = Fragmented(data.topology, data.numbers, "mm", model)  # the fragments run once for both rows
+        t = time.perf_counter()
+        full = [frag(x) for x in data.positions[idx]]
+        per_full = (time.perf_counter() - t) / n_frames
+        t = time.perf_counter()
+        long = [frag.long_range(x) for x in data.positions[idx]]
+        per_long = (time.perf_counter() - t) / n_frames
+        e_full, f_full = np.array([o[0] for o in full]), np.stack([o[1] for o in full])
+        e_long, f_long = np.array([o[0] for o in long]), np.stack([o[1] for o in long])
+        for label, e, f, per in ((f"fragments by {level}", e_full - e_long, f_full - f_long, per_full - per_long),
+                                 (f"fragments by {level} + Amber14 long-range", e_full, f_full, per_full)):
+            offset = float((e - true_e).mean())
+            s = score(e - offset, f, true_e, true_f)
+            rows.append({"method": label, "frames": n_frames, "s_per_frame": round(per, 3), "energy_offset": offset,
+                         "energy_mae_after_offset": s["energy_mae"], "energy_r2": s["energy_r2"],
+                         "force_mae": s["force_mae"], "force_r2": s["force_r2"]})
+            print(json.dumps(rows[-1]), flush=True)
     rows.append({"method": "(force scale: mean |F| of the labels)", "frames": n_frames,
                  "force_mae": float(np.abs(true_f).mean())})
     return rows
@@ -156,6 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="step budget (unset: the config's max_steps)")
     p.add_argument("--fragmentation", type=int, default=0, metavar="N",
                    help="also compare fragmentation with direct GFN2-xTB on N chignolin frames")
+    p.add_argument("--fragment-model", default=None, metavar="CKPT",
+                   help="with --fragmentation: also the fragments by this molecular energy model, trained on "
+                        "chignolin's fragments (configs/qm_chignolin-fragments.yaml)")
     p.add_argument("--json", default=None, help="also write the rows to this file")
     args = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -176,13 +185,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{r['energy_mae']:>8.3f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.3f} {r['force_r2']:>7.3f}")
         print("(kcal/mol and kcal/mol/Å)")
     if args.fragmentation:
-        rows = fragmentation(args.fragmentation)
+        rows = fragmentation(args.fragmentation, args.fragment_model)
         out["fragmentation"] = rows
         print(f"\nChignolin: fragmentation vs direct GFN2-xTB on {args.fragmentation} frames ({machine})")
         print("(energies compared after removing each method's mean offset from the direct energies)")
-        print(f"{'method':<34} {'s/frame':>8} {'offset':>9} {'E MAE':>8} {'E R2':>7} {'F MAE':>7} {'F R2':>7}")
+        print(f"{'method':<50} {'s/frame':>8} {'offset':>9} {'E MAE':>8} {'E R2':>7} {'F MAE':>7} {'F R2':>7}")
         for r in rows[:-1]:
-            print(f"{r['method']:<34} {r['s_per_frame']:>8.2f} {r['energy_offset']:>9.1f} "
+            print(f"{r['method']:<50} {r['s_per_frame']:>8.3f} {r['energy_offset']:>9.1f} "
                   f"{r['energy_mae_after_offset']:>8.2f} {r['energy_r2']:>7.3f} {r['force_mae']:>7.2f} "
                   f"{r['force_r2']:>7.3f}")
         print(f"(kcal/mol and kcal/mol/Å; mean |F| of the direct labels: {rows[-1]['force_mae']:.2f} kcal/mol/Å)")

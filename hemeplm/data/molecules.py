@@ -39,6 +39,8 @@ MOLECULES: dict[str, tuple] = {
 }
 SMALL = ("ethanol", "propane", "acetone", "p-xylene")
 PEPTIDES = ("alanine-dipeptide", "chignolin")
+#: fragment sets (:func:`hemeplm.forcefield.fragmentation.make_fragment_datasets`): name -> the peptide cut up
+FRAGMENT_SETS = {"chignolin-fragments": "chignolin"}
 #: codes of the ``split`` array: contiguous time blocks of every run
 SPLITS = ("train", "val", "test")
 DATASET_FILES = ("topology.pdb", "traj.dcd", ENERGY_FILE, "dataset.json")
@@ -227,6 +229,20 @@ def read_dataset(folder: str | Path) -> MoleculeData:
                         arrays["energy_kcal_mol"].astype(np.float64), arrays["forces_kcal_mol_A"].astype(np.float64),
                         arrays["split"].astype(np.int64), arrays["run"].astype(np.int64),
                         arrays["temperature_K"].astype(np.float64))
+
+
+def read_datasets(folder: str | Path) -> list[MoleculeData]:
+    """The data sets of a folder: its own (``dataset.json``), or, for a fragment set (``fragments.json``), each
+    fragment's, in the order listed there."""
+    folder = Path(folder)
+    index = folder / "fragments.json"
+    if not index.is_file():
+        return [read_dataset(folder)]
+    try:
+        listed = json.loads(index.read_text())["fragments"]
+    except (ValueError, KeyError) as exc:
+        raise HemeplmError(f"not a fragment set's index ({exc})", index) from exc
+    return [read_dataset(folder / f["folder"]) for f in listed]
 
 
 def time_blocks(n: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> np.ndarray:

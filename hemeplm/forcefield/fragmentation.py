@@ -18,17 +18,29 @@ none.
 What the fragments leave out is every interaction between atoms that share no fragment (residues
 two or more apart). ``long_range="mm"`` adds them as the force field's vacuum Coulomb + Lennard-Jones
 pair energies (Amber14 charges, as AI2BMD adds its MM long-range part); ``None`` leaves them out.
+
+Each fragment's energy and forces come from GFN2-xTB, or, as in AI2BMD, from one molecular energy model
+(:mod:`hemeplm.models.molecular`) trained on fragments: :func:`make_fragment_datasets` samples the peptide,
+cuts every frame into its fragments and labels each with GFN2-xTB, one data set per fragment
+(``qm.molecule: [chignolin-fragments]`` trains on them all); ``Fragmented(..., model=...)`` then recombines
+the model's fragment energies and forces into the whole peptide's.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from hemeplm.data.molecules import amber14_system, residue_charges
+from hemeplm.data.molecules import DATASET_FILES, FRAGMENT_SETS, amber14_system, build_molecule, residue_charges
 from hemeplm.data.parameters import COULOMB_KCAL_A, coulomb_lj, pair_parameters
-from hemeplm.forcefield.qm import GFN2, check_spin
+from hemeplm.forcefield.qm import (GFN2, PEPTIDE_SAMPLING, SPLIT_TEXT, check_spin, gfn2_frames, openmm_langevin,
+                                   provenance, sampling_run, write_dataset)
+from hemeplm.io import atomic_write_bytes, check_outputs
 
 LINK_LENGTH = {6: 1.09, 7: 1.01, 8: 0.96}  # Å, X-H bond of a link atom on element X
 ACE_PART = ("CA", "HA", "HA2", "HA3", "C", "O")
@@ -95,13 +107,32 @@ def fragments(topology, numbers: np.ndarray, charges: np.ndarray | None = None) 
 
 
 def link_positions(x: np.ndarray, links: np.ndarray, numbers: np.ndarray) -> np.ndarray:
-    """(K, 3) link hydrogens on the cut bonds ``links`` (K, 2) of positions ``x`` (A, 3) Å."""
+    """(..., K, 3) link hydrogens on the cut bonds ``links`` (K, 2) of positions ``x`` (..., A, 3) Å."""
     if not len(links):
-        return np.zeros((0, 3))
-    a, b = x[links[:, 0]], x[links[:, 1]]
+        return np.zeros((*x.shape[:-2], 0, 3))
+    a, b = x[..., links[:, 0], :], x[..., links[:, 1], :]
     d = np.array([LINK_LENGTH.get(int(z), 1.09) for z in numbers[links[:, 0]]])
     u = (b - a) / np.linalg.norm(b - a, axis=-1, keepdims=True)
     return a + d[:, None] * u
+
+
+def fragment_positions(x: np.ndarray, part: Fragment, numbers: np.ndarray) -> np.ndarray:
+    """(..., A, 3) the peptide's positions -> (..., N + K, 3) the fragment's atoms, then its link hydrogens."""
+    return np.concatenate([x[..., part.atoms, :], link_positions(x, part.links, numbers)], axis=-2)
+
+
+def fragment_topology(topology, part: Fragment):
+    """The fragment as an mdtraj Topology in :func:`fragment_positions`' order: its atoms (with their residues
+    and bonds), then its link hydrogens ``HL1``, ``HL2``, ... in a residue ``LNK`` of their own."""
+    import mdtraj
+
+    top = topology.subset(part.atoms)
+    if len(part.links):
+        residue = top.add_residue("LNK", top.chain(0), resSeq=max(r.resSeq for r in top.residues) + 1)
+        index = {int(old): new for new, old in enumerate(part.atoms)}
+        for k, (inside, _) in enumerate(part.links):
+            top.add_bond(top.atom(index[int(inside)]), top.add_atom(f"HL{k + 1}", mdtraj.element.hydrogen, residue))
+    return top
 
 
 def link_forces(x: np.ndarray, links: np.ndarray, numbers: np.ndarray, f_link: np.ndarray,
@@ -126,15 +157,18 @@ class Fragmented:
     Args:
         topology: mdtraj Topology (one chain); numbers: (A,) atomic numbers.
         long_range: None or ``"mm"`` (Amber14 vacuum Coulomb + LJ between atoms that share no fragment).
+        model: None (each fragment by GFN2-xTB), or a molecular energy model trained on the fragments
+            (``energy_and_forces(numbers (N,), pos (B, N, 3))``, :class:`~hemeplm.models.molecular.MolecularEnergy`).
 
     ``frag(x (A, 3) Å)`` returns (energy kcal/mol, forces (A, 3) kcal/mol/Å).
     """
 
-    def __init__(self, topology, numbers: np.ndarray, long_range: str | None = None):
+    def __init__(self, topology, numbers: np.ndarray, long_range: str | None = None, model=None):
         self.numbers = np.asarray(numbers)
         system = amber14_system(topology)
         self.parts = fragments(topology, self.numbers, residue_charges(topology, system))
-        self.calcs = [GFN2(f.numbers, f.charge) for f in self.parts]
+        self.calcs = [GFN2(f.numbers, f.charge) if model is None else model_calculator(model, f.numbers)
+                      for f in self.parts]
         self.pairs = None
         if long_range == "mm":
             self.pairs = self._uncovered_pairs(pair_parameters(system))
@@ -152,8 +186,7 @@ class Fragmented:
         x = np.asarray(x, dtype=np.float64)
         energy, forces = 0.0, np.zeros_like(x)
         for f, calc in zip(self.parts, self.calcs):
-            pos = np.concatenate([x[f.atoms], link_positions(x, f.links, self.numbers)])
-            e, g = calc(pos)
+            e, g = calc(fragment_positions(x, f, self.numbers))
             energy += f.sign * e
             np.add.at(forces, f.atoms, f.sign * g[:len(f.atoms)])
             link_forces(x, f.links, self.numbers, g[len(f.atoms):], forces, f.sign)
@@ -178,3 +211,87 @@ class Fragmented:
         np.add.at(forces, j, f_j)
         np.add.at(forces, i, -f_j)
         return float(e.sum()), forces
+
+
+def model_calculator(model, numbers: np.ndarray):
+    """``calc(positions (N, 3) Å) -> (energy kcal/mol, forces (N, 3) kcal/mol/Å)`` of a molecular energy model
+    for atoms ``numbers`` (N,): :class:`~hemeplm.forcefield.qm.GFN2`'s interface."""
+    import torch
+
+    z = torch.as_tensor(np.asarray(numbers))
+    dtype = next(model.parameters()).dtype
+
+    def calc(positions: np.ndarray) -> tuple[float, np.ndarray]:
+        energy, forces = model.energy_and_forces(z, torch.as_tensor(positions, dtype=dtype)[None])
+        return float(energy[0]), forces[0].detach().double().numpy()
+
+    return calc
+
+
+#: sampling of a fragment set's peptide: as its own data set's (hemeplm.forcefield.qm.SAMPLING), but a run of its
+#: own (another seed, so the peptide's data set stays held out) with more, closer frames (GFN2-xTB on fragments
+#: costs a few percent of the whole peptide's)
+FRAGMENT_SAMPLING = {"temperatures": (300.0, 450.0), "frames": 250, "stride": 250, "equilibration": 10000,
+                     "dt_fs": 1.0, "seed": 1}
+
+
+def fragment_folder(index: int, part: Fragment) -> str:
+    """The data set folder of fragment ``index`` inside a fragment set, e.g. ``02-ACE-TYR2-NME``."""
+    return f"{index:02d}-" + re.sub(r"[^A-Za-z0-9-]+", "_", part.name)
+
+
+def make_fragment_datasets(name: str, out: str | Path, temperatures: tuple[float, ...] | None = None,
+                           frames: int | None = None, stride: int | None = None, equilibration: int | None = None,
+                           seed: int | None = None, force: bool = False, progress: bool = True) -> Path:
+    """AI2BMD's training data for the peptide of the fragment set ``name``
+    (:data:`~hemeplm.data.molecules.FRAGMENT_SETS`).
+
+    The peptide is sampled by Amber14/OBC2 dynamics at each temperature (:func:`~hemeplm.forcefield.qm.openmm_langevin`,
+    settings :data:`FRAGMENT_SAMPLING` where unset), every frame is cut into its :func:`fragments` and each fragment
+    (link hydrogens included) is labelled by GFN2-xTB with its own charge; a fragment frame GFN2-xTB cannot
+    compute is left out of that fragment's set and listed. Each fragment is written as a data set of its own,
+    ``OUT/NN-NAME/`` (:func:`~hemeplm.forcefield.qm.write_dataset`: contiguous time blocks, 80/10/10, of each run),
+    and ``OUT/fragments.json`` lists them with their signs and charges, the settings and the cost. Returns ``out``.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    plan = dict(FRAGMENT_SAMPLING)
+    plan.update({k: v for k, v in {"temperatures": temperatures, "frames": frames, "stride": stride,
+                                   "equilibration": equilibration, "seed": seed}.items() if v is not None})
+    t0 = time.perf_counter()
+    mol = build_molecule(FRAGMENT_SETS[name], plan["seed"])
+    parts = fragments(mol.topology, mol.numbers)
+    folders = [fragment_folder(k, p) for k, p in enumerate(parts)]
+    check_outputs([out / "fragments.json"] + [out / d / f for d in folders for f in DATASET_FILES], force, out)
+    cost = {"build": time.perf_counter() - t0, "sampling": 0.0, "labelling": 0.0}
+    runs, failed = [[] for _ in parts], [[] for _ in parts]
+    for r, temp in enumerate(plan["temperatures"]):
+        t = time.perf_counter()
+        pos = openmm_langevin(mol.topology, mol.positions, temp, plan["frames"], plan["stride"], plan["equilibration"],
+                              plan["dt_fs"], seed=plan["seed"] * 1000 + r, progress=progress)
+        cost["sampling"] += time.perf_counter() - t
+        t = time.perf_counter()
+        for k, part in enumerate(tqdm(parts, desc=f"GFN2-xTB fragments {temp:g} K", disable=not progress)):
+            x = fragment_positions(pos, part, mol.numbers)
+            energy, forces, bad = gfn2_frames(part.numbers, x, part.charge, 1, progress=False)
+            keep = np.setdiff1d(np.arange(len(x)), [f for f, _ in bad])
+            failed[k] += [{"run": r, "frame": int(f), "error": msg} for f, msg in bad]
+            runs[k].append(sampling_run(x, energy, forces, keep, r, temp, plan["stride"] * plan["dt_fs"] * 1e-3))
+        cost["labelling"] += time.perf_counter() - t
+    settings = {"temperatures_K": [float(t) for t in plan["temperatures"]], "frames_per_run": plan["frames"],
+                "stride_steps": plan["stride"], "equilibration_steps": plan["equilibration"], "dt_fs": plan["dt_fs"],
+                "seed": plan["seed"], "sampling": PEPTIDE_SAMPLING,
+                "labels": "GFN2-xTB (tblite) of each fragment with its link hydrogens, vacuum, kcal/mol, kcal/mol/Å"}
+    for k, part in enumerate(parts):
+        write_dataset(out / folders[k], fragment_topology(mol.topology, part), runs[k],
+                      {"molecule": f"{name}/{part.name}", "source": f"{mol.source}: {part.name}",
+                       "n_atoms": int(len(part.numbers)), "charge": part.charge, "multiplicity": 1, "sign": part.sign,
+                       **settings, "split": SPLIT_TEXT, "failed_frames": failed[k], **provenance()})
+    cost["total"] = time.perf_counter() - t0
+    index = {"molecule": name, "peptide": mol.name, "source": mol.source, **settings,
+             "fragments": [{"name": p.name, "folder": folders[k], "sign": p.sign, "charge": p.charge,
+                            "n_atoms": int(len(p.numbers))} for k, p in enumerate(parts)],
+             "cost_s": {k: round(v, 1) for k, v in cost.items()}, **provenance()}
+    atomic_write_bytes(out / "fragments.json", json.dumps(index, indent=2).encode())
+    return out

@@ -233,6 +233,11 @@ SAMPLING = {
 }
 
 
+PEPTIDE_SAMPLING = ("Amber14 (ff14SB) + OBC2 implicit solvent Langevin (friction 1/ps), no constraints; labels "
+                    "computed afterwards, each SCF from scratch")
+SPLIT_TEXT = "contiguous time blocks of each run: first 80% train, next 10% val, last 10% test"
+
+
 def sampling_defaults(name: str) -> dict:
     """The sampling settings of molecule ``name`` (:data:`SAMPLING`)."""
     return dict(SAMPLING.get(name, SAMPLING["small"]))
@@ -252,12 +257,7 @@ def make_dataset(name: str, out: str | Path, temperatures: tuple[float, ...] | N
     in seconds (build, sampling, labelling) with the thread count. Unset arguments take
     :func:`sampling_defaults`. Returns ``out``.
     """
-    import os
     import time
-
-    from importlib.metadata import version
-
-    import mdtraj
 
     out = Path(out)
     paths = [out / f for f in DATASET_FILES]
@@ -292,39 +292,59 @@ def make_dataset(name: str, out: str | Path, temperatures: tuple[float, ...] | N
                                                 progress=progress)
             cost["sampling"] += time.perf_counter() - t  # sampling and labelling are the same evaluations
             keep = np.arange(len(pos))
-        time_ps = (np.arange(1, plan["frames"] + 1) * plan["stride"] * plan["dt_fs"] * 1e-3)[keep]
-        runs.append({"positions": pos[keep], "energy": energy[keep], "forces": forces[keep], "time_ps": time_ps,
-                     "split": time_blocks(len(keep)), "temperature": np.full(len(keep), float(temp)),
-                     "run": np.full(len(keep), r)})
+        runs.append(sampling_run(pos, energy, forces, keep, r, temp, plan["stride"] * plan["dt_fs"] * 1e-3))
+    meta = {"molecule": name, "source": mol.source, "n_atoms": int(len(mol.numbers)), "charge": int(mol.charge),
+            "multiplicity": 1, "labels": "GFN2-xTB (tblite), vacuum, kcal/mol and kcal/mol/Å",
+            "sampling": ("GFN2-xTB Langevin (BAOAB, friction 5/ps); labels are the dynamics' own evaluations "
+                         "(SCF restarted from the previous step)") if not peptide else PEPTIDE_SAMPLING,
+            "temperatures_K": [float(t) for t in plan["temperatures"]], "frames_per_run": plan["frames"],
+            "stride_steps": plan["stride"], "equilibration_steps": plan["equilibration"], "dt_fs": plan["dt_fs"],
+            "seed": seed, "split": SPLIT_TEXT, "failed_frames": failed_all,
+            "cost_s": {k: round(v, 1) for k, v in {**cost, "total": time.perf_counter() - t0}.items()},
+            **provenance()}
+    write_dataset(out, mol.topology, runs, meta)
+    log.info("%s: %s, %d frames, %.0f s", out, name, sum(meta["split_counts"].values()), meta["cost_s"]["total"])
+    return out
+
+
+def provenance() -> dict:
+    """``machine`` (cores and OMP_NUM_THREADS) and ``versions`` of the sampling and labelling packages, for
+    dataset.json."""
+    import os
+    from importlib.metadata import version
+
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    return {"machine": f"{os.cpu_count()} CPU cores (shared), OMP_NUM_THREADS={threads}",
+            "versions": {p: version(p) for p in ("tblite", "openmm", "rdkit", "PeptideBuilder")}}
+
+
+def sampling_run(positions: np.ndarray, energy: np.ndarray, forces: np.ndarray, keep: np.ndarray, run: int,
+                 temperature: float, frame_ps: float) -> dict:
+    """One sampling run's kept frames (``keep`` of the F sampled, ``frame_ps`` apart) as :func:`write_dataset` takes
+    them, split into contiguous time blocks."""
+    return {"positions": positions[keep], "energy": energy[keep], "forces": forces[keep],
+            "time_ps": ((np.arange(len(positions)) + 1) * frame_ps)[keep], "split": time_blocks(len(keep)),
+            "temperature": np.full(len(keep), float(temperature)), "run": np.full(len(keep), run)}
+
+
+def write_dataset(out: Path, topology, runs: list[dict], meta: dict) -> None:
+    """Write a data set folder (:data:`~hemeplm.data.molecules.DATASET_FILES`) from its sampling runs
+    (:func:`sampling_run`) and ``meta`` (dataset.json, to which the split counts are added), each file atomically."""
+    import mdtraj
+
     cat = {k: np.concatenate([run[k] for run in runs]) for k in runs[0]}
     out.mkdir(parents=True, exist_ok=True)
-    traj = mdtraj.Trajectory((cat["positions"] / 10.0).astype(np.float32), mol.topology)
     tmp = out / ".traj.tmp.dcd"
     with mdtraj.formats.DCDTrajectoryFile(str(tmp), "w", force_overwrite=True) as fh:
-        fh.write(traj.xyz * 10.0)
+        fh.write(cat["positions"].astype(np.float32))
     tmp.replace(out / "traj.dcd")
-    mol.save_pdb(out / ".topology.tmp.pdb", cat["positions"][0])
+    mdtraj.Trajectory((cat["positions"][:1] / 10.0).astype(np.float32), topology).save_pdb(
+        str(out / ".topology.tmp.pdb"))
     (out / ".topology.tmp.pdb").replace(out / "topology.pdb")
     buf = io.BytesIO()
     np.savez_compressed(buf, energy_kcal_mol=cat["energy"], forces_kcal_mol_A=cat["forces"].astype(np.float32),
                         time_ps=cat["time_ps"], temperature_K=cat["temperature"], run=cat["run"].astype(np.int16),
                         split=cat["split"].astype(np.int8))
     atomic_write_bytes(out / ENERGY_FILE, buf.getvalue())
-    counts = {s: int((cat["split"] == i).sum()) for i, s in enumerate(SPLITS)}
-    threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    meta = {"molecule": name, "source": mol.source, "n_atoms": int(len(mol.numbers)), "charge": int(mol.charge),
-            "multiplicity": 1, "labels": "GFN2-xTB (tblite), vacuum, kcal/mol and kcal/mol/Å",
-            "sampling": ("GFN2-xTB Langevin (BAOAB, friction 5/ps); labels are the dynamics' own evaluations "
-                         "(SCF restarted from the previous step)") if not peptide else
-                        "Amber14 (ff14SB) + OBC2 implicit solvent Langevin (friction 1/ps), no constraints; "
-                        "labels computed afterwards, each SCF from scratch",
-            "temperatures_K": [float(t) for t in plan["temperatures"]], "frames_per_run": plan["frames"],
-            "stride_steps": plan["stride"], "equilibration_steps": plan["equilibration"], "dt_fs": plan["dt_fs"],
-            "seed": seed, "split": "contiguous time blocks of each run: first 80% train, next 10% val, last 10% test",
-            "split_counts": counts, "failed_frames": failed_all,
-            "cost_s": {k: round(v, 1) for k, v in {**cost, "total": time.perf_counter() - t0}.items()},
-            "machine": f"{os.cpu_count()} CPU cores (shared), OMP_NUM_THREADS={threads}",
-            "versions": {p: version(p) for p in ("tblite", "openmm", "rdkit", "PeptideBuilder")}}
+    meta["split_counts"] = {s: int((cat["split"] == i).sum()) for i, s in enumerate(SPLITS)}
     atomic_write_bytes(out / "dataset.json", json.dumps(meta, indent=2).encode())
-    log.info("%s: %s, %d frames, %.0f s", out, name, len(cat["energy"]), meta["cost_s"]["total"])
-    return out

@@ -8,6 +8,13 @@ molecule (the energy zero is fitted to those compositions). Writes ``OUT/energie
 lie beside them (``energies_forces.npz``, as ``hemeplm dataset`` and ``hemeplm label`` write) are
 also scored into ``OUT/compare/metrics.json`` (energy MAE and R², force MAE and R², beside predicting
 that molecule's training mean energy and zero forces).
+
+A model trained on a fragment set (``qm.molecule: [chignolin-fragments]``) predicts a whole peptide as AI2BMD
+does: cut into its ACE-X-NME units and ACE-NME overlaps, each predicted by the model, recombined with the
+Amber14 Coulomb and Lennard-Jones terms between residues that share no fragment
+(:class:`~hemeplm.forcefield.fragmentation.Fragmented`); every fragment must be one the model was trained on.
+Its fragments' energy zero is not the whole peptide's, so ``compare`` also reports the mean offset and the
+energy MAE after removing it (``relative_energy_mae``), with predicting the labels' own mean as the baseline.
 """
 
 from __future__ import annotations
@@ -45,14 +52,14 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
     numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in top.atoms])
     trained = ckpt["static"]["molecules"]
     match = [name for name, z in trained.items() if sorted(numbers.tolist()) == sorted(np.asarray(z).tolist())]
-    if not match:
-        names = ", ".join(f"{name} ({_formula(z)})" for name, z in trained.items())
-        raise HemeplmError(f"holds {_formula(numbers)}, but the model was trained on {names}; it predicts for "
-                           f"those molecules' frames only", top_path)
+    frag = None if match else by_fragments(model, top, numbers, trained, top_path)
     traj = load_trajectory(frames, top, top_path)
     span = frame_span(traj.n_frames, start, stop, frames)
     xyz = traj.xyz[span].astype(np.float64) * 10.0
-    energy, forces = predict(model, numbers, xyz, device=device)
+    if frag is None:
+        energy, forces = predict(model, numbers, xyz, device=device)
+    else:
+        energy, forces = (np.stack(v) for v in zip(*(frag(x) for x in xyz)))
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, energy_kcal_mol=energy, forces_kcal_mol_A=forces.astype(np.float32),
@@ -67,8 +74,13 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
         if true_e.shape != (traj.n_frames,) or true_f.shape != (traj.n_frames, len(numbers), 3):
             raise HemeplmError(f"its labels do not match the {traj.n_frames} frames of {len(numbers)} atoms", labels)
         true_e, true_f = true_e[span].astype(np.float64), true_f[span].astype(np.float64)
-        zero = ckpt["static"]["energy_mean"][match[0]]
         metrics = score(energy, forces, true_e, true_f)
+        if frag is None:
+            zero = ckpt["static"]["energy_mean"][match[0]]
+        else:  # the fragments' zero is not the peptide's: score relative energies too
+            zero = float(true_e.mean())
+            offset = float((energy - true_e).mean())
+            metrics |= {"energy_offset": offset, "relative_energy_mae": float(np.abs(energy - offset - true_e).mean())}
         metrics |= {f"mean_baseline_{k}": v for k, v in
                     score(np.full(len(true_e), zero), np.zeros_like(true_f), true_e, true_f).items()}
         metrics["n_frames"] = int(len(true_e))
@@ -76,3 +88,25 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
         atomic_write_bytes(paths[1], json.dumps(metrics, indent=2).encode())
     return paths
 
+
+
+def by_fragments(model, top, numbers: np.ndarray, trained: dict, top_path: Path):
+    """The whole-peptide predictor of a model trained on a fragment set (module docstring), or an error naming the
+    file: a molecule the model was not trained on, or a fragment of it the model has not seen."""
+    from hemeplm.forcefield.fragmentation import Fragmented
+
+    names = ", ".join(f"{name} ({_formula(z)})" for name, z in trained.items())
+    refusal = (f"holds {_formula(numbers)}, but the model was trained on {names}; it predicts for those "
+               f"molecules' frames")
+    if not any("/" in name for name in trained):
+        raise HemeplmError(refusal + " only", top_path)
+    try:
+        frag = Fragmented(top, numbers, "mm", model)
+    except Exception as exc:  # not a peptide OpenMM's Amber14 templates can read
+        raise HemeplmError(f"{refusal}, or for a peptide cut into its fragments, which this is not ({exc})",
+                           top_path) from exc
+    seen = {tuple(sorted(np.asarray(z).tolist())) for z in trained.values()}
+    unseen = [p.name for p in frag.parts if tuple(sorted(p.numbers.tolist())) not in seen]
+    if unseen:
+        raise HemeplmError(f"its fragments {', '.join(unseen)} are none the model was trained on ({names})", top_path)
+    return frag

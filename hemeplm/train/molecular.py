@@ -29,9 +29,10 @@ import torch
 from torch import nn
 
 from hemeplm.config import Config, from_dict, save_config, to_dict
-from hemeplm.data.molecules import SPLITS, MoleculeData, read_dataset
+from hemeplm.data.molecules import FRAGMENT_SETS, SPLITS, MoleculeData, read_datasets
 from hemeplm.device import resolve_device
 from hemeplm.errors import HemeplmError
+from hemeplm.forcefield.fragmentation import make_fragment_datasets
 from hemeplm.forcefield.qm import make_dataset
 from hemeplm.io import atomic_write_bytes, atomic_write_text
 from hemeplm.models.molecular import MolecularEnergy
@@ -44,18 +45,18 @@ KIND = "molecular"
 
 
 def load_molecule_data(cfg: Config, progress: bool = True) -> list[MoleculeData]:
-    """The run's data sets, one per ``qm.molecule`` (from ``qm.dataset`` or data/qm/MOLECULE), each made first
-    when its folder holds none."""
+    """The run's data sets, one per ``qm.molecule`` (from ``qm.dataset`` or data/qm/MOLECULE; a fragment set,
+    e.g. ``chignolin-fragments``, gives one per fragment), each made first when its folder holds none."""
     out = []
     for i, name in enumerate(cfg.qm.molecule):
         folder = Path(cfg.qm.dataset[i] if cfg.qm.dataset else f"data/qm/{name}")
-        if not (folder / "dataset.json").exists():
+        if not any((folder / index).exists() for index in ("dataset.json", "fragments.json")):
             log.info("%s: no data set yet; making it (hemeplm dataset --molecule %s)", folder, name)
-            make_dataset(name, folder, progress=progress)
-        data = read_dataset(folder)
-        if data.meta.get("molecule") != name:
-            raise HemeplmError(f"holds {data.meta.get('molecule')!r}, not {name!r} of qm.molecule", folder)
-        out.append(data)
+            (make_fragment_datasets if name in FRAGMENT_SETS else make_dataset)(name, folder, progress=progress)
+        for data in read_datasets(folder):
+            if str(data.meta.get("molecule")).split("/")[0] != name:
+                raise HemeplmError(f"holds {data.meta.get('molecule')!r}, not {name!r} of qm.molecule", data.folder)
+            out.append(data)
     return out
 
 
