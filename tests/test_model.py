@@ -135,6 +135,14 @@ def test_first_layer_without_vectors_equals_zero_vectors():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     again = layer(*skipped, sh, cut, rhat, ei)
     assert not torch.allclose(again[2], skipped[2])  # given vectors, the edges are updated
+    # a last layer whose vectors nothing reads (update_vectors False) gives the same scalars and edges
+    last = ViSLayer(8, heads=2, update_edges=True, update_vectors=False).double()
+    last.load_state_dict(layer.state_dict())
+    for given in (None, skipped[1]):
+        full, cut_short = layer(h, given, f, sh, cut, rhat, ei), last(h, given, f, sh, cut, rhat, ei)
+        torch.testing.assert_close(cut_short[0], full[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(cut_short[2], full[2], rtol=1e-12, atol=1e-12)
+        assert cut_short[1] is given
 
 
 def test_encoder_ignores_masked_positions(tiny):

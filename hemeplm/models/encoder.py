@@ -57,12 +57,13 @@ class ViSLayer(nn.Module):
     Shapes: h (A, C), vec (A, S, C), f (E, C), sh (E, S), cut (E,),
     rhat (E, 3) unit src->dst directions, edge_index (2, E) ``[src, dst]``.
     Returns updated (h, vec, f). ``vec`` None stands for zeros (the first layer: the atoms have no vectors yet),
-    and the terms that read it are skipped: the same result, without the work.
+    and the terms that read it are skipped: the same result, without the work. ``update_vectors`` False (a last
+    layer whose vectors nothing reads) returns ``vec`` as it came, without the vector messages.
     """
 
-    def __init__(self, hidden: int, heads: int = 4, update_edges: bool = True):
+    def __init__(self, hidden: int, heads: int = 4, update_edges: bool = True, update_vectors: bool = True):
         super().__init__()
-        self.heads, self.hidden = heads, hidden
+        self.heads, self.hidden, self.update_vectors = heads, hidden, update_vectors
         self.norm = nn.LayerNorm(hidden)
         self.q = nn.Linear(hidden, hidden)
         self.k = nn.Linear(hidden, hidden)
@@ -87,19 +88,20 @@ class ViSLayer(nn.Module):
         v = (self.v(x)[src] * F.silu(self.dv(f))).view(e, self.heads, -1) * attn[..., None]
         m_s, m_v1, m_v2 = v.reshape(e, 3 * c).split(c, dim=-1)
         dh = h.new_zeros(a, c).index_add_(0, dst, m_s)
-        mv = sh[:, :, None] * m_v2[:, None, :]
         o1, o2, o3 = self.out(dh).split(c, dim=-1)
         if vec is None:
-            return h + o3, h.new_zeros(a, sh.shape[1], c).index_add_(0, dst, mv), f
-        mv = mv + vec[src] * m_v1[:, None, :]
-        dvec = torch.zeros_like(vec).index_add_(0, dst, mv)
+            if not self.update_vectors:
+                return h + o3, None, f
+            return h + o3, h.new_zeros(a, sh.shape[1], c).index_add_(0, dst, sh[:, :, None] * m_v2[:, None, :]), f
         vec1, vec2, vec3 = self.vec_proj(vec).split(c, dim=-1)
         h = h + (vec1 * vec2).sum(1) * o2 + o3
-        vec_new = vec + vec3 * o1[:, None, :] + dvec
         if self.update_edges:
             l1 = vec[:, :3, :]
             f = f + F.silu(self.f_proj(f)) * rejected_dot(self.w_src(l1)[src], self.w_dst(l1)[dst], rhat)
-        return h, vec_new, f
+        if not self.update_vectors:
+            return h, vec, f
+        mv = sh[:, :, None] * m_v2[:, None, :] + vec[src] * m_v1[:, None, :]
+        return h, vec + vec3 * o1[:, None, :] + torch.zeros_like(vec).index_add_(0, dst, mv), f
 
 
 def edge_geometry(pos: torch.Tensor, edge_index: torch.Tensor, cutoff: float, lmax: int

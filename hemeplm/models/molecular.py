@@ -46,7 +46,9 @@ class MolecularEnergy(nn.Module):
         self.combine = nn.Linear(2 * hidden, hidden)
         self.rbf = GaussianRBF(num_rbf, cutoff)
         self.edge_in = nn.Linear(num_rbf, hidden)
-        self.layers = nn.ModuleList(ViSLayer(hidden, update_edges=i < layers - 1) for i in range(layers))
+        # the energy reads the atoms' scalars only: the last layer's vector messages would feed nothing
+        self.layers = nn.ModuleList(ViSLayer(hidden, update_edges=i < layers - 1, update_vectors=i < layers - 1)
+                                    for i in range(layers))
         self.norm = nn.LayerNorm(hidden)
         self.out = nn.Sequential(nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
         self.register_buffer("shift", torch.zeros(MAX_Z + 1))
