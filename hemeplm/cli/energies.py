@@ -24,7 +24,9 @@ def add_parser(sub) -> None:
                                     "residue_interaction.pdb (mean in the B-factor column).\n\n"
                                     "A molecular energy model (trained with qm.molecule set) writes OUT/energies.npz "
                                     "with energy_kcal_mol and forces_kcal_mol_A for any frames of its molecules, "
-                                    "atoms in any order; --compare scores them into OUT/compare/metrics.json.")
+                                    "atoms in any order; --compare scores them into OUT/compare/metrics.json. One "
+                                    "trained on a fragment set (chignolin-fragments) predicts a whole peptide "
+                                    "from its fragments, AI2BMD-style.")
     en.add_argument("--ckpt", required=True, help="checkpoint written by train.py (runs/NAME/ckpt.pt)")
     en.add_argument("--topology", required=True, help="topology of --frames (a generated file's PDB, or the MD's)")
     en.add_argument("--frames", required=True, help="trajectory to predict for")
