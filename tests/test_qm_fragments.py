@@ -55,13 +55,16 @@ def test_fragmented_forces_are_minus_the_gradient(tripeptide, long_range, by):
     model = _model() if by == "model" else None
     frag = Fragmented(tripeptide.topology, tripeptide.numbers, long_range, model=model)
     if model is not None:  # each fragment is the model's energy of that fragment alone
-        x = tripeptide.positions
         part = frag.parts[1]
-        assert frag.calcs[1](fragment_positions(x, part, tripeptide.numbers))[0] == pytest.approx(
-            float(model(torch.as_tensor(part.numbers), torch.as_tensor(
-                fragment_positions(x, part, tripeptide.numbers))[None])[0]))
+        pos = fragment_positions(tripeptide.positions, part, tripeptide.numbers)[None]
+        assert frag.calcs[1](pos)[0][0] == pytest.approx(float(model(torch.as_tensor(part.numbers),
+                                                                     torch.as_tensor(pos))[0]))
     x = tripeptide.positions + np.random.default_rng(0).normal(0, 0.05, tripeptide.positions.shape)
     _, f = frag(x)
+    frames = np.stack([x, x + 0.01])  # frames at once: each as on its own
+    both = frag(frames)
+    assert both[0][0] == pytest.approx(frag(x)[0]) and both[0][1] == pytest.approx(frag(frames[1])[0])
+    np.testing.assert_allclose(both[1][1], frag(frames[1])[1], atol=1e-9)
     if long_range == "mm":  # residues 1 and 3 share no fragment: their pairs carry the force field's terms
         assert len(frag.pairs[0]) > 0 and frag.long_range(x)[0] != 0.0
     h = 1e-3

@@ -134,13 +134,11 @@ def fragmentation(n_frames: int, model_ckpt: str | None = None) -> list[dict]:
     for level, model in levels:
         frag = Fragmented(data.topology, data.numbers, "mm", model)  # the fragments run once for both rows
         t = time.perf_counter()
-        full = [frag(x) for x in data.positions[idx]]
+        e_full, f_full = frag(data.positions[idx])
         per_full = (time.perf_counter() - t) / n_frames
         t = time.perf_counter()
-        long = [frag.long_range(x) for x in data.positions[idx]]
+        e_long, f_long = frag.long_range(data.positions[idx])
         per_long = (time.perf_counter() - t) / n_frames
-        e_full, f_full = np.array([o[0] for o in full]), np.stack([o[1] for o in full])
-        e_long, f_long = np.array([o[0] for o in long]), np.stack([o[1] for o in long])
         for label, e, f, per in ((f"fragments by {level}", e_full - e_long, f_full - f_long, per_full - per_long),
                                  (f"fragments by {level} + Amber14 long-range", e_full, f_full, per_full)):
             offset = float((e - true_e).mean())

@@ -137,18 +137,18 @@ def fragment_topology(topology, part: Fragment):
 
 def link_forces(x: np.ndarray, links: np.ndarray, numbers: np.ndarray, f_link: np.ndarray,
                 out: np.ndarray, sign: float) -> None:
-    """Add ``sign`` × the link hydrogens' forces (K, 3) to the atoms of their cut bonds in ``out`` (A, 3):
-    for L = a + d·u, u = (b − a)/r, ∂L/∂b = (d/r)(I − u uᵀ) = J and ∂L/∂a = I − J."""
+    """Add ``sign`` × the link hydrogens' forces (F, K, 3) to the atoms of their cut bonds in ``out`` (F, A, 3), for
+    positions ``x`` (F, A, 3): for L = a + d·u, u = (b − a)/r, ∂L/∂b = (d/r)(I − u uᵀ) = J and ∂L/∂a = I − J."""
     if not len(links):
         return
-    a, b = x[links[:, 0]], x[links[:, 1]]
+    a, b = x[:, links[:, 0]], x[:, links[:, 1]]
     r = np.linalg.norm(b - a, axis=-1)
-    u = (b - a) / r[:, None]
+    u = (b - a) / r[..., None]
     d = np.array([LINK_LENGTH.get(int(z), 1.09) for z in numbers[links[:, 0]]])
-    j = (d / r)[:, None, None] * (np.eye(3)[None] - u[:, :, None] * u[:, None, :])
-    to_b = np.einsum("kij,kj->ki", j, f_link)
-    np.add.at(out, links[:, 1], sign * to_b)
-    np.add.at(out, links[:, 0], sign * (f_link - to_b))
+    j = (d / r)[..., None, None] * (np.eye(3) - u[..., :, None] * u[..., None, :])
+    to_b = np.einsum("fkij,fkj->fki", j, f_link)
+    np.add.at(out, (slice(None), links[:, 1]), sign * to_b)
+    np.add.at(out, (slice(None), links[:, 0]), sign * (f_link - to_b))
 
 
 class Fragmented:
@@ -167,7 +167,7 @@ class Fragmented:
         self.numbers = np.asarray(numbers)
         system = amber14_system(topology)
         self.parts = fragments(topology, self.numbers, residue_charges(topology, system))
-        self.calcs = [GFN2(f.numbers, f.charge) if model is None else model_calculator(model, f.numbers)
+        self.calcs = [gfn2_calculator(f.numbers, f.charge) if model is None else model_calculator(model, f.numbers)
                       for f in self.parts]
         self.pairs = None
         if long_range == "mm":
@@ -182,48 +182,58 @@ class Fragmented:
         i, j = np.nonzero(np.triu(~covered, 1))
         return i, j, p.charge[i] * p.charge[j], 0.5 * (p.sigma[i] + p.sigma[j]), np.sqrt(p.epsilon[i] * p.epsilon[j])
 
-    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+    def __call__(self, x: np.ndarray) -> tuple[float | np.ndarray, np.ndarray]:
+        """Energy and forces of one frame (A, 3) -> (float, (A, 3)), or of frames (F, A, 3) -> ((F,), (F, A, 3)),
+        each fragment's frames computed together (one batch for a model)."""
         x = np.asarray(x, dtype=np.float64)
-        energy, forces = 0.0, np.zeros_like(x)
+        frames = x[None] if x.ndim == 2 else x
+        energy, forces = np.zeros(len(frames)), np.zeros_like(frames)
         for f, calc in zip(self.parts, self.calcs):
-            e, g = calc(fragment_positions(x, f, self.numbers))
+            e, g = calc(fragment_positions(frames, f, self.numbers))
             energy += f.sign * e
-            np.add.at(forces, f.atoms, f.sign * g[:len(f.atoms)])
-            link_forces(x, f.links, self.numbers, g[len(f.atoms):], forces, f.sign)
+            forces[:, f.atoms] += f.sign * g[:, :len(f.atoms)]
+            link_forces(frames, f.links, self.numbers, g[:, len(f.atoms):], forces, f.sign)
         if self.pairs is not None:
-            e, g = self.long_range(x)
+            e, g = self.long_range(frames)
             energy += e
             forces += g
-        return energy, forces
+        return (float(energy[0]), forces[0]) if x.ndim == 2 else (energy, forces)
 
-    def long_range(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        """Vacuum Coulomb + Lennard-Jones of the uncovered pairs (``long_range="mm"``): energy and forces (A, 3)."""
+    def long_range(self, x: np.ndarray) -> tuple[float | np.ndarray, np.ndarray]:
+        """Vacuum Coulomb + Lennard-Jones of the uncovered pairs (``long_range="mm"``): energy and forces of one
+        frame (A, 3) or of frames (F, A, 3), as :meth:`__call__`."""
         i, j, qq, sigma, eps = self.pairs
-        if not len(i):
-            return 0.0, np.zeros_like(x)
-        rij = x[j] - x[i]
+        rij = x[..., j, :] - x[..., i, :]
         r = np.linalg.norm(rij, axis=-1)
-        e = coulomb_lj(qq, sigma, eps, r)
+        e = coulomb_lj(qq, sigma, eps, r).sum(-1)
         s6 = (sigma / r) ** 6
         de = -COULOMB_KCAL_A * qq / r ** 2 + 4.0 * eps * (-12.0 * s6 * s6 + 6.0 * s6) / r
-        f_j = -(de / r)[:, None] * rij
+        f_j = -(de / r)[..., None] * rij
         forces = np.zeros_like(x)
-        np.add.at(forces, j, f_j)
-        np.add.at(forces, i, -f_j)
-        return float(e.sum()), forces
+        np.add.at(forces, (..., j, slice(None)), f_j)
+        np.add.at(forces, (..., i, slice(None)), -f_j)
+        return (float(e), forces) if x.ndim == 2 else (e, forces)
 
 
-def model_calculator(model, numbers: np.ndarray):
-    """``calc(positions (N, 3) Å) -> (energy kcal/mol, forces (N, 3) kcal/mol/Å)`` of a molecular energy model
-    for atoms ``numbers`` (N,): :class:`~hemeplm.forcefield.qm.GFN2`'s interface."""
-    import torch
+def gfn2_calculator(numbers: np.ndarray, charge: int):
+    """``calc(positions (F, N, 3) Å) -> (energies (F,) kcal/mol, forces (F, N, 3) kcal/mol/Å)`` by GFN2-xTB, frame
+    by frame (:class:`~hemeplm.forcefield.qm.GFN2`)."""
+    gfn2 = GFN2(numbers, charge)
 
-    z = torch.as_tensor(np.asarray(numbers))
-    dtype = next(model.parameters()).dtype
+    def calc(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = [gfn2(x) for x in positions]
+        return np.array([e for e, _ in out]), np.stack([f for _, f in out])
 
-    def calc(positions: np.ndarray) -> tuple[float, np.ndarray]:
-        energy, forces = model.energy_and_forces(z, torch.as_tensor(positions, dtype=dtype)[None])
-        return float(energy[0]), forces[0].detach().double().numpy()
+    return calc
+
+
+def model_calculator(model, numbers: np.ndarray, batch: int = 64):
+    """``calc(positions (F, N, 3) Å) -> (energies (F,) kcal/mol, forces (F, N, 3) kcal/mol/Å)`` of a molecular energy
+    model for atoms ``numbers`` (N,), ``batch`` frames per call (:func:`~hemeplm.train.molecular.predict`)."""
+    from hemeplm.train.molecular import predict
+
+    def calc(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return predict(model, numbers, positions, batch, next(model.parameters()).device)
 
     return calc
 

@@ -59,7 +59,7 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
     if frag is None:
         energy, forces = predict(model, numbers, xyz, device=device)
     else:
-        energy, forces = (np.stack(v) for v in zip(*(frag(x) for x in xyz)))
+        energy, forces = frag(xyz)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, energy_kcal_mol=energy, forces_kcal_mol_A=forces.astype(np.float32),

@@ -72,9 +72,10 @@ def predict(model: nn.Module, numbers: np.ndarray, positions: np.ndarray, batch:
     """Energies (F,) and forces (F, A, 3) of frames (F, A, 3) Å, in batches; any model with
     ``energy_and_forces(numbers, pos)``."""
     z = torch.as_tensor(numbers, device=device)
+    dtype = next(model.parameters()).dtype
     es, fs = [], []
     for i in range(0, len(positions), batch):
-        pos = torch.as_tensor(positions[i:i + batch], dtype=torch.float32, device=device)
+        pos = torch.as_tensor(positions[i:i + batch], dtype=dtype, device=device)
         e, f = model.energy_and_forces(z, pos)
         es.append(e.double().cpu().numpy())
         fs.append(f.double().cpu().numpy())
