@@ -137,8 +137,9 @@ def fragment_topology(topology, part: Fragment):
 
 def link_forces(x: np.ndarray, links: np.ndarray, numbers: np.ndarray, f_link: np.ndarray,
                 out: np.ndarray, sign: float) -> None:
-    """Add ``sign`` × the link hydrogens' forces (F, K, 3) to the atoms of their cut bonds in ``out`` (F, A, 3), for
-    positions ``x`` (F, A, 3): for L = a + d·u, u = (b − a)/r, ∂L/∂b = (d/r)(I − u uᵀ) = J and ∂L/∂a = I − J."""
+    """Add ``sign`` × the link hydrogens' forces (F, K, 3) to the atoms of their cut bonds in ``out`` (F, A, 3),
+    for positions ``x`` (F, A, 3): for L = a + d·u, u = (b − a)/r, ∂L/∂b = (d/r)(I − u uᵀ) = J and
+    ∂L/∂a = I − J."""
     if not len(links):
         return
     a, b = x[:, links[:, 0]], x[:, links[:, 1]]

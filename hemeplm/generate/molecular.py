@@ -80,14 +80,14 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
         else:  # the fragments' zero is not the peptide's: score relative energies too
             zero = float(true_e.mean())
             offset = float((energy - true_e).mean())
-            metrics |= {"energy_offset": offset, "relative_energy_mae": float(np.abs(energy - offset - true_e).mean())}
+            metrics |= {"energy_offset": offset,
+                        "relative_energy_mae": float(np.abs(energy - offset - true_e).mean())}
         metrics |= {f"mean_baseline_{k}": v for k, v in
                     score(np.full(len(true_e), zero), np.zeros_like(true_f), true_e, true_f).items()}
         metrics["n_frames"] = int(len(true_e))
         paths[1].parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(paths[1], json.dumps(metrics, indent=2).encode())
     return paths
-
 
 
 def by_fragments(model, top, numbers: np.ndarray, trained: dict, top_path: Path):
