@@ -41,6 +41,7 @@ from hemeplm.data.parameters import COULOMB_KCAL_A, coulomb_lj, pair_parameters
 from hemeplm.forcefield.qm import (GFN2, PEPTIDE_SAMPLING, SPLIT_TEXT, check_spin, gfn2_frames, openmm_langevin,
                                    provenance, sampling_run, write_dataset)
 from hemeplm.io import atomic_write_bytes, check_outputs
+from hemeplm.models.molecular import predict
 
 LINK_LENGTH = {6: 1.09, 7: 1.01, 8: 0.96}  # Å, X-H bond of a link atom on element X
 ACE_PART = ("CA", "HA", "HA2", "HA3", "C", "O")
@@ -230,9 +231,7 @@ def gfn2_calculator(numbers: np.ndarray, charge: int):
 
 def model_calculator(model, numbers: np.ndarray, batch: int = 64):
     """``calc(positions (F, N, 3) Å) -> (energies (F,) kcal/mol, forces (F, N, 3) kcal/mol/Å)`` of a molecular energy
-    model for atoms ``numbers`` (N,), ``batch`` frames per call (:func:`~hemeplm.train.molecular.predict`)."""
-    from hemeplm.train.molecular import predict
-
+    model for atoms ``numbers`` (N,), ``batch`` frames per call (:func:`~hemeplm.models.molecular.predict`)."""
     def calc(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return predict(model, numbers, positions, batch, next(model.parameters()).device)
 

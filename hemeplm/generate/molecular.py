@@ -29,7 +29,9 @@ import numpy as np
 from hemeplm.data.load import ENERGY_FILE, frame_span, load_topology, load_trajectory
 from hemeplm.errors import HemeplmError, require_file
 from hemeplm.io import atomic_write_bytes, check_outputs
-from hemeplm.train.molecular import load_molecular, predict, score
+from hemeplm.forcefield.fragmentation import Fragmented
+from hemeplm.models.molecular import predict
+from hemeplm.train.molecular import load_molecular, score
 
 
 def _formula(numbers) -> str:
@@ -93,8 +95,6 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
 def by_fragments(model, top, numbers: np.ndarray, trained: dict, top_path: Path):
     """The whole-peptide predictor of a model trained on a fragment set (module docstring), or an error naming the
     file: a molecule the model was not trained on, or a fragment of it the model has not seen."""
-    from hemeplm.forcefield.fragmentation import Fragmented
-
     names = ", ".join(f"{name} ({_formula(z)})" for name, z in trained.items())
     refusal = (f"holds {_formula(numbers)}, but the model was trained on {names}; it predicts for those "
                f"molecules' frames")

@@ -11,11 +11,12 @@ energy is a smooth function of the coordinates), and the energy is a sum over at
 
 ``shift`` (per element, kcal/mol) and ``scale`` (kcal/mol) are statistics of the training labels
 (:meth:`MolecularEnergy.fit_statistics`); ``u`` is an MLP on the encoder's invariant atom features.
-Forces are ``−∂E/∂x``.
+Forces are ``−∂E/∂x``. :func:`predict` runs any model with ``energy_and_forces`` over frames in batches.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -99,3 +100,19 @@ class MolecularEnergy(nn.Module):
             energy = self(numbers, pos)
             (grad,) = torch.autograd.grad(energy.sum(), pos, create_graph=create_graph)
         return energy, -grad
+
+
+@torch.no_grad()
+def predict(model: nn.Module, numbers: np.ndarray, positions: np.ndarray, batch: int = 64,
+            device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Energies (F,) and forces (F, A, 3) of frames (F, A, 3) Å, in batches; any model with
+    ``energy_and_forces(numbers, pos)``."""
+    z = torch.as_tensor(numbers, device=device)
+    dtype = next(model.parameters()).dtype
+    es, fs = [], []
+    for i in range(0, len(positions), batch):
+        pos = torch.as_tensor(positions[i:i + batch], dtype=dtype, device=device)
+        e, f = model.energy_and_forces(z, pos)
+        es.append(e.double().cpu().numpy())
+        fs.append(f.double().cpu().numpy())
+    return np.concatenate(es), np.concatenate(fs)

@@ -35,7 +35,7 @@ from hemeplm.errors import HemeplmError
 from hemeplm.forcefield.fragmentation import make_fragment_datasets
 from hemeplm.forcefield.qm import make_dataset
 from hemeplm.io import atomic_write_bytes, atomic_write_text
-from hemeplm.models.molecular import MolecularEnergy
+from hemeplm.models.molecular import MolecularEnergy, predict
 from hemeplm.plots import parity_plot
 from hemeplm.train.checkpoint import load_checkpoint, load_state, save_checkpoint
 from hemeplm.train.loop import ema_update, learning_rate
@@ -64,22 +64,6 @@ def build_model(cfg: Config) -> MolecularEnergy:
     """The molecular energy model the config describes (its encoder section)."""
     e = cfg.encoder
     return MolecularEnergy(hidden=e.hidden, layers=e.layers, lmax=e.lmax, num_rbf=e.num_rbf, cutoff=e.cutoff)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, numbers: np.ndarray, positions: np.ndarray, batch: int = 64,
-            device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Energies (F,) and forces (F, A, 3) of frames (F, A, 3) Å, in batches; any model with
-    ``energy_and_forces(numbers, pos)``."""
-    z = torch.as_tensor(numbers, device=device)
-    dtype = next(model.parameters()).dtype
-    es, fs = [], []
-    for i in range(0, len(positions), batch):
-        pos = torch.as_tensor(positions[i:i + batch], dtype=dtype, device=device)
-        e, f = model.energy_and_forces(z, pos)
-        es.append(e.double().cpu().numpy())
-        fs.append(f.double().cpu().numpy())
-    return np.concatenate(es), np.concatenate(fs)
 
 
 def score(energy: np.ndarray, forces: np.ndarray, true_energy: np.ndarray, true_forces: np.ndarray) -> dict:
