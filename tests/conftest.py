@@ -31,6 +31,17 @@ N_ATOMS = 2621  # T4L complex with hydrogens
 N_LIGAND_HEAVY = 8  # p-xylene
 
 
+def tiny_molecular_model():
+    """A small float64 molecular energy model whose output layer is not zero (so tests have something to see)."""
+    from hemeplm.models.molecular import MolecularEnergy
+
+    torch.manual_seed(0)
+    model = MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0).double()
+    for p in model.out.parameters():  # the last layer starts at zero
+        torch.nn.init.normal_(p, std=0.3)
+    return model
+
+
 def write_dcd(path: Path, xyz_nm: np.ndarray) -> Path:
     """Write (F, A, 3) coordinates in nm as a DCD (float32, stores NaN faithfully)."""
     import mdtraj

@@ -17,8 +17,7 @@ from hemeplm.errors import HemeplmError
 from hemeplm.forcefield.fragmentation import (LINK_LENGTH, Fragmented, fragment_positions, fragments,
                                               make_fragment_datasets)
 from hemeplm.forcefield.qm import GFN2
-from hemeplm.models.molecular import MolecularEnergy
-from conftest import ROOT
+from conftest import ROOT, tiny_molecular_model
 
 pytest.importorskip("tblite")
 
@@ -42,17 +41,9 @@ def test_units_and_overlaps_count_every_atom_and_bond_once(tripeptide):
         assert sum(p.sign for p in parts if a.index in p.atoms and b.index in p.atoms) == 1
 
 
-def _model() -> MolecularEnergy:
-    torch.manual_seed(0)
-    model = MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0).double()
-    for p in model.out.parameters():  # the last layer starts at zero: give the test something to see
-        torch.nn.init.normal_(p, std=0.3)
-    return model
-
-
 @pytest.mark.parametrize("long_range,by", [(None, "gfn2"), ("mm", "gfn2"), ("mm", "model")])
 def test_fragmented_forces_are_minus_the_gradient(tripeptide, long_range, by):
-    model = _model() if by == "model" else None
+    model = tiny_molecular_model() if by == "model" else None
     frag = Fragmented(tripeptide.topology, tripeptide.numbers, long_range, model=model)
     if model is not None:  # each fragment is the model's energy of that fragment alone
         part = frag.parts[1]

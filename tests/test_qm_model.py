@@ -12,17 +12,9 @@ import torch
 from hemeplm.data import molecules
 from hemeplm.forcefield import qm
 from hemeplm.models.molecular import MolecularEnergy
-from conftest import random_rotations, write_dcd
+from conftest import random_rotations, tiny_molecular_model, write_dcd
 
 pytest.importorskip("tblite")
-
-
-def _model() -> MolecularEnergy:
-    torch.manual_seed(0)
-    model = MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0).double()
-    for p in model.out.parameters():  # the last layer starts at zero: give the test something to see
-        torch.nn.init.normal_(p, std=0.3)
-    return model
 
 
 def test_energy_depends_on_elements_and_positions_only():
@@ -30,7 +22,7 @@ def test_energy_depends_on_elements_and_positions_only():
     z = torch.as_tensor(mol.numbers)
     rng = np.random.default_rng(0)
     x = torch.as_tensor(mol.positions[None] + rng.normal(0, 0.1, (3, *mol.positions.shape)))
-    model = _model()
+    model = tiny_molecular_model()
     e, f = model.energy_and_forces(z, x)
     perm = torch.as_tensor(rng.permutation(len(z)))
     e_p, f_p = model.energy_and_forces(z[perm], x[:, perm])
