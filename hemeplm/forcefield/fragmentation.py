@@ -154,7 +154,7 @@ def link_forces(x: np.ndarray, links: np.ndarray, numbers: np.ndarray, f_link: n
 
 
 class Fragmented:
-    """GFN2-xTB energy and forces of a peptide by fragmentation (module docstring).
+    """Energy and forces of a peptide by fragmentation (module docstring), each fragment by GFN2-xTB or a model.
 
     Args:
         topology: mdtraj Topology (one chain); numbers: (A,) atomic numbers.
@@ -162,7 +162,8 @@ class Fragmented:
         model: None (each fragment by GFN2-xTB), or a molecular energy model trained on the fragments
             (``energy_and_forces(numbers (N,), pos (B, N, 3))``, :class:`~hemeplm.models.molecular.MolecularEnergy`).
 
-    ``frag(x (A, 3) Å)`` returns (energy kcal/mol, forces (A, 3) kcal/mol/Å).
+    ``frag(x (A, 3) Å)`` returns (energy kcal/mol, forces (A, 3) kcal/mol/Å); ``frag(x (F, A, 3))`` returns
+    ((F,), (F, A, 3)).
     """
 
     def __init__(self, topology, numbers: np.ndarray, long_range: str | None = None, model=None):
