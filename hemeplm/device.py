@@ -56,8 +56,6 @@ def check_neighbour_search(device: str) -> None:
                            f"({' '.join(str(exc).split())[:200]}); {how}") from None
 
 
-
-
 def in_precision(fn, precision: str):
     """A denoiser ``fn(x_t, t, cond, mask)`` run under bfloat16 autocast on its input's device for ``precision``
     "bfloat16", its output back in float32; ``fn`` itself for "float32". Only the network is wrapped: the geometry

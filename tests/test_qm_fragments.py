@@ -125,7 +125,10 @@ def test_a_model_trained_on_fragments_predicts_the_whole_peptide(fragment_set, t
     assert energy.shape == (3,) and forces.shape == (3, 138, 3)
     assert energy[1] == pytest.approx(e1, abs=1e-3) and np.abs(forces[1] - f1).max() < 1e-3
     metrics = json.loads((out / "compare" / "metrics.json").read_text())
-    assert metrics["relative_energy_mae"] <= metrics["energy_mae"] and metrics["n_frames"] == 3
+    offset = float((energy - data.energy[:3]).mean())  # the fragments' zero is not the peptide's
+    assert metrics["energy_offset"] == pytest.approx(offset, abs=1e-6) and metrics["n_frames"] == 3
+    assert metrics["relative_energy_mae"] == pytest.approx(np.abs(energy - offset - data.energy[:3]).mean(), abs=1e-6)
+    assert metrics["mean_baseline_energy_mae"] == pytest.approx(np.abs(data.energy[:3] - data.energy[:3].mean()).mean())
     # tools/qm_benchmark.py puts the model's fragments beside GFN2-xTB's, each with and without the long range
     spec = importlib.util.spec_from_file_location("qm_benchmark", ROOT / "tools" / "qm_benchmark.py")
     bench = importlib.util.module_from_spec(spec)

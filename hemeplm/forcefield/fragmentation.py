@@ -38,8 +38,8 @@ import numpy as np
 
 from hemeplm.data.molecules import DATASET_FILES, FRAGMENT_SETS, amber14_system, build_molecule, residue_charges
 from hemeplm.data.parameters import COULOMB_KCAL_A, coulomb_lj, pair_parameters
-from hemeplm.forcefield.qm import (GFN2, PEPTIDE_SAMPLING, SPLIT_TEXT, check_spin, gfn2_frames, openmm_langevin,
-                                   provenance, sampling_run, write_dataset)
+from hemeplm.forcefield.qm import (GFN2, PEPTIDE_SAMPLING, SAMPLING, SPLIT_TEXT, check_spin, labelled_run,
+                                   openmm_langevin, plan_meta, provenance, sampling_plan, write_dataset)
 from hemeplm.io import atomic_write_bytes, check_outputs
 from hemeplm.models.molecular import predict
 
@@ -239,11 +239,10 @@ def model_calculator(model, numbers: np.ndarray, batch: int = 64):
     return calc
 
 
-#: sampling of a fragment set's peptide: as its own data set's (hemeplm.forcefield.qm.SAMPLING), but a run of its
+#: sampling of a fragment set's peptide: as chignolin's data set's (hemeplm.forcefield.qm.SAMPLING), but a run of its
 #: own (another seed, so the peptide's data set stays held out) with more, closer frames (GFN2-xTB on fragments
 #: costs a few percent of the whole peptide's)
-FRAGMENT_SAMPLING = {"temperatures": (300.0, 450.0), "frames": 250, "stride": 250, "equilibration": 10000,
-                     "dt_fs": 1.0, "seed": 1}
+FRAGMENT_SAMPLING = {**SAMPLING["chignolin"], "frames": 250, "stride": 250, "seed": 1}
 
 
 def fragment_folder(index: int, part: Fragment) -> str:
@@ -267,9 +266,8 @@ def make_fragment_datasets(name: str, out: str | Path, temperatures: tuple[float
     from tqdm import tqdm
 
     out = Path(out)
-    plan = dict(FRAGMENT_SAMPLING)
-    plan.update({k: v for k, v in {"temperatures": temperatures, "frames": frames, "stride": stride,
-                                   "equilibration": equilibration, "seed": seed}.items() if v is not None})
+    plan = sampling_plan(FRAGMENT_SAMPLING, temperatures=temperatures, frames=frames, stride=stride,
+                         equilibration=equilibration, seed=seed)
     t0 = time.perf_counter()
     mol = build_molecule(FRAGMENT_SETS[name], plan["seed"])
     parts = fragments(mol.topology, mol.numbers)
@@ -284,15 +282,12 @@ def make_fragment_datasets(name: str, out: str | Path, temperatures: tuple[float
         cost["sampling"] += time.perf_counter() - t
         t = time.perf_counter()
         for k, part in enumerate(tqdm(parts, desc=f"GFN2-xTB fragments {temp:g} K", disable=not progress)):
-            x = fragment_positions(pos, part, mol.numbers)
-            energy, forces, bad = gfn2_frames(part.numbers, x, part.charge, 1, progress=False)
-            keep = np.setdiff1d(np.arange(len(x)), [f for f, _ in bad])
-            failed[k] += [{"run": r, "frame": int(f), "error": msg} for f, msg in bad]
-            runs[k].append(sampling_run(x, energy, forces, keep, r, temp, plan["stride"] * plan["dt_fs"] * 1e-3))
+            run, bad = labelled_run(part.numbers, fragment_positions(pos, part, mol.numbers), part.charge, r, temp,
+                                    plan, progress=False)
+            runs[k].append(run)
+            failed[k] += bad
         cost["labelling"] += time.perf_counter() - t
-    settings = {"temperatures_K": [float(t) for t in plan["temperatures"]], "frames_per_run": plan["frames"],
-                "stride_steps": plan["stride"], "equilibration_steps": plan["equilibration"], "dt_fs": plan["dt_fs"],
-                "seed": plan["seed"], "sampling": PEPTIDE_SAMPLING,
+    settings = {**plan_meta(plan, plan["seed"]), "sampling": PEPTIDE_SAMPLING,
                 "labels": "GFN2-xTB (tblite) of each fragment with its link hydrogens, vacuum, kcal/mol, kcal/mol/Å"}
     for k, part in enumerate(parts):
         write_dataset(out / folders[k], fragment_topology(mol.topology, part), runs[k],

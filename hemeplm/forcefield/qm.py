@@ -262,9 +262,8 @@ def make_dataset(name: str, out: str | Path, temperatures: tuple[float, ...] | N
     out = Path(out)
     paths = [out / f for f in DATASET_FILES]
     check_outputs(paths, force, out)
-    plan = sampling_defaults(name)
-    plan.update({k: v for k, v in {"temperatures": temperatures, "frames": frames, "stride": stride,
-                                   "equilibration": equilibration}.items() if v is not None})
+    plan = sampling_plan(sampling_defaults(name), temperatures=temperatures, frames=frames, stride=stride,
+                         equilibration=equilibration)
     t0 = time.perf_counter()
     mol = build_molecule(name, seed)
     check_spin(mol.numbers, mol.charge, 1)
@@ -281,25 +280,22 @@ def make_dataset(name: str, out: str | Path, temperatures: tuple[float, ...] | N
                                   plan["equilibration"], plan["dt_fs"], seed=run_seed, progress=progress)
             cost["sampling"] += time.perf_counter() - t
             t = time.perf_counter()
-            energy, forces, failed = gfn2_frames(mol.numbers, pos, mol.charge, 1, progress)
+            run, failed = labelled_run(mol.numbers, pos, mol.charge, r, temp, plan, progress)
             cost["labelling"] += time.perf_counter() - t
-            keep = np.setdiff1d(np.arange(len(pos)), [f for f, _ in failed])
-            failed_all += [{"run": r, "frame": int(f), "error": msg} for f, msg in failed]
+            runs.append(run)
+            failed_all += failed
         else:
             gfn2 = GFN2(mol.numbers, mol.charge, reuse_guess=True)
             pos, energy, forces = gfn2_langevin(gfn2, masses, mol.positions, temp, plan["frames"], plan["stride"],
                                                 plan["equilibration"], plan["dt_fs"], seed=run_seed,
                                                 progress=progress)
             cost["sampling"] += time.perf_counter() - t  # sampling and labelling are the same evaluations
-            keep = np.arange(len(pos))
-        runs.append(sampling_run(pos, energy, forces, keep, r, temp, plan["stride"] * plan["dt_fs"] * 1e-3))
+            runs.append(sampling_run(pos, energy, forces, np.arange(len(pos)), r, temp, plan))
     meta = {"molecule": name, "source": mol.source, "n_atoms": int(len(mol.numbers)), "charge": int(mol.charge),
             "multiplicity": 1, "labels": "GFN2-xTB (tblite), vacuum, kcal/mol and kcal/mol/Å",
             "sampling": ("GFN2-xTB Langevin (BAOAB, friction 5/ps); labels are the dynamics' own evaluations "
                          "(SCF restarted from the previous step)") if not peptide else PEPTIDE_SAMPLING,
-            "temperatures_K": [float(t) for t in plan["temperatures"]], "frames_per_run": plan["frames"],
-            "stride_steps": plan["stride"], "equilibration_steps": plan["equilibration"], "dt_fs": plan["dt_fs"],
-            "seed": seed, "split": SPLIT_TEXT, "failed_frames": failed_all,
+            **plan_meta(plan, seed), "split": SPLIT_TEXT, "failed_frames": failed_all,
             "cost_s": {k: round(v, 1) for k, v in {**cost, "total": time.perf_counter() - t0}.items()},
             **provenance()}
     write_dataset(out, mol.topology, runs, meta)
@@ -318,13 +314,36 @@ def provenance() -> dict:
             "versions": {p: version(p) for p in ("tblite", "openmm", "rdkit", "PeptideBuilder")}}
 
 
+def sampling_plan(defaults: dict, **given) -> dict:
+    """The sampling settings: ``defaults`` (:data:`SAMPLING`'s keys) with every ``given`` value that is not None."""
+    return {**defaults, **{k: v for k, v in given.items() if v is not None}}
+
+
+def plan_meta(plan: dict, seed: int) -> dict:
+    """A sampling plan's settings as dataset.json records them."""
+    return {"temperatures_K": [float(t) for t in plan["temperatures"]], "frames_per_run": plan["frames"],
+            "stride_steps": plan["stride"], "equilibration_steps": plan["equilibration"], "dt_fs": plan["dt_fs"],
+            "seed": seed}
+
+
 def sampling_run(positions: np.ndarray, energy: np.ndarray, forces: np.ndarray, keep: np.ndarray, run: int,
-                 temperature: float, frame_ps: float) -> dict:
-    """One sampling run's kept frames (``keep`` of the F sampled, ``frame_ps`` apart) as :func:`write_dataset` takes
-    them, split into contiguous time blocks."""
+                 temperature: float, plan: dict) -> dict:
+    """One sampling run's kept frames (``keep`` of the F sampled every ``plan["stride"]`` steps) as
+    :func:`write_dataset` takes them, split into contiguous time blocks."""
+    frame_ps = plan["stride"] * plan["dt_fs"] * 1e-3
     return {"positions": positions[keep], "energy": energy[keep], "forces": forces[keep],
             "time_ps": ((np.arange(len(positions)) + 1) * frame_ps)[keep], "split": time_blocks(len(keep)),
             "temperature": np.full(len(keep), float(temperature)), "run": np.full(len(keep), run)}
+
+
+def labelled_run(numbers: np.ndarray, positions: np.ndarray, charge: int, run: int, temperature: float, plan: dict,
+                 progress: bool = True) -> tuple[dict, list[dict]]:
+    """GFN2-xTB labels of a sampled run's frames (F, A, 3) Å (:func:`gfn2_frames`): the :func:`sampling_run` of the
+    frames it computed, and one ``{"run", "frame", "error"}`` per frame it could not."""
+    energy, forces, failed = gfn2_frames(numbers, positions, charge, 1, progress)
+    keep = np.setdiff1d(np.arange(len(positions)), [f for f, _ in failed])
+    return (sampling_run(positions, energy, forces, keep, run, temperature, plan),
+            [{"run": run, "frame": int(f), "error": msg} for f, msg in failed])
 
 
 def write_dataset(out: Path, topology, runs: list[dict], meta: dict) -> None:
