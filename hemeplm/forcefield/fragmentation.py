@@ -17,7 +17,11 @@ none.
 
 What the fragments leave out is every interaction between atoms that share no fragment (residues
 two or more apart). ``long_range="mm"`` adds them as the force field's vacuum Coulomb + Lennard-Jones
-pair energies (Amber14 charges, as AI2BMD adds its MM long-range part); ``None`` leaves them out.
+pair energies (Amber14 charges, as AI2BMD adds its MM long-range part); ``long_range="gfn2"`` takes the
+Coulomb charges from GFN2-xTB itself instead (:func:`fragment_charges`: the fragments' own atomic charges,
+averaged over a few reference frames, then fixed, so the forces stay the energy's gradient), which is what the
+reference method sees between distant groups (its charges are smaller than Amber14's: a peptide's whole-molecule
+GFN2-xTB energies follow them better); ``None`` leaves them out.
 
 Each fragment's energy and forces come from GFN2-xTB, or, as in AI2BMD, from one molecular energy model
 (:mod:`hemeplm.models.molecular`) trained on fragments: :func:`make_fragment_datasets` samples the peptide,
@@ -38,7 +42,8 @@ import numpy as np
 
 from hemeplm.data.molecules import DATASET_FILES, FRAGMENT_SETS, amber14_system, build_molecule, residue_charges
 from hemeplm.data.parameters import COULOMB_KCAL_A, coulomb_lj, pair_parameters
-from hemeplm.forcefield.qm import (GFN2, PEPTIDE_SAMPLING, SAMPLING, SPLIT_TEXT, check_spin, labelled_run,
+from hemeplm.errors import HemeplmError
+from hemeplm.forcefield.qm import (GFN2, PEPTIDE_SAMPLING, SAMPLING, SPLIT_TEXT, GFN2Failure, check_spin, labelled_run,
                                    openmm_langevin, plan_meta, provenance, sampling_plan, write_dataset)
 from hemeplm.io import atomic_write_bytes, check_outputs
 from hemeplm.models.molecular import predict
@@ -46,6 +51,8 @@ from hemeplm.models.molecular import predict
 LINK_LENGTH = {6: 1.09, 7: 1.01, 8: 0.96}  # Å, X-H bond of a link atom on element X
 ACE_PART = ("CA", "HA", "HA2", "HA3", "C", "O")
 NME_PART = ("N", "H", "CA", "HA", "HA2", "HA3")
+LONG_RANGE = (None, "mm", "gfn2")
+REFERENCE_FRAMES = 10  # frames whose GFN2-xTB charges long_range="gfn2" averages
 
 
 @dataclass
@@ -158,32 +165,42 @@ class Fragmented:
 
     Args:
         topology: mdtraj Topology (one chain); numbers: (A,) atomic numbers.
-        long_range: None or ``"mm"`` (Amber14 vacuum Coulomb + LJ between atoms that share no fragment).
+        long_range: None, ``"mm"`` (Amber14 vacuum Coulomb + LJ between atoms that share no fragment) or ``"gfn2"``
+            (the same pairs, Coulomb with :func:`fragment_charges` of ``reference``).
         model: None (each fragment by GFN2-xTB), or a molecular energy model trained on the fragments
             (``energy_and_forces(numbers (N,), pos (B, N, 3))``, :class:`~hemeplm.models.molecular.MolecularEnergy`).
+        reference: (F, A, 3) Å, frames for ``long_range="gfn2"``'s charges (e.g. the frames to be predicted).
 
     ``frag(x (A, 3) Å)`` returns (energy kcal/mol, forces (A, 3) kcal/mol/Å); ``frag(x (F, A, 3))`` returns
     ((F,), (F, A, 3)).
     """
 
-    def __init__(self, topology, numbers: np.ndarray, long_range: str | None = None, model=None):
+    def __init__(self, topology, numbers: np.ndarray, long_range: str | None = None, model=None,
+                 reference: np.ndarray | None = None):
+        if long_range not in LONG_RANGE:
+            raise ValueError(f"long_range must be one of {LONG_RANGE}, got {long_range!r}")
+        if long_range == "gfn2" and reference is None:
+            raise ValueError('long_range="gfn2" needs reference frames for its charges')
         self.numbers = np.asarray(numbers)
         system = amber14_system(topology)
         self.parts = fragments(topology, self.numbers, residue_charges(topology, system))
         self.calcs = [gfn2_calculator(f.numbers, f.charge) if model is None else model_calculator(model, f.numbers)
                       for f in self.parts]
         self.pairs = None
-        if long_range == "mm":
-            self.pairs = self._uncovered_pairs(pair_parameters(system))
+        if long_range is not None:
+            p = pair_parameters(system)
+            charge = p.charge if long_range == "mm" else fragment_charges(self.parts, self.numbers, reference)
+            self.pairs = self._uncovered_pairs(charge, p)
 
-    def _uncovered_pairs(self, p):
-        """(i, j, qq, σ, ε) of the atom pairs that no fragment holds, from Amber14's :class:`PairParameters` ``p``."""
+    def _uncovered_pairs(self, charge: np.ndarray, p):
+        """(i, j, qq, σ, ε) of the atom pairs that no fragment holds, for atomic charges ``charge`` (A,) and Amber14's
+        Lennard-Jones (:class:`PairParameters` ``p``)."""
         n = len(self.numbers)
         covered = np.zeros((n, n), dtype=bool)
         for f in self.parts:
             covered[np.ix_(f.atoms, f.atoms)] = True
         i, j = np.nonzero(np.triu(~covered, 1))
-        return i, j, p.charge[i] * p.charge[j], 0.5 * (p.sigma[i] + p.sigma[j]), np.sqrt(p.epsilon[i] * p.epsilon[j])
+        return i, j, charge[i] * charge[j], 0.5 * (p.sigma[i] + p.sigma[j]), np.sqrt(p.epsilon[i] * p.epsilon[j])
 
     def __call__(self, x: np.ndarray) -> tuple[float | np.ndarray, np.ndarray]:
         """Energy and forces of one frame (A, 3) -> (float, (A, 3)), or of frames (F, A, 3) -> ((F,), (F, A, 3)),
@@ -203,7 +220,7 @@ class Fragmented:
         return (float(energy[0]), forces[0]) if x.ndim == 2 else (energy, forces)
 
     def long_range(self, x: np.ndarray) -> tuple[float | np.ndarray, np.ndarray]:
-        """Vacuum Coulomb + Lennard-Jones of the uncovered pairs (``long_range="mm"``): energy and forces of one
+        """Vacuum Coulomb + Lennard-Jones of the uncovered pairs (``long_range`` set): energy and forces of one
         frame (A, 3) or of frames (F, A, 3), as :meth:`__call__`."""
         i, j, qq, sigma, eps = self.pairs
         rij = x[..., j, :] - x[..., i, :]
@@ -216,6 +233,37 @@ class Fragmented:
         np.add.at(forces, (..., j, slice(None)), f_j)
         np.add.at(forces, (..., i, slice(None)), -f_j)
         return (float(e), forces) if x.ndim == 2 else (e, forces)
+
+
+def fragment_charges(parts: list[Fragment], numbers: np.ndarray, frames: np.ndarray,
+                     most: int = REFERENCE_FRAMES) -> np.ndarray:
+    """(A,) atomic charges (e) of a peptide from GFN2-xTB on its fragments ``parts``: each fragment's charges, a
+    link hydrogen's added to the atom it caps, summed with the fragments' signs (so they add up to the peptide's
+    formal charge) and averaged over up to ``most`` frames spread evenly through ``frames`` (F, A, 3) or (A, 3) Å;
+    a frame GFN2-xTB cannot compute for a fragment is left out of that fragment's average.
+
+    Raises:
+        HemeplmError: when GFN2-xTB computes none of the frames for some fragment.
+    """
+    frames = np.asarray(frames, dtype=np.float64).reshape(-1, len(numbers), 3)
+    picked = frames[np.unique(np.linspace(0, len(frames) - 1, min(most, len(frames))).round().astype(int))]
+    q = np.zeros(len(numbers))
+    for f in parts:
+        gfn2 = GFN2(f.numbers, f.charge)
+        capped = np.searchsorted(f.atoms, f.links[:, 0])
+        got = []
+        for x in picked:
+            try:
+                gfn2(fragment_positions(x, f, numbers))
+            except GFN2Failure:
+                continue
+            c = gfn2.charges[:len(f.atoms)].copy()
+            np.add.at(c, capped, gfn2.charges[len(f.atoms):])
+            got.append(c)
+        if not got:
+            raise HemeplmError(f"GFN2-xTB converged on none of the {len(picked)} reference frames of fragment {f.name}")
+        q[f.atoms] += f.sign * np.mean(got, axis=0)
+    return q
 
 
 def gfn2_calculator(numbers: np.ndarray, charge: int):

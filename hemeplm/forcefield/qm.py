@@ -65,7 +65,8 @@ class GFN2:
             trajectory; the result agrees with a fresh start to the SCF tolerance).
 
     ``gfn2(positions (A, 3) Å)`` returns (energy kcal/mol, forces (A, 3) kcal/mol/Å) or raises
-    :class:`GFN2Failure`.
+    :class:`GFN2Failure`; ``gfn2.charges`` then holds that geometry's atomic partial charges (A,) e (GFN2-xTB's
+    Mulliken charges).
     """
 
     def __init__(self, numbers: np.ndarray, charge: int = 0, multiplicity: int = 1, accuracy: float = 1.0,
@@ -75,6 +76,7 @@ class GFN2:
         self.accuracy, self.max_iter, self.reuse_guess = accuracy, max_iter, reuse_guess
         self._calc = None
         self._result = None
+        self.charges = None
 
     def _new(self, bohr: np.ndarray):
         from tblite.interface import Calculator
@@ -105,6 +107,7 @@ class GFN2:
         if not (np.isfinite(energy) and np.isfinite(forces).all()):
             self._calc, self._result = None, None
             raise GFN2Failure("non-finite energy or forces")
+        self.charges = np.asarray(res.get("charges"), dtype=np.float64)
         return energy, forces
 
 

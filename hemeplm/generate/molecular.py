@@ -11,8 +11,10 @@ that molecule's training mean energy and zero forces).
 
 A model trained on a fragment set (``qm.molecule: [chignolin-fragments]``) predicts a whole peptide as AI2BMD
 does: cut into its ACE-X-NME units and ACE-NME overlaps, each predicted by the model, recombined with the
-Amber14 Coulomb and Lennard-Jones terms between residues that share no fragment
-(:class:`~hemeplm.forcefield.fragmentation.Fragmented`); every fragment must be one the model was trained on.
+Coulomb and Lennard-Jones terms between residues that share no fragment (Coulomb with GFN2-xTB's charges of the
+fragments, averaged over up to 10 of the frames; Amber14's Lennard-Jones:
+:class:`~hemeplm.forcefield.fragmentation.Fragmented` with ``long_range="gfn2"``); every fragment must be one the
+model was trained on.
 Its fragments' energy zero is not the whole peptide's, so ``compare`` also reports the mean offset and the
 energy MAE after removing it (``relative_energy_mae``), with predicting the labels' own mean as the baseline.
 """
@@ -29,7 +31,7 @@ import numpy as np
 from hemeplm.data.load import ENERGY_FILE, frame_span, load_topology, load_trajectory
 from hemeplm.errors import HemeplmError, require_file
 from hemeplm.io import atomic_write_bytes, check_outputs
-from hemeplm.forcefield.fragmentation import Fragmented
+from hemeplm.forcefield.fragmentation import Fragmented, fragments
 from hemeplm.models.molecular import predict
 from hemeplm.train.molecular import load_molecular, score
 
@@ -54,10 +56,10 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
     numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in top.atoms])
     trained = ckpt["static"]["molecules"]
     match = [name for name, z in trained.items() if sorted(numbers.tolist()) == sorted(np.asarray(z).tolist())]
-    frag = None if match else by_fragments(model, top, numbers, trained, top_path)
     traj = load_trajectory(frames, top, top_path)
     span = frame_span(traj.n_frames, start, stop, frames)
     xyz = traj.xyz[span].astype(np.float64) * 10.0
+    frag = None if match else by_fragments(model, top, numbers, trained, top_path, xyz)
     if frag is None:
         energy, forces = predict(model, numbers, xyz, device=device)
     else:
@@ -92,21 +94,22 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
     return paths
 
 
-def by_fragments(model, top, numbers: np.ndarray, trained: dict, top_path: Path):
-    """The whole-peptide predictor of a model trained on a fragment set (module docstring), or an error naming the
-    file: a molecule the model was not trained on, or a fragment of it the model has not seen."""
+def by_fragments(model, top, numbers: np.ndarray, trained: dict, top_path: Path, xyz: np.ndarray):
+    """The whole-peptide predictor of a model trained on a fragment set (module docstring), its long-range charges
+    from GFN2-xTB on the frames to predict ``xyz`` (F, A, 3) Å, or an error naming the file: a molecule the model was
+    not trained on, or a fragment of it the model has not seen."""
     names = ", ".join(f"{name} ({_formula(z)})" for name, z in trained.items())
     refusal = (f"holds {_formula(numbers)}, but the model was trained on {names}; it predicts for those "
                f"molecules' frames")
     if not any("/" in name for name in trained):
         raise HemeplmError(refusal + " only", top_path)
     try:
-        frag = Fragmented(top, numbers, "mm", model)
+        parts = fragments(top, numbers)
     except Exception as exc:  # not a peptide OpenMM's Amber14 templates can read
         raise HemeplmError(f"{refusal}, or for a peptide cut into its fragments, which this is not ({exc})",
                            top_path) from exc
     seen = {tuple(sorted(np.asarray(z).tolist())) for z in trained.values()}
-    unseen = [p.name for p in frag.parts if tuple(sorted(p.numbers.tolist())) not in seen]
+    unseen = [p.name for p in parts if tuple(sorted(p.numbers.tolist())) not in seen]
     if unseen:
         raise HemeplmError(f"its fragments {', '.join(unseen)} are none the model was trained on ({names})", top_path)
-    return frag
+    return Fragmented(top, numbers, "gfn2", model, reference=xyz)
