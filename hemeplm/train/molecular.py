@@ -30,7 +30,7 @@ from torch import nn
 
 from hemeplm.config import Config, from_dict, save_config, to_dict
 from hemeplm.data.molecules import FRAGMENT_SETS, SPLITS, MoleculeData, read_datasets
-from hemeplm.device import resolve_device
+from hemeplm.device import keep_freed_memory, resolve_device
 from hemeplm.errors import HemeplmError
 from hemeplm.forcefield.fragmentation import make_fragment_datasets
 from hemeplm.forcefield.qm import make_dataset
@@ -129,6 +129,8 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
         ``{"ema", "optimizer", "step", "seconds"}``: the averaged model and the state to save.
     """
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     tensors = [(torch.as_tensor(numbers, device=device),
                 torch.as_tensor(train["positions"], dtype=torch.float32, device=device),
                 torch.as_tensor(train["energy"], dtype=torch.float64, device=device),
