@@ -1,7 +1,7 @@
 """AI2BMD-style fragmentation: ACE-X-NME units minus ACE-NME overlaps count every atom and bond once, the
 recombined forces are minus the gradient of the recombined energy (link atoms by the chain rule) whether the
-fragments come from GFN2-xTB or from a model (with Amber14's or GFN2-xTB's charges between distant residues), the GFN2-xTB
-charges add up to the peptide's, a fragment set labels every fragment, and a model trained on one
+fragments come from GFN2-xTB or from a model (with Amber14's or GFN2-xTB's charges between distant residues),
+the GFN2-xTB charges add up to the peptide's, a fragment set labels every fragment, and a model trained on one
 predicts the whole peptide through ``hemeplm energies``."""
 
 from __future__ import annotations
