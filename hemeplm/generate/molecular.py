@@ -56,14 +56,15 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
     numbers = np.array([a.element.atomic_number if a.element is not None else 0 for a in top.atoms])
     trained = ckpt["static"]["molecules"]
     match = [name for name, z in trained.items() if sorted(numbers.tolist()) == sorted(np.asarray(z).tolist())]
+    if not match:
+        check_fragments(top, numbers, trained, top_path)
     traj = load_trajectory(frames, top, top_path)
     span = frame_span(traj.n_frames, start, stop, frames)
     xyz = traj.xyz[span].astype(np.float64) * 10.0
-    frag = None if match else by_fragments(model, top, numbers, trained, top_path, xyz)
-    if frag is None:
+    if match:
         energy, forces = predict(model, numbers, xyz, device=device)
-    else:
-        energy, forces = frag(xyz)
+    else:  # the long-range charges from GFN2-xTB on the frames to predict
+        energy, forces = Fragmented(top, numbers, "gfn2", model, reference=xyz)(xyz)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     np.savez_compressed(buf, energy_kcal_mol=energy, forces_kcal_mol_A=forces.astype(np.float32),
@@ -79,7 +80,7 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
             raise HemeplmError(f"its labels do not match the {traj.n_frames} frames of {len(numbers)} atoms", labels)
         true_e, true_f = true_e[span].astype(np.float64), true_f[span].astype(np.float64)
         metrics = score(energy, forces, true_e, true_f)
-        if frag is None:
+        if match:
             zero = ckpt["static"]["energy_mean"][match[0]]
         else:  # the fragments' zero is not the peptide's: score relative energies too
             zero = float(true_e.mean())
@@ -94,10 +95,10 @@ def write(ckpt_path: str | Path, topology: str | Path, frames: str | Path, out: 
     return paths
 
 
-def by_fragments(model, top, numbers: np.ndarray, trained: dict, top_path: Path, xyz: np.ndarray):
-    """The whole-peptide predictor of a model trained on a fragment set (module docstring), its long-range charges
-    from GFN2-xTB on the frames to predict ``xyz`` (F, A, 3) Å, or an error naming the file: a molecule the model was
-    not trained on, or a fragment of it the model has not seen."""
+def check_fragments(top, numbers: np.ndarray, trained: dict, top_path: Path) -> None:
+    """Whether a model trained on ``trained``'s molecules can predict this one from its fragments (module
+    docstring); if not, an error naming the file: a molecule the model was not trained on, or a fragment of it the
+    model has not seen."""
     names = ", ".join(f"{name} ({_formula(z)})" for name, z in trained.items())
     refusal = (f"holds {_formula(numbers)}, but the model was trained on {names}; it predicts for those "
                f"molecules' frames")
@@ -112,4 +113,3 @@ def by_fragments(model, top, numbers: np.ndarray, trained: dict, top_path: Path,
     unseen = [p.name for p in parts if tuple(sorted(p.numbers.tolist())) not in seen]
     if unseen:
         raise HemeplmError(f"its fragments {', '.join(unseen)} are none the model was trained on ({names})", top_path)
-    return Fragmented(top, numbers, "gfn2", model, reference=xyz)
