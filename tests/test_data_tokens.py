@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import HEME_PDB, N_LIGAND_HEAVY, layout_tensors, random_rotations
+from conftest import HEME_PDB, N_LIGAND_HEAVY, layout_tensors
 
 from hemeplm.data import internal, tokens
 

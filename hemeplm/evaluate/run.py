@@ -71,7 +71,7 @@ from hemeplm.evaluate.geometry import BOND_CLASSES, build_geometry, superpose
 from hemeplm.evaluate.kinetics import fit_kinetics, kinetics_metrics
 from hemeplm.evaluate.posebusters import MAX_FRAMES as POSEBUSTERS_FRAMES
 from hemeplm.evaluate.posebusters import ligand_template, posebusters_checks, write_poses
-from hemeplm.evaluate.report import METHODS, json_ready, print_table
+from hemeplm.evaluate.report import METHODS, json_ready
 from hemeplm.evaluate.stats import effective_sample_size, evenly_spaced
 from hemeplm.evaluate.trajectory import CONTACT_CUTOFF_A, TICA_BINS, TORSION_BINS, Comparison, Reference, compare, drift, drift_span, fit_reference, rmsd_pairing, tic1_decorrelation, transition_paths
 from hemeplm.io import check_outputs, sample_output

@@ -26,7 +26,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +128,6 @@ def label_trajectories(topology: str | Path, trajectories: list[str | Path], out
     message); ``frame_index`` (F,) in the npz gives each written frame's index in the input.
     Returns the directories written.
     """
-    import mdtraj
-
     if level not in LEVELS:
         raise HemeplmError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
     top_path = require_file(topology)

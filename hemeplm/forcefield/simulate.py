@@ -22,7 +22,6 @@ again after a kill continues the run from its last saved frame.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import json
 import os
@@ -30,7 +29,6 @@ import shutil
 import struct
 import sys
 import time
-import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path

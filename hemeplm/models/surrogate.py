@@ -480,9 +480,9 @@ class HemePLM(nn.Module):
                                   contacts[1:].repeat(1, windows)])
         atoms = contacts[1:]
         out = {"pair_length": self.internal.pair_length.float()}
-        for kind, tok, slot in (("pair", self.pair_token, self.pair_slot), ("quad", self.quad_token, self.quad_slot),
-                                ("contact", self.tokens.atom_token[atoms], self.tokens.atom_slot[atoms])):
-            local = pos[tok]
+        for kind, token, slot in (("pair", self.pair_token, self.pair_slot), ("quad", self.quad_token, self.quad_slot),
+                                  ("contact", self.tokens.atom_token[atoms], self.tokens.atom_slot[atoms])):
+            local = pos[token]
             inside = (local >= 0).all(0)
             out[f"{kind}_token"], out[f"{kind}_slot"] = local[:, inside], slot[:, inside]
             if kind == "pair":
