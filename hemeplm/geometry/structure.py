@@ -404,10 +404,10 @@ def _violated(x: torch.Tensor, bond: torch.Tensor, internal: dict[str, torch.Ten
               fold: torch.Tensor | None, fold_sigmas: float) -> bool:
     """Whether frames ``x`` (B, T, A, 3), whose :func:`bond_deviation` is ``bond`` (B, T, P), break a rule of
     :func:`project` where a ``moving`` (B, T, A) atom can mend it, at thresholds an MD frame meets: a clash at
-    :data:`CLASH_SCALE` among the candidate ``pairs`` (which hold pairs with a moving atom only), an inter-token bond or 1-3 distance beyond
-    :data:`PROJECT_BOND_TOLERANCE_A` or :data:`PROJECT_ANGLE_TOLERANCE_A` from its length, a peptide bond outside
-    the projection's tolerances widened by :data:`PROJECT_STOP_MARGIN_DEG`, a fold pair outside its tolerance
-    widened by a standard deviation."""
+    :data:`CLASH_SCALE` among the candidate ``pairs`` (which hold pairs with a moving atom only), an inter-token
+    bond or 1-3 distance beyond :data:`PROJECT_BOND_TOLERANCE_A` or :data:`PROJECT_ANGLE_TOLERANCE_A` from its
+    length, a peptide bond outside the projection's tolerances widened by :data:`PROJECT_STOP_MARGIN_DEG`, a fold
+    pair outside its tolerance widened by a standard deviation."""
     x = x.detach()
     if bool((pair_clashes(x, internal, pairs, CLASH_SCALE) > 0).any()):
         return True

@@ -90,8 +90,9 @@ class ViSLayer(nn.Module):
         dh = h.new_zeros(a, c).index_add_(0, dst, m_s)
         o1, o2, o3 = self.out(dh).split(c, dim=-1)
         if vec is None:
-            first = h.new_zeros(a, sh.shape[1], c).index_add_(0, dst, sh[:, :, None] * m_v2[:, None, :])
-            return h + o3, first if self.update_vectors else None, f
+            first = (h.new_zeros(a, sh.shape[1], c).index_add_(0, dst, sh[:, :, None] * m_v2[:, None, :])
+                     if self.update_vectors else None)
+            return h + o3, first, f
         vec1, vec2, vec3 = self.vec_proj(vec).split(c, dim=-1)
         h = h + (vec1 * vec2).sum(1) * o2 + o3
         if self.update_edges:

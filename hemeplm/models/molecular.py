@@ -4,8 +4,9 @@ The system is an input here, not a buffer: ``model(numbers, pos)`` takes the ato
 and positions (B, A, 3) Å of any molecule, so the prediction depends on elements and positions
 alone (permuting the atoms permutes the forces and leaves the energy as it is). The atoms are
 encoded with the project's ViSNet-style layers (:class:`~hemeplm.models.encoder.ViSLayer`) on an
-element embedding (plus a distance-weighted embedding of the neighbours' elements) and a plain radius graph (no neighbour cap: every pair within the cutoff, so the
-energy is a smooth function of the coordinates), and the energy is a sum over atoms::
+element embedding (plus a distance-weighted embedding of the neighbours' elements) and a plain radius
+graph (no neighbour cap: every pair within the cutoff, so the energy is a smooth function of the
+coordinates), and the energy is a sum over atoms::
 
     E(x) = Σ_i [ shift(z_i) + scale · u(h_i) ]
 
