@@ -171,6 +171,14 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
               str(folder / "traj.dcd"), "--out", str(out), "--compare"])
         metrics = json.loads((out / "compare" / "metrics.json").read_text())
         assert metrics["n_frames"] == 40 and metrics["force_mae"] < metrics["mean_baseline_force_mae"]
+    # resuming continues from the saved step with the saved optimiser state, to the new max_steps
+    train_main(["--config", "configs/qm_all.yaml", "--resume", "name=t", f"out_dir={tmp_path / 'runs'}",
+                "max_steps=24", "eval_every=4", "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}, {data[1]}]",
+                "optim.lr=5e-3", "encoder.hidden=16", "encoder.layers=2", "optim.batch_size=4", "optim.warmup_steps=2"])
+    assert f"resumed {run / 'ckpt.pt'} at step 20" in capsys.readouterr().out
+    assert json.loads((run / "test_metrics.json").read_text())["steps"] == 24
+    assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if "val" in r][-2:] == [20, 24]
     # a list of folders that does not match the molecules is refused, naming the key
     with pytest.raises(SystemExit):
         train_main(["--config", "configs/qm_all.yaml", "name=u", f"out_dir={tmp_path / 'runs'}",
