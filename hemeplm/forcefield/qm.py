@@ -229,7 +229,7 @@ def openmm_langevin(topology, x0: np.ndarray, temperature: float, n_frames: int,
 #: sampling defaults: small molecules by GFN2-xTB MD (0.5 fs steps), peptides by Amber14/OBC2 MD (1 fs)
 SAMPLING = {
     "small": {"temperatures": (300.0, 600.0), "frames": 1000, "stride": 10, "equilibration": 1000, "dt_fs": 0.5},
-    "alanine-dipeptide": {"temperatures": (300.0, 450.0), "frames": 625, "stride": 500, "equilibration": 10000,
+    "alanine-dipeptide": {"temperatures": (300.0, 450.0), "frames": 500, "stride": 500, "equilibration": 10000,
                           "dt_fs": 1.0},
     "chignolin": {"temperatures": (300.0, 450.0), "frames": 60, "stride": 1000, "equilibration": 10000,
                   "dt_fs": 1.0},
