@@ -153,9 +153,10 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(qm.SAMPLING, "small", {**qm.SAMPLING["small"], "frames": 20, "stride": 2,
                                                "equilibration": 10})
     data = [tmp_path / "data" / name for name in ("ethanol", "propane")]
-    train_main(["--config", "configs/qm_all.yaml", "name=t", f"out_dir={tmp_path / 'runs'}", "max_steps=20",
-                "eval_every=4", "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}, {data[1]}]", "optim.lr=5e-3",
-                "encoder.hidden=16", "encoder.layers=2", "optim.batch_size=4", "optim.warmup_steps=2"])
+    run_args = ["--config", "configs/qm_all.yaml", "name=t", f"out_dir={tmp_path / 'runs'}", "eval_every=4",
+                "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}, {data[1]}]", "optim.lr=5e-3",
+                "encoder.hidden=16", "encoder.layers=2", "optim.batch_size=4", "optim.warmup_steps=2"]
+    train_main(run_args + ["max_steps=20"])
     printed = capsys.readouterr().out
     assert "ethanol, test block (4 frames)" in printed and "propane, test block (4 frames)" in printed
     run = tmp_path / "runs" / "t"
@@ -172,9 +173,7 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
         metrics = json.loads((out / "compare" / "metrics.json").read_text())
         assert metrics["n_frames"] == 40 and metrics["force_mae"] < metrics["mean_baseline_force_mae"]
     # resuming continues from the saved step with the saved optimiser state, to the new max_steps
-    train_main(["--config", "configs/qm_all.yaml", "--resume", "name=t", f"out_dir={tmp_path / 'runs'}",
-                "max_steps=24", "eval_every=4", "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}, {data[1]}]",
-                "optim.lr=5e-3", "encoder.hidden=16", "encoder.layers=2", "optim.batch_size=4", "optim.warmup_steps=2"])
+    train_main(["--resume"] + run_args + ["max_steps=24"])
     assert f"resumed {run / 'ckpt.pt'} at step 20" in capsys.readouterr().out
     assert json.loads((run / "test_metrics.json").read_text())["steps"] == 24
     assert [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
