@@ -177,7 +177,9 @@ class QMConfig:
     lists their data set folders in the same order (unset: data/qm/MOLECULE each, made on the fly when
     missing); the loss is ``energy_weight`` · MSE(E)/var(E) + ``force_weight`` · MSE(F)/RMS(F)² on each
     molecule's training block, with its own variance and RMS; ``train_frames`` > 0 keeps that many training
-    frames of each molecule, evenly spaced in time (0: all). The encoder section sets the network
+    frames of each molecule, evenly spaced in time (0: all). A batch holds ``optim.batch_size`` frames, or
+    with ``batch_atoms`` > 0 as many frames of its molecule as that many atoms hold (at least one: each step
+    costs about the same across molecules of different sizes). The encoder section sets the network
     (``max_neighbors`` is unused: a plain radius graph), optim the optimiser."""
 
     molecule: list[str] = field(default_factory=list)
@@ -185,6 +187,7 @@ class QMConfig:
     energy_weight: float = 1.0
     force_weight: float = 10.0
     train_frames: int = 0
+    batch_atoms: int = 0
 
 
 @dataclass
@@ -264,6 +267,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "energy.cutoff": (0, None, False), "energy.energy_weight": (0, None, True), "energy.force_weight": (0, None, True),
     "energy.interaction_weight": (0, None, True), "energy.frames_per_step": (1, None, True),
     "energy.lr": (0, None, False),
+    "qm.energy_weight": (0, None, True), "qm.force_weight": (0, None, True), "qm.train_frames": (0, None, True),
+    "qm.batch_atoms": (0, None, True),
     "structure.bond_weight": (0, None, True), "structure.clash_weight": (0, None, True),
     "structure.noise_limit": (0, 1, True),
     "structure.project_steps": (0, None, True), "structure.project_restraint": (0, None, True),

@@ -191,3 +191,30 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
         train_main(["--config", "configs/qm_all.yaml", "--resume", "name=t", f"out_dir={tmp_path / 'runs'}",
                     "qm.molecule=[ethanol]", f"qm.dataset=[{data[0]}]", "encoder.hidden=16", "encoder.layers=2"])
     assert "was trained on ethanol, propane; resume it with the same qm.molecule" in capsys.readouterr().err
+
+
+def test_batch_atoms_gives_each_molecule_batches_of_about_equal_cost(monkeypatch):
+    """With ``qm.batch_atoms`` each molecule's batch holds as many frames as that many atoms hold (at least one),
+    and ``fit`` draws batches of those sizes, the molecules in turn; without it, ``optim.batch_size`` each."""
+    from hemeplm.config import load_config
+    from hemeplm.errors import HemeplmError
+    from hemeplm.train.molecular import batch_sizes, fit
+
+    cfg = load_config("configs/qm_all.yaml", ["qm.batch_atoms=40", "max_steps=6", "optim.warmup_steps=1"])
+    assert batch_sizes(cfg, [9, 11, 22, 138]) == [4, 3, 1, 1]
+    assert batch_sizes(load_config("configs/qm_all.yaml", ["optim.batch_size=5"]), [9, 138]) == [5, 5]
+    with pytest.raises(HemeplmError, match="'qm.batch_atoms' must be at least 0"):
+        load_config("configs/qm_all.yaml", ["qm.batch_atoms=-1"])
+    sets = []
+    for name in ("ethanol", "propane"):
+        mol = molecules.build_molecule(name)
+        pos = mol.positions[None].repeat(8, 0) + np.random.default_rng(0).normal(0, 0.05, (8, len(mol.numbers), 3))
+        sets.append((mol.numbers, {"positions": pos, "energy": np.linspace(0.0, 1.0, 8),
+                                   "forces": np.ones(pos.shape)}))
+    model = MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0)
+    drawn = []
+    call = MolecularEnergy.energy_and_forces
+    monkeypatch.setattr(MolecularEnergy, "energy_and_forces",
+                        lambda self, z, pos, **kw: drawn.append((len(z), len(pos))) or call(self, z, pos, **kw))
+    assert fit(model, sets, cfg)["step"] == 6
+    assert drawn == [(9, 4), (11, 3)] * 3

@@ -3,8 +3,8 @@
 ``python train.py --config configs/qm_ethanol.yaml name=NAME`` comes here when the config sets
 ``qm.molecule`` (:class:`~hemeplm.config.QMConfig`): one molecule, or several for one model across them
 all. Each data set is its ``qm.dataset`` folder (unset: ``data/qm/MOLECULE``), made with
-:func:`hemeplm.forcefield.qm.make_dataset` when it is missing. Each step draws ``optim.batch_size``
-frames of one molecule's training block (the molecules in turn) and minimises
+:func:`hemeplm.forcefield.qm.make_dataset` when it is missing. Each step draws a batch of frames of one
+molecule's training block (the molecules in turn; :func:`batch_sizes`) and minimises
 
     energy_weight · MSE(E) / var(E_train) + force_weight · MSE(F) / RMS(F_train)²
 
@@ -111,15 +111,24 @@ def thin(frames: dict, n: int) -> dict:
     return {k: v[idx] for k, v in frames.items()}
 
 
+def batch_sizes(cfg: Config, atoms: list[int]) -> list[int]:
+    """Frames per batch of each molecule, given its number of atoms: ``optim.batch_size`` each, or with
+    ``qm.batch_atoms`` > 0 as many frames as that many atoms hold (at least one), so that every step of a
+    model across molecules of different sizes costs about the same."""
+    if cfg.qm.batch_atoms <= 0:
+        return [cfg.optim.batch_size] * len(atoms)
+    return [max(1, cfg.qm.batch_atoms // n) for n in atoms]
+
+
 def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, device: torch.device | str = "cpu",
         max_seconds: float | None = None, start: dict | None = None, on_step=None) -> dict:
     """Train ``model`` (``energy_and_forces`` and ``fit_statistics``) on the training frames of one or more
-    molecules, step ``k`` on a batch of molecule ``k mod M``.
+    molecules, step ``k`` on a batch of molecule ``k mod M`` (of :func:`batch_sizes` frames).
 
     Args:
         sets: per molecule, its atomic numbers (A,) and training frames: ``positions`` (F, A, 3),
             ``energy`` (F,), ``forces`` (F, A, 3).
-        cfg: ``max_steps``, ``seed``, ``optim`` and the ``qm`` loss weights.
+        cfg: ``max_steps``, ``seed``, ``optim``, the ``qm`` loss weights and ``qm.batch_atoms``.
         max_seconds: also stop after this much wall time (the learning-rate schedule follows whichever
             of steps and seconds runs out first).
         start: a state to continue from (``model``, ``ema``, ``optimizer``, ``step``).
@@ -140,6 +149,7 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
         model.fit_statistics([(z, energy, forces) for z, _, energy, forces in tensors])
     scales = [(float(energy.var()) if len(energy) > 1 else 1.0, float(forces.pow(2).mean()))
               for _, _, energy, forces in tensors]
+    batch = batch_sizes(cfg, [len(z) for z, *_ in tensors])
     ema = copy.deepcopy(model).requires_grad_(False)
     # fused: one kernel for all parameters instead of a dozen ops each (a step of Adam 4.8 -> 1.1 ms for the
     # 67 tensors of the molecular model on one CPU thread, 5% of a small-batch training step)
@@ -161,7 +171,7 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
         z, pos, energy, forces = tensors[step % len(tensors)]
         e_var, f_ms = scales[step % len(tensors)]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(pos), (cfg.optim.batch_size,), generator=gen)
+        idx = torch.randint(0, len(pos), (batch[step % len(tensors)],), generator=gen)
         idx = idx.to(device)
         e_pred, f_pred = model.energy_and_forces(z, pos[idx], create_graph=True)
         loss_e = ((e_pred.double() - energy[idx]) ** 2).mean() / e_var
@@ -198,9 +208,10 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
     names = [d.meta["molecule"] for d in datasets]
     sets = [(d.numbers, thin(d.subset("train"), cfg.qm.train_frames)) for d in datasets]
     model = build_model(cfg)
+    batch = batch_sizes(cfg, [len(numbers) for numbers, _ in sets])
     print(f"parameters: {sum(p.numel() for p in model.parameters())}; " + "; ".join(
-        f"{name}: {len(train['energy'])} training frames of {len(numbers)} atoms"
-        for name, (numbers, train) in zip(names, sets)))
+        f"{name}: {len(train['energy'])} training frames of {len(numbers)} atoms, batches of {b}"
+        for name, (numbers, train), b in zip(names, sets, batch)))
     if dry_run:
         return None
     start, history = None, []
