@@ -155,9 +155,10 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
     data = [tmp_path / "data" / name for name in ("ethanol", "propane")]
     run_args = ["--config", "configs/qm_all.yaml", "name=t", f"out_dir={tmp_path / 'runs'}", "eval_every=4",
                 "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}, {data[1]}]", "optim.lr=5e-3",
-                "encoder.hidden=16", "encoder.layers=2", "optim.batch_size=4", "optim.warmup_steps=2"]
+                "encoder.hidden=16", "encoder.layers=2", "qm.batch_atoms=40", "optim.warmup_steps=2"]
     train_main(run_args + ["max_steps=20"])
     printed = capsys.readouterr().out
+    assert "of 9 atoms, batches of 4" in printed and "of 11 atoms, batches of 3" in printed
     assert "ethanol, test block (4 frames)" in printed and "propane, test block (4 frames)" in printed
     run = tmp_path / "runs" / "t"
     test = json.loads((run / "test_metrics.json").read_text())
@@ -202,7 +203,7 @@ def test_batch_atoms_gives_each_molecule_batches_of_about_equal_cost(monkeypatch
 
     cfg = load_config("configs/qm_all.yaml", ["qm.batch_atoms=40", "max_steps=6", "optim.warmup_steps=1"])
     assert batch_sizes(cfg, [9, 11, 22, 138]) == [4, 3, 1, 1]
-    assert batch_sizes(load_config("configs/qm_all.yaml", ["optim.batch_size=5"]), [9, 138]) == [5, 5]
+    assert batch_sizes(load_config("configs/qm_all.yaml", ["optim.batch_size=5", "qm.batch_atoms=0"]), [9, 138]) == [5, 5]
     with pytest.raises(HemeplmError, match="'qm.batch_atoms' must be at least 0"):
         load_config("configs/qm_all.yaml", ["qm.batch_atoms=-1"])
     sets = []
