@@ -168,10 +168,11 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
         lr = learning_rate(cfg, step, progress)
         for g in opt.param_groups:
             g["lr"] = lr
-        z, pos, energy, forces = tensors[step % len(tensors)]
-        e_var, f_ms = scales[step % len(tensors)]
+        k = step % len(tensors)  # this step's molecule
+        z, pos, energy, forces = tensors[k]
+        e_var, f_ms = scales[k]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(pos), (batch[step % len(tensors)],), generator=gen)
+        idx = torch.randint(0, len(pos), (batch[k],), generator=gen)
         idx = idx.to(device)
         e_pred, f_pred = model.energy_and_forces(z, pos[idx], create_graph=True)
         loss_e = ((e_pred.double() - energy[idx]) ** 2).mean() / e_var
@@ -186,7 +187,7 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
         step += 1
         ema_update(ema, model, min(cfg.optim.ema_decay, (1 + step) / (10 + step)))
         losses = {"loss": float(loss.detach()), "energy": float(loss_e.detach()), "force": float(loss_f.detach()),
-                  "lr": lr, "molecule": (step - 1) % len(tensors)}
+                  "lr": lr, "molecule": k}
         if on_step is not None and on_step(step, ema, losses):
             break
     return {"model": model, "ema": ema, "optimizer": opt, "step": step, "seconds": time.perf_counter() - t0}
