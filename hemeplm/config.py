@@ -179,7 +179,9 @@ class QMConfig:
     molecule's training block, with its own variance and RMS; ``train_frames`` > 0 keeps that many training
     frames of each molecule, evenly spaced in time (0: all). A batch holds ``optim.batch_size`` frames, or
     with ``batch_atoms`` > 0 as many frames of its molecule as that many atoms hold (at least one: each step
-    costs about the same across molecules of different sizes). The encoder section sets the network
+    costs about the same across molecules of different sizes). ``draw_weights`` (whole numbers, one per
+    molecule; unset: all 1) gives a molecule that many batches per turn of the molecules instead of one,
+    spread evenly through the turn. The encoder section sets the network
     (``max_neighbors`` is unused: a plain radius graph), optim the optimiser."""
 
     molecule: list[str] = field(default_factory=list)
@@ -188,6 +190,7 @@ class QMConfig:
     force_weight: float = 10.0
     train_frames: int = 0
     batch_atoms: int = 0
+    draw_weights: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -311,8 +314,8 @@ def check_value(key: str, value: Any, source: str) -> None:
 def check_config(cfg: "Config", source: str) -> "Config":
     """What no single key can say: ``data.split`` (three fractions that sum to 1), ``data.held_out`` apart
     from ``data.trajectories``, ``data.lags`` whole numbers of at least 1, ``denoiser.dim``
-    divisible by ``denoiser.heads``, ``qm.molecule`` without repeats and one ``qm.dataset`` folder per
-    molecule, and ``tasks.history`` below ``data.window`` (a forecast window must generate a frame); a
+    divisible by ``denoiser.heads``, ``qm.molecule`` without repeats, one ``qm.dataset`` folder and one
+    ``qm.draw_weights`` whole number per molecule, and ``tasks.history`` below ``data.window`` (a forecast window must generate a frame); a
     one-line :class:`HemeplmError` naming the key and ``source``."""
     split = cfg.data.split
     if len(split) != 3 or any(not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 <= x <= 1
@@ -332,6 +335,10 @@ def check_config(cfg: "Config", source: str) -> "Config":
     if cfg.qm.dataset and len(cfg.qm.dataset) != len(cfg.qm.molecule):
         raise HemeplmError(f"config key 'qm.dataset' must name one folder per molecule of 'qm.molecule' "
                            f"({len(cfg.qm.molecule)}), got {len(cfg.qm.dataset)}", source)
+    if cfg.qm.draw_weights and (len(cfg.qm.draw_weights) != len(cfg.qm.molecule) or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in cfg.qm.draw_weights)):
+        raise HemeplmError(f"config key 'qm.draw_weights' must give one whole number of at least 1 per molecule of "
+                           f"'qm.molecule' ({len(cfg.qm.molecule)}), got {cfg.qm.draw_weights!r}", source)
     if any(isinstance(lag, bool) or not isinstance(lag, int) or lag < 1 for lag in cfg.data.lags):
         raise HemeplmError(f"config key 'data.lags' must list whole numbers of frames of at least 1, got "
                            f"{cfg.data.lags!r}", source)

@@ -220,3 +220,35 @@ def test_batch_atoms_gives_each_molecule_batches_of_about_equal_cost(monkeypatch
                         lambda self, z, pos, **kw: drawn.append((len(z), len(pos))) or call(self, z, pos, **kw))
     assert fit(model, sets, cfg)["step"] == 6
     assert drawn == [(9, 4), (11, 3)] * 3
+
+
+def test_draw_weights_give_a_molecule_more_batches_spread_through_each_turn(monkeypatch):
+    """``qm.draw_weights`` gives each molecule that many batches per turn, spread evenly (every fragment of a
+    fragment set its set's weight), and ``fit`` follows the turn; a list of the wrong length or a weight below 1
+    is refused naming the key."""
+    from hemeplm.config import load_config
+    from hemeplm.errors import HemeplmError
+    from hemeplm.train.molecular import draw_order, fit, set_weights
+
+    assert draw_order([1, 1, 1]) == [0, 1, 2]
+    assert draw_order([1, 3]) == [1, 0, 1, 1]
+    assert sorted(draw_order([2, 1, 3])) == [0, 0, 1, 2, 2, 2]
+    cfg = load_config("configs/qm_all.yaml", ["qm.molecule=[ethanol,chignolin-fragments]", "qm.draw_weights=[2,1]",
+                                              "max_steps=6", "optim.warmup_steps=1"])
+    assert set_weights(cfg, ["ethanol", "chignolin-fragments/f1", "chignolin-fragments/f2"]) == [2, 1, 1]
+    assert set_weights(load_config("configs/qm_all.yaml", []), ["ethanol", "propane"]) == [1, 1]
+    for bad in ("[1,2]", "[1,1,1,1,0,1]", "[1,1,1,1,1.5,1]"):
+        with pytest.raises(HemeplmError, match="'qm.draw_weights' must give one whole number of at least 1"):
+            load_config("configs/qm_all.yaml", [f"qm.draw_weights={bad}"])
+    sets = []
+    for name in ("ethanol", "propane"):
+        mol = molecules.build_molecule(name)
+        pos = mol.positions[None].repeat(4, 0) + np.random.default_rng(0).normal(0, 0.05, (4, len(mol.numbers), 3))
+        sets.append((mol.numbers, {"positions": pos, "energy": np.linspace(0.0, 1.0, 4),
+                                   "forces": np.ones(pos.shape)}))
+    drawn = []
+    call = MolecularEnergy.energy_and_forces
+    monkeypatch.setattr(MolecularEnergy, "energy_and_forces",
+                        lambda self, z, pos, **kw: drawn.append(len(z)) or call(self, z, pos, **kw))
+    fit(MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0), sets, cfg, draw_weights=[2, 1])
+    assert drawn == [9, 11, 9] * 2

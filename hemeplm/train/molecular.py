@@ -4,7 +4,7 @@
 ``qm.molecule`` (:class:`~hemeplm.config.QMConfig`): one molecule, or several for one model across them
 all. Each data set is its ``qm.dataset`` folder (unset: ``data/qm/MOLECULE``), made with
 :func:`hemeplm.forcefield.qm.make_dataset` when it is missing. Each step draws a batch of frames of one
-molecule's training block (the molecules in turn; :func:`batch_sizes`) and minimises
+molecule's training block (the molecules in turn, :func:`draw_order`; :func:`batch_sizes`) and minimises
 
     energy_weight · MSE(E) / var(E_train) + force_weight · MSE(F) / RMS(F_train)²
 
@@ -120,10 +120,25 @@ def batch_sizes(cfg: Config, atoms: list[int]) -> list[int]:
     return [max(1, cfg.qm.batch_atoms // n) for n in atoms]
 
 
+def draw_order(weights: list[int]) -> list[int]:
+    """One turn of the molecules' batches: molecule ``k`` appears ``weights[k]`` times, its appearances spread
+    evenly through the turn; training step ``s`` draws from ``order[s % len(order)]``."""
+    return [k for _, k in sorted(((j + 0.5) / w, k) for k, w in enumerate(weights) for j in range(w))]
+
+
+def set_weights(cfg: Config, names: list[str]) -> list[int]:
+    """Each data set's ``qm.draw_weights`` entry (that of its molecule; every fragment of a fragment set has its
+    set's), all 1 when unset."""
+    if not cfg.qm.draw_weights:
+        return [1] * len(names)
+    return [cfg.qm.draw_weights[cfg.qm.molecule.index(name.split("/")[0])] for name in names]
+
+
 def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, device: torch.device | str = "cpu",
-        max_seconds: float | None = None, start: dict | None = None, on_step=None) -> dict:
+        max_seconds: float | None = None, start: dict | None = None, on_step=None,
+        draw_weights: list[int] | None = None) -> dict:
     """Train ``model`` (``energy_and_forces`` and ``fit_statistics``) on the training frames of one or more
-    molecules, step ``k`` on a batch of molecule ``k mod M`` (of :func:`batch_sizes` frames).
+    molecules, each step on a batch of one molecule (:func:`draw_order`; of :func:`batch_sizes` frames).
 
     Args:
         sets: per molecule, its atomic numbers (A,) and training frames: ``positions`` (F, A, 3),
@@ -134,6 +149,7 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
         start: a state to continue from (``model``, ``ema``, ``optimizer``, ``step``).
         on_step: called as ``on_step(step, ema, losses)`` after every step (``losses``: the step's loss terms, its
             learning rate and ``molecule``, the index into ``sets`` it trained on); returns True to stop.
+        draw_weights: batches of each set per turn (:func:`draw_order`; :func:`set_weights`); None: one each.
     Returns:
         ``{"ema", "optimizer", "step", "seconds"}``: the averaged model and the state to save.
     """
@@ -150,6 +166,7 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
     scales = [(float(energy.var()) if len(energy) > 1 else 1.0, float(forces.pow(2).mean()))
               for _, _, energy, forces in tensors]
     batch = batch_sizes(cfg, [len(z) for z, *_ in tensors])
+    order = draw_order(draw_weights or [1] * len(tensors))
     ema = copy.deepcopy(model).requires_grad_(False)
     # fused: one kernel for all parameters instead of a dozen ops each (a step of Adam 4.8 -> 1.1 ms for the
     # 67 tensors of the molecular model on one CPU thread, 5% of a small-batch training step)
@@ -168,7 +185,7 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
         lr = learning_rate(cfg, step, progress)
         for g in opt.param_groups:
             g["lr"] = lr
-        k = step % len(tensors)  # this step's molecule
+        k = order[step % len(order)]  # this step's molecule
         z, pos, energy, forces = tensors[k]
         e_var, f_ms = scales[k]
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -253,7 +270,7 @@ def train_molecular(cfg: Config, resume: bool = False, dry_run: bool = False, pr
             history.append(record)
         return False
 
-    result = fit(model, sets, cfg, device, start=start, on_step=on_step)
+    result = fit(model, sets, cfg, device, start=start, on_step=on_step, draw_weights=set_weights(cfg, names))
     bar.close()
     save_checkpoint(ckpt_path, {"kind": KIND, "config": to_dict(cfg), "static": static, "model": model.state_dict(),
                                 "ema": result["ema"].state_dict(), "optimizer": result["optimizer"].state_dict(),
