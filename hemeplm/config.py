@@ -315,8 +315,8 @@ def check_config(cfg: "Config", source: str) -> "Config":
     """What no single key can say: ``data.split`` (three fractions that sum to 1), ``data.held_out`` apart
     from ``data.trajectories``, ``data.lags`` whole numbers of at least 1, ``denoiser.dim``
     divisible by ``denoiser.heads``, ``qm.molecule`` without repeats, one ``qm.dataset`` folder and one
-    ``qm.draw_weights`` whole number per molecule, and ``tasks.history`` below ``data.window`` (a forecast window must generate a frame); a
-    one-line :class:`HemeplmError` naming the key and ``source``."""
+    ``qm.draw_weights`` whole number per molecule, and ``tasks.history`` below ``data.window`` (a forecast
+    window must generate a frame); a one-line :class:`HemeplmError` naming the key and ``source``."""
     split = cfg.data.split
     if len(split) != 3 or any(not isinstance(x, (int, float)) or isinstance(x, bool) or not 0 <= x <= 1
                               for x in split) or not math.isclose(sum(split), 1.0, abs_tol=1e-6):
