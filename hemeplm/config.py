@@ -338,7 +338,8 @@ def check_config(cfg: "Config", source: str) -> "Config":
     if cfg.qm.draw_weights and (len(cfg.qm.draw_weights) != len(cfg.qm.molecule) or any(
             isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in cfg.qm.draw_weights)):
         raise HemeplmError(f"config key 'qm.draw_weights' must give one whole number of at least 1 per molecule of "
-                           f"'qm.molecule' ({len(cfg.qm.molecule)}), got {cfg.qm.draw_weights!r}", source)
+                           f"'qm.molecule' ({len(cfg.qm.molecule)}), got {cfg.qm.draw_weights!r} "
+                           f"(qm.draw_weights=[] draws each molecule once a turn)", source)
     if any(isinstance(lag, bool) or not isinstance(lag, int) or lag < 1 for lag in cfg.data.lags):
         raise HemeplmError(f"config key 'data.lags' must list whole numbers of frames of at least 1, got "
                            f"{cfg.data.lags!r}", source)

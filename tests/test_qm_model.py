@@ -154,8 +154,8 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
                                                "equilibration": 10})
     data = [tmp_path / "data" / name for name in ("ethanol", "propane")]
     run_args = ["--config", "configs/qm_all.yaml", "name=t", f"out_dir={tmp_path / 'runs'}", "eval_every=4",
-                "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}, {data[1]}]", "optim.lr=5e-3",
-                "encoder.hidden=16", "encoder.layers=2", "qm.batch_atoms=40", "optim.warmup_steps=2"]
+                "qm.molecule=[ethanol, propane]", f"qm.dataset=[{data[0]}, {data[1]}]", "qm.draw_weights=[]",
+                "optim.lr=5e-3", "encoder.hidden=16", "encoder.layers=2", "qm.batch_atoms=40", "optim.warmup_steps=2"]
     train_main(run_args + ["max_steps=20"])
     printed = capsys.readouterr().out
     assert "of 9 atoms, batches of 4" in printed and "of 11 atoms, batches of 3" in printed
@@ -190,7 +190,8 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
     # resuming with other molecules is refused, naming those it was trained on
     with pytest.raises(SystemExit):
         train_main(["--config", "configs/qm_all.yaml", "--resume", "name=t", f"out_dir={tmp_path / 'runs'}",
-                    "qm.molecule=[ethanol]", f"qm.dataset=[{data[0]}]", "encoder.hidden=16", "encoder.layers=2"])
+                    "qm.molecule=[ethanol]", f"qm.dataset=[{data[0]}]", "qm.draw_weights=[]", "encoder.hidden=16",
+                    "encoder.layers=2"])
     assert "was trained on ethanol, propane; resume it with the same qm.molecule" in capsys.readouterr().err
 
 
@@ -238,8 +239,12 @@ def test_draw_weights_give_a_molecule_more_batches_spread_through_each_turn(monk
     assert set_weights(cfg, ["ethanol", "chignolin-fragments/f1", "chignolin-fragments/f2"]) == [2, 1, 1]
     assert set_weights(load_config("configs/qm_all.yaml", []), ["ethanol", "propane"]) == [1, 1]
     for bad in ("[1,2]", "[1,1,1,1,0,1]", "[1,1,1,1,1.5,1]"):
-        with pytest.raises(HemeplmError, match="'qm.draw_weights' must give one whole number of at least 1"):
+        with pytest.raises(HemeplmError, match=r"'qm.draw_weights' must give one whole number of at least 1 .*"
+                                               r"qm.draw_weights=\[\] draws each molecule once"):
             load_config("configs/qm_all.yaml", [f"qm.draw_weights={bad}"])
+    # the shipped config weighs its six molecules: another list of molecules needs its own weights, or none
+    with pytest.raises(HemeplmError, match="'qm.draw_weights' must give one whole number"):
+        load_config("configs/qm_all.yaml", ["qm.molecule=[ethanol,propane]"])
     sets = []
     for name in ("ethanol", "propane"):
         mol = molecules.build_molecule(name)
