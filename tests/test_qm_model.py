@@ -195,12 +195,31 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
     assert "was trained on ethanol, propane; resume it with the same qm.molecule" in capsys.readouterr().err
 
 
+def fit_drawn(monkeypatch, cfg, **kw) -> list[tuple[int, int]]:
+    """(atoms, frames) of each batch ``fit`` draws for ``cfg`` (its ``max_steps``) from eight noisy frames each of
+    ethanol (9 atoms) and propane (11), a tiny model; ``kw`` goes to ``fit``."""
+    from hemeplm.train.molecular import fit
+
+    sets = []
+    for name in ("ethanol", "propane"):
+        mol = molecules.build_molecule(name)
+        pos = mol.positions[None].repeat(8, 0) + np.random.default_rng(0).normal(0, 0.05, (8, len(mol.numbers), 3))
+        sets.append((mol.numbers, {"positions": pos, "energy": np.linspace(0.0, 1.0, 8),
+                                   "forces": np.ones(pos.shape)}))
+    drawn = []
+    call = MolecularEnergy.energy_and_forces
+    monkeypatch.setattr(MolecularEnergy, "energy_and_forces",
+                        lambda self, z, pos, **kw: drawn.append((len(z), len(pos))) or call(self, z, pos, **kw))
+    assert fit(MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0), sets, cfg, **kw)["step"] == cfg.max_steps
+    return drawn
+
+
 def test_batch_atoms_gives_each_molecule_batches_of_about_equal_cost(monkeypatch):
     """With ``qm.batch_atoms`` each molecule's batch holds as many frames as that many atoms hold (at least one),
     and ``fit`` draws batches of those sizes, the molecules in turn; without it, ``optim.batch_size`` each."""
     from hemeplm.config import load_config
     from hemeplm.errors import HemeplmError
-    from hemeplm.train.molecular import batch_sizes, fit
+    from hemeplm.train.molecular import batch_sizes
 
     cfg = load_config("configs/qm_all.yaml", ["qm.batch_atoms=40", "max_steps=6", "optim.warmup_steps=1"])
     assert batch_sizes(cfg, [9, 11, 22, 138]) == [4, 3, 1, 1]
@@ -208,19 +227,7 @@ def test_batch_atoms_gives_each_molecule_batches_of_about_equal_cost(monkeypatch
     assert batch_sizes(plain, [9, 138]) == [5, 5]
     with pytest.raises(HemeplmError, match="'qm.batch_atoms' must be at least 0"):
         load_config("configs/qm_all.yaml", ["qm.batch_atoms=-1"])
-    sets = []
-    for name in ("ethanol", "propane"):
-        mol = molecules.build_molecule(name)
-        pos = mol.positions[None].repeat(8, 0) + np.random.default_rng(0).normal(0, 0.05, (8, len(mol.numbers), 3))
-        sets.append((mol.numbers, {"positions": pos, "energy": np.linspace(0.0, 1.0, 8),
-                                   "forces": np.ones(pos.shape)}))
-    model = MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0)
-    drawn = []
-    call = MolecularEnergy.energy_and_forces
-    monkeypatch.setattr(MolecularEnergy, "energy_and_forces",
-                        lambda self, z, pos, **kw: drawn.append((len(z), len(pos))) or call(self, z, pos, **kw))
-    assert fit(model, sets, cfg)["step"] == 6
-    assert drawn == [(9, 4), (11, 3)] * 3
+    assert fit_drawn(monkeypatch, cfg) == [(9, 4), (11, 3)] * 3
 
 
 def test_draw_weights_give_a_molecule_more_batches_spread_through_each_turn(monkeypatch):
@@ -229,7 +236,7 @@ def test_draw_weights_give_a_molecule_more_batches_spread_through_each_turn(monk
     is refused naming the key."""
     from hemeplm.config import load_config
     from hemeplm.errors import HemeplmError
-    from hemeplm.train.molecular import draw_order, fit, set_weights
+    from hemeplm.train.molecular import draw_order, set_weights
 
     assert draw_order([1, 1, 1]) == [0, 1, 2]
     assert draw_order([1, 3]) == [1, 0, 1, 1]
@@ -237,7 +244,7 @@ def test_draw_weights_give_a_molecule_more_batches_spread_through_each_turn(monk
     cfg = load_config("configs/qm_all.yaml", ["qm.molecule=[ethanol,chignolin-fragments]", "qm.draw_weights=[2,1]",
                                               "max_steps=6", "optim.warmup_steps=1"])
     assert set_weights(cfg, ["ethanol", "chignolin-fragments/f1", "chignolin-fragments/f2"]) == [2, 1, 1]
-    assert set_weights(load_config("configs/qm_all.yaml", []), ["ethanol", "propane"]) == [1, 1]
+    assert set_weights(load_config("configs/qm_all.yaml", ["qm.draw_weights=[]"]), ["ethanol", "propane"]) == [1, 1]
     for bad in ("[1,2]", "[1,1,1,1,0,1]", "[1,1,1,1,1.5,1]"):
         with pytest.raises(HemeplmError, match=r"'qm.draw_weights' must give one whole number of at least 1 .*"
                                                r"qm.draw_weights=\[\] draws each molecule once"):
@@ -245,15 +252,4 @@ def test_draw_weights_give_a_molecule_more_batches_spread_through_each_turn(monk
     # the shipped config weighs its six molecules: another list of molecules needs its own weights, or none
     with pytest.raises(HemeplmError, match="'qm.draw_weights' must give one whole number"):
         load_config("configs/qm_all.yaml", ["qm.molecule=[ethanol,propane]"])
-    sets = []
-    for name in ("ethanol", "propane"):
-        mol = molecules.build_molecule(name)
-        pos = mol.positions[None].repeat(4, 0) + np.random.default_rng(0).normal(0, 0.05, (4, len(mol.numbers), 3))
-        sets.append((mol.numbers, {"positions": pos, "energy": np.linspace(0.0, 1.0, 4),
-                                   "forces": np.ones(pos.shape)}))
-    drawn = []
-    call = MolecularEnergy.energy_and_forces
-    monkeypatch.setattr(MolecularEnergy, "energy_and_forces",
-                        lambda self, z, pos, **kw: drawn.append(len(z)) or call(self, z, pos, **kw))
-    fit(MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0), sets, cfg, draw_weights=[2, 1])
-    assert drawn == [9, 11, 9] * 2
+    assert [atoms for atoms, _ in fit_drawn(monkeypatch, cfg, draw_weights=[2, 1])] == [9, 11, 9] * 2
