@@ -195,9 +195,9 @@ def test_one_model_across_two_molecules(tmp_path, monkeypatch, capsys):
     assert "was trained on ethanol, propane; resume it with the same qm.molecule" in capsys.readouterr().err
 
 
-def fit_drawn(monkeypatch, cfg, **kw) -> list[tuple[int, int]]:
+def fit_drawn(monkeypatch, cfg, **fit_kw) -> list[tuple[int, int]]:
     """(atoms, frames) of each batch ``fit`` draws for ``cfg`` (its ``max_steps``) from eight noisy frames each of
-    ethanol (9 atoms) and propane (11), a tiny model; ``kw`` goes to ``fit``."""
+    ethanol (9 atoms) and propane (11), a tiny model; ``fit_kw`` goes to ``fit``."""
     from hemeplm.train.molecular import fit
 
     sets = []
@@ -210,7 +210,8 @@ def fit_drawn(monkeypatch, cfg, **kw) -> list[tuple[int, int]]:
     call = MolecularEnergy.energy_and_forces
     monkeypatch.setattr(MolecularEnergy, "energy_and_forces",
                         lambda self, z, pos, **kw: drawn.append((len(z), len(pos))) or call(self, z, pos, **kw))
-    assert fit(MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0), sets, cfg, **kw)["step"] == cfg.max_steps
+    model = MolecularEnergy(hidden=16, layers=2, num_rbf=8, cutoff=4.0)
+    assert fit(model, sets, cfg, **fit_kw)["step"] == cfg.max_steps
     return drawn
 
 
@@ -253,3 +254,5 @@ def test_draw_weights_give_a_molecule_more_batches_spread_through_each_turn(monk
     with pytest.raises(HemeplmError, match="'qm.draw_weights' must give one whole number"):
         load_config("configs/qm_all.yaml", ["qm.molecule=[ethanol,propane]"])
     assert [atoms for atoms, _ in fit_drawn(monkeypatch, cfg, draw_weights=[2, 1])] == [9, 11, 9] * 2
+    with pytest.raises(ValueError, match="draw_weights gives 3 weights for 2 data sets"):
+        fit_drawn(monkeypatch, cfg, draw_weights=[2, 1, 1])

@@ -41,6 +41,14 @@ SMALL = ("ethanol", "propane", "acetone", "p-xylene")
 PEPTIDES = ("alanine-dipeptide", "chignolin")
 #: fragment sets (:func:`hemeplm.forcefield.fragmentation.make_fragment_datasets`): name -> the peptide cut up
 FRAGMENT_SETS = {"chignolin-fragments": "chignolin"}
+
+
+def set_of(molecule: str) -> str:
+    """The data set name (``qm.molecule`` entry) a data set's ``molecule`` belongs to: itself, or for a fragment
+    (``chignolin-fragments/ACE-TYR2-NME``) its fragment set."""
+    return molecule.split("/")[0]
+
+
 #: codes of the ``split`` array: contiguous time blocks of every run
 SPLITS = ("train", "val", "test")
 DATASET_FILES = ("topology.pdb", "traj.dcd", ENERGY_FILE, "dataset.json")

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from hemeplm.config import Config, from_dict, save_config, to_dict
-from hemeplm.data.molecules import FRAGMENT_SETS, SPLITS, MoleculeData, read_datasets
+from hemeplm.data.molecules import FRAGMENT_SETS, SPLITS, MoleculeData, read_datasets, set_of
 from hemeplm.device import keep_freed_memory, resolve_device
 from hemeplm.errors import HemeplmError
 from hemeplm.forcefield.fragmentation import make_fragment_datasets
@@ -54,7 +54,7 @@ def load_molecule_data(cfg: Config, progress: bool = True) -> list[MoleculeData]
             log.info("%s: no data set yet; making it (hemeplm dataset --molecule %s)", folder, name)
             (make_fragment_datasets if name in FRAGMENT_SETS else make_dataset)(name, folder, progress=progress)
         for data in read_datasets(folder):
-            if str(data.meta.get("molecule")).split("/")[0] != name:
+            if set_of(str(data.meta.get("molecule"))) != name:
                 raise HemeplmError(f"holds {data.meta.get('molecule')!r}, not {name!r} of qm.molecule", data.folder)
             out.append(data)
     return out
@@ -131,7 +131,7 @@ def set_weights(cfg: Config, names: list[str]) -> list[int]:
     set's), all 1 when unset."""
     if not cfg.qm.draw_weights:
         return [1] * len(names)
-    return [cfg.qm.draw_weights[cfg.qm.molecule.index(name.split("/")[0])] for name in names]
+    return [cfg.qm.draw_weights[cfg.qm.molecule.index(set_of(name))] for name in names]
 
 
 def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, device: torch.device | str = "cpu",
@@ -166,6 +166,8 @@ def fit(model: nn.Module, sets: list[tuple[np.ndarray, dict]], cfg: Config, devi
     scales = [(float(energy.var()) if len(energy) > 1 else 1.0, float(forces.pow(2).mean()))
               for _, _, energy, forces in tensors]
     batch = batch_sizes(cfg, [len(z) for z, *_ in tensors])
+    if draw_weights is not None and len(draw_weights) != len(tensors):
+        raise ValueError(f"draw_weights gives {len(draw_weights)} weights for {len(tensors)} data sets")
     order = draw_order(draw_weights or [1] * len(tensors))
     ema = copy.deepcopy(model).requires_grad_(False)
     # fused: one kernel for all parameters instead of a dozen ops each (a step of Adam 4.8 -> 1.1 ms for the
